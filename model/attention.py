@@ -1,0 +1,121 @@
+"""Scaled dot-product attention, one entry point for every implementation.
+
+Attention(Q, K, V) = softmax(Q K^T / sqrt(d_head)) V, with future positions masked before the
+softmax when causal. Shapes: B batch, T query length, S key length, H query heads, K key/value
+heads, G = H / K query heads per key/value head, Dh head dimension.
+
+MHA, MQA and GQA are one code path: the H query heads are viewed as K groups of G heads, and each
+group attends to its own key/value head. Repeated K/V copies are never materialised.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+# A large negative number rather than -inf: a fully masked row then gives a uniform softmax instead
+# of NaN, and exp(mask - max) underflows cleanly to 0.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+AttentionFn = Callable[..., jax.Array]
+_IMPLEMENTATIONS: dict[str, AttentionFn] = {}
+
+
+def register(name: str) -> Callable[[AttentionFn], AttentionFn]:
+  """Registers an attention implementation under `name` (kernels plug in here)."""
+
+  def deco(fn: AttentionFn) -> AttentionFn:
+    _IMPLEMENTATIONS[name] = fn
+    return fn
+
+  return deco
+
+
+def make_mask(
+    t: int,
+    s: int,
+    *,
+    causal: bool,
+    q_positions_BxT: Optional[jax.Array] = None,
+    q_segment_ids_BxT: Optional[jax.Array] = None,
+    kv_segment_ids_BxS: Optional[jax.Array] = None,
+) -> Optional[jax.Array]:
+  """Boolean mask (B or 1, T, S), True where a query may attend to a key, or None for no mask.
+
+  Keys sit at positions 0..S-1. Queries sit at q_positions (default: the last T positions, so
+  that T == S is ordinary causal self-attention and T < S continues a cached prefix).
+  """
+  mask = None
+  if causal:
+    if q_positions_BxT is None:
+      q_positions_BxT = jnp.arange(s - t, s)[None, :]
+    kv_pos = jnp.arange(s)
+    mask = kv_pos[None, None, :] <= q_positions_BxT[:, :, None]
+  if q_segment_ids_BxT is not None:
+    seg = q_segment_ids_BxT[:, :, None] == kv_segment_ids_BxS[:, None, :]
+    mask = seg if mask is None else mask & seg
+  return mask
+
+
+@register("reference")
+def reference_attention(
+    q_BxTxHxDh: jax.Array,
+    k_BxSxKxDh: jax.Array,
+    v_BxSxKxDh: jax.Array,
+    *,
+    causal: bool = True,
+    q_positions_BxT: Optional[jax.Array] = None,
+    q_segment_ids_BxT: Optional[jax.Array] = None,
+    kv_segment_ids_BxS: Optional[jax.Array] = None,
+) -> jax.Array:
+  """Plain attention that materialises the (T, S) score matrix: the ground truth."""
+  b, t, h, dh = q_BxTxHxDh.shape
+  s, kv = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+  g = h // kv
+  q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kv, g, dh)
+  scores_BxKxGxTxS = jnp.einsum(
+      "btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh, preferred_element_type=jnp.float32)
+  scores_BxKxGxTxS = scores_BxKxGxTxS * (dh ** -0.5)
+  mask = make_mask(
+      t, s, causal=causal, q_positions_BxT=q_positions_BxT,
+      q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
+  if mask is not None:
+    scores_BxKxGxTxS = jnp.where(mask[:, None, None, :, :], scores_BxKxGxTxS, MASK_VALUE)
+  probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1)  # float32 whatever the compute dtype
+  out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_BxSxKxDh.dtype), v_BxSxKxDh)
+  return out_BxTxKxGxDh.reshape(b, t, h, dh)
+
+
+def available_implementations() -> tuple[str, ...]:
+  """Implementations that can run on the current default backend."""
+  return tuple(sorted(_IMPLEMENTATIONS))
+
+
+def attention(
+    q_BxTxHxDh: jax.Array,
+    k_BxSxKxDh: jax.Array,
+    v_BxSxKxDh: jax.Array,
+    *,
+    implementation: str = "reference",
+    causal: bool = True,
+    q_positions_BxT: Optional[jax.Array] = None,
+    q_segment_ids_BxT: Optional[jax.Array] = None,
+    kv_segment_ids_BxS: Optional[jax.Array] = None,
+) -> jax.Array:
+  """Dispatches to the named implementation; returns (B, T, H, Dh) in the dtype of q."""
+  h, kv = q_BxTxHxDh.shape[2], k_BxSxKxDh.shape[2]
+  if h % kv:
+    raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({kv})")
+  if implementation == "auto":
+    implementation = "reference"
+  fn = _IMPLEMENTATIONS.get(implementation)
+  if fn is None:
+    raise ValueError(
+        f"attention implementation {implementation!r} is not available on backend "
+        f"{jax.default_backend()!r}; available: {', '.join(available_implementations())} "
+        "(set model.attention_impl)")
+  return fn(
+      q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
+      q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)

@@ -1,0 +1,122 @@
+"""ModelConfig: the shape of a decoder-only Transformer, validated once at the edge.
+
+Everything inside model/ trusts a ModelConfig; every impossible combination is rejected here with a
+ValueError that names the field and the values it may take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+ATTENTION_IMPLS = ("reference", "flash", "cudnn", "pallas", "auto")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shape and numerics of the model.
+
+  n_kv_heads selects the attention variant: n_kv_heads == n_heads is multi-head attention (MHA),
+  n_kv_heads == 1 multi-query attention (MQA), anything in between grouped-query attention (GQA).
+  """
+
+  vocab_size: int = 1024
+  d_model: int = 128
+  n_layers: int = 4
+  n_heads: int = 4
+  n_kv_heads: int = 2
+  d_ff: int = 384
+  max_seq_len: int = 256
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = True
+  attention_impl: str = "reference"
+  dtype: str = "float32"  # compute dtype of activations and matmuls
+  param_dtype: str = "float32"  # storage dtype of the parameters
+  scan_layers: bool = True  # one compiled layer body, applied with lax.scan
+  remat: str = "none"  # rematerialisation policy of each layer: none | full | dots
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len")
+    for name in positive:
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+    for name in ("rope_theta", "norm_eps", "init_std"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"model.{name} must be positive, got {getattr(self, name)!r}")
+    if self.d_model % self.n_heads:
+      raise ValueError(
+          f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(
+          f"model.n_heads={self.n_heads} must be divisible by model.n_kv_heads={self.n_kv_heads} "
+          "(1 = MQA, n_heads = MHA, a divisor in between = GQA)")
+    if (self.d_model // self.n_heads) % 2:
+      raise ValueError(
+          f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even for RoPE")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(
+          f"model.attention_impl={self.attention_impl!r} is unknown; allowed: {', '.join(ATTENTION_IMPLS)}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(
+            f"model.{name}={getattr(self, name)!r} is unknown; allowed: {', '.join(DTYPES)}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(
+          f"model.remat={self.remat!r} is unknown; allowed: {', '.join(REMAT_POLICIES)}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @property
+  def compute_dtype(self) -> Any:
+    return DTYPES[self.dtype]
+
+  @property
+  def weight_dtype(self) -> Any:
+    return DTYPES[self.param_dtype]
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "ModelConfig":
+    """Builds a config from a mapping, rejecting keys that are not fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"unknown model setting(s) {unknown}; allowed: {sorted(names)}")
+    return cls(**d)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+  """Parameter counts from the config alone: total, and without the embedding tables.
+
+  Matches the parameters the model actually creates (a test checks the two agree).
+  """
+  d, f, dh = cfg.d_model, cfg.d_ff, cfg.head_dim
+  attn = d * cfg.n_heads * dh * 2 + d * cfg.n_kv_heads * dh * 2  # wq, wo, wk, wv
+  mlp = 3 * d * f
+  per_layer = attn + mlp + 2 * d  # two RMSNorm scales
+  body = cfg.n_layers * per_layer + d  # final norm
+  embed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+  return {"total": body + embed, "non_embedding": body}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token: 6 N (forward + backward matmuls) plus the attention term.
+
+  N counts the matmul weights a token touches (non-embedding parameters plus the LM head). The
+  attention scores and the weighted sum cost 12 * layers * heads * d_head * seq per token for
+  forward+backward without a mask; a causal mask halves that.
+  """
+  n = count_params(cfg)["non_embedding"] + cfg.vocab_size * cfg.d_model
+  attn = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len / 2
+  return 6.0 * n + attn

@@ -1,0 +1,148 @@
+"""The pieces of a decoder block: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Every parameter is an nnx.Param carrying `logical_axes`, a tuple of names (vocab, embed, heads,
+kv_heads, head_dim, mlp, norm, layers) that sharding/ maps onto mesh axes; the model never names a
+mesh axis. A block built with n_stack = L holds each parameter with a leading `layers` axis of size
+L, so the Transformer can run all its layers as one lax.scan over one compiled body.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.attention import attention
+from model.config import ModelConfig
+
+
+def make_param(
+    key: jax.Array,
+    shape: tuple[int, ...],
+    axes: tuple[str, ...],
+    *,
+    std: Optional[float],
+    dtype,
+    n_stack: Optional[int] = None,
+    weight_decay: bool = True,
+) -> nnx.Param:
+  """A parameter drawn from N(0, std^2) (or ones when std is None).
+
+  Its metadata carries the logical axis names and whether AdamW decays it.
+  """
+  if n_stack is not None:
+    shape, axes = (n_stack, *shape), ("layers", *axes)
+  if std is None:
+    value = jnp.ones(shape, dtype)
+  else:
+    value = (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+  return nnx.Param(value, logical_axes=axes, weight_decay=weight_decay)
+
+
+class RMSNorm(nnx.Module):
+  """x / sqrt(mean(x^2) + eps) * scale, computed in float32."""
+
+  def __init__(self, cfg: ModelConfig, *, n_stack: Optional[int] = None):
+    self.eps = cfg.norm_eps
+    self.scale = make_param(
+        None, (cfg.d_model,), ("norm",), std=None, dtype=cfg.weight_dtype, n_stack=n_stack,
+        weight_decay=False)
+
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    x = x_BxTxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return (x * self.scale[...].astype(jnp.float32)).astype(x_BxTxD.dtype)
+
+
+def rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding, half-split layout: dimension i pairs with i + Dh/2.
+
+  This is the layout of Hugging Face's Llama (rotate_half), so converted checkpoints need no
+  permutation of the projection weights.
+  """
+  dh = x_BxTxNxDh.shape[-1]
+  inv_freq = theta ** (-jnp.arange(0, dh // 2, dtype=jnp.float32) * 2.0 / dh)
+  angles_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  cos = jnp.cos(angles_BxTxF)[:, :, None, :]
+  sin = jnp.sin(angles_BxTxF)[:, :, None, :]
+  x = x_BxTxNxDh.astype(jnp.float32)
+  x1, x2 = x[..., : dh // 2], x[..., dh // 2:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxDh.dtype)
+
+
+class Attention(nnx.Module):
+  """Causal self-attention with n_kv_heads key/value heads shared by groups of query heads."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, n_stack: Optional[int] = None):
+    self.cfg = cfg
+    d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    p = dict(dtype=cfg.weight_dtype, n_stack=n_stack)
+    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # residual-branch scaling (GPT-2)
+    self.wq = make_param(rngs.params(), (d, h, dh), ("embed", "heads", "head_dim"), std=cfg.init_std, **p)
+    self.wk = make_param(rngs.params(), (d, k, dh), ("embed", "kv_heads", "head_dim"), std=cfg.init_std, **p)
+    self.wv = make_param(rngs.params(), (d, k, dh), ("embed", "kv_heads", "head_dim"), std=cfg.init_std, **p)
+    self.wo = make_param(rngs.params(), (h, dh, d), ("heads", "head_dim", "embed"), std=out_std, **p)
+
+  def project_qkv(self, x_BxTxD: jax.Array, positions_BxT: jax.Array):
+    """Queries, keys and values for x, with RoPE applied to q and k."""
+    dt = self.cfg.compute_dtype
+    x = x_BxTxD.astype(dt)
+    q_BxTxHxDh = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))
+    k_BxTxKxDh = jnp.einsum("btd,dhk->bthk", x, self.wk[...].astype(dt))
+    v_BxTxKxDh = jnp.einsum("btd,dhk->bthk", x, self.wv[...].astype(dt))
+    q_BxTxHxDh = rope(q_BxTxHxDh, positions_BxT, self.cfg.rope_theta)
+    k_BxTxKxDh = rope(k_BxTxKxDh, positions_BxT, self.cfg.rope_theta)
+    return q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh
+
+  def project_out(self, o_BxTxHxDh: jax.Array) -> jax.Array:
+    dt = self.cfg.compute_dtype
+    return jnp.einsum("bthk,hkd->btd", o_BxTxHxDh.astype(dt), self.wo[...].astype(dt))
+
+  def __call__(
+      self,
+      x_BxTxD: jax.Array,
+      positions_BxT: jax.Array,
+      segment_ids_BxT: Optional[jax.Array] = None,
+  ) -> jax.Array:
+    q, k, v = self.project_qkv(x_BxTxD, positions_BxT)
+    o_BxTxHxDh = attention(
+        q, k, v, implementation=self.cfg.attention_impl, causal=True,
+        q_segment_ids_BxT=segment_ids_BxT, kv_segment_ids_BxS=segment_ids_BxT)
+    return self.project_out(o_BxTxHxDh)
+
+
+class SwiGLU(nnx.Module):
+  """down(silu(x W_gate) * (x W_up))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, n_stack: Optional[int] = None):
+    self.cfg = cfg
+    d, f = cfg.d_model, cfg.d_ff
+    p = dict(dtype=cfg.weight_dtype, n_stack=n_stack)
+    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    self.w_gate = make_param(rngs.params(), (d, f), ("embed", "mlp"), std=cfg.init_std, **p)
+    self.w_up = make_param(rngs.params(), (d, f), ("embed", "mlp"), std=cfg.init_std, **p)
+    self.w_down = make_param(rngs.params(), (f, d), ("mlp", "embed"), std=out_std, **p)
+
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    dt = self.cfg.compute_dtype
+    x = x_BxTxD.astype(dt)
+    gate_BxTxF = jnp.einsum("btd,df->btf", x, self.w_gate[...].astype(dt))
+    up_BxTxF = jnp.einsum("btd,df->btf", x, self.w_up[...].astype(dt))
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF, self.w_down[...].astype(dt))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, n_stack: Optional[int] = None):
+    self.attn_norm = RMSNorm(cfg, n_stack=n_stack)
+    self.attn = Attention(cfg, rngs, n_stack=n_stack)
+    self.mlp_norm = RMSNorm(cfg, n_stack=n_stack)
+    self.mlp = SwiGLU(cfg, rngs, n_stack=n_stack)
+
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT=None):
+    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT)
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))

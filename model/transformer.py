@@ -1,0 +1,118 @@
+"""The decoder-only Transformer: embed, n_layers pre-norm blocks, final norm, LM head."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.config import ModelConfig
+from model.layers import Block, RMSNorm, make_param
+
+_REMAT = {
+    "full": None,  # save nothing inside a layer, recompute it all in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nnx.Module):
+  """Token ids (B, T) -> next-token logits (B, T, V) in float32."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = make_param(
+        rngs.params(), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), std=cfg.init_std,
+        dtype=cfg.weight_dtype, weight_decay=False)
+    if cfg.scan_layers:
+      self.blocks = Block(cfg, rngs, n_stack=cfg.n_layers)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = RMSNorm(cfg)
+    if not cfg.tie_embeddings:
+      self.lm_head = make_param(
+          rngs.params(), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std=cfg.init_std,
+          dtype=cfg.weight_dtype)
+
+  def embed_tokens(self, tokens_BxT: jax.Array) -> jax.Array:
+    return jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.cfg.compute_dtype)
+
+  def logits(self, x_BxTxD: jax.Array) -> jax.Array:
+    x = self.final_norm(x_BxTxD)
+    dt = self.cfg.compute_dtype
+    if self.cfg.tie_embeddings:
+      w_VxD = self.embed[...].astype(dt)
+      out = jnp.einsum("btd,vd->btv", x.astype(dt), w_VxD, preferred_element_type=jnp.float32)
+    else:
+      w_DxV = self.lm_head[...].astype(dt)
+      out = jnp.einsum("btd,dv->btv", x.astype(dt), w_DxV, preferred_element_type=jnp.float32)
+    return out.astype(jnp.float32)
+
+  def layer_fn(self):
+    """(graphdef, stacked_state, body) with body(x, layer_state, positions, segs) -> x.
+
+    The body is wrapped in jax.checkpoint according to cfg.remat.
+    """
+    graphdef, state = nnx.split(self.blocks)
+
+    def body(x_BxTxD, layer_state, positions_BxT, segment_ids_BxT):
+      return nnx.merge(graphdef, layer_state)(x_BxTxD, positions_BxT, segment_ids_BxT)
+
+    if self.cfg.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT[self.cfg.remat])
+    return state, body
+
+  def __call__(
+      self,
+      tokens_BxT: jax.Array,
+      positions_BxT: Optional[jax.Array] = None,
+      segment_ids_BxT: Optional[jax.Array] = None,
+  ) -> jax.Array:
+    b, t = tokens_BxT.shape
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(t)[None], (b, t))
+    x_BxTxD = self.embed_tokens(tokens_BxT)
+    if self.cfg.scan_layers:
+      state, body = self.layer_fn()
+
+      def scan_body(x, layer_state):
+        return body(x, layer_state, positions_BxT, segment_ids_BxT), None
+
+      x_BxTxD, _ = jax.lax.scan(scan_body, x_BxTxD, state)
+    else:
+      for block in self.blocks:
+        graphdef, state = nnx.split(block)
+
+        def body(x, s):
+          return nnx.merge(graphdef, s)(x, positions_BxT, segment_ids_BxT)
+
+        if self.cfg.remat != "none":
+          body = jax.checkpoint(body, policy=_REMAT[self.cfg.remat])
+        x_BxTxD = body(x_BxTxD, state)
+    return self.logits(x_BxTxD)
+
+
+def create(cfg: ModelConfig, key: jax.Array) -> tuple[nnx.GraphDef, nnx.State]:
+  """Builds the model from a PRNG key; returns (graphdef, params) for pure functions."""
+  return nnx.split(Transformer(cfg, nnx.Rngs(params=key)))
+
+
+def abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, params as ShapeDtypeStructs) without allocating anything."""
+  return jax.eval_shape(lambda: create(cfg, jax.random.key(0)))
+
+
+def apply(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens_BxT: jax.Array,
+    positions_BxT: Optional[jax.Array] = None,
+    segment_ids_BxT: Optional[jax.Array] = None,
+) -> jax.Array:
+  """Pure forward pass: logits (B, T, V) from params."""
+  return nnx.merge(graphdef, params)(tokens_BxT, positions_BxT, segment_ids_BxT)
+
+
+def param_count(params: nnx.State) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
