@@ -171,8 +171,7 @@ def prepare(
     tok = tokenizer_lib.train_bpe(split["train"], vocab_size)
     os.makedirs(workdir, exist_ok=True)
     tokenizer_lib.save(tok, workdir)
-  train_tokens = tokenize(split["train"], tok)
-  val_tokens = tokenize(split["val"], tok)
+  train_tokens, val_tokens = _cached_tokens(workdir, split, tok)
   train = pack(train_tokens, seq_len)
   val = pack(val_tokens, seq_len)
   if len(val) == 0:  # no held-out documents: hold out the tail of the training stream instead
@@ -185,6 +184,27 @@ def prepare(
         f"fewer than one batch (train.batch_size={batch_size}); lower train.batch_size or "
         "data.seq_len, or add text to data.paths")
   return tok, Corpus(train, val, int(train.size), unigram_entropy(train_tokens))
+
+
+def _cached_tokens(workdir: str, split: dict, tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+  """Token streams of both splits, cached in workdir/data keyed by a hash of texts and tokenizer,
+  so a resumed run skips tokenization but never reuses stale tokens."""
+  h = hashlib.sha1(tok.to_str().encode())
+  for name in ("train", "val"):
+    for text in split[name]:
+      h.update(text.encode("utf-8", "replace"))
+      h.update(b"\0")
+    h.update(name.encode())
+  path = os.path.join(workdir, "data", f"tokens-{h.hexdigest()[:16]}.npz")
+  if os.path.exists(path):
+    with np.load(path) as z:
+      return z["train"], z["val"]
+  train, val = tokenize(split["train"], tok), tokenize(split["val"], tok)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, train=train, val=val)
+  os.replace(tmp, path)
+  return train, val
 
 
 def train_iterator(

@@ -1,0 +1,24 @@
+"""What every experiment script shares: process set-up and one-line error reporting."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+
+def setup() -> None:
+  """Quiet, predictable logs: absl INFO chatter from orbax off, warnings kept."""
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  for name in ("orbax", "jax._src.xla_bridge"):
+    logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def fail(error: Exception) -> None:
+  """Prints `error: <one line>` and exits with status 2, without a traceback."""
+  print(f"error: {error}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def format_summary(summary: dict) -> str:
+  return json.dumps(summary, default=str)

@@ -1,0 +1,33 @@
+"""Test set-up: 8 CPU devices, so multi-device code runs in CI without accelerators.
+
+The XLA flag must be set before jax is imported anywhere.
+"""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path):
+  """A small .txt + .jsonl corpus: enough text for a few batches of short sequences."""
+  import json
+  import random
+
+  rng = random.Random(0)
+  words = ["alpha", "beta", "gamma", "delta", "def", "return", "class", "import", "self", "x"]
+  d = tmp_path / "corpus"
+  d.mkdir()
+  for i in range(6):
+    (d / f"doc{i}.txt").write_text(
+        " ".join(rng.choice(words) for _ in range(400)) + "\n", encoding="utf-8")
+  with open(d / "more.jsonl", "w", encoding="utf-8") as f:
+    for i in range(20):
+      f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(60))}) + "\n")
+  return str(d / "*.txt") + "," + str(d / "more.jsonl")

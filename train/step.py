@@ -1,0 +1,103 @@
+"""The train and eval steps: pure functions of explicit state, jitted once by the loop.
+
+TrainState is a plain dict so that orbax saves and restores it as it is:
+  step       int32 scalar, the number of optimizer updates applied
+  params     nnx.State of the model parameters
+  opt_state  optax state
+  rng        uint32 key data (jax.random.key_data), split every step
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from model import transformer
+
+TrainState = dict[str, Any]
+
+
+def init_state(graphdef, params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "opt_state": tx.init(params),
+      "rng": jax.random.key_data(jax.random.key(seed + 1)),
+  }
+
+
+def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: int):
+  """(sum of next-token cross-entropy over non-padding targets, number of such targets)."""
+  mask_BxT = targets_BxT != pad_id
+  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV.astype(jnp.float32), targets_BxT)
+  return jnp.sum(ce_BxT * mask_BxT), jnp.sum(mask_BxT)
+
+
+def loss_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int):
+  inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
+  logits = transformer.apply(graphdef, params, inputs)
+  return token_loss_sums(logits, targets, pad_id)
+
+
+def make_train_step(
+    graphdef, tx: optax.GradientTransformation, *, pad_id: int, grad_accum: int,
+    lr_schedule: Callable[[jax.Array], jax.Array],
+):
+  """Returns train_step(state, batch (B, L+1)) -> (state, metrics), not yet jitted.
+
+  With grad_accum = A the batch is cut into A micro-batches whose gradients are summed in a scan,
+  so the update equals the one on the whole batch while activations are those of B / A rows.
+  """
+
+  def grads_of(params, micro_BxL1):
+    (loss_sum, n), grads = jax.value_and_grad(
+        lambda p: loss_sums(graphdef, p, micro_BxL1, pad_id), has_aux=True)(params)
+    return loss_sum, n, grads
+
+  def train_step(state: TrainState, batch_BxL1: jax.Array):
+    params = state["params"]
+    rng, _step_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+    if grad_accum == 1:
+      loss_sum, n, grads = grads_of(params, batch_BxL1)
+    else:
+      micro_AxMxL1 = batch_BxL1.reshape(grad_accum, -1, batch_BxL1.shape[-1])
+      zeros = jax.tree.map(jnp.zeros_like, params)
+
+      def acc(carry, micro):
+        loss_sum, n, grads = grads_of(params, micro)
+        return (carry[0] + loss_sum, carry[1] + n, jax.tree.map(jnp.add, carry[2], grads)), None
+
+      (loss_sum, n, grads), _ = jax.lax.scan(
+          acc, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), zeros), micro_AxMxL1)
+    n = jnp.maximum(n, 1)
+    grads = jax.tree.map(lambda g: g / n, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+    new_state = {
+        "step": state["step"] + 1,
+        "params": params,
+        "opt_state": opt_state,
+        "rng": jax.random.key_data(rng),
+    }
+    metrics = {
+        "loss": loss_sum / n,
+        "grad_norm": optax.global_norm(grads),
+        "lr": lr_schedule(state["step"]),
+        "tokens": n,
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef, *, pad_id: int):
+  """eval_step(params, batch) -> (loss sum, token count)."""
+
+  def eval_step(params, batch_BxL1):
+    return loss_sums(graphdef, params, batch_BxL1, pad_id)
+
+  return eval_step
