@@ -70,3 +70,45 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def load_params(workdir: str):
+  """(ModelConfig, graphdef, params) of the newest readable checkpoint in `workdir`, on the
+  default device, for inference and evaluation scripts.
+
+  Raises FileNotFoundError naming the workdir when it holds no run or no checkpoint.
+  """
+  import json
+
+  import ml_collections
+
+  from model import transformer
+  from model.config import ModelConfig
+  from train import optimizer as optimizer_lib
+  from train import step as step_lib
+
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} has no config.json: train a run there first (experiments.train)")
+  with open(path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  model_cfg = ModelConfig.from_dict(config.model.to_dict())
+  graphdef, _ = transformer.abstract(model_cfg)
+  tx = optimizer_lib.make(config.train, config.train.steps)
+
+  def init_fn(key):
+    _, params = transformer.create(model_cfg, key)
+    return step_lib.init_state(graphdef, params, tx, config.train.seed)
+
+  abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract_state = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_state)
+  restored = Checkpointer(os.path.join(workdir, "checkpoints"), keep=10**6, every_steps=1)
+  try:
+    found = restored.restore_latest(abstract_state)
+  finally:
+    restored.close()
+  if found is None:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no readable checkpoint")
+  return model_cfg, graphdef, found[1]["params"]
