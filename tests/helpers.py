@@ -1,30 +1,20 @@
-"""Small configs shared by the tests."""
+"""Small configs and subprocess runners shared by the tests."""
+
+import os
+import subprocess
+import sys
 
 import ml_collections
 
-from experiments.configs import default
+from experiments.configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(paths: str, **overrides) -> ml_collections.ConfigDict:
-  """The default config shrunk to a model that compiles and steps in about a second."""
-  c = default.get_config()
+  """experiments/configs/tiny.py on `paths`, with dotted overrides ("train.steps": 4)."""
+  c = tiny.get_config()
   c.data.paths = paths
-  c.data.seq_len = 32
-  c.data.vocab_size = 300
-  c.model.d_model = 32
-  c.model.n_layers = 2
-  c.model.n_heads = 4
-  c.model.n_kv_heads = 2
-  c.model.d_ff = 64
-  c.train.steps = 6
-  c.train.batch_size = 8
-  c.train.lr = 1e-2
-  c.train.warmup_steps = 2
-  c.train.log_every = 1
-  c.train.eval_every = 3
-  c.train.eval_batches = 2
-  c.checkpoint.every_steps = 3
-  c.checkpoint.keep = 5
   for dotted, value in overrides.items():
     node = c
     *parents, leaf = dotted.split(".")
@@ -32,3 +22,27 @@ def tiny_config(paths: str, **overrides) -> ml_collections.ConfigDict:
       node = node[p]
     node[leaf] = value
   return c
+
+
+def script_cmd(module: str, *args: str) -> list[str]:
+  return [sys.executable, "-m", module, *args]
+
+
+def script_env(n_devices: int = 1) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def run_script(module: str, *args: str, n_devices: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs `python -m module args` from the repo root and returns the finished process."""
+  return subprocess.run(
+      script_cmd(module, *args), cwd=ROOT, env=script_env(n_devices), capture_output=True,
+      text=True, timeout=timeout)
+
+
+def train_args(workdir, paths: str, *overrides: str) -> list[str]:
+  return [f"--workdir={workdir}", "--config=experiments/configs/tiny.py",
+          f"--config.data.paths={paths}", *overrides]
