@@ -1,0 +1,72 @@
+"""ModelConfig and experiment-config validation: each impossible setting names its field."""
+
+import ml_collections
+import pytest
+
+from model.config import ModelConfig, count_params
+from train import config as config_lib
+from tests.helpers import tiny_config
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("d_model", 30, "model.d_model=30 must be divisible by model.n_heads=4"),
+    ("n_kv_heads", 3, "model.n_heads=4 must be divisible by model.n_kv_heads=3"),
+    ("n_layers", 0, "model.n_layers must be a positive integer"),
+    ("vocab_size", -5, "model.vocab_size must be a positive integer"),
+    ("attention_impl", "magic", "model.attention_impl='magic' is unknown; allowed: reference"),
+    ("dtype", "float8", "model.dtype='float8' is unknown; allowed: float32, bfloat16"),
+    ("param_dtype", "int8", "model.param_dtype='int8' is unknown"),
+    ("remat", "sometimes", "model.remat='sometimes' is unknown"),
+])
+def test_model_config_rejects_impossible_values(field, value, needle):
+  kwargs = dict(d_model=32, n_heads=4, n_kv_heads=2)
+  kwargs[field] = value
+  with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+    ModelConfig(**kwargs)
+
+
+def test_model_config_rejects_unknown_keys():
+  with pytest.raises(ValueError, match=r"unknown model setting\(s\) \['n_expertz'\]"):
+    ModelConfig.from_dict({"n_expertz": 3})
+
+
+@pytest.mark.parametrize("kv, name", [(4, "MHA"), (2, "GQA"), (1, "MQA")])
+def test_attention_variants_are_valid_configs(kv, name):
+  cfg = ModelConfig(d_model=32, n_heads=4, n_kv_heads=kv)
+  assert cfg.head_dim == 8, name
+
+
+def test_kv_heads_shrink_parameter_count():
+  mha = count_params(ModelConfig(d_model=64, n_heads=8, n_kv_heads=8))["total"]
+  mqa = count_params(ModelConfig(d_model=64, n_heads=8, n_kv_heads=1))["total"]
+  # wk and wv each shrink from d x d to d x d_head, in every layer.
+  assert mha - mqa == 4 * 2 * (64 * 64 - 64 * 8)
+
+
+@pytest.mark.parametrize("dotted, value, needle", [
+    ("train.steps", 0, "train.steps must be positive"),
+    ("train.batch_size", 6, "train.batch_size=6 must be divisible by train.grad_accum=4"),
+    ("data.seq_len", 100, "data.seq_len=100 exceeds model.max_seq_len=64"),
+    ("checkpoint.keep", 0, "checkpoint.keep must be positive"),
+])
+def test_experiment_config_errors_name_the_setting(dotted, value, needle):
+  c = tiny_config("", **{"train.grad_accum": 4 if dotted == "train.batch_size" else 1})
+  if dotted == "data.seq_len":  # unlink model.max_seq_len from data.seq_len, as a user may
+    c.model = ml_collections.ConfigDict(c.model.to_dict())
+    c.model.max_seq_len = 64
+  node, leaf = c, dotted.split(".")
+  for p in leaf[:-1]:
+    node = node[p]
+  node[leaf[-1]] = value
+  with pytest.raises(ValueError, match=needle):
+    config_lib.validate(c)
+
+
+def test_workdir_with_other_model_shape_is_refused(tmp_path):
+  c = tiny_config("")
+  config_lib.save(str(tmp_path), c)
+  c2 = tiny_config("", **{"model.d_model": 64})
+  with pytest.raises(config_lib.ConfigError, match="model.d_model: saved 32, requested 64"):
+    config_lib.check_workdir(str(tmp_path), c2)
+  c3 = tiny_config("", **{"train.steps": 100})  # a longer run of the same model is fine
+  config_lib.check_workdir(str(tmp_path), c3)

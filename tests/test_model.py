@@ -1,0 +1,167 @@
+"""The Transformer: shapes, GQA/MQA equivalence to MHA, causality, parameter count, overfitting."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from model import attention as attn_lib
+from model import transformer
+from model.config import ModelConfig, count_params, flops_per_token
+
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                  max_seq_len=16)
+
+
+def _tokens(b=2, t=12, seed=0):
+  return jax.random.randint(jax.random.key(seed), (b, t), 0, CFG.vocab_size)
+
+
+@pytest.mark.parametrize("kv", [4, 2, 1])
+def test_logits_shape_and_dtype_for_mha_gqa_mqa(kv):
+  cfg = dataclasses.replace(CFG, n_kv_heads=kv)
+  graphdef, params = transformer.create(cfg, jax.random.key(0))
+  logits = transformer.apply(graphdef, params, _tokens())
+  assert logits.shape == (2, 12, cfg.vocab_size)
+  assert logits.dtype == jnp.float32
+  assert params["blocks"]["attn"]["wk"].shape == (cfg.n_layers, cfg.d_model, kv, cfg.head_dim)
+
+
+def test_gqa_equals_mha_with_repeated_kv():
+  """GQA with K kv heads == MHA whose kv heads are the GQA heads each repeated H/K times."""
+  b, t, h, kv, dh = 2, 10, 8, 2, 16
+  keys = jax.random.split(jax.random.key(1), 3)
+  q = jax.random.normal(keys[0], (b, t, h, dh))
+  k = jax.random.normal(keys[1], (b, t, kv, dh))
+  v = jax.random.normal(keys[2], (b, t, kv, dh))
+  gqa = attn_lib.attention(q, k, v, causal=True)
+  mha = attn_lib.attention(q, jnp.repeat(k, h // kv, axis=2), jnp.repeat(v, h // kv, axis=2), causal=True)
+  np.testing.assert_allclose(gqa, mha, atol=1e-6)
+
+
+def test_reference_attention_matches_the_formula():
+  b, t, h, dh = 1, 5, 2, 4
+  keys = jax.random.split(jax.random.key(2), 3)
+  q, k, v = (jax.random.normal(kk, (b, t, h, dh)) for kk in keys)
+  scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(dh)
+  scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  expected = np.einsum("bhts,bshd->bthd", probs, v)
+  np.testing.assert_allclose(attn_lib.attention(q, k, v, causal=True), expected, atol=1e-5)
+
+
+def test_gqa_model_equals_mha_model_with_repeated_kv_weights():
+  gqa_cfg = dataclasses.replace(CFG, n_kv_heads=2)
+  mha_cfg = dataclasses.replace(CFG, n_kv_heads=4)
+  graphdef, params = transformer.create(gqa_cfg, jax.random.key(0))
+  mha_def, mha_params = transformer.create(mha_cfg, jax.random.key(0))
+  for name in ("wq", "wo"):
+    mha_params["blocks"]["attn"][name].set_value(params["blocks"]["attn"][name][...])
+  for name in ("wk", "wv"):
+    mha_params["blocks"]["attn"][name].set_value(jnp.repeat(params["blocks"]["attn"][name][...], 2, axis=2))
+  for path in (("blocks", "mlp", "w_gate"), ("blocks", "mlp", "w_up"), ("blocks", "mlp", "w_down"), ("embed",)):
+    src, dst = params, mha_params
+    for p in path:
+      src, dst = src[p], dst[p]
+    dst.set_value(src[...])
+  toks = _tokens()
+  np.testing.assert_allclose(
+      transformer.apply(graphdef, params, toks), transformer.apply(mha_def, mha_params, toks),
+      atol=1e-5)
+
+
+def test_future_tokens_change_no_earlier_logit():
+  graphdef, params = transformer.create(CFG, jax.random.key(0))
+  toks = _tokens(b=1, t=12)
+  changed = toks.at[0, 7].set((toks[0, 7] + 1) % CFG.vocab_size)
+  a = transformer.apply(graphdef, params, toks)
+  b = transformer.apply(graphdef, params, changed)
+  np.testing.assert_array_equal(a[0, :7], b[0, :7])
+  assert not np.allclose(a[0, 7:], b[0, 7:])
+
+
+def test_gradient_of_early_logit_ignores_future_tokens():
+  graphdef, params = transformer.create(CFG, jax.random.key(0))
+  emb = jax.random.normal(jax.random.key(3), (1, 12, CFG.d_model))
+
+  def logit_at_4(e):
+    model = nnx.merge(graphdef, params)
+    positions = jnp.arange(12)[None]
+    x = e
+    state, body = model.layer_fn()
+    x, _ = jax.lax.scan(lambda c, s: (body(c, s, positions, None), None), x, state)
+    return model.logits(x)[0, 4].sum()
+
+  g = jax.grad(logit_at_4)(emb)
+  assert np.abs(g[0, 5:]).max() == 0.0
+  assert np.abs(g[0, :5]).max() > 0.0
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_parameter_count_matches_config_arithmetic(tie):
+  cfg = dataclasses.replace(CFG, tie_embeddings=tie)
+  _, params = transformer.create(cfg, jax.random.key(0))
+  assert transformer.param_count(params) == count_params(cfg)["total"]
+
+
+def test_flops_per_token_is_6n_plus_causal_attention():
+  n = count_params(CFG)["non_embedding"] + CFG.vocab_size * CFG.d_model
+  attn = 12 * CFG.n_layers * CFG.n_heads * CFG.head_dim * 16 / 2
+  assert flops_per_token(CFG, 16) == 6 * n + attn
+
+
+@pytest.mark.parametrize("variant", [dict(scan_layers=False), dict(remat="full"), dict(remat="dots")])
+def test_unrolled_and_rematerialised_layers_equal_the_scanned_model(variant):
+  graphdef, params = transformer.create(CFG, jax.random.key(0))
+  other_cfg = dataclasses.replace(CFG, **variant)
+  other_def, other = transformer.create(other_cfg, jax.random.key(0))
+  if not other_cfg.scan_layers:  # copy layer i of the stacked params into block i
+    stacked = params["blocks"].to_pure_dict()
+    for i in range(CFG.n_layers):
+      nnx.replace_by_pure_dict(other["blocks"][i], jax.tree.map(lambda x: x[i], stacked))
+    other["embed"].set_value(params["embed"][...])
+  toks = _tokens()
+
+  def loss(p, gd):
+    return transformer.apply(gd, p, toks).sum()
+
+  np.testing.assert_allclose(loss(params, graphdef), loss(other, other_def), rtol=1e-5)
+  g1 = jax.grad(loss)(params, graphdef)
+  g2 = jax.grad(loss)(other, other_def)
+  np.testing.assert_allclose(g1["embed"][...], g2["embed"][...], atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_logits_and_close_values():
+  graphdef, params = transformer.create(CFG, jax.random.key(0))
+  bf_def, _ = transformer.create(dataclasses.replace(CFG, dtype="bfloat16"), jax.random.key(0))
+  toks = _tokens()
+  out = transformer.apply(bf_def, params, toks)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, transformer.apply(graphdef, params, toks), atol=5e-2)
+
+
+def test_tiny_model_overfits_one_batch():
+  graphdef, params = transformer.create(CFG, jax.random.key(0))
+  toks = _tokens(b=4, t=13, seed=5)
+  tx = optax.adam(1e-2)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt):
+    def loss_fn(p):
+      logits = transformer.apply(graphdef, p, toks[:, :-1])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, toks[:, 1:]).mean()
+    loss, g = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(g, opt, params)
+    return optax.apply_updates(params, updates), opt, loss
+
+  first = None
+  for _ in range(150):
+    params, opt, loss = step(params, opt)
+    first = loss if first is None else first
+  assert first > 3.5 and loss < 0.1, (first, loss)
