@@ -1,0 +1,44 @@
+"""Byte-level BPE: exact round trip on any Unicode, special tokens, size checks."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from train import tokenizer as tok_lib
+
+CORPUS = ["def foo(x):\n    return x + 1\n", "héllo wörld ✓ 日本語", "class A:\n    pass\n"] * 20
+
+
+@pytest.fixture(scope="module")
+def tok():
+  return tok_lib.train_bpe(CORPUS, 320)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text())
+def test_encode_then_decode_is_identity_for_any_unicode(tok, text):
+  assert tok_lib.decode(tok, tok_lib.encode(tok, text)) == text
+
+
+def test_special_tokens_exist_and_differ(tok):
+  assert tok_lib.special_id(tok, tok_lib.EOT) != tok_lib.special_id(tok, tok_lib.PAD)
+
+
+def test_merges_shorten_the_training_text(tok):
+  text = CORPUS[0]
+  assert len(tok_lib.encode(tok, text)) < len(text.encode())
+
+
+def test_vocab_size_is_respected(tok):
+  assert tok.get_vocab_size() <= 320
+
+
+def test_vocab_smaller_than_bytes_plus_specials_is_refused():
+  with pytest.raises(ValueError, match="data.vocab_size=200 is too small"):
+    tok_lib.train_bpe(CORPUS, 200)
+
+
+def test_save_and_load_round_trip(tok, tmp_path):
+  tok_lib.save(tok, str(tmp_path))
+  again = tok_lib.load(str(tmp_path))
+  assert again.encode("def x").ids == tok.encode("def x").ids
