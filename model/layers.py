@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import kv_cache
 from model.attention import attention
 from model.config import ModelConfig
 
@@ -113,6 +114,28 @@ class Attention(nnx.Module):
         q_segment_ids_BxT=segment_ids_BxT, kv_segment_ids_BxS=segment_ids_BxT)
     return self.project_out(o_BxTxHxDh)
 
+  def decode(
+      self,
+      x_BxTxD: jax.Array,
+      positions_BxT: jax.Array,
+      k_BxSxKxDh: jax.Array,
+      v_BxSxKxDh: jax.Array,
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Attention of T new tokens over this layer's cache: (out, k cache, v cache).
+
+    The new keys and values go into the cache's slots at positions_BxT first, so the new tokens
+    see each other causally and every earlier slot; slots past a row's position stay masked.
+    The reference implementation is used whatever cfg.attention_impl says: with T of 1 to a
+    few tokens the (T, S) scores are small, and the step is bound by reading the cache.
+    """
+    q, k_new, v_new = self.project_qkv(x_BxTxD, positions_BxT)
+    k_BxSxKxDh = kv_cache.write(k_BxSxKxDh, k_new, positions_BxT)
+    v_BxSxKxDh = kv_cache.write(v_BxSxKxDh, v_new, positions_BxT)
+    o_BxTxHxDh = attention(
+        q, k_BxSxKxDh, v_BxSxKxDh, implementation="reference", causal=True,
+        q_positions_BxT=positions_BxT)
+    return self.project_out(o_BxTxHxDh), k_BxSxKxDh, v_BxSxKxDh
+
 
 class SwiGLU(nnx.Module):
   """down(silu(x W_gate) * (x W_up))."""
@@ -146,3 +169,10 @@ class Block(nnx.Module):
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT=None):
     x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT)
     return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+
+  def decode(self, x_BxTxD, positions_BxT, k_BxSxKxDh, v_BxSxKxDh):
+    """The block over T new tokens with this layer's cache: (x, k cache, v cache)."""
+    a_BxTxD, k_BxSxKxDh, v_BxSxKxDh = self.attn.decode(
+        self.attn_norm(x_BxTxD), positions_BxT, k_BxSxKxDh, v_BxSxKxDh)
+    x_BxTxD = x_BxTxD + a_BxTxD
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), k_BxSxKxDh, v_BxSxKxDh

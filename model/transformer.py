@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.config import ModelConfig
+from model.kv_cache import KVCache
 from model.layers import Block, RMSNorm, make_param
 
 _REMAT = {
@@ -92,6 +93,38 @@ class Transformer(nnx.Module):
         x_BxTxD = body(x_BxTxD, state)
     return self.logits(x_BxTxD)
 
+  def decode(
+      self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
+  ) -> tuple[jax.Array, KVCache]:
+    """Forward over T new tokens at positions_BxT against the cache: (logits BxTxV, cache).
+
+    Prefill (T = the padded prompt length) and a decode step (T = 1, or gamma + 1 for a
+    speculative verification) are this one function. With scan_layers the layers are one
+    lax.scan whose xs are (layer params, layer keys, layer values) and whose ys are the updated
+    keys and values, so the cache stays stacked per layer like the parameters.
+    """
+    x_BxTxD = self.embed_tokens(tokens_BxT)
+    if self.cfg.scan_layers:
+      graphdef, state = nnx.split(self.blocks)
+
+      def scan_body(x, xs):
+        layer_state, k_BxSxKxDh, v_BxSxKxDh = xs
+        x, k_BxSxKxDh, v_BxSxKxDh = nnx.merge(graphdef, layer_state).decode(
+            x, positions_BxT, k_BxSxKxDh, v_BxSxKxDh)
+        return x, (k_BxSxKxDh, v_BxSxKxDh)
+
+      x_BxTxD, (k, v) = jax.lax.scan(
+          scan_body, x_BxTxD, (state, cache.k_LxBxSxKxDh, cache.v_LxBxSxKxDh))
+    else:
+      ks, vs = [], []
+      for i, block in enumerate(self.blocks):
+        x_BxTxD, k_i, v_i = block.decode(
+            x_BxTxD, positions_BxT, cache.k_LxBxSxKxDh[i], cache.v_LxBxSxKxDh[i])
+        ks.append(k_i)
+        vs.append(v_i)
+      k, v = jnp.stack(ks), jnp.stack(vs)
+    return self.logits(x_BxTxD), KVCache(k, v)
+
 
 def create(cfg: ModelConfig, key: jax.Array) -> tuple[nnx.GraphDef, nnx.State]:
   """Builds the model from a PRNG key; returns (graphdef, params) for pure functions."""
@@ -112,6 +145,17 @@ def apply(
 ) -> jax.Array:
   """Pure forward pass: logits (B, T, V) from params."""
   return nnx.merge(graphdef, params)(tokens_BxT, positions_BxT, segment_ids_BxT)
+
+
+def decode(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens_BxT: jax.Array,
+    positions_BxT: jax.Array,
+    cache: KVCache,
+) -> tuple[jax.Array, KVCache]:
+  """Pure cached forward pass: (logits BxTxV float32, updated cache). See Transformer.decode."""
+  return nnx.merge(graphdef, params).decode(tokens_BxT, positions_BxT, cache)
 
 
 def param_count(params: nnx.State) -> int:

@@ -1,0 +1,133 @@
+"""KV cache, prefill and the decode loop: exact against the full forward pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from model import decode, kv_cache, sampling, transformer
+from model.config import ModelConfig
+
+
+def small_cfg(**kw) -> ModelConfig:
+  # init_std 0.2 spreads the logits, so greedy choices are not decided by rounding.
+  base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+              max_seq_len=64, init_std=0.2)
+  base.update(kw)
+  return ModelConfig(**base)
+
+
+@pytest.mark.parametrize("n_kv_heads,scan", [(4, True), (2, True), (1, True), (2, False)],
+                         ids=["mha", "gqa", "mqa", "gqa-noscan"])
+def test_prefill_plus_decode_steps_match_full_forward(n_kv_heads, scan):
+  cfg = small_cfg(n_kv_heads=n_kv_heads, scan_layers=scan)
+  graphdef, params = transformer.create(cfg, jax.random.key(0))
+  tokens_BxT = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
+  full_BxTxV = transformer.apply(graphdef, params, tokens_BxT)
+
+  n_prompt = 5
+  cache = kv_cache.init(cfg, 2, 16)
+  pos = jnp.broadcast_to(jnp.arange(n_prompt)[None], (2, n_prompt))
+  step = jax.jit(lambda p, t, q, c: transformer.decode(graphdef, p, t, q, c))
+  logits, cache = step(params, tokens_BxT[:, :n_prompt], pos, cache)
+  pieces = [logits]
+  for i in range(n_prompt, 12):
+    pos_Bx1 = jnp.full((2, 1), i, jnp.int32)
+    logits, cache = step(params, tokens_BxT[:, i:i + 1], pos_Bx1, cache)
+    pieces.append(logits)
+  cached_BxTxV = jnp.concatenate(pieces, axis=1)
+  np.testing.assert_allclose(cached_BxTxV, full_BxTxV, atol=1e-5, rtol=0)
+
+
+def test_rows_at_different_positions_match_their_own_forward():
+  cfg = small_cfg()
+  graphdef, params = transformer.create(cfg, jax.random.key(0))
+  tokens_BxT = jax.random.randint(jax.random.key(2), (2, 9), 0, cfg.vocab_size)
+  full_BxTxV = transformer.apply(graphdef, params, tokens_BxT)
+  lengths = jnp.array([3, 7])
+  cache = kv_cache.init(cfg, 2, 12)
+  _, cache = decode.prefill(graphdef, params, tokens_BxT[:, :8], lengths, cache)
+  # Row 0 continues from position 3, row 1 from 7: padding slots of row 0 are overwritten.
+  next_Bx1 = jnp.stack([tokens_BxT[0, 3], tokens_BxT[1, 7]])[:, None]
+  logits_Bx1xV, _ = transformer.decode(graphdef, params, next_Bx1, lengths[:, None], cache)
+  np.testing.assert_allclose(logits_Bx1xV[0, 0], full_BxTxV[0, 3], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(logits_Bx1xV[1, 0], full_BxTxV[1, 7], atol=1e-5, rtol=0)
+
+
+def test_cache_bytes_follow_the_formula_and_shrink_by_heads_over_kv_heads():
+  mha, mqa = small_cfg(n_kv_heads=4), small_cfg(n_kv_heads=1)
+  cache = kv_cache.init(mha, 3, 20)
+  assert cache.nbytes == 3 * kv_cache.bytes_per_sequence(mha, 20)
+  assert kv_cache.bytes_per_sequence(mha, 20) == 2 * 2 * 4 * 8 * 20 * 4
+  assert kv_cache.bytes_per_sequence(mha, 20) == 4 * kv_cache.bytes_per_sequence(mqa, 20)
+
+
+def test_cache_write_drops_positions_past_the_end():
+  cache_BxSxKxDh = jnp.zeros((1, 4, 1, 2))
+  new_BxTxKxDh = jnp.ones((1, 2, 1, 2))
+  out = kv_cache.write(cache_BxSxKxDh, new_BxTxKxDh, jnp.array([[3, 4]]))
+  np.testing.assert_array_equal(out[0, :, 0, 0], [0, 0, 0, 1])
+
+
+def greedy_reference(graphdef, params, prompt, n_new):
+  """Token-by-token greedy decoding with the full forward pass and no cache."""
+  seq = list(prompt)
+  for _ in range(n_new):
+    logits = transformer.apply(graphdef, params, jnp.asarray([seq]))
+    seq.append(int(jnp.argmax(logits[0, -1])))
+  return seq[len(prompt):]
+
+
+def test_greedy_generation_matches_uncached_greedy():
+  cfg = small_cfg()
+  graphdef, params = transformer.create(cfg, jax.random.key(0))
+  spec = decode.DecodeSpec(max_new_tokens=8, eot_id=cfg.vocab_size - 1,
+                           sampling=sampling.SamplingConfig(temperature=0.0))
+  prompt = [5, 9, 2]
+  prompts, lengths = decode.pad_prompts([prompt], pad_id=0)
+  out = decode.make_generate(cfg, graphdef, spec)(params, prompts, lengths, jax.random.split(jax.random.key(0), 1))
+  expected = greedy_reference(graphdef, params, prompt, 8)
+  got = decode.trim(out)[0]
+  assert got == expected[:len(got)]
+  assert len(got) == 8 or got[-1] == spec.eot_id
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_batch_of_different_lengths_equals_each_prompt_alone(temperature):
+  cfg = small_cfg()
+  graphdef, params = transformer.create(cfg, jax.random.key(0))
+  spec = decode.DecodeSpec(max_new_tokens=10, eot_id=cfg.vocab_size - 1,
+                           sampling=sampling.SamplingConfig(temperature=temperature))
+  generate = decode.make_generate(cfg, graphdef, spec)
+  prompts = [[3, 1, 4, 1, 5, 9], [2], [6, 5, 3]]
+  keys = jax.random.split(jax.random.key(7), 3)
+  batch = decode.trim(generate(params, *decode.pad_prompts(prompts, 0), keys))
+  for i, p in enumerate(prompts):
+    alone = decode.trim(generate(params, *decode.pad_prompts([p], 0), keys[i:i + 1]))[0]
+    assert batch[i] == alone
+
+
+def test_same_seed_same_output_other_seed_other_output():
+  cfg = small_cfg()
+  graphdef, params = transformer.create(cfg, jax.random.key(0))
+  spec = decode.DecodeSpec(max_new_tokens=12, eot_id=cfg.vocab_size - 1,
+                           sampling=sampling.SamplingConfig(temperature=1.0, top_k=20, top_p=0.9))
+  generate = decode.make_generate(cfg, graphdef, spec)
+  prompts, lengths = decode.pad_prompts([[1, 2, 3]] * 2, 0)
+  run = lambda seed: decode.trim(generate(params, prompts, lengths, jax.random.split(jax.random.key(seed), 2)))
+  assert run(0) == run(0)
+  assert run(0) != run(1)
+
+
+def test_generation_stops_at_end_of_text():
+  cfg = small_cfg()
+  graphdef, params = transformer.create(cfg, jax.random.key(0))
+  greedy = sampling.SamplingConfig(temperature=0.0)
+  prompts, lengths = decode.pad_prompts([[4, 4, 8]], 0)
+  keys = jax.random.split(jax.random.key(0), 1)
+  free = decode.make_generate(cfg, graphdef, decode.DecodeSpec(8, eot_id=-1, sampling=greedy))
+  tokens = decode.trim(free(params, prompts, lengths, keys))[0]
+  eot = tokens[3]  # pretend the 4th greedy token is end-of-text
+  stop = decode.make_generate(cfg, graphdef, decode.DecodeSpec(8, eot_id=eot, sampling=greedy))
+  stopped = decode.trim(stop(params, prompts, lengths, keys))[0]
+  assert stopped == tokens[:tokens.index(eot) + 1]
