@@ -1,0 +1,154 @@
+"""Training end to end: exact resumption, preemption, unreadable checkpoints, NaN stop, CLI errors."""
+
+import glob
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import ROOT, run_script, script_cmd, script_env, tiny_config, train_args
+from train import loop
+from train import metrics as metrics_lib
+
+
+def _losses(workdir) -> dict[int, float]:
+  """Per-step losses; a step logged twice (before and after a restart) keeps its last value."""
+  out = {}
+  for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    out[r["step"]] = r["loss"]
+  return out
+
+
+def _steps(workdir) -> list[int]:
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+def test_resume_after_kill_9_gives_bit_identical_losses(tmp_path, tiny_corpus):
+  overrides = ("--config.train.steps=40", "--config.checkpoint.every_steps=4",
+               "--config.train.eval_every=1000")
+  ref = tmp_path / "ref"
+  done = run_script("experiments.train", *train_args(ref, tiny_corpus, *overrides))
+  assert done.returncode == 0, done.stderr[-2000:]
+
+  run = tmp_path / "run"
+  proc = subprocess.Popen(script_cmd("experiments.train", *train_args(run, tiny_corpus, *overrides)),
+                          cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not os.path.isdir(run / "checkpoints" / "8") and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  killed_at = max(_losses(run))
+  assert killed_at < 40, "the run finished before it was killed; nothing was tested"
+
+  again = run_script("experiments.train", *train_args(run, tiny_corpus, *overrides))
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert _losses(run) == _losses(ref)  # bit-identical floats, every step 1..40
+  assert len(_losses(ref)) == 40
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_0(tmp_path, tiny_corpus):
+  run = tmp_path / "run"
+  proc = subprocess.Popen(
+      script_cmd("experiments.train", *train_args(
+          run, tiny_corpus, "--config.train.steps=100000", "--config.checkpoint.every_steps=50000")),
+      cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 240
+  metrics = run / "metrics.jsonl"
+  while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-2000:]
+  assert "received SIGTERM" in out
+  saved = _steps(run)
+  assert len(saved) == 1 and 3 <= saved[0] < 50000
+  assert max(_losses(run)) == saved[0]
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_corpus, capsys):
+  wd = str(tmp_path / "run")
+  config = tiny_config(tiny_corpus, **{"train.steps": 9})
+  loop.train(config, wd)  # checkpoints at 3, 6 and 9
+  before = _losses(wd)
+  assert _steps(wd) == [3, 6, 9]
+  files = [f for f in glob.glob(os.path.join(wd, "checkpoints", "9", "state", "**"), recursive=True)
+           if os.path.isfile(f) and os.path.getsize(f) > 1000]
+  for f in files:  # truncate the array data of the newest checkpoint
+    with open(f, "r+b") as fh:
+      fh.truncate(os.path.getsize(f) // 3)
+
+  summary = loop.train(config, wd)
+  out = capsys.readouterr().out
+  assert "checkpoint" in out and "9 is unreadable" in out
+  assert summary["start_step"] == 6
+  assert os.path.isdir(os.path.join(wd, "checkpoints", "6"))  # the readable one is kept
+  assert glob.glob(os.path.join(wd, "checkpoints", "unreadable-9-*"))  # moved aside, not deleted
+  assert _steps(wd) == [3, 6, 9]
+  assert _losses(wd) == before  # steps 7..9 retrained bit-identically
+
+
+def test_leftover_temporary_save_is_ignored(tmp_path, tiny_corpus):
+  wd = str(tmp_path / "run")
+  loop.train(tiny_config(tiny_corpus, **{"train.steps": 3}), wd)
+  junk = os.path.join(wd, "checkpoints", "6.orbax-checkpoint-tmp-1234567")
+  os.makedirs(os.path.join(junk, "state"))
+  with open(os.path.join(junk, "state", "half"), "wb") as f:
+    f.write(b"\0" * 100)
+  summary = loop.train(tiny_config(tiny_corpus, **{"train.steps": 6}), wd)
+  assert summary["start_step"] == 3 and summary["final_step"] == 6
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_corpus):
+  wd = str(tmp_path / "run")
+  loop.train(tiny_config(tiny_corpus, **{"train.steps": 3}), wd)
+  with pytest.raises(loop.NonFiniteLoss, match=r"loss is (nan|inf) at step \d+.*checkpoint \(3\) is untouched"):
+    loop.train(tiny_config(tiny_corpus, **{"train.steps": 30, "train.lr": 1e30,
+                                           "train.grad_clip": 1e30}), wd)
+  assert _steps(wd) == [3]
+  summary = loop.train(tiny_config(tiny_corpus, **{"train.steps": 4}), wd)
+  assert summary["start_step"] == 3
+
+
+def test_finished_run_extends_when_steps_grow(tmp_path, tiny_corpus):
+  wd = str(tmp_path / "run")
+  loop.train(tiny_config(tiny_corpus), wd)
+  summary = loop.train(tiny_config(tiny_corpus, **{"train.steps": 9}), wd)
+  assert summary["start_step"] == 6 and summary["final_step"] == 9
+  assert set(metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))[-1]) >= {
+      "step", "loss", "lr", "grad_norm", "tokens_seen", "eval_loss"}
+
+
+def test_grad_accumulation_matches_the_full_batch(tmp_path, tiny_corpus):
+  # 32 rows over 8 devices: 4 micro-batches of 8 rows, one per device each.
+  a = loop.train(tiny_config(tiny_corpus, **{"train.steps": 3, "train.batch_size": 32}),
+                 str(tmp_path / "a"))
+  b = loop.train(tiny_config(tiny_corpus, **{"train.steps": 3, "train.batch_size": 32,
+                                             "train.grad_accum": 4}), str(tmp_path / "b"))
+  assert abs(a["loss"] - b["loss"]) < 1e-5
+
+
+@pytest.mark.parametrize("flag, needle", [
+    ("--config.data.paths=/no/such/*.txt", "error: data.paths: '/no/such/*.txt' matches no file"),
+    ("--config.train.batch_size=12", "must be divisible by the data-parallel size"),
+])
+def test_cli_bad_input_is_one_line_error(tmp_path, tiny_corpus, flag, needle):
+  args = train_args(tmp_path / "run", tiny_corpus, flag)
+  env_devices = 8 if "batch_size" in flag else 1
+  done = run_script("experiments.train", *args, n_devices=env_devices)
+  assert done.returncode == 2
+  assert needle in done.stderr
+  assert "Traceback" not in done.stderr
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_cli_rejects_unknown_and_mistyped_settings(tmp_path, tiny_corpus):
+  for flag in ("--config.train.stepz=3", "--config.train.steps=many"):
+    done = run_script("experiments.train", *train_args(tmp_path / "run", tiny_corpus, flag))
+    assert done.returncode != 0
+    assert "stepz" in done.stderr or "many" in done.stderr
+    assert not os.path.exists(tmp_path / "run")
