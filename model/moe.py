@@ -1,0 +1,180 @@
+"""Mixture of Experts: a router sends each token to top_k of n_experts SwiGLU experts.
+
+Shapes: N tokens (batch and length flattened), D model width, E experts, F expert hidden width,
+k experts per token, C expert capacity.
+
+Two dispatch styles:
+  capacity  each expert takes at most C = capacity_factor * N * k / E tokens, laid out in an
+            (E, C, D) buffer; overflow assignments are dropped (the residual path carries the
+            token) and the drop fraction is reported. Static shapes, the TPU-friendly classic.
+  dropless  assignments sorted by expert and run through grouped matmuls (jax.lax.ragged_dot):
+            every token reaches its experts, whatever the imbalance.
+
+Losses (both returned unweighted; the model scales them by their config weights):
+  load balancing (Switch)  E * sum_i f_i P_i, f_i the share of assignments routed to expert i,
+                           P_i the mean router probability of i; 1 exactly at uniform routing.
+  router z-loss (ST-MoE)   mean over tokens of logsumexp(router logits)^2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+DISPATCHES = ("capacity", "dropless")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+  """n_experts = 0 means a dense model. every = k makes every k-th layer an MoE layer."""
+
+  n_experts: int = 0
+  top_k: int = 2
+  every: int = 1
+  d_expert: int = 0  # hidden width of each expert; 0 = model.d_ff
+  capacity_factor: float = 1.25
+  dispatch: str = "dropless"
+  aux_loss_weight: float = 1e-2
+  z_loss_weight: float = 1e-3
+
+  def __post_init__(self):
+    if self.n_experts < 0:
+      raise ValueError(f"model.moe.n_experts must be >= 0 (0 = dense), got {self.n_experts}")
+    if not self.enabled:
+      return
+    if not 1 <= self.top_k <= self.n_experts:
+      raise ValueError(
+          f"model.moe.top_k={self.top_k} must be between 1 and model.moe.n_experts={self.n_experts}")
+    if self.every < 1:
+      raise ValueError(f"model.moe.every must be >= 1, got {self.every}")
+    if self.d_expert < 0:
+      raise ValueError(f"model.moe.d_expert must be >= 0 (0 = model.d_ff), got {self.d_expert}")
+    if self.dispatch not in DISPATCHES:
+      raise ValueError(
+          f"model.moe.dispatch={self.dispatch!r} is unknown; allowed: {', '.join(DISPATCHES)}")
+    if self.dispatch == "capacity" and not self.capacity_factor > 0:
+      raise ValueError(
+          f"model.moe.capacity_factor={self.capacity_factor} must be > 0 with capacity dispatch")
+    if self.aux_loss_weight < 0 or self.z_loss_weight < 0:
+      raise ValueError("model.moe.aux_loss_weight and model.moe.z_loss_weight must be >= 0")
+
+  @property
+  def enabled(self) -> bool:
+    return self.n_experts > 0
+
+
+class Routing(NamedTuple):
+  """The router's decision for N tokens."""
+
+  expert_NxK: jax.Array  # int32 expert ids, best first
+  weight_NxK: jax.Array  # float32 combine weights, summing to 1 over k
+  probs_NxE: jax.Array  # float32 softmax over all experts
+  logits_NxE: jax.Array  # float32 router logits
+
+
+class MoEStats(NamedTuple):
+  """Per-layer statistics, averaged over tokens."""
+
+  load_balance_loss: jax.Array  # scalar, unweighted
+  z_loss: jax.Array  # scalar, unweighted
+  drop_fraction: jax.Array  # scalar: share of assignments that found no room (0 if dropless)
+  expert_share_E: jax.Array  # share of assignments received by each expert
+
+
+def route(x_NxD: jax.Array, w_router_DxE: jax.Array, top_k: int) -> Routing:
+  """Softmax router in float32, top-k selection, chosen weights renormalised to sum to one."""
+  logits = jnp.einsum("nd,de->ne", x_NxD.astype(jnp.float32), w_router_DxE.astype(jnp.float32))
+  probs = jax.nn.softmax(logits, axis=-1)
+  top_p, top_e = jax.lax.top_k(probs, top_k)
+  return Routing(top_e.astype(jnp.int32), top_p / jnp.sum(top_p, axis=-1, keepdims=True), probs, logits)
+
+
+def load_balance_loss(r: Routing) -> jax.Array:
+  """Switch loss E * sum_i f_i P_i (f_i counts all k assignments)."""
+  n_experts = r.probs_NxE.shape[-1]
+  f_E = expert_share(r.expert_NxK, n_experts)
+  p_E = jnp.mean(r.probs_NxE, axis=0)
+  return n_experts * jnp.sum(f_E * p_E)
+
+
+def z_loss(r: Routing) -> jax.Array:
+  return jnp.mean(jax.nn.logsumexp(r.logits_NxE, axis=-1) ** 2)
+
+
+def expert_share(expert_NxK: jax.Array, n_experts: int) -> jax.Array:
+  counts = jnp.zeros((n_experts,), jnp.float32).at[expert_NxK.reshape(-1)].add(1.0)
+  return counts / expert_NxK.size
+
+
+def swiglu(x_MxD, w_gate_DxF, w_up_DxF, w_down_FxD):
+  return (jax.nn.silu(x_MxD @ w_gate_DxF) * (x_MxD @ w_up_DxF)) @ w_down_FxD
+
+
+def reference_moe(x_NxD, r: Routing, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD) -> jax.Array:
+  """Every expert on every token, masked by the routing: slow, obviously right; the test oracle."""
+  out = jnp.zeros(x_NxD.shape, jnp.float32)
+  for e in range(w_gate_ExDxF.shape[0]):
+    gate_N = jnp.sum(jnp.where(r.expert_NxK == e, r.weight_NxK, 0.0), axis=-1)
+    y = swiglu(x_NxD, w_gate_ExDxF[e], w_up_ExDxF[e], w_down_ExFxD[e])
+    out = out + gate_N[:, None] * y.astype(jnp.float32)
+  return out.astype(x_NxD.dtype)
+
+
+def dropless_moe(x_NxD, r: Routing, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD) -> jax.Array:
+  """Sort the N*k assignments by expert, run grouped matmuls, scatter-add back, weighted."""
+  n, k = r.expert_NxK.shape
+  n_experts = w_gate_ExDxF.shape[0]
+  expert_A = r.expert_NxK.reshape(-1)  # A = N * k assignments
+  order_A = jnp.argsort(expert_A, stable=True)
+  token_A = order_A // k  # the token each sorted assignment came from
+  group_sizes_E = jnp.bincount(expert_A, length=n_experts).astype(jnp.int32)
+  xs_AxD = x_NxD[token_A]
+  h_gate = jax.lax.ragged_dot(xs_AxD, w_gate_ExDxF, group_sizes_E)
+  h_up = jax.lax.ragged_dot(xs_AxD, w_up_ExDxF, group_sizes_E)
+  ys_AxD = jax.lax.ragged_dot(jax.nn.silu(h_gate) * h_up, w_down_ExFxD, group_sizes_E)
+  weight_A = r.weight_NxK.reshape(-1)[order_A]
+  out = jnp.zeros((n, x_NxD.shape[-1]), jnp.float32).at[token_A].add(
+      ys_AxD.astype(jnp.float32) * weight_A[:, None])
+  return out.astype(x_NxD.dtype)
+
+
+def capacity(n_tokens: int, top_k: int, n_experts: int, capacity_factor: float) -> int:
+  return max(1, math.ceil(capacity_factor * n_tokens * top_k / n_experts))
+
+
+def capacity_moe(x_NxD, r: Routing, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD, capacity_factor: float):
+  """(output, drop fraction). First choices claim slots before second choices, in token order."""
+  n, k = r.expert_NxK.shape
+  n_experts, d = w_gate_ExDxF.shape[0], x_NxD.shape[-1]
+  c = capacity(n, k, n_experts, capacity_factor)
+  # Priority order: all tokens' 1st choices, then all 2nd choices, ... (k-major).
+  expert_A = r.expert_NxK.T.reshape(-1)
+  token_A = jnp.tile(jnp.arange(n), k)
+  weight_A = r.weight_NxK.T.reshape(-1)
+  onehot_AxE = jax.nn.one_hot(expert_A, n_experts, dtype=jnp.int32)
+  slot_A = jnp.sum((jnp.cumsum(onehot_AxE, axis=0) - 1) * onehot_AxE, axis=-1)
+  kept_A = slot_A < c
+  slot_A = jnp.where(kept_A, slot_A, c)  # dropped assignments write to a spare slot, ignored
+  buf_ExCxD = jnp.zeros((n_experts, c + 1, d), x_NxD.dtype).at[expert_A, slot_A].set(x_NxD[token_A])
+  h = jnp.einsum("ecd,edf->ecf", buf_ExCxD, w_gate_ExDxF)
+  u = jnp.einsum("ecd,edf->ecf", buf_ExCxD, w_up_ExDxF)
+  y_ExCxD = jnp.einsum("ecf,efd->ecd", jax.nn.silu(h) * u, w_down_ExFxD)
+  y_AxD = y_ExCxD[expert_A, slot_A].astype(jnp.float32) * (weight_A * kept_A)[:, None]
+  out = jnp.zeros((n, d), jnp.float32).at[token_A].add(y_AxD)
+  drop = 1.0 - jnp.mean(kept_A.astype(jnp.float32))
+  return out.astype(x_NxD.dtype), drop
+
+
+def moe_ffn(x_NxD, w_router_DxE, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD, cfg: MoEConfig):
+  """The whole layer: route, dispatch, combine. Returns (output N x D, MoEStats)."""
+  r = route(x_NxD, w_router_DxE, cfg.top_k)
+  if cfg.dispatch == "dropless":
+    out, drop = dropless_moe(x_NxD, r, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD), jnp.zeros(())
+  else:
+    out, drop = capacity_moe(x_NxD, r, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD, cfg.capacity_factor)
+  stats = MoEStats(load_balance_loss(r), z_loss(r), drop, expert_share(r.expert_NxK, cfg.n_experts))
+  return out, stats

@@ -1,0 +1,110 @@
+"""Mixture of Experts: dispatch styles agree with a loop over experts; routing losses behave."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from model import moe
+
+N, D, E, F, K = 24, 8, 4, 16, 2
+
+
+def _weights(seed=0, e=E):
+  ks = jax.random.split(jax.random.key(seed), 5)
+  x = jax.random.normal(ks[0], (N, D))
+  w_router = jax.random.normal(ks[1], (D, e))
+  w_gate = jax.random.normal(ks[2], (e, D, F)) * 0.3
+  w_up = jax.random.normal(ks[3], (e, D, F)) * 0.3
+  w_down = jax.random.normal(ks[4], (e, F, D)) * 0.3
+  return x, w_router, w_gate, w_up, w_down
+
+
+def _layer(dispatch, capacity_factor=1.25, k=K):
+  return moe.MoEConfig(n_experts=E, top_k=k, dispatch=dispatch, capacity_factor=capacity_factor)
+
+
+def test_router_weights_are_renormalised_top_k():
+  x, w_router, *_ = _weights()
+  r = moe.route(x, w_router, K)
+  np.testing.assert_allclose(r.weight_NxK.sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(r.expert_NxK[:, 0], jnp.argmax(r.probs_NxE, -1))
+  # Renormalised top-k probabilities equal a softmax over the top-k logits.
+  top_logits = jnp.take_along_axis(r.logits_NxE, r.expert_NxK, axis=-1)
+  np.testing.assert_allclose(r.weight_NxK, jax.nn.softmax(top_logits, -1), rtol=1e-5)
+
+
+def test_dropless_equals_loop_over_experts_in_outputs_and_gradients():
+  x, w_router, w_gate, w_up, w_down = _weights()
+
+  def loss(fn, x, wg, wu, wd):
+    r = moe.route(x, w_router, K)
+    return jnp.sum(fn(x, r, wg, wu, wd) ** 2)
+
+  args = (x, w_gate, w_up, w_down)
+  r = moe.route(x, w_router, K)
+  np.testing.assert_allclose(moe.dropless_moe(x, r, *args[1:]), moe.reference_moe(x, r, *args[1:]),
+                             atol=1e-5)
+  g_fast = jax.grad(lambda *a: loss(moe.dropless_moe, *a), argnums=(0, 1, 2, 3))(*args)
+  g_ref = jax.grad(lambda *a: loss(moe.reference_moe, *a), argnums=(0, 1, 2, 3))(*args)
+  for a, b in zip(g_fast, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_capacity_dispatch_with_room_for_all_equals_dropless():
+  x, w_router, w_gate, w_up, w_down = _weights()
+  r = moe.route(x, w_router, K)
+  out, drop = moe.capacity_moe(x, r, w_gate, w_up, w_down, capacity_factor=float(E))
+  assert float(drop) == 0.0
+  np.testing.assert_allclose(out, moe.dropless_moe(x, r, w_gate, w_up, w_down), atol=1e-5)
+
+
+def test_small_capacity_drops_overflow_and_reports_it():
+  x, w_router, w_gate, w_up, w_down = _weights()
+  probs = jnp.full((N, E), 0.1).at[:, 0].set(0.7)  # every token prefers expert 0
+  r = moe.Routing(jnp.zeros((N, 1), jnp.int32), jnp.ones((N, 1)), probs, jnp.log(probs))
+  out, drop = moe.capacity_moe(x, r, w_gate, w_up, w_down, capacity_factor=1.0)
+  c = moe.capacity(N, 1, E, 1.0)
+  assert float(drop) == pytest.approx(1 - c / N)
+  # Tokens past the capacity of expert 0 get zero output (the residual carries them).
+  np.testing.assert_array_equal(out[c:], 0.0)
+  assert np.abs(out[:c]).min() > 0
+
+
+def test_one_expert_top_1_equals_dense_swiglu():
+  x, w_router, w_gate, w_up, w_down = _weights(e=1)
+  for dispatch in moe.DISPATCHES:
+    cfg = moe.MoEConfig(n_experts=1, top_k=1, dispatch=dispatch, capacity_factor=1.0)
+    out, stats = moe.moe_ffn(x, w_router, w_gate, w_up, w_down, cfg)
+    np.testing.assert_allclose(out, moe.swiglu(x, w_gate[0], w_up[0], w_down[0]), atol=1e-5)
+    assert float(stats.drop_fraction) == 0.0
+
+
+def test_load_balance_loss_is_minimal_for_uniform_routing():
+  e, n = 4, 64
+  uniform = moe.Routing(
+      expert_NxK=(jnp.arange(n) % e)[:, None].astype(jnp.int32), weight_NxK=jnp.ones((n, 1)),
+      probs_NxE=jnp.full((n, e), 1 / e), logits_NxE=jnp.zeros((n, e)))
+  assert float(moe.load_balance_loss(uniform)) == pytest.approx(1.0)
+  x, w_router, *_ = _weights(seed=3)
+  for scale in (0.5, 2.0, 10.0):
+    r = moe.route(x, w_router * scale, 1)
+    assert float(moe.load_balance_loss(r)) >= 1.0 - 1e-6
+
+
+def test_z_loss_is_mean_squared_logsumexp():
+  logits = jnp.array([[0.0, 0.0], [1.0, 3.0]])
+  r = moe.Routing(jnp.zeros((2, 1), jnp.int32), jnp.ones((2, 1)), jax.nn.softmax(logits), logits)
+  expected = np.mean([np.log(2.0) ** 2, np.log(np.exp(1) + np.exp(3)) ** 2])
+  assert float(moe.z_loss(r)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(n_experts=4, top_k=5), "model.moe.top_k=5 must be between 1 and model.moe.n_experts=4"),
+    (dict(n_experts=4, dispatch="capacity", capacity_factor=0.0), "model.moe.capacity_factor=0.0 must be > 0"),
+    (dict(n_experts=4, dispatch="magic"), "model.moe.dispatch='magic' is unknown"),
+    (dict(n_experts=-1), "model.moe.n_experts must be >= 0"),
+])
+def test_bad_moe_config_is_one_line_error(kwargs, needle):
+  with pytest.raises(ValueError, match=needle):
+    moe.MoEConfig(**kwargs)
