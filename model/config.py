@@ -11,6 +11,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from model.moe import MoEConfig
+
 ATTENTION_IMPLS = ("reference", "flash", "cudnn", "pallas", "auto")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "full", "dots")
@@ -40,8 +42,11 @@ class ModelConfig:
   scan_layers: bool = True  # one compiled layer body, applied with lax.scan
   remat: str = "none"  # rematerialisation policy of each layer: none | full | dots
   init_std: float = 0.02
+  moe: MoEConfig = MoEConfig()  # n_experts = 0: every layer is a dense SwiGLU
 
   def __post_init__(self):
+    if isinstance(self.moe, dict):  # from a config file or config.json
+      object.__setattr__(self, "moe", MoEConfig.from_dict(self.moe))
     positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len")
     for name in positive:
       value = getattr(self, name)
@@ -70,6 +75,21 @@ class ModelConfig:
     if self.remat not in REMAT_POLICIES:
       raise ValueError(
           f"model.remat={self.remat!r} is unknown; allowed: {', '.join(REMAT_POLICIES)}")
+    if self.moe.enabled and self.n_layers % self.moe.every:
+      raise ValueError(
+          f"model.n_layers={self.n_layers} must be divisible by model.moe.every={self.moe.every}")
+
+  @property
+  def d_expert(self) -> int:
+    return self.moe.d_expert or self.d_ff
+
+  def is_moe_layer(self, layer: int) -> bool:
+    """Layers every-1, 2*every-1, ... are MoE layers (all of them with every = 1)."""
+    return self.moe.enabled and (layer + 1) % self.moe.every == 0
+
+  @property
+  def n_moe_layers(self) -> int:
+    return self.n_layers // self.moe.every if self.moe.enabled else 0
 
   @property
   def head_dim(self) -> int:
@@ -93,30 +113,37 @@ class ModelConfig:
     return cls(**d)
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    return dataclasses.asdict(self)  # nested: moe becomes a dict
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:
-  """Parameter counts from the config alone: total, and without the embedding tables.
+  """Parameter counts from the config alone: total, without the embedding tables, and active
+  per token (an MoE layer counts its router and top_k of its experts).
 
   Matches the parameters the model actually creates (a test checks the two agree).
   """
   d, f, dh = cfg.d_model, cfg.d_ff, cfg.head_dim
   attn = d * cfg.n_heads * dh * 2 + d * cfg.n_kv_heads * dh * 2  # wq, wo, wk, wv
-  mlp = 3 * d * f
-  per_layer = attn + mlp + 2 * d  # two RMSNorm scales
-  body = cfg.n_layers * per_layer + d  # final norm
+  dense_mlp = 3 * d * f
+  n_moe = cfg.n_moe_layers
+  expert = 3 * d * cfg.d_expert
+  router = d * cfg.moe.n_experts
+  layers_common = cfg.n_layers * (attn + 2 * d) + d  # attention, two norms per layer, final norm
+  body = layers_common + (cfg.n_layers - n_moe) * dense_mlp + n_moe * (router + cfg.moe.n_experts * expert)
+  active = layers_common + (cfg.n_layers - n_moe) * dense_mlp + n_moe * (router + cfg.moe.top_k * expert)
   embed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
-  return {"total": body + embed, "non_embedding": body}
+  return {"total": body + embed, "non_embedding": body, "active_non_embedding": active,
+          "active": active + embed}
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   """Training FLOPs per token: 6 N (forward + backward matmuls) plus the attention term.
 
-  N counts the matmul weights a token touches (non-embedding parameters plus the LM head). The
-  attention scores and the weighted sum cost 12 * layers * heads * d_head * seq per token for
-  forward+backward without a mask; a causal mask halves that.
+  N counts the matmul weights a token touches (active non-embedding parameters plus the LM
+  head; an MoE token touches top_k experts). The attention scores and the weighted sum cost
+  12 * layers * heads * d_head * seq per token for forward+backward without a mask; a causal
+  mask halves that.
   """
-  n = count_params(cfg)["non_embedding"] + cfg.vocab_size * cfg.d_model
+  n = count_params(cfg)["active_non_embedding"] + cfg.vocab_size * cfg.d_model
   attn = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len / 2
   return 6.0 * n + attn

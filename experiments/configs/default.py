@@ -31,6 +31,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.scan_layers = True
   c.model.remat = "none"
   c.model.init_std = 0.02
+  c.model.moe = ml_collections.ConfigDict()
+  c.model.moe.n_experts = 0  # 0 = dense; e.g. 8 for a Mixtral-style MoE
+  c.model.moe.top_k = 2
+  c.model.moe.every = 1  # every k-th layer is MoE
+  c.model.moe.d_expert = 0  # expert hidden width; 0 = model.d_ff
+  c.model.moe.capacity_factor = 1.25
+  c.model.moe.dispatch = "dropless"  # or "capacity"
+  c.model.moe.aux_loss_weight = 1e-2
+  c.model.moe.z_loss_weight = 1e-3
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 600
