@@ -88,9 +88,43 @@ def reference_attention(
   return out_BxTxKxGxDh.reshape(b, t, h, dh)
 
 
+_loaded_backend: Optional[str] = None
+
+
+def _load_implementations() -> None:
+  """Imports the modules that register flash and the kernels this backend has, once.
+
+  Done at the first dispatch, not at import: asking JAX for its backend initialises it, and a
+  multi-host program must call jax.distributed.initialize before that happens.
+  """
+  global _loaded_backend
+  if _loaded_backend is None:
+    from model import flash, kernels  # noqa: F401  (they import this module: import them late)
+
+    _loaded_backend = jax.default_backend()
+    kernels.register_available(_loaded_backend)
+
+
 def available_implementations() -> tuple[str, ...]:
   """Implementations that can run on the current default backend."""
+  _load_implementations()
   return tuple(sorted(_IMPLEMENTATIONS))
+
+
+def _auto(q_BxTxHxDh: jax.Array, q_segment_ids_BxT: Optional[jax.Array]) -> str:
+  """The fastest implementation available here for these inputs; never one that would fail.
+
+  cuDNN where it takes the dtype and head dim, unless segment ids are given (it would need a
+  dense (B, 1, T, S) mask: quadratic memory); the Pallas kernel on TPU; flash everywhere else.
+  """
+  from model import kernels
+
+  if "cudnn" in _IMPLEMENTATIONS and q_segment_ids_BxT is None and kernels.cudnn_supports(
+      q_BxTxHxDh.dtype, q_BxTxHxDh.shape[-1]):
+    return "cudnn"
+  if _loaded_backend == "tpu" and "pallas" in _IMPLEMENTATIONS:
+    return "pallas"
+  return "flash"
 
 
 def attention(
@@ -108,13 +142,14 @@ def attention(
   h, kv = q_BxTxHxDh.shape[2], k_BxSxKxDh.shape[2]
   if h % kv:
     raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({kv})")
+  _load_implementations()
   if implementation == "auto":
-    implementation = "reference"
+    implementation = _auto(q_BxTxHxDh, q_segment_ids_BxT)
   fn = _IMPLEMENTATIONS.get(implementation)
   if fn is None:
     raise ValueError(
         f"attention implementation {implementation!r} is not available on backend "
-        f"{jax.default_backend()!r}; available: {', '.join(available_implementations())} "
+        f"{_loaded_backend!r}; available here: {', '.join(available_implementations())}, auto "
         "(set model.attention_impl)")
   return fn(
       q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
