@@ -78,6 +78,11 @@ class ModelConfig:
     if self.moe.enabled and self.n_layers % self.moe.every:
       raise ValueError(
           f"model.n_layers={self.n_layers} must be divisible by model.moe.every={self.moe.every}")
+    if self.moe.enabled and self.moe.every > 1 and self.scan_layers:
+      # Scanned layers share one compiled body, so they cannot mix dense and MoE FFNs.
+      raise ValueError(
+          f"model.moe.every={self.moe.every} mixes dense and MoE layers: set "
+          "model.scan_layers=False (or model.moe.every=1)")
 
   @property
   def d_expert(self) -> int:

@@ -1,4 +1,4 @@
-"""The pieces of a decoder block: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+"""The pieces of a decoder block: RMSNorm, RoPE, grouped-query attention, SwiGLU or MoE.
 
 Every parameter is an nnx.Param carrying `logical_axes`, a tuple of names (vocab, embed, heads,
 kv_heads, head_dim, mlp, norm, layers) that sharding/ maps onto mesh axes; the model never names a
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model import kv_cache
+from model import moe as moe_lib
 from model.attention import attention
 from model.config import ModelConfig
 
@@ -157,22 +158,60 @@ class SwiGLU(nnx.Module):
     return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF, self.w_down[...].astype(dt))
 
 
-class Block(nnx.Module):
-  """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(x))."""
+class MoEFFN(nnx.Module):
+  """A Mixture-of-Experts feed-forward layer (the maths is in model/moe.py).
+
+  Expert weights carry a leading `expert` logical axis, which sharding maps onto the `expert`
+  mesh axis (expert parallelism). Returns (output, MoEStats).
+  """
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, n_stack: Optional[int] = None):
+    self.cfg = cfg
+    d, f, e = cfg.d_model, cfg.d_expert, cfg.moe.n_experts
+    p = dict(dtype=cfg.weight_dtype, n_stack=n_stack)
+    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    self.router = make_param(rngs.params(), (d, e), ("embed", "router"), std=cfg.init_std, **p)
+    self.w_gate = make_param(rngs.params(), (e, d, f), ("expert", "embed", "mlp"), std=cfg.init_std, **p)
+    self.w_up = make_param(rngs.params(), (e, d, f), ("expert", "embed", "mlp"), std=cfg.init_std, **p)
+    self.w_down = make_param(rngs.params(), (e, f, d), ("expert", "mlp", "embed"), std=out_std, **p)
+
+  def __call__(self, x_BxTxD: jax.Array) -> tuple[jax.Array, moe_lib.MoEStats]:
+    dt = self.cfg.compute_dtype
+    b, t, d = x_BxTxD.shape
+    y_NxD, stats = moe_lib.moe_ffn(
+        x_BxTxD.reshape(b * t, d).astype(dt), self.router[...],
+        self.w_gate[...].astype(dt), self.w_up[...].astype(dt), self.w_down[...].astype(dt),
+        self.cfg.moe)
+    return y_NxD.reshape(b, t, d), stats
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block: x + attn(norm(x)), then + ffn(norm(x)), the FFN dense or MoE."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, n_stack: Optional[int] = None,
+               moe: bool = False):
     self.attn_norm = RMSNorm(cfg, n_stack=n_stack)
     self.attn = Attention(cfg, rngs, n_stack=n_stack)
     self.mlp_norm = RMSNorm(cfg, n_stack=n_stack)
-    self.mlp = SwiGLU(cfg, rngs, n_stack=n_stack)
+    self.mlp = MoEFFN(cfg, rngs, n_stack=n_stack) if moe else SwiGLU(cfg, rngs, n_stack=n_stack)
+
+  def ffn(self, x_BxTxD) -> tuple[jax.Array, Optional[moe_lib.MoEStats]]:
+    """x + ffn(norm(x)), and the MoE statistics (None for a dense FFN)."""
+    out = self.mlp(self.mlp_norm(x_BxTxD))
+    y, stats = out if isinstance(out, tuple) else (out, None)
+    return x_BxTxD + y, stats
+
+  def forward(self, x_BxTxD, positions_BxT, segment_ids_BxT=None):
+    """(x, MoEStats or None)."""
+    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT)
+    return self.ffn(x_BxTxD)
 
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT=None):
-    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT)
-    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+    return self.forward(x_BxTxD, positions_BxT, segment_ids_BxT)[0]
 
   def decode(self, x_BxTxD, positions_BxT, k_BxSxKxDh, v_BxSxKxDh):
     """The block over T new tokens with this layer's cache: (x, k cache, v cache)."""
     a_BxTxD, k_BxSxKxDh, v_BxSxKxDh = self.attn.decode(
         self.attn_norm(x_BxTxD), positions_BxT, k_BxSxKxDh, v_BxSxKxDh)
-    x_BxTxD = x_BxTxD + a_BxTxD
-    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), k_BxSxKxDh, v_BxSxKxDh
+    x_BxTxD, _ = self.ffn(x_BxTxD + a_BxTxD)
+    return x_BxTxD, k_BxSxKxDh, v_BxSxKxDh

@@ -26,10 +26,11 @@ class Transformer(nnx.Module):
     self.embed = make_param(
         rngs.params(), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), std=cfg.init_std,
         dtype=cfg.weight_dtype, weight_decay=False)
-    if cfg.scan_layers:
-      self.blocks = Block(cfg, rngs, n_stack=cfg.n_layers)
+    if cfg.scan_layers:  # one stacked block: all layers dense, or all MoE (config validates)
+      self.blocks = Block(cfg, rngs, n_stack=cfg.n_layers, moe=cfg.moe.enabled)
     else:
-      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+      self.blocks = nnx.List(
+          [Block(cfg, rngs, moe=cfg.is_moe_layer(i)) for i in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg)
     if not cfg.tie_embeddings:
       self.lm_head = make_param(
@@ -51,18 +52,51 @@ class Transformer(nnx.Module):
     return out.astype(jnp.float32)
 
   def layer_fn(self):
-    """(graphdef, stacked_state, body) with body(x, layer_state, positions, segs) -> x.
+    """(stacked_state, body) with body(x, layer_state, positions, segs) -> x.
 
     The body is wrapped in jax.checkpoint according to cfg.remat.
     """
-    graphdef, state = nnx.split(self.blocks)
+    state, body = self._layer_fn(self.blocks)
+    return state, lambda *args: body(*args)[0]
+
+  def _layer_fn(self, blocks):
+    """(state, body) with body(x, layer_state, positions, segs) -> (x, MoEStats or None)."""
+    graphdef, state = nnx.split(blocks)
 
     def body(x_BxTxD, layer_state, positions_BxT, segment_ids_BxT):
-      return nnx.merge(graphdef, layer_state)(x_BxTxD, positions_BxT, segment_ids_BxT)
+      return nnx.merge(graphdef, layer_state).forward(x_BxTxD, positions_BxT, segment_ids_BxT)
 
     if self.cfg.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT[self.cfg.remat])
     return state, body
+
+  def forward_with_aux(
+      self,
+      tokens_BxT: jax.Array,
+      positions_BxT: Optional[jax.Array] = None,
+      segment_ids_BxT: Optional[jax.Array] = None,
+  ):
+    """(logits BxTxV float32, MoEStats stacked over the MoE layers, or None for a dense model)."""
+    b, t = tokens_BxT.shape
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(t)[None], (b, t))
+    x_BxTxD = self.embed_tokens(tokens_BxT)
+    if self.cfg.scan_layers:
+      state, body = self._layer_fn(self.blocks)
+
+      def scan_body(x, layer_state):
+        return body(x, layer_state, positions_BxT, segment_ids_BxT)
+
+      x_BxTxD, stats = jax.lax.scan(scan_body, x_BxTxD, state)
+    else:
+      per_layer = []
+      for block in self.blocks:
+        state, body = self._layer_fn(block)
+        x_BxTxD, layer_stats = body(x_BxTxD, state, positions_BxT, segment_ids_BxT)
+        if layer_stats is not None:
+          per_layer.append(layer_stats)
+      stats = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if per_layer else None
+    return self.logits(x_BxTxD), stats
 
   def __call__(
       self,
@@ -70,28 +104,7 @@ class Transformer(nnx.Module):
       positions_BxT: Optional[jax.Array] = None,
       segment_ids_BxT: Optional[jax.Array] = None,
   ) -> jax.Array:
-    b, t = tokens_BxT.shape
-    if positions_BxT is None:
-      positions_BxT = jnp.broadcast_to(jnp.arange(t)[None], (b, t))
-    x_BxTxD = self.embed_tokens(tokens_BxT)
-    if self.cfg.scan_layers:
-      state, body = self.layer_fn()
-
-      def scan_body(x, layer_state):
-        return body(x, layer_state, positions_BxT, segment_ids_BxT), None
-
-      x_BxTxD, _ = jax.lax.scan(scan_body, x_BxTxD, state)
-    else:
-      for block in self.blocks:
-        graphdef, state = nnx.split(block)
-
-        def body(x, s):
-          return nnx.merge(graphdef, s)(x, positions_BxT, segment_ids_BxT)
-
-        if self.cfg.remat != "none":
-          body = jax.checkpoint(body, policy=_REMAT[self.cfg.remat])
-        x_BxTxD = body(x_BxTxD, state)
-    return self.logits(x_BxTxD)
+    return self.forward_with_aux(tokens_BxT, positions_BxT, segment_ids_BxT)[0]
 
   def decode(
       self, tokens_BxT: jax.Array, positions_BxT: jax.Array, cache: KVCache,
@@ -156,6 +169,17 @@ def decode(
 ) -> tuple[jax.Array, KVCache]:
   """Pure cached forward pass: (logits BxTxV float32, updated cache). See Transformer.decode."""
   return nnx.merge(graphdef, params).decode(tokens_BxT, positions_BxT, cache)
+
+
+def apply_with_aux(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens_BxT: jax.Array,
+    positions_BxT: Optional[jax.Array] = None,
+    segment_ids_BxT: Optional[jax.Array] = None,
+):
+  """Pure forward pass: (logits, MoEStats stacked over MoE layers, or None when dense)."""
+  return nnx.merge(graphdef, params).forward_with_aux(tokens_BxT, positions_BxT, segment_ids_BxT)
 
 
 def param_count(params: nnx.State) -> int:

@@ -108,3 +108,28 @@ def test_z_loss_is_mean_squared_logsumexp():
 def test_bad_moe_config_is_one_line_error(kwargs, needle):
   with pytest.raises(ValueError, match=needle):
     moe.MoEConfig(**kwargs)
+
+
+def test_moe_model_counts_total_and_active_parameters():
+  from model import transformer
+  from model.config import ModelConfig, count_params
+
+  for scan, every in ((True, 1), (False, 2)):
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                      scan_layers=scan, moe=moe.MoEConfig(n_experts=4, top_k=2, every=every))
+    graphdef, params = transformer.create(cfg, jax.random.key(0))
+    counts = count_params(cfg)
+    assert transformer.param_count(params) == counts["total"]
+    expert = 3 * 32 * 64
+    assert counts["non_embedding"] - counts["active_non_embedding"] == cfg.n_moe_layers * 2 * expert
+    logits, stats = transformer.apply_with_aux(graphdef, params, jnp.ones((2, 8), jnp.int32))
+    assert logits.shape == (2, 8, 64)
+    assert stats.expert_share_E.shape == (cfg.n_moe_layers, 4)
+    np.testing.assert_allclose(stats.expert_share_E.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_mixing_dense_and_moe_layers_needs_unrolled_layers():
+  from model.config import ModelConfig
+
+  with pytest.raises(ValueError, match="model.moe.every=2 mixes dense and MoE layers: set model.scan_layers=False"):
+    ModelConfig(n_layers=4, moe=moe.MoEConfig(n_experts=4, every=2))
