@@ -1,0 +1,46 @@
+"""The sections SFT, DPO and GRPO share: the arithmetic task, data files, training, evaluation.
+
+The stage configs (sft.py, dpo.py, grpo.py) start from base() and add their own section.
+"""
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  # The built-in task: integer arithmetic with exact answers, seeded, split into train and
+  # held-out problems by train/arithmetic.py. Every stage of a chain must use the same task.
+  c.task = ml_collections.ConfigDict()
+  c.task.digits = 2  # operands have 1..digits digits
+  c.task.ops = "+-"  # any of "+-*"
+  c.task.n_train = 4000
+  c.task.n_heldout = 500
+  c.task.seed = 0
+
+  # User data instead of the task: JSONL files (see train/alignment_data.py). Empty = the task.
+  c.data = ml_collections.ConfigDict()
+  c.data.train_path = ""
+  c.data.eval_path = ""  # {"prompt", "answer"} per line: held-out exact match
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 300
+  c.train.batch_size = 64
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 20
+  c.train.weight_decay = 0.0
+  c.train.grad_clip = 1.0
+  c.train.seed = 0
+  c.train.log_every = 5
+  c.train.eval_every = 50
+
+  # Held-out exact match, greedy decoding.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.max_examples = 500
+  c.eval.batch_size = 250
+  c.eval.max_new_tokens = 8
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 50
+  c.checkpoint.keep = 2
+  return c

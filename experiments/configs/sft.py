@@ -1,0 +1,33 @@
+"""SFT on the arithmetic task from a fresh model: the first stage of the alignment chain.
+
+  python -m experiments.sft --workdir=runs/sft [--config=experiments/configs/sft.py]
+
+The model is used only without --init_workdir (with it, the init_workdir's model is kept).
+"""
+
+import ml_collections
+
+from experiments.configs import alignment
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = alignment.base()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.d_model = 128
+  c.model.n_layers = 4
+  c.model.n_heads = 4
+  c.model.n_kv_heads = 2
+  c.model.d_ff = 384
+  c.model.max_seq_len = 32  # "99-99=" + "-0" + end-of-text, plus eval's generation budget
+
+  c.train.steps = 2000
+  c.train.lr = 3e-3
+  c.train.warmup_steps = 50
+
+  # Stop at the first evaluation with at least this held-out accuracy: the chain wants a policy
+  # that solves some problems but not all, so that DPO and GRPO have something left to learn
+  # (GRPO's groups need per-prompt success rates strictly between 0 and 1).
+  c.sft = ml_collections.ConfigDict()
+  c.sft.stop_accuracy = 0.4
+  return c

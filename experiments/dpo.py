@@ -1,0 +1,41 @@
+"""Direct Preference Optimisation from a trained policy, on task pairs or a JSONL of
+{"prompt", "chosen", "rejected"}.
+
+  python -m experiments.dpo --workdir=runs/dpo --init_workdir=runs/sft
+      [--config=experiments/configs/dpo.py] [--config.dpo.loss_type=ipo --config.dpo.beta=0.5]
+      [--config.data.train_path=pairs.jsonl --config.data.eval_path=heldout.jsonl]
+
+Rerunning the same command resumes from the newest checkpoint. Writes metrics.jsonl, TensorBoard
+files, results.json and curves.png into the workdir (and results.json + curves.png into
+--results_dir when given).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "experiments/configs/dpo.py", "Experiment config.")
+flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, metrics, tokenizer).")
+flags.DEFINE_string("init_workdir", "", "Workdir of the starting policy, which is also the frozen reference.")
+flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  common.setup()
+  from train import align_loop, dpo  # after setup: imports jax
+
+  try:
+    summary = dpo.train(FLAGS.config, FLAGS.workdir, FLAGS.init_workdir)
+    result = align_loop.write_results(FLAGS.workdir, summary, dpo.CURVES, FLAGS.results_dir)
+  except (ValueError, FileNotFoundError, align_loop.NonFiniteLoss) as e:
+    common.fail(e)
+  print(common.format_summary({k: v for k, v in result.items() if not k.endswith("_curve")}),
+        flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,40 @@
+"""Group Relative Policy Optimisation from a trained policy, on task prompts or a JSONL of
+{"prompt", "answer"}.
+
+  python -m experiments.grpo --workdir=runs/grpo --init_workdir=runs/dpo
+      [--config=experiments/configs/grpo.py] [--config.grpo.group_size=16 --config.grpo.beta=0]
+
+Rerunning the same command resumes from the newest checkpoint. Writes metrics.jsonl, TensorBoard
+files, results.json and curves.png into the workdir (and results.json + curves.png into
+--results_dir when given).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "experiments/configs/grpo.py", "Experiment config.")
+flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, metrics, tokenizer).")
+flags.DEFINE_string("init_workdir", "", "Workdir of the starting policy, which is also the frozen reference (beta > 0).")
+flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  common.setup()
+  from train import align_loop, grpo  # after setup: imports jax
+
+  try:
+    summary = grpo.train(FLAGS.config, FLAGS.workdir, FLAGS.init_workdir)
+    result = align_loop.write_results(FLAGS.workdir, summary, grpo.CURVES, FLAGS.results_dir)
+  except (ValueError, FileNotFoundError, align_loop.NonFiniteLoss) as e:
+    common.fail(e)
+  print(common.format_summary({k: v for k, v in result.items() if not k.endswith("_curve")}),
+        flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

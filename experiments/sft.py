@@ -1,0 +1,42 @@
+"""Supervised fine-tuning on the arithmetic task or a JSONL of {"prompt", "answer"}.
+
+  python -m experiments.sft --workdir=runs/sft [--init_workdir=runs/pretrain]
+      [--config=experiments/configs/sft.py] [--config.data.train_path=train.jsonl
+      --config.data.eval_path=heldout.jsonl] [--results_dir=results/alignment/sft]
+
+Without --init_workdir a fresh model (config.model) with a byte-level tokenizer is trained.
+
+Rerunning the same command resumes from the newest checkpoint. Writes metrics.jsonl, TensorBoard
+files, results.json and curves.png into the workdir (and results.json + curves.png into
+--results_dir when given).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "experiments/configs/sft.py", "Experiment config.")
+flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, metrics, tokenizer).")
+flags.DEFINE_string("init_workdir", "", "Workdir to start from (pretraining or another stage); empty = a fresh model.")
+flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  common.setup()
+  from train import align_loop, sft  # after setup: imports jax
+
+  try:
+    summary = sft.train(FLAGS.config, FLAGS.workdir, FLAGS.init_workdir)
+    result = align_loop.write_results(FLAGS.workdir, summary, sft.CURVES, FLAGS.results_dir)
+  except (ValueError, FileNotFoundError, align_loop.NonFiniteLoss) as e:
+    common.fail(e)
+  print(common.format_summary({k: v for k, v in result.items() if not k.endswith("_curve")}),
+        flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,115 @@
+"""GRPO: group advantages, the ratio and clip at mu = 1, the k3 KL, completion masking, and no
+policy gradient from groups whose rewards are all equal."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ml_collections
+import optax
+import pytest
+
+from model import transformer
+from model.config import ModelConfig
+from train import alignment_data as data_lib
+from train import grpo
+
+CFG = ModelConfig(vocab_size=16, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
+                  max_seq_len=16)
+PAD, EOT = 15, 0
+LOSS_KW = dict(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_agg="dapo", max_new_tokens=4)
+
+
+@pytest.mark.parametrize("scale_rewards", ["group", "none"])
+def test_advantages_sum_to_zero_within_each_group(scale_rewards):
+  rewards_PxG = jax.random.uniform(jax.random.key(0), (5, 4))
+  adv_PxG = grpo.group_advantages(rewards_PxG, scale_rewards=scale_rewards)
+  np.testing.assert_allclose(np.asarray(adv_PxG).sum(axis=1), 0.0, atol=1e-5)
+
+
+def test_group_scaling_divides_by_the_group_std():
+  adv = grpo.group_advantages(jnp.array([[0.0, 1.0, 1.0, 0.0]]), scale_rewards="group", eps=0.0)
+  np.testing.assert_allclose(np.asarray(adv), [[-1.0, 1.0, 1.0, -1.0]])
+  adv = grpo.group_advantages(jnp.array([[0.0, 1.0, 1.0, 0.0]]), scale_rewards="none")
+  np.testing.assert_allclose(np.asarray(adv), [[-0.5, 0.5, 0.5, -0.5]])
+
+
+def test_k3_kl_is_nonnegative_and_zero_when_policy_equals_reference():
+  logp = jax.random.normal(jax.random.key(1), (4, 6)) - 2.0
+  ref = jax.random.normal(jax.random.key(2), (4, 6)) - 2.0
+  assert float(jnp.min(grpo.k3_kl(logp, ref))) >= 0.0
+  np.testing.assert_array_equal(np.asarray(grpo.k3_kl(logp, logp)), 0.0)
+
+
+def _rollout():
+  """Two prompts of different lengths, two completions each (one cut off without end-of-text)."""
+  prompts = [[1, 2, 3], [1, 2, 3], [4, 5], [4, 5]]
+  completions = [[6, 7, EOT], [8, EOT], [9, 9, 9, 9], [10, EOT]]
+  return data_lib.pack(prompts, completions, 3 + 4 - 1, PAD)
+
+
+def test_completion_mask_covers_exactly_the_generated_tokens():
+  seqs = _rollout()
+  np.testing.assert_array_equal(seqs.mask_NxT.sum(-1), [3, 2, 4, 2])
+  for row, (p_len, c_len) in enumerate([(3, 3), (3, 2), (2, 4), (2, 2)]):
+    masked_targets = seqs.targets_NxT[row][seqs.mask_NxT[row] == 1]
+    full = seqs.inputs_NxT[row, :p_len + c_len - 1].tolist() + [seqs.targets_NxT[row, p_len + c_len - 2]]
+    assert masked_targets.tolist() == full[p_len:]  # the completion, nothing of prompt or pad
+
+
+def test_prompt_and_padding_logps_do_not_change_the_loss():
+  seqs = _rollout()
+  mask = jnp.asarray(seqs.mask_NxT)
+  logp = jax.random.normal(jax.random.key(3), mask.shape) - 1.0
+  ref = jax.random.normal(jax.random.key(4), mask.shape) - 1.0
+  adv = jnp.array([1.0, -1.0, 0.5, -0.5])
+  kw = dict(LOSS_KW, beta=0.04)
+  noise = 5.0 * (1.0 - mask)  # moves only prompt and padding positions
+  for agg in grpo.LOSS_AGGS:
+    a, _ = grpo.grpo_loss(logp, logp - 0.1, ref, adv, mask, **dict(kw, loss_agg=agg))
+    b, _ = grpo.grpo_loss(logp + noise, logp - 0.1 - noise, ref + noise, adv, mask,
+                          **dict(kw, loss_agg=agg))
+    assert float(a) == pytest.approx(float(b), abs=1e-6)
+
+
+def test_ratio_is_one_and_nothing_clipped_with_mu_1():
+  graphdef, params = transformer.create(CFG, jax.random.key(5))
+  seqs = _rollout()
+  g = ml_collections.ConfigDict(dict(LOSS_KW, temperature=1.0))
+  tx = optax.adam(1e-2)
+  update = jax.jit(grpo.make_update(graphdef, tx, g, lambda s: 1e-2))
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  adv = jnp.array([3.0, -3.0, 3.0, -3.0])  # large: any ratio away from 1 would clip
+  _, m = update(state, *map(jnp.asarray, seqs), adv, None, None)
+  assert float(m["ratio_mean"]) == 1.0
+  assert float(m["clip_ratio"]) == 0.0
+
+
+def test_clip_counts_tokens_whose_gradient_the_clip_removed():
+  mask = jnp.ones((2, 1))
+  logp = jnp.log(jnp.array([[1.5], [0.5]]))  # ratios 1.5 and 0.5 against old logp 0
+  _, m = grpo.grpo_loss(logp, jnp.zeros((2, 1)), None, jnp.array([1.0, -1.0]), mask, **LOSS_KW)
+  assert float(m["clip_ratio"]) == 1.0
+  _, m = grpo.grpo_loss(logp, jnp.zeros((2, 1)), None, jnp.array([-1.0, 1.0]), mask, **LOSS_KW)
+  assert float(m["clip_ratio"]) == 0.0  # moving back toward the trust region is never clipped
+
+
+def test_groups_with_equal_rewards_give_no_policy_gradient():
+  rewards_PxG = jnp.array([[1.0, 1.0], [0.0, 1.0]])  # group 0 all equal
+  adv_N = grpo.group_advantages(rewards_PxG, scale_rewards="group").reshape(-1)
+  mask = jnp.asarray(_rollout().mask_NxT)
+  logp = jax.random.normal(jax.random.key(6), mask.shape) - 1.0
+  for agg in grpo.LOSS_AGGS:
+    grad = jax.grad(lambda lp: grpo.grpo_loss(
+        lp, None, None, adv_N, mask, **dict(LOSS_KW, loss_agg=agg))[0])(logp)
+    np.testing.assert_array_equal(np.asarray(grad[:2]), 0.0)
+    assert float(jnp.abs(grad[2:]).sum()) > 0
+
+
+def test_loss_aggregations():
+  mask = jnp.array([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+  logp = jnp.zeros((2, 4))
+  adv = jnp.array([1.0, 2.0])  # at ratio 1 the token terms are -A
+  loss = lambda agg: float(grpo.grpo_loss(logp, None, None, adv, mask, **dict(LOSS_KW, loss_agg=agg))[0])
+  assert loss("grpo") == pytest.approx(-(1.0 + 2.0) / 2)  # mean of per-sequence means
+  assert loss("dapo") == pytest.approx(-(4 * 1.0 + 2.0) / 5)  # mean over the 5 tokens
+  assert loss("dr_grpo") == pytest.approx(-(4 * 1.0 + 2.0) / (2 * 4))  # over 2 x max_new_tokens

@@ -1,0 +1,365 @@
+"""The shell shared by SFT, DPO and GRPO: start the policy, resume, loop, evaluate, record.
+
+A stage's workdir has the layout of a pretraining workdir (config.json with `model` and `train`,
+tokenizer.json, checkpoints/ holding {step, params, opt_state, rng} as train/step.py makes it,
+metrics.jsonl, tensorboard/), so checkpoint.load_params, the generation script and the next stage
+read it unchanged. A stage starts from --init_workdir (any such workdir) or, for SFT only, from a
+fresh model with a byte-level tokenizer. Rerunning the same command resumes from the newest
+checkpoint: the batches are a function of the step and the PRNG key is in the state, so the run
+continues as if it had never stopped. The frozen reference (DPO, GRPO with beta > 0) is the
+init_workdir's policy, read again on resume.
+
+Metrics are read back every step: the models here are small and the step is short, so the
+simplicity is worth more than the overlap of host and device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from tokenizers import Tokenizer
+
+from model import decode, sampling, transformer
+from model.config import ModelConfig, count_params
+from train import alignment_data as data_lib
+from train import checkpoint as ckpt_lib
+from train import metrics as metrics_lib
+from train import optimizer as optimizer_lib
+from train import rewards as rewards_lib
+from train import step as step_lib
+from train import tokenizer as tokenizer_lib
+from train.config import ConfigError
+
+
+class NonFiniteLoss(RuntimeError):
+  """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+@dataclasses.dataclass
+class Policy:
+  model_cfg: ModelConfig
+  graphdef: nnx.GraphDef
+  params: nnx.State
+  tok: Tokenizer
+
+
+def byte_tokenizer() -> Tokenizer:
+  """Byte-level BPE with no merges: one token per byte plus end-of-text and padding.
+
+  For arithmetic a digit per token is what a small model learns from; merged digit runs would
+  hide the carries inside token identities.
+  """
+  return tokenizer_lib.train_bpe([], tokenizer_lib.min_vocab_size())
+
+
+def check_common(config: ml_collections.ConfigDict) -> None:
+  """Validates the sections every stage shares; raises ConfigError naming the field."""
+  for section in ("task", "data", "train", "eval", "checkpoint"):
+    if section not in config:
+      raise ConfigError(f"config has no section {section!r}")
+  t = config.train
+  for name in ("steps", "batch_size", "lr", "grad_clip", "log_every", "eval_every"):
+    if not t[name] > 0:
+      raise ConfigError(f"train.{name} must be positive, got {t[name]!r}")
+  if t.warmup_steps < 0 or t.weight_decay < 0:
+    raise ConfigError("train.warmup_steps and train.weight_decay must be >= 0")
+  for name in ("batch_size", "max_new_tokens", "max_examples"):
+    if not config.eval[name] > 0:
+      raise ConfigError(f"eval.{name} must be positive, got {config.eval[name]!r}")
+  for name in ("every_steps", "keep"):
+    if not config.checkpoint[name] > 0:
+      raise ConfigError(f"checkpoint.{name} must be positive, got {config.checkpoint[name]!r}")
+  task = config.task
+  if not task.digits > 0 or not task.n_train > 0 or not task.n_heldout > 0:
+    raise ConfigError("task.digits, task.n_train and task.n_heldout must be positive")
+  bad = sorted(set(task.ops) - set("+-*"))
+  if not task.ops or bad:
+    raise ConfigError(f"task.ops={task.ops!r} must be a non-empty string of '+', '-', '*'")
+
+
+def start_policy(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) -> Policy:
+  """The starting policy: init_workdir's newest checkpoint, or a fresh model (config.model).
+
+  The tokenizer is the workdir's own on resume, else copied from init_workdir, else byte-level.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  if init_workdir:
+    model_cfg, graphdef, params = ckpt_lib.load_params(init_workdir)
+    tok_source = tokenizer_lib.load(init_workdir)
+  else:
+    if "model" not in config:
+      raise ConfigError("no --init_workdir and no config.model to start a fresh model from")
+    tok_source = byte_tokenizer()
+    fields = config.model.to_dict()
+    fields["vocab_size"] = tok_source.get_vocab_size()  # the embedding follows the tokenizer
+    model_cfg = ModelConfig.from_dict(fields)
+    graphdef, params = transformer.create(model_cfg, jax.random.key(config.train.seed))
+  if os.path.exists(os.path.join(workdir, tokenizer_lib.FILENAME)):
+    tok = tokenizer_lib.load(workdir)
+  else:
+    tok = tok_source
+    tokenizer_lib.save(tok, workdir)
+  if tok.get_vocab_size() > model_cfg.vocab_size:
+    raise ConfigError(
+        f"the tokenizer of {workdir} has {tok.get_vocab_size()} tokens but the model's "
+        f"vocab_size is {model_cfg.vocab_size}; use a new --workdir")
+  return Policy(model_cfg, graphdef, params, tok)
+
+
+def _check_resume(workdir: str, model_cfg: ModelConfig, init_workdir: str) -> None:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  if saved.get("model") != json.loads(json.dumps(model_cfg.to_dict())):
+    raise ConfigError(
+        f"workdir {workdir} holds a run of another model; use a new --workdir")
+  if saved.get("init_workdir", "") != init_workdir:
+    raise ConfigError(
+        f"workdir {workdir} was started from --init_workdir={saved.get('init_workdir', '')!r}, "
+        f"not {init_workdir!r}; use a new --workdir")
+
+
+class _StopFlag:
+  """SIGTERM / SIGINT set the flag; the loop saves and returns at the next step boundary."""
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def make_evaluator(policy: Policy, examples: list[data_lib.Prompted], *, batch_size: int,
+                   max_new_tokens: int) -> Callable[[nnx.State], dict[str, float]]:
+  """evaluate(params) -> {"accuracy": held-out exact match with greedy decoding, ...}.
+
+  The last batch is padded with copies of the first prompt (results ignored), so one compiled
+  generate serves every batch.
+  """
+  tok, cfg = policy.tok, policy.model_cfg
+  eot_id = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
+  p_len = data_lib.prompt_length(tok, [e.prompt for e in examples])
+  if p_len + max_new_tokens > cfg.max_seq_len:
+    raise ConfigError(
+        f"prompts of {p_len} tokens plus eval.max_new_tokens={max_new_tokens} exceed the "
+        f"model's max_seq_len={cfg.max_seq_len}")
+  batch_size = min(batch_size, len(examples))
+  spec = decode.DecodeSpec(max_new_tokens, eot_id, sampling.SamplingConfig(temperature=0.0))
+  generate = decode.make_generate(cfg, policy.graphdef, spec)
+  n = len(examples)
+  padded = examples + [examples[0]] * (-n % batch_size)
+  prompts = data_lib.encode_prompts(tok, [e.prompt for e in padded], p_len)
+  keys_B = jax.random.split(jax.random.key(0), batch_size)  # unused by greedy decoding
+
+  def evaluate(params) -> dict[str, float]:
+    correct, length = 0.0, 0.0
+    for i in range(0, len(padded), batch_size):
+      out = generate(params, jnp.asarray(prompts.tokens_NxP[i:i + batch_size]),
+                     jnp.asarray(prompts.lengths_N[i:i + batch_size]), keys_B)
+      rows = decode.trim(out)
+      for j, ids in enumerate(rows):
+        if i + j >= n:
+          break
+        sample = rewards_lib.sample_of(tok, examples[i + j].prompt, ids, eot_id,
+                                       examples[i + j].answer)
+        correct += rewards_lib.exact_match(sample)
+        length += len(ids)
+    return {"accuracy": correct / n, "completion_length": length / n}
+
+  return evaluate
+
+
+class Run:
+  """One stage's run in `workdir`: policy, optimizer, state (fresh or resumed), writers."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, init_workdir: str, *,
+               stage: str, total_updates: int):
+    check_common(config)
+    # Data files are read first, so that a malformed one fails before anything compiles.
+    heldout = data_lib.load_examples(config.data.eval_path, config.task, "heldout")
+    self.config, self.workdir, self.stage = config, workdir, stage
+    self.init_workdir = init_workdir
+    self.policy = start_policy(config, workdir, init_workdir)
+    _check_resume(workdir, self.policy.model_cfg, init_workdir)
+    t = config.train
+    self.tx = optimizer_lib.make(t, total_updates)
+    self.lr_schedule = optimizer_lib.schedule(t.lr, t.warmup_steps, total_updates)
+    self._save_config()
+    self.pad_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.PAD)
+    self.eot_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.EOT)
+
+    graphdef, tx = self.policy.graphdef, self.tx
+    # The copy keeps the state's buffers apart from policy.params (the DPO/GRPO reference),
+    # which the donating train steps would otherwise free.
+    init = lambda p: step_lib.init_state(graphdef, jax.tree.map(jnp.copy, p), tx, t.seed)  # noqa: E731
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+        jax.eval_shape(init, self.policy.params))
+    self.ckpt = ckpt_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+        every_steps=config.checkpoint.every_steps)
+    restored = self.ckpt.restore_latest(abstract)
+    if restored is None:
+      self.state, self.start_step = jax.jit(init)(self.policy.params), 0
+    else:
+      self.start_step, self.state, _ = restored
+    self.writer = metrics_lib.MetricsWriter(workdir)
+    self.evaluate = make_evaluator(
+        self.policy, heldout[:config.eval.max_examples], batch_size=config.eval.batch_size,
+        max_new_tokens=config.eval.max_new_tokens)
+    self.n_heldout = min(len(heldout), config.eval.max_examples)
+
+  def _save_config(self) -> None:
+    if jax.process_index() != 0:
+      return
+    record = json.loads(self.config.to_json())
+    record["model"] = self.policy.model_cfg.to_dict()
+    record["stage"] = self.stage
+    record["init_workdir"] = self.init_workdir
+    path = os.path.join(self.workdir, "config.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+  def loop(self, train_step: Callable[[int, dict], tuple[dict, dict]], *,
+           stop_when: Optional[Callable[[dict], bool]] = None) -> dict[str, Any]:
+    """Runs train_step(step index, state) -> (state, metrics) until config.train.steps.
+
+    Held-out accuracy is evaluated before the first step of a fresh run (the starting point every
+    gain is measured from), every train.eval_every steps and at the end. stop_when(record) ends
+    the run early after an evaluation (SFT's target accuracy).
+    """
+    t = self.config.train
+    summary: dict[str, Any] = {"stage": self.stage, "start_step": self.start_step,
+                               "params": count_params(self.policy.model_cfg)["total"],
+                               "heldout_examples": self.n_heldout,
+                               "device": jax.devices()[0].device_kind}
+    if self.start_step == 0:
+      first = {f"eval/{k}": v for k, v in self.evaluate(self.state["params"]).items()}
+      self.writer.write(0, first)
+      print(f"[{self.stage}] step 0: held-out accuracy {first['eval/accuracy']:.3f}", flush=True)
+    step, t0, record = self.start_step, time.perf_counter(), {}
+    try:
+      with _StopFlag() as stop:
+        while step < t.steps and stop.signum is None:
+          t_step = time.perf_counter()
+          self.state, metrics = train_step(step, self.state)
+          record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          record["step_time_s"] = time.perf_counter() - t_step
+          step += 1
+          if not np.isfinite(record["loss"]):
+            raise NonFiniteLoss(
+                f"loss is {record['loss']} at step {step}; stopped without saving, the last good "
+                f"checkpoint ({max(self.ckpt.steps(), default='none')}) is untouched; lower "
+                "train.lr")
+          evaluated = step % t.eval_every == 0 or step == t.steps
+          if evaluated:
+            record.update({f"eval/{k}": v for k, v in self.evaluate(self.state["params"]).items()})
+            print(f"[{self.stage}] step {step}: " + ", ".join(
+                f"{k} {v:.4g}" for k, v in record.items() if k != "step_time_s"), flush=True)
+          early = evaluated and stop_when is not None and stop_when(record)
+          if step % t.log_every == 0 or evaluated:
+            self.writer.write(step, record)
+          if step % self.config.checkpoint.every_steps == 0 or step == t.steps or early \
+              or stop.signum is not None:
+            self.ckpt.save(step, self.state, {"step": step})
+          if early:
+            summary["stopped_early"] = f"stop condition met at step {step}"
+            break
+        if stop.signum is not None:
+          summary["stopped_by_signal"] = signal.Signals(stop.signum).name
+    finally:
+      self.writer.close()
+      self.ckpt.close()
+    summary["final_step"] = step
+    summary["wall_time_s"] = time.perf_counter() - t0
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Results: results.json and a plot of the curves, from metrics.jsonl.
+
+
+def curves(workdir: str) -> list[dict]:
+  """metrics.jsonl records, the last one per step (a resumed run may repeat a step)."""
+  by_step = {}
+  for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    by_step.setdefault(r["step"], {}).update(r)
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "") -> dict:
+  """Writes results.json and curves.png into the workdir (and out_dir when given).
+
+  results.json: the summary, the held-out accuracy at the start and at the end, and the first and
+  last logged value of every key.
+  """
+  records = curves(workdir)
+  evals = [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
+  result = dict(summary)
+  if evals:
+    result["heldout_accuracy_start"] = evals[0][1]
+    result["heldout_accuracy_end"] = evals[-1][1]
+    result["heldout_accuracy_curve"] = evals
+  for k in keys:
+    values = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))]
+    if values:
+      result[f"{k}@first"] = values[0][1]
+      result[f"{k}@last"] = values[-1][1]
+  for d in [workdir] + ([out_dir] if out_dir else []):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "results.json"), "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2, default=str)
+    _plot(records, ["eval/accuracy"] + keys, os.path.join(d, "curves.png"), result["stage"])
+  return result
+
+
+def _plot(records: list[dict], keys: list[str], path: str, title: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in records)]
+  cols = min(3, max(1, len(keys)))
+  rows = -(-len(keys) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+  for ax, k in zip(axes.flat, keys):
+    pts = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))]
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None,
+            markersize=3)
+    ax.set_title(k, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+  for ax in list(axes.flat)[len(keys):]:
+    ax.axis("off")
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)

@@ -1,0 +1,213 @@
+"""The data of the alignment stages: prompts with answers (SFT, GRPO, evaluation) and preference
+pairs (DPO), from the built-in arithmetic task or the user's JSONL, tokenized into fixed shapes.
+
+User formats, one JSON object per line:
+  SFT, GRPO and evaluation  {"prompt": "12+35=", "answer": "47"}
+  DPO                       {"prompt": "12+35=", "chosen": "47", "rejected": "48"}
+A malformed file stops the run with one line naming the file, the line and the field.
+
+A completion is its text followed by end-of-text, so the model learns where to stop and greedy
+decoding ends there. Prompt and completion are tokenized separately and concatenated: that is
+what generation sees (the prompt alone, then the sampled tokens), even when a BPE would merge
+across the boundary of the joined text.
+
+Batches are a deterministic function of the step (a fresh seeded permutation per epoch), so a
+resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+from typing import NamedTuple, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from train import tokenizer as tokenizer_lib
+
+
+class DataError(ValueError):
+  """A data file or data setting that cannot be used; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompted:
+  prompt: str
+  answer: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  prompt: str
+  chosen: str
+  rejected: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: the generator or JSONL.
+
+
+def read_jsonl(path: str, fields: Sequence[str]) -> list[dict]:
+  """Rows of a JSONL file, each a dict with string values for `fields` (other keys ignored)."""
+  if not os.path.exists(path):
+    raise DataError(f"{path}: no such file")
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+      if not isinstance(row, dict):
+        raise DataError(f"{path}:{n}: expected a JSON object with fields {list(fields)}")
+      for name in fields:
+        if name not in row:
+          raise DataError(f"{path}:{n}: missing field {name!r}")
+        if not isinstance(row[name], str):
+          raise DataError(f"{path}:{n}: field {name!r} must be a string, got {row[name]!r}")
+      if not row["prompt"]:
+        raise DataError(f"{path}:{n}: field 'prompt' is empty")
+      rows.append({name: row[name] for name in fields})
+  if not rows:
+    raise DataError(f"{path}: holds no examples")
+  return rows
+
+
+def task_examples(task, split: str) -> list[Prompted]:
+  """The arithmetic task's train or held-out problems, from config.task (see _task_problems)."""
+  return [Prompted(p.prompt, p.answer) for p in _task_problems(task, split)]
+
+
+def _task_problems(task, split: str):
+  from train import arithmetic
+
+  if split not in ("train", "heldout"):
+    raise DataError(f"split must be 'train' or 'heldout', got {split!r}")
+  n = task.n_train if split == "train" else task.n_heldout
+  return arithmetic.make_split(
+      n, digits=task.digits, ops=task.ops, seed=task.seed, split=split)
+
+
+def wrong_answer(answer: str, rng: random.Random) -> str:
+  """A near miss: the right number moved by +-1, +-2 or +-10^k (k < its digit count).
+
+  Near misses are the informative negatives for DPO: a far-off string is already improbable,
+  so the pair would teach the policy nothing it does not know.
+  """
+  value = int(answer)
+  digits = len(str(abs(value)))
+  deltas = [1, 2] + [10 ** k for k in range(1, digits)]
+  return str(value + rng.choice([-1, 1]) * rng.choice(deltas))
+
+
+def task_pairs(task, seed: int) -> list[Pair]:
+  """One preference pair per training problem: chosen the answer, rejected a near miss."""
+  rng = random.Random(seed)
+  return [Pair(e.prompt, e.answer, wrong_answer(e.answer, rng))
+          for e in task_examples(task, "train")]
+
+
+def load_examples(path: str, task, split: str) -> list[Prompted]:
+  """Prompts with answers: the user's JSONL at `path`, or the task's `split` when path is ''."""
+  if not path:
+    return task_examples(task, split)
+  return [Prompted(r["prompt"], r["answer"]) for r in read_jsonl(path, ("prompt", "answer"))]
+
+
+def load_pairs(path: str, task, seed: int) -> list[Pair]:
+  """Preference pairs: the user's JSONL at `path`, or pairs made from the task when path is ''."""
+  if not path:
+    return task_pairs(task, seed)
+  return [Pair(r["prompt"], r["chosen"], r["rejected"])
+          for r in read_jsonl(path, ("prompt", "chosen", "rejected"))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizing into fixed shapes: one shape per run means one compilation.
+
+
+class Sequences(NamedTuple):
+  """Prompt + completion + end-of-text, right-padded; the model reads inputs and predicts targets.
+
+  mask_NxT is 1.0 where the target is a completion token (its end-of-text included) and 0.0 on
+  prompt and padding targets.
+  """
+
+  inputs_NxT: np.ndarray
+  targets_NxT: np.ndarray
+  mask_NxT: np.ndarray
+
+
+class Prompts(NamedTuple):
+  """Right-padded prompts for the sampler; lengths_N >= 1."""
+
+  tokens_NxP: np.ndarray
+  lengths_N: np.ndarray
+
+
+def token_ids(tok: Tokenizer, prompts: Sequence[str], completions: Sequence[str]):
+  """(prompt ids, completion ids + end-of-text) per example."""
+  eot = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
+  p_ids = [tokenizer_lib.encode(tok, p) for p in prompts]
+  c_ids = [tokenizer_lib.encode(tok, c) + [eot] for c in completions]
+  return p_ids, c_ids
+
+
+def pack(p_ids: Sequence[Sequence[int]], c_ids: Sequence[Sequence[int]], length: int,
+         pad_id: int) -> Sequences:
+  """Sequences of `length` targets from token ids; raises DataError when one does not fit."""
+  n = len(p_ids)
+  inputs = np.full((n, length), pad_id, np.int32)
+  targets = np.full((n, length), pad_id, np.int32)
+  mask = np.zeros((n, length), np.float32)
+  for i, (p, c) in enumerate(zip(p_ids, c_ids)):
+    seq = list(p) + list(c)
+    if len(seq) - 1 > length:
+      raise DataError(
+          f"example {i} has {len(seq)} tokens, more than the {length + 1} the run allows")
+    inputs[i, :len(seq) - 1] = seq[:-1]
+    targets[i, :len(seq) - 1] = seq[1:]
+    # target j is token j + 1: a completion token when j + 1 >= len(p)
+    mask[i, len(p) - 1:len(seq) - 1] = 1.0
+  return Sequences(inputs, targets, mask)
+
+
+def needed_length(p_ids, c_ids) -> int:
+  """Targets needed by the longest example (its tokens minus one)."""
+  return max(len(p) + len(c) for p, c in zip(p_ids, c_ids)) - 1
+
+
+def encode_prompts(tok: Tokenizer, prompts: Sequence[str], length: int) -> Prompts:
+  ids = [tokenizer_lib.encode(tok, p) for p in prompts]
+  if any(not x for x in ids):
+    raise DataError("every prompt needs at least one token")
+  if max(len(x) for x in ids) > length:
+    raise DataError(f"a prompt has {max(len(x) for x in ids)} tokens, more than {length}")
+  pad_id = tokenizer_lib.special_id(tok, tokenizer_lib.PAD)
+  tokens = np.full((len(ids), length), pad_id, np.int32)
+  for i, x in enumerate(ids):
+    tokens[i, :len(x)] = x
+  return Prompts(tokens, np.asarray([len(x) for x in ids], np.int32))
+
+
+def prompt_length(tok: Tokenizer, prompts: Sequence[str]) -> int:
+  return max(len(tokenizer_lib.encode(tok, p)) for p in prompts)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """Example indices of batch `step` (0-based): epochs of seeded permutations, concatenated.
+
+  A pure function of its arguments, so resumption needs to store only the step.
+  """
+  start = step * batch_size
+  out = []
+  while len(out) < batch_size:
+    epoch, offset = divmod(start + len(out), n)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    out.extend(perm[offset:offset + batch_size - len(out)].tolist())
+  return np.asarray(out, np.int64)
