@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer
 
-from model.config import ModelConfig
+from model.config import DTYPES, ModelConfig
 from model.interop import hf_config, hf_tokenizer, hf_weights, safetensors_io
 from model.interop.hf_config import InteropError
 
@@ -56,6 +56,8 @@ def load_hf(path: str, *, param_dtype: Optional[str] = None, dtype: str = "float
   checkpoint stays bfloat16 and exports back bit for bit). dtype: the compute dtype.
   Raises InteropError, one line naming the field or tensor, for anything llmlab cannot represent.
   """
+  if param_dtype is not None and param_dtype not in DTYPES:
+    raise InteropError(f"param_dtype={param_dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
   hf = read_hf_config(path)
   hf_config.to_model_config(hf)  # refuse an unsupported config before touching the weights
   with safetensors_io.SafetensorsReader(path) as reader:

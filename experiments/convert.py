@@ -1,0 +1,209 @@
+"""Convert between Hugging Face checkpoints (Llama, Mixtral) and llmlab workdirs.
+
+  python -m experiments.convert --from_hf=DIR --workdir=runs/NAME [--param_dtype=float32]
+  python -m experiments.convert --to_hf=DIR --workdir=runs/NAME [--max_shard_size=5GB]
+
+--from_hf reads DIR (config.json, model.safetensors or shards with their index, tokenizer.json
+when present) and writes a workdir laid out like one written by training, so that
+checkpoint.load_params, the generation script, experiments.train and the alignment stages read it:
+  config.json      the full config tree: model from the checkpoint, data and train defaults
+  config.py        that config as a config file, to fine-tune with
+                     python -m experiments.train --workdir=runs/NAME --config=runs/NAME/config.py \
+                         --config.data.paths=FILES
+                   (training starts at step 0 from the imported weights)
+  tokenizer.json   DIR's tokenizer, byte for byte
+  hf/              DIR's config.json and tokenizer side files, carried back out by --to_hf
+  checkpoints/0/   the imported parameters, a fresh optimizer state and data position
+
+--to_hf writes DIR from the newest readable checkpoint of the workdir; transformers loads it with
+AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Optional
+
+from absl import app, flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("from_hf", None, "Hugging Face model directory to import into --workdir.")
+flags.DEFINE_string("to_hf", None, "Directory to export --workdir to, in Hugging Face format.")
+flags.DEFINE_string("workdir", None, "The llmlab workdir: written by --from_hf, read by --to_hf.")
+flags.DEFINE_string("param_dtype", None,
+                    "--from_hf: storage dtype of the parameters (float32, bfloat16, float16); "
+                    "default: the checkpoint's.")
+flags.DEFINE_integer("seq_len", 256,
+                     "--from_hf: data.seq_len of the workdir's config (fixed once it trains), at "
+                     "most the model's max_position_embeddings.")
+flags.DEFINE_string("max_shard_size", "5GB",
+                    "--to_hf: largest safetensors file, e.g. 5GB, 500MB, 2GiB; above it, shards.")
+flags.mark_flag_as_required("workdir")
+
+HF_DIR = "hf"  # inside the workdir: the imported directory's config.json and side files
+# Fine-tuning defaults written into the workdir's config (the pretraining default lr of 3e-3
+# would wreck a trained model); override them on the command line.
+FINETUNE = {"lr": 3e-5, "warmup_steps": 10, "steps": 100, "weight_decay": 0.0}
+
+CONFIG_PY = '''"""The config of this workdir (its config.json), to fine-tune or resume it:
+
+  python -m experiments.train --workdir=THIS_DIR --config=THIS_DIR/config.py \\
+      --config.data.paths=FILES [--config.train.steps=...]
+
+Written by experiments.convert.
+"""
+
+import json
+import os
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+'''
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+  """Bytes of "5GB", "500MB", "2GiB" or "123" (transformers' max_shard_size spelling)."""
+  m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+  if not m or m.group(2).upper() not in _UNITS:
+    raise ValueError(f"--max_shard_size={text!r} is not a size like 5GB, 500MB or 2GiB")
+  return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def workdir_config(model_cfg, tok, roles: tuple[Optional[str], Optional[str]], seq_len: int):
+  """The config tree of an imported workdir: experiments/configs/default.py with the imported
+  model, the tokenizer's size, llmlab's end-of-text and padding tokens, fine-tuning defaults."""
+  import ml_collections
+
+  from experiments.configs import default
+
+  # Through JSON: default.py ties model.vocab_size to data.vocab_size by reference, and the two
+  # differ when the embedding table is larger than the tokenizer.
+  c = ml_collections.ConfigDict(json.loads(default.get_config().to_json()))
+  c.model = ml_collections.ConfigDict(model_cfg.to_dict())
+  n_tokens = tok.get_vocab_size() if tok is not None else model_cfg.vocab_size
+  c.data.vocab_size = min(n_tokens, model_cfg.vocab_size)
+  c.data.seq_len = min(seq_len, model_cfg.max_seq_len)
+  c.data.eot_token, c.data.pad_token = roles
+  c.train.update(FINETUNE)
+  return c
+
+
+def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = None,
+                   seq_len: int = 256) -> dict:
+  """Writes an llmlab workdir holding the Hugging Face model in hf_dir; returns a summary."""
+  import numpy as np
+  from tokenizers import Tokenizer
+
+  from model import interop, transformer
+  from model.interop import hf_tokenizer
+  from train import checkpoint as ckpt_lib
+  from train import config as config_lib
+  from train import data as data_lib
+  from train import optimizer as optimizer_lib
+  from train import step as step_lib
+  from train import tokenizer as tokenizer_lib
+
+  if os.path.exists(os.path.join(workdir, "config.json")) or os.path.exists(
+      os.path.join(workdir, "checkpoints")):
+    raise config_lib.ConfigError(f"{workdir} already holds a run; convert into a new --workdir")
+  hf = interop.read_hf_config(hf_dir)
+  model_cfg, params = interop.load_hf(hf_dir, param_dtype=param_dtype)
+  tok_path = os.path.join(hf_dir, tokenizer_lib.FILENAME)
+  tok = Tokenizer.from_file(tok_path) if os.path.exists(tok_path) else None
+  roles = (None, None)
+  if tok is not None:
+    roles = hf_tokenizer.llmlab_roles(hf_tokenizer.declared_special_tokens(hf_dir, tok, hf), tok)
+  config = workdir_config(model_cfg, tok, roles, seq_len)
+  config_lib.validate(config)
+
+  os.makedirs(os.path.join(workdir, HF_DIR), exist_ok=True)
+  for name in ("config.json", *hf_tokenizer.SIDE_FILES):
+    if os.path.exists(os.path.join(hf_dir, name)):
+      shutil.copyfile(os.path.join(hf_dir, name), os.path.join(workdir, HF_DIR, name))
+  if tok is not None:
+    shutil.copyfile(tok_path, os.path.join(workdir, tokenizer_lib.FILENAME))
+  with open(os.path.join(workdir, "config.py"), "w", encoding="utf-8") as f:
+    f.write(CONFIG_PY)
+
+  # The train state exactly as train/loop.py builds it, but from the imported parameters.
+  graphdef, _ = transformer.abstract(model_cfg)
+  tx = optimizer_lib.make(config.train, config.train.steps)
+  state = step_lib.init_state(graphdef, params, tx, config.train.seed)
+  rows = np.zeros((config.train.batch_size, config.data.seq_len + 1), np.int32)
+  data_state = data_lib.train_iterator(rows, config.train.batch_size, config.train.seed).get_state()
+  ckpt = ckpt_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+      every_steps=config.checkpoint.every_steps)
+  try:
+    ckpt.save(0, state, data_state)
+  finally:
+    ckpt.close()
+  config_lib.save(workdir, config)  # last: a workdir with config.json is a complete one
+  return {"workdir": workdir, "model": "mixtral" if model_cfg.moe.enabled else "llama",
+          "params": transformer.param_count(params), "param_dtype": model_cfg.param_dtype,
+          "tokenizer": tok is not None, "eot_token": roles[0], "pad_token": roles[1]}
+
+
+def export_workdir(workdir: str, hf_dir: str, *, max_shard_bytes: Optional[int] = None) -> dict:
+  """Writes the newest checkpoint of workdir as a Hugging Face directory; returns a summary."""
+  from model import interop, transformer
+  from train import checkpoint as ckpt_lib
+  from train import tokenizer as tokenizer_lib
+
+  model_cfg, _, params = ckpt_lib.load_params(workdir)
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    data = json.load(f).get("data", {})
+  tok_path = os.path.join(workdir, tokenizer_lib.FILENAME)
+  tok = tokenizer_lib.load(workdir) if os.path.exists(tok_path) else None
+  base_path = os.path.join(workdir, HF_DIR, "config.json")
+  base = interop.read_hf_config(os.path.dirname(base_path)) if os.path.exists(base_path) else None
+  interop.save_hf(hf_dir, model_cfg, params, tok, eos_token=data.get("eot_token"),
+                  pad_token=data.get("pad_token"), base_config=base,
+                  max_shard_bytes=max_shard_bytes)
+  if tok is not None:
+    shutil.copyfile(tok_path, os.path.join(hf_dir, tokenizer_lib.FILENAME))  # byte for byte
+  side = os.path.join(workdir, HF_DIR)
+  for name in sorted(os.listdir(side)) if os.path.isdir(side) else ():
+    if name != "config.json":  # the imported tokenizer files replace the generated ones
+      shutil.copyfile(os.path.join(side, name), os.path.join(hf_dir, name))
+  return {"hf_dir": hf_dir, "model": "mixtral" if model_cfg.moe.enabled else "llama",
+          "params": transformer.param_count(params), "files": sorted(os.listdir(hf_dir))}
+
+
+def main(argv):
+  del argv
+  common.setup()
+  if (FLAGS.from_hf is None) == (FLAGS.to_hf is None):
+    common.fail(ValueError("give exactly one of --from_hf=DIR (import) and --to_hf=DIR (export)"))
+  from model.interop import InteropError
+
+  try:
+    if FLAGS.from_hf is not None:
+      summary = import_workdir(FLAGS.from_hf, FLAGS.workdir, param_dtype=FLAGS.param_dtype,
+                               seq_len=FLAGS.seq_len)
+      if summary["tokenizer"] and summary["eot_token"] is None:
+        print("warning: the tokenizer declares no eos token; set data.eot_token in "
+              f"{FLAGS.workdir}/config.json before training", flush=True)
+    else:
+      summary = export_workdir(FLAGS.workdir, FLAGS.to_hf,
+                               max_shard_bytes=parse_size(FLAGS.max_shard_size))
+  except (InteropError, ValueError, FileNotFoundError) as e:
+    common.fail(e)
+  print(common.format_summary(summary), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
