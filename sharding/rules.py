@@ -1,13 +1,14 @@
 """Logical axis names -> mesh axes, one small table per strategy.
 
 The model names its parameter axes (vocab, embed, heads, kv_heads, head_dim, mlp, norm, layers);
-a rules table says which mesh axis, if any, each name is split over. A strategy is a table, not
-model code.
+a rules table says which mesh axes, if any, each name is split over. A strategy is a table, not
+model code: sharding/zero.py builds the ZeRO stages from the tables here.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union
+import math
+from typing import Mapping, Sequence, Union
 
 import jax
 from flax import nnx
@@ -21,24 +22,40 @@ Rules = Mapping[str, MeshAxes]
 # Plain data parallelism: every parameter replicated on every device.
 REPLICATED: Rules = {}
 
+# Megatron-style tensor parallelism: attention split by heads, the MLP by its hidden dimension,
+# the embedding table by vocabulary rows. A mesh with tensor=1 makes this table a no-op, so every
+# strategy starts from it.
+TENSOR_PARALLEL: Rules = {
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "vocab": "tensor",
+}
+
+
+def _axes(target: MeshAxes) -> tuple[str, ...]:
+  return (target,) if isinstance(target, str) else tuple(target or ())
+
 
 def spec_for(logical_axes: Sequence[str], shape: Sequence[int], rules: Rules, mesh: Mesh) -> PartitionSpec:
-  """PartitionSpec for one array. A mesh axis is used at most once per array, and only where it
-  divides the dimension (otherwise that dimension stays whole)."""
+  """PartitionSpec for one array.
+
+  Entries are applied in table order, and a mesh axis is used at most once per array, so an earlier
+  entry claims its axes first (tensor and expert before the ZeRO split). A dimension is split only
+  where the mesh axes divide it; otherwise it stays whole (sharding/validate.py rejects the cases
+  that matter before anything compiles).
+  """
+  out: list[MeshAxes] = [None] * len(shape)
   used: set[str] = set()
-  out = []
-  for name, dim in zip(logical_axes, shape):
-    target = rules.get(name)
-    axes = (target,) if isinstance(target, str) else tuple(target or ())
-    axes = tuple(a for a in axes if a not in used and mesh.shape.get(a, 1) > 1)
-    size = 1
-    for a in axes:
-      size *= mesh.shape[a]
-    if not axes or dim % size:
-      out.append(None)
-      continue
-    used.update(axes)
-    out.append(axes[0] if len(axes) == 1 else axes)
+  for name, target in rules.items():
+    for i, (axis_name, dim) in enumerate(zip(logical_axes, shape)):
+      if axis_name != name or out[i] is not None:
+        continue
+      axes = tuple(a for a in _axes(target) if a not in used and mesh.shape.get(a, 1) > 1)
+      if not axes or dim % math.prod(mesh.shape[a] for a in axes):
+        continue
+      used.update(axes)
+      out[i] = axes[0] if len(axes) == 1 else axes
   return PartitionSpec(*out)
 
 

@@ -8,22 +8,27 @@ restored. SIGTERM / SIGINT finish the current step, save and return normally.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
 from model import transformer
 from model.config import ModelConfig, count_params, flops_per_token
+from sharding import data_parallel as data_parallel_lib
 from sharding import mesh as mesh_lib
 from sharding import rules as rules_lib
+from sharding import validate as validate_lib
+from sharding import zero
 from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train import data as data_lib
@@ -61,32 +66,112 @@ class _StopFlag:
       signal.signal(sig, old)
 
 
-def _global_batch(local_BxL1: np.ndarray, sharding) -> jax.Array:
-  return jax.make_array_from_process_local_data(sharding, local_BxL1)
+def _global_batch(global_BxL1: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """The batch as one array over all processes' devices; this process feeds only its own rows.
+
+  Every process reads the same global batch (a deterministic function of the step), so a run's
+  batches do not depend on how many processes it has, and a checkpoint resumes on any number.
+  """
+  rows = [idx[0] for idx in sharding.addressable_devices_indices_map(global_BxL1.shape).values()]
+  lo = min(r.start or 0 for r in rows)
+  hi = max(len(global_BxL1) if r.stop is None else r.stop for r in rows)
+  return jax.make_array_from_process_local_data(sharding, global_BxL1[lo:hi], global_BxL1.shape)
 
 
-def _process_slice(global_BxL1: np.ndarray) -> np.ndarray:
-  per = len(global_BxL1) // jax.process_count()
-  i = jax.process_index()
-  return global_BxL1[i * per:(i + 1) * per]
+def _any_process(flag: bool) -> bool:
+  """True on every process if it is True on any: all stop at the same step (their collectives
+  would otherwise wait for each other forever)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, rules: rules_lib.Rules = rules_lib.REPLICATED) -> dict[str, Any]:
-  """Trains (or resumes) the run in `workdir`. Returns a summary of the final step."""
+@dataclasses.dataclass(frozen=True)
+class ShardedTraining:
+  """The train state's layout on a mesh and the jitted functions that create and step it."""
+
+  mesh: Mesh
+  zero_stage: int
+  graphdef: Any
+  abstract_state: Any  # TrainState of ShapeDtypeStructs carrying their shardings
+  shardings: zero.StateShardings
+  batch_sharding: NamedSharding
+  init: Callable[[jax.Array], step_lib.TrainState]  # PRNG key -> state, created sharded
+  train_step: Callable  # (state, batch) -> (state, metrics); donates the state
+
+
+def make_sharded_training(
+    model_cfg: ModelConfig, t: ml_collections.ConfigDict, mesh: Mesh, zero_stage: int, *,
+    pad_id: int,
+) -> ShardedTraining:
+  """The ZeRO stage's layout (sharding/zero.py) applied to the train state and the step.
+
+  The state is initialised directly in its sharded layout (no device ever holds it whole unless
+  the layout says so); the step takes explicit input and output shardings and donates the state.
+  """
+  graphdef, _ = transformer.abstract(model_cfg)
+  tx = optimizer_lib.make(t, t.steps)
+
+  def init_fn(key):
+    _, params = transformer.create(model_cfg, key)
+    return step_lib.init_state(graphdef, params, tx, t.seed)
+
+  abstract_state = jax.eval_shape(init_fn, jax.random.key(t.seed))
+  shardings = zero.state_shardings(abstract_state, zero_stage, mesh)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+      shardings.state)
+  batch_sharding = rules_lib.batch_sharding(mesh)
+  step = step_lib.make_train_step(
+      graphdef, tx, pad_id=pad_id, grad_accum=t.grad_accum,
+      lr_schedule=optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps),
+      data_parallel=functools.partial(
+          data_parallel_lib.data_parallel, mesh=mesh, param_sharding=shardings.params,
+          grad_sharding=shardings.grads),
+      update_sharding=shardings.updates)
+  return ShardedTraining(
+      mesh=mesh, zero_stage=zero_stage, graphdef=graphdef, abstract_state=abstract_state,
+      shardings=shardings, batch_sharding=batch_sharding,
+      init=jax.jit(init_fn, out_shardings=shardings.state),
+      train_step=jax.jit(
+          step, in_shardings=(shardings.state, batch_sharding),
+          out_shardings=(shardings.state, rules_lib.replicated(mesh)), donate_argnums=0))
+
+
+def validate_sharding(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh) -> None:
+  """sharding/validate.py's checks for this run; one-line MeshError before anything compiles."""
+  t = config.train
+  validate_lib.check_all(
+      mesh_shape=dict(mesh.shape), batch_size=t.batch_size, grad_accum=t.grad_accum,
+      zero_stage=config.sharding.get("zero_stage", 0), d_model=model_cfg.d_model,
+      n_heads=model_cfg.n_heads, n_kv_heads=model_cfg.n_kv_heads, d_ff=model_cfg.d_ff,
+      n_experts=getattr(model_cfg, "n_experts", None))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run in `workdir`. Returns a summary of the final step.
+
+  config.sharding.mesh and config.sharding.zero_stage say where the state lives; any mesh and
+  stage resume any checkpoint of the same model.
+  """
   model_cfg: ModelConfig = config_lib.validate(config)
   config_lib.check_workdir(workdir, config)
   t = config.train
   mesh = mesh_lib.make_mesh(config.sharding.mesh)
-  dp = mesh_lib.data_parallel_size(mesh)
-  if t.batch_size % (dp * t.grad_accum):
-    raise config_lib.ConfigError(
-        f"train.batch_size={t.batch_size} must be divisible by the data-parallel size ({dp}) "
-        f"times train.grad_accum ({t.grad_accum})")
-  local_batch = t.batch_size // jax.process_count()
+  validate_sharding(config, model_cfg, mesh)
 
   os.makedirs(workdir, exist_ok=True)
-  tok, corpus = data_lib.prepare(
-      workdir, config.data.paths, config.data.seq_len, config.data.vocab_size, local_batch)
+  prepare = functools.partial(
+      data_lib.prepare, workdir, config.data.paths, config.data.seq_len, config.data.vocab_size,
+      t.batch_size)
+  if jax.process_count() == 1:
+    tok, corpus = prepare()
+  else:  # process 0 trains the tokenizer and caches the tokens; the others then read them back
+    if jax.process_index() == 0:
+      tok, corpus = prepare()
+    multihost_utils.sync_global_devices("llmlab: data prepared")
+    if jax.process_index() != 0:
+      tok, corpus = prepare()
   if tok.get_vocab_size() > model_cfg.vocab_size:
     raise config_lib.ConfigError(
         f"the tokenizer in {workdir} has {tok.get_vocab_size()} tokens but model.vocab_size="
@@ -96,49 +181,33 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, rules: rules_lib.R
     config_lib.save(workdir, config)
 
   # Model and optimizer state, initialised directly in its sharded layout.
-  graphdef, abstract_params = transformer.abstract(model_cfg)
-  param_sharding = rules_lib.param_shardings(abstract_params, mesh, rules)
-  tx = optimizer_lib.make(t, t.steps)
-  lr_schedule = optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps)
-
-  def init_fn(key):
-    _, params = transformer.create(model_cfg, key)
-    return step_lib.init_state(graphdef, params, tx, t.seed)
-
-  abstract_state = jax.eval_shape(init_fn, jax.random.key(t.seed))
-  state_sharding = _state_sharding(abstract_state, param_sharding, mesh)
-  abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sharding)
+  run = make_sharded_training(
+      model_cfg, t, mesh, config.sharding.get("zero_stage", 0), pad_id=pad_id)
+  batch_sharding = run.batch_sharding
 
   ckpt = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       every_steps=config.checkpoint.every_steps)
-  train_iter = data_lib.train_iterator(
-      corpus.train_NxL1, local_batch, t.seed, jax.process_index(), jax.process_count())
-  restored = ckpt.restore_latest(abstract_state)
+  # The global batch on every process (see _global_batch): one iterator, one state to checkpoint.
+  train_iter = data_lib.train_iterator(corpus.train_NxL1, t.batch_size, t.seed)
+  restored = ckpt.restore_latest(run.abstract_state)
   if restored is None:
-    state = jax.jit(init_fn, out_shardings=state_sharding)(jax.random.key(t.seed))
+    state = run.init(jax.random.key(t.seed))
     start = 0
   else:
     start, state, data_state = restored
     train_iter.set_state(data_state)
 
-  batch_sharding = rules_lib.batch_sharding(mesh)
-  train_step = jax.jit(
-      step_lib.make_train_step(graphdef, tx, pad_id=pad_id, grad_accum=t.grad_accum,
-                               lr_schedule=lr_schedule),
-      in_shardings=(state_sharding, batch_sharding),
-      out_shardings=(state_sharding, rules_lib.replicated(mesh)),
-      donate_argnums=0)
+  train_step = run.train_step
   eval_step = jax.jit(
-      step_lib.make_eval_step(graphdef, pad_id=pad_id),
-      in_shardings=(param_sharding, batch_sharding))
+      step_lib.make_eval_step(run.graphdef, pad_id=pad_id),
+      in_shardings=(run.shardings.params, batch_sharding))
   val_batches = data_lib.eval_batches(corpus.val_NxL1, t.batch_size, t.eval_batches)
 
   def evaluate(params) -> float:
     total, count = 0.0, 0
     for b in val_batches:
-      s, n = eval_step(params, _global_batch(_process_slice(b), batch_sharding))
+      s, n = eval_step(params, _global_batch(b, batch_sharding))
       total, count = total + float(s), count + int(n)
     return total / max(count, 1)
 
@@ -187,9 +256,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, rules: rules_lib.R
 
   pending = None  # (step, metrics) dispatched but not yet read back
   step = start
+  stopping = False
   try:
     with _StopFlag() as stop:
-      while step < t.steps and stop.signum is None:
+      while step < t.steps and not stopping:
         batch = _global_batch(next(train_iter), batch_sharding)
         state, metrics = train_step(state, batch)
         step += 1
@@ -197,7 +267,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, rules: rules_lib.R
         if pending is not None:
           report(pending, state)
         pending = (step, metrics)
-        must_save = step % config.checkpoint.every_steps == 0 or step == t.steps or stop.signum
+        stopping = _any_process(stop.signum is not None)
+        must_save = step % config.checkpoint.every_steps == 0 or step == t.steps or stopping
         if must_save or step % t.eval_every == 0:  # read back now: eval and saves see this step
           report(pending, state)
           pending = None
@@ -206,8 +277,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, rules: rules_lib.R
           timer["t"] = time.perf_counter()
       if pending is not None:
         report(pending, state)
-      if stop.signum is not None:
-        summary["stopped_by_signal"] = signal.Signals(stop.signum).name
+      if stopping:
+        summary["stopped_by_signal"] = (
+            signal.Signals(stop.signum).name if stop.signum is not None else "another process")
         if is_main:
           bar.write(f"received {summary['stopped_by_signal']}: saved step {step}, exiting")
   finally:
@@ -217,17 +289,3 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, rules: rules_lib.R
   summary["final_step"] = step
   return summary
 
-
-def _state_sharding(abstract_state, param_sharding, mesh):
-  """Shardings of the whole train state: optimizer moments that mirror the parameters take the
-  parameters' sharding, everything else (step, counts, PRNG key) is replicated."""
-  repl = rules_lib.replicated(mesh)
-  params_def = jax.tree.structure(abstract_state["params"])
-
-  def for_node(node):
-    if isinstance(node, nnx.State) and jax.tree.structure(node) == params_def:
-      return param_sharding
-    return jax.tree.map(lambda _: repl, node)
-
-  opt = jax.tree.map(for_node, abstract_state["opt_state"], is_leaf=lambda n: isinstance(n, nnx.State))
-  return {"step": repl, "params": param_sharding, "opt_state": opt, "rng": repl}

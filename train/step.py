@@ -9,7 +9,7 @@ TrainState is a plain dict so that orbax saves and restores it as it is:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,8 @@ from flax import nnx
 from model import transformer
 
 TrainState = dict[str, Any]
+# (params, batch (B, L+1)) -> (loss sum, token count, gradient sum like params)
+GradFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, Any]]
 
 
 def init_state(graphdef, params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -46,11 +48,19 @@ def loss_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int):
 def make_train_step(
     graphdef, tx: optax.GradientTransformation, *, pad_id: int, grad_accum: int,
     lr_schedule: Callable[[jax.Array], jax.Array],
+    data_parallel: Optional[Callable[[GradFn], GradFn]] = None,
+    update_sharding: Optional[Any] = None,
 ):
   """Returns train_step(state, batch (B, L+1)) -> (state, metrics), not yet jitted.
 
   With grad_accum = A the batch is cut into A micro-batches whose gradients are summed in a scan,
   so the update equals the one on the whole batch while activations are those of B / A rows.
+
+  The sharding of the step (sharding/zero.py) comes in as two hooks, both optional:
+    data_parallel    wraps the gradient sum over a batch so that each data-parallel device sums
+                     its own rows and the devices' sums are combined by an explicit collective
+    update_sharding  pins the optimizer's updates to the layout of its moments, so that under
+                     ZeRO 1-3 each device updates only its own slice of the parameters
   """
 
   def grads_of(params, micro_BxL1):
@@ -58,26 +68,35 @@ def make_train_step(
         lambda p: loss_sums(graphdef, p, micro_BxL1, pad_id), has_aux=True)(params)
     return loss_sum, n, grads
 
+  def batch_grads(params, batch_BxL1):
+    """(loss sum, token count, gradient sum) over the rows of batch_BxL1."""
+    if grad_accum == 1:
+      return grads_of(params, batch_BxL1)
+    # Micro-batch m takes rows m, m + A, m + 2A, ...: every device keeps a share of every
+    # micro-batch, so the data-parallel split of the batch needs no data movement.
+    micro_AxMxL1 = batch_BxL1.reshape(-1, grad_accum, batch_BxL1.shape[-1]).swapaxes(0, 1)
+
+    def acc(carry, micro):
+      loss_sum, n, grads = grads_of(params, micro)
+      return (carry[0] + loss_sum, carry[1] + n, jax.tree.map(jnp.add, carry[2], grads)), None
+
+    # The first micro-batch starts the sums (rather than zeros): the carry then has the type of
+    # what is added to it, also inside a shard_map where every per-device sum is varying.
+    (loss_sum, n, grads), _ = jax.lax.scan(acc, grads_of(params, micro_AxMxL1[0]), micro_AxMxL1[1:])
+    return loss_sum, n, grads
+
+  if data_parallel is not None:
+    batch_grads = data_parallel(batch_grads)
+
   def train_step(state: TrainState, batch_BxL1: jax.Array):
     params = state["params"]
     rng, _step_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-    if grad_accum == 1:
-      loss_sum, n, grads = grads_of(params, batch_BxL1)
-    else:
-      # Micro-batch m takes rows m, m + A, m + 2A, ...: every device keeps a share of every
-      # micro-batch, so the data-parallel split of the batch needs no data movement.
-      micro_AxMxL1 = batch_BxL1.reshape(-1, grad_accum, batch_BxL1.shape[-1]).swapaxes(0, 1)
-      zeros = jax.tree.map(jnp.zeros_like, params)
-
-      def acc(carry, micro):
-        loss_sum, n, grads = grads_of(params, micro)
-        return (carry[0] + loss_sum, carry[1] + n, jax.tree.map(jnp.add, carry[2], grads)), None
-
-      (loss_sum, n, grads), _ = jax.lax.scan(
-          acc, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), zeros), micro_AxMxL1)
+    loss_sum, n, grads = batch_grads(params, batch_BxL1)
     n = jnp.maximum(n, 1)
     grads = jax.tree.map(lambda g: g / n, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
+    if update_sharding is not None:
+      updates = jax.lax.with_sharding_constraint(updates, update_sharding)
     params = optax.apply_updates(params, updates)
     new_state = {
         "step": state["step"] + 1,
