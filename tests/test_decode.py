@@ -23,7 +23,7 @@ def test_prefill_plus_decode_steps_match_full_forward(n_kv_heads, scan):
   cfg = small_cfg(n_kv_heads=n_kv_heads, scan_layers=scan)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   tokens_BxT = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
-  full_BxTxV = transformer.apply(graphdef, params, tokens_BxT)
+  full_BxTxV = jax.jit(lambda p, t: transformer.apply(graphdef, p, t))(params, tokens_BxT)
 
   n_prompt = 5
   cache = kv_cache.init(cfg, 2, 16)
@@ -43,13 +43,19 @@ def test_rows_at_different_positions_match_their_own_forward():
   cfg = small_cfg()
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   tokens_BxT = jax.random.randint(jax.random.key(2), (2, 9), 0, cfg.vocab_size)
-  full_BxTxV = transformer.apply(graphdef, params, tokens_BxT)
   lengths = jnp.array([3, 7])
-  cache = kv_cache.init(cfg, 2, 12)
-  _, cache = decode.prefill(graphdef, params, tokens_BxT[:, :8], lengths, cache)
-  # Row 0 continues from position 3, row 1 from 7: padding slots of row 0 are overwritten.
   next_Bx1 = jnp.stack([tokens_BxT[0, 3], tokens_BxT[1, 7]])[:, None]
-  logits_Bx1xV, _ = transformer.decode(graphdef, params, next_Bx1, lengths[:, None], cache)
+
+  @jax.jit
+  def run(params):
+    full_BxTxV = transformer.apply(graphdef, params, tokens_BxT)
+    cache = kv_cache.init(cfg, 2, 12)
+    _, cache = decode.prefill(graphdef, params, tokens_BxT[:, :8], lengths, cache)
+    # Row 0 continues from position 3, row 1 from 7: row 0's padding slots get overwritten.
+    logits_Bx1xV, _ = transformer.decode(graphdef, params, next_Bx1, lengths[:, None], cache)
+    return full_BxTxV, logits_Bx1xV
+
+  full_BxTxV, logits_Bx1xV = run(params)
   np.testing.assert_allclose(logits_Bx1xV[0, 0], full_BxTxV[0, 3], atol=1e-5, rtol=0)
   np.testing.assert_allclose(logits_Bx1xV[1, 0], full_BxTxV[1, 7], atol=1e-5, rtol=0)
 
@@ -70,12 +76,17 @@ def test_cache_write_drops_positions_past_the_end():
 
 
 def greedy_reference(graphdef, params, prompt, n_new):
-  """Token-by-token greedy decoding with the full forward pass and no cache."""
-  seq = list(prompt)
-  for _ in range(n_new):
-    logits = transformer.apply(graphdef, params, jnp.asarray([seq]))
-    seq.append(int(jnp.argmax(logits[0, -1])))
-  return seq[len(prompt):]
+  """Token-by-token greedy decoding with the full forward pass and no cache.
+
+  The sequence lives in a fixed buffer (one compile): causal attention makes the logits at
+  position i independent of the padding after it.
+  """
+  buf = np.zeros((1, len(prompt) + n_new), np.int32)
+  buf[0, :len(prompt)] = prompt
+  forward = jax.jit(lambda p, t: transformer.apply(graphdef, p, t))
+  for i in range(len(prompt), len(prompt) + n_new):
+    buf[0, i] = int(jnp.argmax(forward(params, jnp.asarray(buf))[0, i - 1]))
+  return buf[0, len(prompt):].tolist()
 
 
 def test_greedy_generation_matches_uncached_greedy():
@@ -103,8 +114,10 @@ def test_batch_of_different_lengths_equals_each_prompt_alone(temperature):
   keys = jax.random.split(jax.random.key(7), 3)
   batch = decode.trim(generate(params, *decode.pad_prompts(prompts, 0), keys))
   for i, p in enumerate(prompts):
-    alone = decode.trim(generate(params, *decode.pad_prompts([p], 0), keys[i:i + 1]))[0]
-    assert batch[i] == alone
+    # Alone: a batch of one, padded to the same width so that it reuses one compilation.
+    alone_1xT = decode.pad_prompts([p + [0] * (6 - len(p))], 0)[0]
+    alone = generate(params, alone_1xT, jnp.array([len(p)]), keys[i:i + 1])
+    assert batch[i] == decode.trim(alone)[0]
 
 
 def test_same_seed_same_output_other_seed_other_output():

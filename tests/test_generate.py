@@ -1,0 +1,63 @@
+"""experiments.generate: a trained run continues a prompt; bad input is a one-line error."""
+
+import os
+import random
+import shutil
+
+import pytest
+
+from experiments import generate
+from tests.helpers import run_script, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """A tiny model trained for a few steps (one per module: training is the slow part)."""
+  from train import loop
+
+  root = tmp_path_factory.mktemp("generate")
+  rng = random.Random(0)
+  words = ["alpha", "beta", "gamma", "def", "return", "class", "import", "self", "x"]
+  for i in range(4):
+    (root / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)) + "\n")
+  workdir = str(root / "run")
+  loop.train(tiny_config(str(root / "*.txt"), **{"train.steps": 3}), workdir)
+  return workdir
+
+
+def test_generates_and_reports_speed(tiny_run):
+  r = generate.run(tiny_run, "alpha beta", 8, temperature=0.8, seed=3)
+  assert r["text"].startswith("alpha beta")
+  assert 1 <= r["new_tokens"] <= 8 and r["tokens_per_second"] > 0
+  assert generate.run(tiny_run, "alpha beta", 8, temperature=0.8, seed=3)["text"] == r["text"]
+
+
+def test_greedy_speculative_with_itself_as_draft_accepts_everything(tiny_run):
+  plain = generate.run(tiny_run, "def", 10, temperature=0.0)
+  spec = generate.run(tiny_run, "def", 10, temperature=0.0, draft_workdir=tiny_run, gamma=3)
+  assert spec["text"] == plain["text"]
+  assert spec["alpha"] == 1.0
+
+
+def test_prompt_longer_than_max_seq_len_is_an_error(tiny_run):
+  with pytest.raises(ValueError, match="longer than max_seq_len=32"):
+    generate.run(tiny_run, " alpha" * 40, 4)
+  with pytest.raises(ValueError, match="max_new_tokens<="):
+    generate.run(tiny_run, "alpha", 40)
+
+
+def test_draft_with_another_tokenizer_is_an_error(tiny_run, tmp_path):
+  from train import tokenizer as tokenizer_lib
+
+  other = str(tmp_path / "other")
+  shutil.copytree(tiny_run, other)
+  tokenizer_lib.save(tokenizer_lib.train_bpe(["zzz yyy " * 50], 300), other)
+  with pytest.raises(ValueError, match="tokenizers of .* differ"):
+    generate.run(tiny_run, "def", 4, draft_workdir=other)
+
+
+def test_cli_missing_workdir_is_a_one_line_error(tmp_path):
+  proc = run_script("experiments.generate", f"--workdir={tmp_path / 'nothing'}", "--prompt=x")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+  assert os.path.basename(str(tmp_path / "nothing")) in proc.stderr
