@@ -25,11 +25,17 @@ import json
 import os
 import re
 import shutil
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from absl import app, flags
 
 from experiments import common
+
+if TYPE_CHECKING:  # the heavy imports wait until a conversion runs (flags parse first)
+  from ml_collections import ConfigDict
+  from tokenizers import Tokenizer
+
+  from model.config import ModelConfig
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("from_hf", None, "Hugging Face model directory to import into --workdir.")
@@ -82,7 +88,8 @@ def parse_size(text: str) -> int:
   return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def workdir_config(model_cfg, tok, roles: tuple[Optional[str], Optional[str]], seq_len: int):
+def workdir_config(model_cfg: ModelConfig, tok: Optional[Tokenizer],
+                   roles: tuple[Optional[str], Optional[str]], seq_len: int) -> ConfigDict:
   """The config tree of an imported workdir: experiments/configs/default.py with the imported
   model, the tokenizer's size, llmlab's end-of-text and padding tokens, fine-tuning defaults."""
   import ml_collections

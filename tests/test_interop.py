@@ -273,6 +273,53 @@ def test_special_tokens_map_onto_declared_roles(tmp_path):
   assert hf_tokenizer.llmlab_roles(declared, tok) == ("</s>", "<s>")
 
 
+def test_llama_style_special_tokens_are_recorded_and_exported_unchanged(tmp_path):
+  """A tokenizer without llmlab's token names: the workdir's config records which tokens play
+  end-of-text and padding; --to_hf restores the original tokenizer files and token ids."""
+  from experiments import convert
+
+  src = _save_hf(tmp_path / "hf", **VARIANTS["gqa_tied"])
+  transformers.PreTrainedTokenizerFast(
+      tokenizer_object=_llama_style_tokenizer(), bos_token="<s>", eos_token="</s>",
+      unk_token="<unk>").save_pretrained(src)
+  convert.import_workdir(src, str(tmp_path / "run"), seq_len=16)
+  data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+  assert (data["eot_token"], data["pad_token"]) == ("</s>", "<unk>")
+  convert.export_workdir(str(tmp_path / "run"), str(tmp_path / "out"))
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
+  exported = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert (exported["bos_token_id"], exported["eos_token_id"], exported["pad_token_id"]) == (1, 2, None)
+  hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  assert (hf_tok.eos_token, hf_tok.pad_token) == ("</s>", None)
+
+
+def test_llmlab_model_exports_with_equal_logits_and_its_token_ids(tmp_path):
+  """Export alone (no import before it): a freshly initialised llmlab model and its tokenizer."""
+  from flax import nnx
+
+  from model.config import ModelConfig
+  from train import tokenizer as tokenizer_lib
+
+  tok = _llmlab_tokenizer()
+  cfg = ModelConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=2, n_heads=4,
+                    n_kv_heads=2, d_ff=48, max_seq_len=32, tie_embeddings=False)
+  # Random values set from numpy: transformer.create would compile a PRNG kernel per shape.
+  _, params = transformer.abstract(cfg)
+  rng = np.random.RandomState(0)
+  nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(
+      lambda path, a: (float(path[-1].key == "scale") + 0.2 * rng.standard_normal(a.shape)).astype(
+          np.float32), nnx.to_pure_dict(params)))
+  interop.save_hf(str(tmp_path / "out"), cfg, params, tok)
+  tokens = _tokens(cfg.vocab_size)
+  np.testing.assert_allclose(
+      _hf_logits(str(tmp_path / "out"), tokens), _llmlab_logits(cfg, params, tokens), atol=TOL, rtol=0)
+  exported = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert exported["eos_token_id"] == tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
+  assert exported["pad_token_id"] == tokenizer_lib.special_id(tok, tokenizer_lib.PAD)
+  assert exported["bos_token_id"] is None
+
+
 def _llmlab_tokenizer():
   from train import tokenizer as tokenizer_lib
 

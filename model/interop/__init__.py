@@ -77,7 +77,8 @@ def save_hf(path: str, config: ModelConfig, params: nnx.State,
   A dense model is written as Llama, an MoE model (moe.every = 1) as Mixtral, with tensors in
   the parameters' own dtype. tokenizer: written as tokenizer.json plus a tokenizer_config.json
   naming eos_token and pad_token (default: llmlab's "<|endoftext|>" and "<|pad|>" when the
-  vocabulary has them). base_config: a config.json to extend (see hf_config.from_model_config).
+  vocabulary has them), whose ids go into config.json. base_config: a config.json to extend
+  (see hf_config.from_model_config); its token ids are kept.
   max_shard_bytes: shard above this size (default 5 GiB).
   """
   tensors = hf_weights.export_params(params, config)
@@ -87,12 +88,15 @@ def save_hf(path: str, config: ModelConfig, params: nnx.State,
     default_eos, default_pad = hf_tokenizer.llmlab_roles({}, tokenizer)
     eos_token, pad_token = eos_token or default_eos, pad_token or default_pad
     for role, token in (("eos", eos_token), ("pad", pad_token)):
-      if token is not None:
-        idx = tokenizer.token_to_id(token)
-        if idx is None:
-          raise InteropError(f"{role}_token={token!r} is not in the tokenizer's vocabulary")
-        if out.get(f"{role}_token_id") is None:  # an imported config's ids stay as they were
-          out[f"{role}_token_id"] = idx
+      if token is not None and tokenizer.token_to_id(token) is None:
+        raise InteropError(f"{role}_token={token!r} is not in the tokenizer's vocabulary")
+  if base_config is None:
+    # Explicit ids: left out, transformers would assume Llama's (bos 1, eos 2). With a base
+    # config its ids stay as they were: llmlab's padding stand-in is not the model's pad token.
+    ids = {"bos": None, "eos": eos_token, "pad": pad_token} if tokenizer is not None else {}
+    for role in ("bos", "eos", "pad"):
+      token = ids.get(role)
+      out[f"{role}_token_id"] = tokenizer.token_to_id(token) if token is not None else None
   safetensors_io.write(path, tensors, max_shard_bytes)
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
