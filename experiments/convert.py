@@ -89,9 +89,11 @@ def parse_size(text: str) -> int:
 
 
 def workdir_config(model_cfg: ModelConfig, tok: Optional[Tokenizer],
-                   roles: tuple[Optional[str], Optional[str]], seq_len: int) -> ConfigDict:
+                   tokens: dict[str, Optional[str]], seq_len: int) -> ConfigDict:
   """The config tree of an imported workdir: experiments/configs/default.py with the imported
-  model, the tokenizer's size, llmlab's end-of-text and padding tokens, fine-tuning defaults."""
+  model, the tokenizer's size, its special tokens (data.eot_token, data.pad_token: the tokens
+  that play llmlab's end-of-text and padding; data.bos_token: the token the model's documents
+  began with in its own training, or None) and fine-tuning defaults."""
   import ml_collections
 
   from experiments.configs import default
@@ -103,7 +105,7 @@ def workdir_config(model_cfg: ModelConfig, tok: Optional[Tokenizer],
   n_tokens = tok.get_vocab_size() if tok is not None else model_cfg.vocab_size
   c.data.vocab_size = min(n_tokens, model_cfg.vocab_size)
   c.data.seq_len = min(seq_len, model_cfg.max_seq_len)
-  c.data.eot_token, c.data.pad_token = roles
+  c.data.update(tokens)
   c.train.update(FINETUNE)
   return c
 
@@ -130,10 +132,12 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
   model_cfg, params = interop.load_hf(hf_dir, param_dtype=param_dtype)
   tok_path = os.path.join(hf_dir, tokenizer_lib.FILENAME)
   tok = Tokenizer.from_file(tok_path) if os.path.exists(tok_path) else None
-  roles = (None, None)
+  tokens = {"eot_token": None, "pad_token": None, "bos_token": None}
   if tok is not None:
-    roles = hf_tokenizer.llmlab_roles(hf_tokenizer.declared_special_tokens(hf_dir, tok, hf), tok)
-  config = workdir_config(model_cfg, tok, roles, seq_len)
+    declared = hf_tokenizer.declared_special_tokens(hf_dir, tok, hf)
+    eot, pad = hf_tokenizer.llmlab_roles(declared, tok)
+    tokens = {"eot_token": eot, "pad_token": pad, "bos_token": declared["bos"]}
+  config = workdir_config(model_cfg, tok, tokens, seq_len)
   config_lib.validate(config)
 
   os.makedirs(os.path.join(workdir, HF_DIR), exist_ok=True)
@@ -161,7 +165,7 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
   config_lib.save(workdir, config)  # last: a workdir with config.json is a complete one
   return {"workdir": workdir, "model": "mixtral" if model_cfg.moe.enabled else "llama",
           "params": transformer.param_count(params), "param_dtype": model_cfg.param_dtype,
-          "tokenizer": tok is not None, "eot_token": roles[0], "pad_token": roles[1]}
+          "tokenizer": tok is not None, **tokens}
 
 
 def export_workdir(workdir: str, hf_dir: str, *, max_shard_bytes: Optional[int] = None) -> dict:

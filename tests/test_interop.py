@@ -284,7 +284,7 @@ def test_llama_style_special_tokens_are_recorded_and_exported_unchanged(tmp_path
       unk_token="<unk>").save_pretrained(src)
   convert.import_workdir(src, str(tmp_path / "run"), seq_len=16)
   data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
-  assert (data["eot_token"], data["pad_token"]) == ("</s>", "<unk>")
+  assert (data["eot_token"], data["pad_token"], data["bos_token"]) == ("</s>", "<unk>", "<s>")
   convert.export_workdir(str(tmp_path / "run"), str(tmp_path / "out"))
   for name in ("tokenizer.json", "tokenizer_config.json"):
     assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
