@@ -22,8 +22,8 @@ from jax.sharding import Mesh, PartitionSpec
 
 from sharding.mesh import BATCH_AXES
 
-# (params, batch (B, L+1)) -> (loss sum, token count, gradients like params)
-GradFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, Any]]
+# (params, batch (B, L+1)) -> (objective sum, token count, gradients like params, metric sums)
+GradFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, Any, dict]]
 
 _is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
 
@@ -85,11 +85,12 @@ def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any, grad_shardin
 
   def local(params, batch_BxL1):
     params = jax.tree.map(gather, params, param_specs, is_leaf=_is_spec)
-    loss_sum, n, grads = grad_fn(params, batch_BxL1)
+    objective, n, grads, sums = grad_fn(params, batch_BxL1)
     grads = jax.tree.map(reduce, grads, grad_specs, is_leaf=_is_spec)
-    return jax.lax.psum(loss_sum, dp), jax.lax.psum(n, dp), grads
+    return (jax.lax.psum(objective, dp), jax.lax.psum(n, dp), grads,
+            jax.tree.map(lambda x: jax.lax.psum(x, dp), sums))
 
   return jax.shard_map(
       local, mesh=mesh, axis_names=set(dp),
       in_specs=(param_specs, PartitionSpec(dp)),
-      out_specs=(PartitionSpec(), PartitionSpec(), grad_specs))
+      out_specs=(PartitionSpec(), PartitionSpec(), grad_specs, PartitionSpec()))

@@ -30,6 +30,7 @@ TENSOR_PARALLEL: Rules = {
     "kv_heads": "tensor",
     "mlp": "tensor",
     "vocab": "tensor",
+    "expert": "expert",  # expert parallelism: whole experts live on their expert-axis devices
 }
 
 

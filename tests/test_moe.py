@@ -133,3 +133,36 @@ def test_mixing_dense_and_moe_layers_needs_unrolled_layers():
 
   with pytest.raises(ValueError, match="model.moe.every=2 mixes dense and MoE layers: set model.scan_layers=False"):
     ModelConfig(n_layers=4, moe=moe.MoEConfig(n_experts=4, every=2))
+
+
+def test_moe_training_logs_router_metrics_and_matches_on_an_expert_mesh(tmp_path, tiny_corpus):
+  """expert = 4 on 8 devices (experts stored split over the expert axis) gives the losses of plain
+  data parallelism (which tests/test_zero.py ties to one device); router losses, drop fraction
+  and expert shares are logged."""
+  from tests.helpers import tiny_config
+  from train import loop
+  from train import metrics as metrics_lib
+
+  moe_overrides = {"model.moe.n_experts": 4, "model.moe.top_k": 2, "train.steps": 3,
+                   "checkpoint.every_steps": 3, "train.eval_every": 3}
+  loop.train(tiny_config(tiny_corpus, **moe_overrides, **{"sharding.mesh": {"data": 8}}),
+             str(tmp_path / "one"))
+  import jax
+  sharded = tiny_config(tiny_corpus, **moe_overrides, **{"sharding.mesh": {"data": 2, "expert": 4}})
+  loop.train(sharded, str(tmp_path / "ep"))
+  a = metrics_lib.read_jsonl(str(tmp_path / "one" / "metrics.jsonl"))
+  b = metrics_lib.read_jsonl(str(tmp_path / "ep" / "metrics.jsonl"))
+  np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], atol=1e-5)
+  last = b[-1]
+  assert last["moe/load_balance_loss"] >= 1.0 - 1e-4
+  assert sum(last[f"moe/expert_share/{i}"] for i in range(4)) == pytest.approx(1.0, abs=1e-5)
+  assert last["moe/drop_fraction"] == 0.0
+  assert jax.device_count() == 8
+  from model import transformer
+  from sharding import mesh as mesh_lib
+  from sharding import rules
+
+  _, abstract = transformer.abstract(loop.config_lib.validate(sharded))
+  shardings = rules.param_shardings(abstract, mesh_lib.make_mesh(sharded.sharding.mesh),
+                                    rules.TENSOR_PARALLEL)
+  assert shardings["blocks"]["mlp"]["w_gate"].get_value().spec[1] == "expert"

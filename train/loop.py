@@ -128,7 +128,8 @@ def make_sharded_training(
       data_parallel=functools.partial(
           data_parallel_lib.data_parallel, mesh=mesh, param_sharding=shardings.params,
           grad_sharding=shardings.grads),
-      update_sharding=shardings.updates)
+      update_sharding=shardings.updates,
+      aux_weights=(model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight))
   return ShardedTraining(
       mesh=mesh, zero_stage=zero_stage, graphdef=graphdef, abstract_state=abstract_state,
       shardings=shardings, batch_sharding=batch_sharding,
@@ -145,7 +146,7 @@ def validate_sharding(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
       mesh_shape=dict(mesh.shape), batch_size=t.batch_size, grad_accum=t.grad_accum,
       zero_stage=config.sharding.get("zero_stage", 0), d_model=model_cfg.d_model,
       n_heads=model_cfg.n_heads, n_kv_heads=model_cfg.n_kv_heads, d_ff=model_cfg.d_ff,
-      n_experts=getattr(model_cfg, "n_experts", None))
+      n_experts=model_cfg.moe.n_experts or None)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -231,7 +232,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           "train.warmup_steps")
     now = time.perf_counter()
     record = {"loss": loss, "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
-              "tokens_seen": step * tokens_per_step}
+              "tokens_seen": step * tokens_per_step, "time": time.time()}
+    for name, value in metrics.items():
+      if name.startswith("moe/"):  # router losses, drop fraction, each expert's share of tokens
+        value = np.asarray(value)
+        if value.ndim:
+          record.update({f"{name}/{i}": float(v) for i, v in enumerate(value)})
+        else:
+          record[name] = float(value)
     if timer["t"] is not None and timer["steps"]:
       tps = timer["steps"] * tokens_per_step / (now - timer["t"])
       record["tokens_per_sec"] = tps

@@ -19,8 +19,8 @@ from flax import nnx
 from model import transformer
 
 TrainState = dict[str, Any]
-# (params, batch (B, L+1)) -> (loss sum, token count, gradient sum like params)
-GradFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, Any]]
+# (params, batch (B, L+1)) -> (objective sum, token count, gradient sum like params, metric sums)
+GradFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, Any, dict]]
 
 
 def init_state(graphdef, params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -40,9 +40,34 @@ def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: int
 
 
 def loss_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int):
+  """(cross-entropy sum, token count) of next-token prediction on a batch of rows."""
   inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
   logits = transformer.apply(graphdef, params, inputs)
   return token_loss_sums(logits, targets, pad_id)
+
+
+def objective_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int,
+                   aux_weights: tuple[float, float] = (0.0, 0.0)):
+  """(objective sum, token count, metric sums) for training.
+
+  The objective is the cross-entropy plus, for an MoE model, the router losses averaged over its
+  MoE layers: aux_weights = (load-balancing weight, z-loss weight). Every metric is a
+  token-weighted sum, so sums over micro-batches and devices divide by the total token count.
+  """
+  inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
+  logits, stats = transformer.apply_with_aux(graphdef, params, inputs)
+  ce_sum, n = token_loss_sums(logits, targets, pad_id)
+  sums = {"loss": ce_sum}
+  objective = ce_sum
+  if stats is not None:
+    lb, z = jnp.mean(stats.load_balance_loss), jnp.mean(stats.z_loss)
+    objective = objective + n * (aux_weights[0] * lb + aux_weights[1] * z)
+    sums.update({
+        "moe/load_balance_loss": n * lb, "moe/z_loss": n * z,
+        "moe/drop_fraction": n * jnp.mean(stats.drop_fraction),
+        "moe/expert_share": n * jnp.mean(stats.expert_share_E, axis=0),
+    })
+  return objective, n, sums
 
 
 def make_train_step(
@@ -50,6 +75,7 @@ def make_train_step(
     lr_schedule: Callable[[jax.Array], jax.Array],
     data_parallel: Optional[Callable[[GradFn], GradFn]] = None,
     update_sharding: Optional[Any] = None,
+    aux_weights: tuple[float, float] = (0.0, 0.0),
 ):
   """Returns train_step(state, batch (B, L+1)) -> (state, metrics), not yet jitted.
 
@@ -64,12 +90,13 @@ def make_train_step(
   """
 
   def grads_of(params, micro_BxL1):
-    (loss_sum, n), grads = jax.value_and_grad(
-        lambda p: loss_sums(graphdef, p, micro_BxL1, pad_id), has_aux=True)(params)
-    return loss_sum, n, grads
+    (objective, (n, sums)), grads = jax.value_and_grad(
+        lambda p: _split_aux(objective_sums(graphdef, p, micro_BxL1, pad_id, aux_weights)),
+        has_aux=True)(params)
+    return objective, n, grads, sums
 
   def batch_grads(params, batch_BxL1):
-    """(loss sum, token count, gradient sum) over the rows of batch_BxL1."""
+    """(objective sum, token count, gradient sum, metric sums) over the rows of batch_BxL1."""
     if grad_accum == 1:
       return grads_of(params, batch_BxL1)
     # Micro-batch m takes rows m, m + A, m + 2A, ...: every device keeps a share of every
@@ -77,13 +104,12 @@ def make_train_step(
     micro_AxMxL1 = batch_BxL1.reshape(-1, grad_accum, batch_BxL1.shape[-1]).swapaxes(0, 1)
 
     def acc(carry, micro):
-      loss_sum, n, grads = grads_of(params, micro)
-      return (carry[0] + loss_sum, carry[1] + n, jax.tree.map(jnp.add, carry[2], grads)), None
+      return jax.tree.map(jnp.add, carry, grads_of(params, micro)), None
 
     # The first micro-batch starts the sums (rather than zeros): the carry then has the type of
     # what is added to it, also inside a shard_map where every per-device sum is varying.
-    (loss_sum, n, grads), _ = jax.lax.scan(acc, grads_of(params, micro_AxMxL1[0]), micro_AxMxL1[1:])
-    return loss_sum, n, grads
+    sums, _ = jax.lax.scan(acc, grads_of(params, micro_AxMxL1[0]), micro_AxMxL1[1:])
+    return sums
 
   if data_parallel is not None:
     batch_grads = data_parallel(batch_grads)
@@ -91,7 +117,7 @@ def make_train_step(
   def train_step(state: TrainState, batch_BxL1: jax.Array):
     params = state["params"]
     rng, _step_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-    loss_sum, n, grads = batch_grads(params, batch_BxL1)
+    _, n, grads, sums = batch_grads(params, batch_BxL1)
     n = jnp.maximum(n, 1)
     grads = jax.tree.map(lambda g: g / n, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -105,7 +131,7 @@ def make_train_step(
         "rng": jax.random.key_data(rng),
     }
     metrics = {
-        "loss": loss_sum / n,
+        **{name: total / n for name, total in sums.items()},  # loss (cross-entropy), moe/*
         "grad_norm": optax.tree.norm(grads),
         "lr": lr_schedule(state["step"]),
         "tokens": n,
@@ -113,6 +139,11 @@ def make_train_step(
     return new_state, metrics
 
   return train_step
+
+
+def _split_aux(out):
+  objective, n, sums = out
+  return objective, (n, sums)
 
 
 def make_eval_step(graphdef, *, pad_id: int):
