@@ -87,6 +87,7 @@ def measure_bandwidth(n_bytes: int, repeats: int) -> dict[str, float]:
 
 
 def load(workdir: str):
+  """(cfg, graphdef, params, tokenizer) in the decoding layout: one buffer per layer."""
   from experiments.generate import load_run
 
   return load_run(workdir)
@@ -186,10 +187,11 @@ def step_seconds(cfg, graphdef, params, batch: int, context: int, steps: int,
 
   from model import kv_cache
 
-  shape = (cfg.n_layers, batch, context + steps + 1, cfg.n_kv_heads, cfg.head_dim)
-  k1, k2 = jax.random.split(jax.random.key(0))
-  cache = kv_cache.KVCache(jax.random.normal(k1, shape, cfg.compute_dtype),
-                           jax.random.normal(k2, shape, cfg.compute_dtype))
+  cache = kv_cache.init(cfg, batch, context + steps + 1)
+  leaves, treedef = jax.tree.flatten(cache)
+  keys = jax.random.split(jax.random.key(0), len(leaves))
+  cache = jax.tree.unflatten(
+      treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
   tok_B = jnp.zeros((batch,), jnp.int32)
   pos_B = jnp.full((batch,), context, jnp.int32)
   fn = make_decode_steps(cfg, graphdef)
@@ -212,7 +214,7 @@ def section_heads(r: dict) -> dict:
   for name, kv in (("MHA", base.n_heads), ("GQA", base.n_kv_heads), ("MQA", 1)):
     for context in map(int, FLAGS.contexts):
       cfg = dataclasses.replace(base, n_kv_heads=kv, max_seq_len=max(base.max_seq_len, context + 64))
-      graphdef, params = transformer.create(cfg, jax.random.key(0))
+      graphdef, params = transformer.create(cfg, jax.random.key(0))  # unstacked, like load()
       sec, cache_bytes = step_seconds(cfg, graphdef, params, 1, context, FLAGS.heads_steps,
                                       FLAGS.repeats)
       rows.append({

@@ -35,14 +35,19 @@ flags.mark_flag_as_required("workdir")
 
 
 def load_run(workdir: str):
-  """(ModelConfig, graphdef, params, tokenizer) of a run, or FileNotFoundError naming it."""
+  """(ModelConfig, graphdef, params, tokenizer) of a run, or FileNotFoundError naming it.
+
+  The parameters come in the decoding layout (transformer.unstack_layers: one buffer per layer).
+  """
+  from model import transformer
   from train import checkpoint
   from train import tokenizer as tokenizer_lib
 
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir} does not exist")
   tok = tokenizer_lib.load(workdir)
-  cfg, graphdef, params = checkpoint.load_params(workdir)
+  cfg, _, params = checkpoint.load_params(workdir)
+  cfg, graphdef, params = transformer.unstack_layers(cfg, params)
   return cfg, graphdef, params, tok
 
 

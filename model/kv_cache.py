@@ -1,7 +1,8 @@
 """The key/value cache: per-layer keys and values preallocated for (batch, max_len), written in place.
 
 Layout: k and v of shape (L, B, S, K, Dh), L layers, S = max_len slots, one slot per absolute
-position. A token at position p writes slot p; a query at position p attends to slots 0..p (the
+position; stacked along L when the model scans its layers, else a tuple of L (B, S, K, Dh)
+buffers, one per layer like the weights. A token at position p writes slot p; a query at position p attends to slots 0..p (the
 causal mask of model/attention.py), so slots past a row's current length are never read before
 they are written again. That makes two things free:
   - prompts of different lengths share one batch (right-padded; the padding's slots are masked,
@@ -26,25 +27,33 @@ from model.config import ModelConfig
 
 
 class KVCache(NamedTuple):
-  """Keys and values of every layer; a pytree, so it is a loop carry and a scan xs/ys."""
+  """Keys and values of every layer; a pytree, so it is a loop carry and a scan xs/ys.
 
-  k_LxBxSxKxDh: jax.Array
-  v_LxBxSxKxDh: jax.Array
+  Each field is one (L, B, S, K, Dh) array, or a tuple of L (B, S, K, Dh) arrays.
+  """
+
+  k_LxBxSxKxDh: Any
+  v_LxBxSxKxDh: Any
 
   @property
   def max_len(self) -> int:
-    return self.k_LxBxSxKxDh.shape[2]
+    return jax.tree.leaves(self.k_LxBxSxKxDh)[0].shape[-3]
 
   @property
   def nbytes(self) -> int:
-    return int(self.k_LxBxSxKxDh.nbytes + self.v_LxBxSxKxDh.nbytes)
+    return int(sum(x.nbytes for x in jax.tree.leaves(self)))
 
 
 def init(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
-  """A zeroed cache for `batch` sequences of up to `max_len` tokens, in the compute dtype."""
+  """A zeroed cache for `batch` sequences of up to `max_len` tokens, in the compute dtype,
+  laid out like the model's layers (stacked with scan_layers, else one buffer per layer)."""
   dtype = cfg.compute_dtype if dtype is None else dtype
-  shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
-  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+  shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+  if cfg.scan_layers:
+    shape = (cfg.n_layers, *shape)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+  per_layer = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+  return KVCache(per_layer(), per_layer())
 
 
 def bytes_per_sequence(cfg: ModelConfig, length: int, dtype: Any = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import jax
@@ -114,7 +115,8 @@ class Transformer(nnx.Module):
     Prefill (T = the padded prompt length) and a decode step (T = 1, or gamma + 1 for a
     speculative verification) are this one function. With scan_layers the layers are one
     lax.scan whose xs are (layer params, layer keys, layer values) and whose ys are the updated
-    keys and values, so the cache stays stacked per layer like the parameters.
+    keys and values, so the cache stays stacked per layer like the parameters. Without it each
+    layer has its own cache buffers (see unstack_layers for why decoding prefers that).
     """
     x_BxTxD = self.embed_tokens(tokens_BxT)
     if self.cfg.scan_layers:
@@ -129,13 +131,13 @@ class Transformer(nnx.Module):
       x_BxTxD, (k, v) = jax.lax.scan(
           scan_body, x_BxTxD, (state, cache.k_LxBxSxKxDh, cache.v_LxBxSxKxDh))
     else:
-      ks, vs = [], []
-      for i, block in enumerate(self.blocks):
-        x_BxTxD, k_i, v_i = block.decode(
-            x_BxTxD, positions_BxT, cache.k_LxBxSxKxDh[i], cache.v_LxBxSxKxDh[i])
-        ks.append(k_i)
-        vs.append(v_i)
-      k, v = jnp.stack(ks), jnp.stack(vs)
+      # One buffer per layer (kv_cache.init), like the weights: no slicing, no restacking.
+      k, v = [], []
+      for block, k_i, v_i in zip(self.blocks, cache.k_LxBxSxKxDh, cache.v_LxBxSxKxDh):
+        x_BxTxD, k_i, v_i = block.decode(x_BxTxD, positions_BxT, k_i, v_i)
+        k.append(k_i)
+        v.append(v_i)
+      k, v = tuple(k), tuple(v)
     return self.logits(x_BxTxD), KVCache(k, v)
 
 
@@ -180,6 +182,27 @@ def apply_with_aux(
 ):
   """Pure forward pass: (logits, MoEStats stacked over MoE layers, or None when dense)."""
   return nnx.merge(graphdef, params).forward_with_aux(tokens_BxT, positions_BxT, segment_ids_BxT)
+
+
+def unstack_layers(
+    cfg: ModelConfig, params: nnx.State,
+) -> tuple[ModelConfig, nnx.GraphDef, nnx.State]:
+  """The same weights in the layout of scan_layers=False: one buffer per layer.
+
+  For decoding. A scanned layer reads its weights out of the stacked (L, ...) arrays with a
+  dynamic slice, and XLA on CPU materialises each slice: every decode step then writes and reads
+  the weights a second time. Separate buffers are read in place (docs/inference.md has the
+  measured difference). Logits are unchanged (tests/test_decode.py).
+  """
+  if not cfg.scan_layers:
+    return cfg, abstract(cfg)[0], params
+  flat_cfg = dataclasses.replace(cfg, scan_layers=False)
+  graphdef, state = abstract(flat_cfg)
+  pure = nnx.to_pure_dict(params)
+  stacked = pure.pop("blocks")
+  pure["blocks"] = {i: jax.tree.map(lambda x: x[i], stacked) for i in range(cfg.n_layers)}
+  nnx.replace_by_pure_dict(state, pure)
+  return flat_cfg, graphdef, state
 
 
 def param_count(params: nnx.State) -> int:

@@ -144,3 +144,14 @@ def test_generation_stops_at_end_of_text():
   stop = decode.make_generate(cfg, graphdef, decode.DecodeSpec(8, eot_id=eot, sampling=greedy))
   stopped = decode.trim(stop(params, prompts, lengths, keys))[0]
   assert stopped == tokens[:tokens.index(eot) + 1]
+
+
+def test_unstacked_layers_give_the_same_logits():
+  cfg = small_cfg()
+  graphdef, params = transformer.create(cfg, jax.random.key(0))
+  flat_cfg, flat_graphdef, flat_params = transformer.unstack_layers(cfg, params)
+  assert not flat_cfg.scan_layers
+  tokens_BxT = jax.random.randint(jax.random.key(1), (2, 7), 0, cfg.vocab_size)
+  forward = lambda g: jax.jit(lambda p, t: transformer.apply(g, p, t))
+  np.testing.assert_allclose(forward(flat_graphdef)(flat_params, tokens_BxT),
+                             forward(graphdef)(params, tokens_BxT), atol=1e-6, rtol=0)
