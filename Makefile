@@ -1,12 +1,15 @@
 # Two entry points do all the set-up on a fresh machine with Python 3.11+:
 #   make train   creates .venv, installs llmlab, trains the default experiment
-#   make test    creates .venv, installs llmlab with its test extra, runs the suite
+#   make test    creates .venv, installs llmlab with its test and interop extras, runs the suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+BASE := $(VENV)/.installed-base
+TESTDEPS := $(VENV)/.installed-test
 WORKDIR ?= runs/default
-EXTRAS ?= test
+# The interop tests compare against transformers on the CPU build of torch; pinning it keeps pip
+# from fetching a multi-gigabyte CUDA build.
+TORCH ?= torch==2.13.0
 
 .PHONY: install train test bench clean
 
@@ -14,19 +17,24 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): $(PY) setup.cfg pyproject.toml
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
-	touch $(STAMP)
+$(BASE): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet -e .
+	touch $(BASE)
 
-install: $(STAMP)
+$(TESTDEPS): $(BASE)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test,interop]"
+	touch $(TESTDEPS)
 
-train: $(STAMP)
+install: $(BASE)
+
+train: $(BASE)
 	$(PY) -m experiments.train --workdir=$(WORKDIR)
 
-test: $(STAMP)
+test: $(TESTDEPS)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
-bench: $(STAMP)
+bench: $(BASE)
 	$(PY) -m experiments.bench_train
 
 clean:
