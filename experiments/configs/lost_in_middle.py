@@ -1,0 +1,73 @@
+"""Lost in the middle: a small model trained on key-value retrieval, evaluated by the gold pair's
+position for k up to 28 pairs (trained on 2 to 16), with the query after the pairs or also before.
+
+  python -m experiments.lost_in_middle [--config=experiments/configs/lost_in_middle.py]
+      [--workdir=runs/lost_in_middle] [--init_workdir=RUN]
+
+`--config=experiments/configs/lost_in_middle.py:tiny` is a few-step version for tests.
+"""
+
+import ml_collections
+
+from experiments.configs import default
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.study = "lost_in_middle"
+
+  b = default.get_config()
+  b.data.seq_len = 96  # 28 pairs with the query before and after fit: 3 * 28 + 7 tokens
+  b.data.vocab_size = 512  # room for every " 37" and "81" as one token
+  b.train.steps = 500
+  b.train.batch_size = 32
+  b.train.lr = 3e-3
+  b.train.warmup_steps = 30
+  b.train.log_every = 25
+  b.train.eval_every = 10**9
+  b.train.eval_batches = 8
+  b.checkpoint.every_steps = 100
+  b.checkpoint.keep = 2
+  c.base = b
+  c.model = (2, 64)  # (n_layers, d_model): attention needs two layers to look a key up
+  c.head_dim = 16
+  c.ffn_mult = 3
+
+  c.task = ml_collections.ConfigDict()
+  c.task.k_min = 2
+  c.task.k_max = 16
+  c.task.questions = 6  # questions per training example (evaluation asks one)
+  c.task.query_before_fraction = 0.5
+  c.task.examples = 20000
+  c.task.seed = 0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.ks = (4, 8, 16, 24, 28)  # 24 and 28: more pairs than any training example had
+  c.eval.positions = 7  # gold positions per k, spread evenly, first and last included
+  c.eval.examples = 40  # per (k, position, variant)
+  c.eval.batch_size = 64
+  c.eval.seed = 0
+
+  c.launch = ml_collections.ConfigDict()
+  c.launch.job_name = "llmlab-lost-in-middle"
+  c.launch.slurm_options = ("--cpus-per-task=2", "--time=01:00:00")
+
+  if preset == "tiny":
+    b.data.seq_len = 48
+    b.data.vocab_size = 300
+    b.train.steps = 2
+    b.train.batch_size = 8
+    b.train.warmup_steps = 1
+    b.train.eval_batches = 1
+    b.checkpoint.every_steps = 2
+    c.model = (1, 16)
+    c.task.k_max = 4
+    c.task.questions = 2
+    c.task.examples = 200
+    c.eval.ks = (2, 5)
+    c.eval.positions = 2
+    c.eval.examples = 4
+    c.eval.batch_size = 8
+  elif preset:
+    raise ValueError(f"unknown preset {preset!r}; allowed: tiny")
+  return c

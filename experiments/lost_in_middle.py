@@ -1,0 +1,226 @@
+"""Lost in the middle (Liu et al. 2023) on synthetic key-value retrieval.
+
+  python -m experiments.lost_in_middle [--config=experiments/configs/lost_in_middle.py]
+      [--workdir=runs/lost_in_middle] [--init_workdir=RUN] [--results_dir=results/lost_in_middle]
+
+Trains a small model on the task of train/kv_retrieval.py (a one-point restartable sweep, so
+--launcher works as in the other studies), or takes a model trained on it from --init_workdir,
+then measures retrieval accuracy against the position of the gold pair, for several numbers of
+pairs k, some beyond what training showed, with the query after the pairs ("after") and also
+before them ("both"). Writes results.jsonl, results.json and lost_in_middle.png.
+
+Every training example is left-padded with the tokenizer's padding token to exactly
+data.seq_len tokens, so with its end-of-text it fills one packed row: examples never share a
+row (no key from another example to confuse), and the loss ignores the padding. Evaluation
+prompts are padded the same way, so the model reads them as it read its training data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import common
+from experiments import sweep as sweep_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "experiments/configs/lost_in_middle.py", "Study config.")
+flags.DEFINE_string("workdir", "runs/lost_in_middle", "Root of the study: data, the run, results.")
+flags.DEFINE_string("init_workdir", "", "Evaluate the model trained in this workdir instead of training.")
+flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How the training run is started.")
+flags.DEFINE_string("point", "", "Train only this point (what the launchers hand out).")
+flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+
+VARIANTS = {"after": False, "both": True}  # name -> query_before
+
+
+def _pad_text(n: int) -> str:
+  from train import tokenizer as tokenizer_lib
+
+  return tokenizer_lib.PAD * n  # the tokenizer reads each as the padding token's id
+
+
+def build_data(workdir: str, cfg) -> str:
+  """Trains the tokenizer on the task's text (in WORKDIR/shared, which every run copies) and
+  writes the padded training corpus WORKDIR/data/kv.jsonl once; returns the corpus's path."""
+  from train import kv_retrieval as kv
+  from train import tokenizer as tokenizer_lib
+
+  path = os.path.abspath(os.path.join(workdir, "data", "kv.jsonl"))
+  if os.path.exists(path):
+    return path
+  t = cfg.task
+  texts = kv.texts(kv.training_examples(t.examples, t.k_min, t.k_max, t.seed,
+                                        t.query_before_fraction, t.questions))
+  shared = os.path.join(workdir, "shared")
+  if os.path.exists(os.path.join(shared, tokenizer_lib.FILENAME)):
+    tok = tokenizer_lib.load(shared)
+  else:
+    tok = tokenizer_lib.train_bpe(texts, cfg.base.data.vocab_size)
+    os.makedirs(shared, exist_ok=True)
+    tokenizer_lib.save(tok, shared)
+  seq_len = cfg.base.data.seq_len
+  lengths = [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
+  if max(lengths) > seq_len:
+    raise ValueError(
+        f"a training example has {max(lengths)} tokens, more than data.seq_len={seq_len}; "
+        "lower task.k_max or task.questions, or raise data.seq_len")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    for text, n in zip(texts, lengths):
+      f.write(json.dumps({"text": _pad_text(seq_len - n) + text}) + "\n")
+  os.replace(path + ".tmp", path)
+  check = tokenizer_lib.encode(tok, _pad_text(seq_len - lengths[0]) + texts[0])
+  assert len(check) == seq_len, "padding text did not encode to one token per pad"
+  return path
+
+
+def make_points(cfg, workdir: str):
+  base = sweep_lib.apply_overrides(cfg.base, {"data.paths": build_data(workdir, cfg)})
+  n_layers, d_model = cfg.model
+  over = sweep_lib.model_overrides(n_layers, d_model, cfg.head_dim, cfg.ffn_mult)
+  return base, [sweep_lib.make_point(f"L{n_layers}-D{d_model}", base, over,
+                                     {"n_layers": n_layers, "d_model": d_model})]
+
+
+def _eval_key(cfg, run_dir: str) -> str:
+  steps = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+  blob = json.dumps([cfg.eval.to_dict(), os.path.abspath(run_dir), steps], sort_keys=True, default=str)
+  return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def evaluate(run_dir: str, cfg, cache_dir: str) -> list[dict]:
+  """Accuracy and answer log-likelihood per (variant, k, gold position), cached in cache_dir
+  under a key of the settings, the run and its checkpoints."""
+  import numpy as np
+
+  from train import checkpoint as ckpt_lib
+  from train import eval_metrics
+  from train import kv_retrieval as kv
+  from train import tokenizer as tokenizer_lib
+
+  key = _eval_key(cfg, run_dir)
+  cache = os.path.join(cache_dir, "eval", f"{key}.json")
+  if os.path.exists(cache):
+    with open(cache, encoding="utf-8") as f:
+      cached = json.load(f)
+    if cached.get("key") == key:
+      return cached["rows"]
+  model_cfg, graphdef, params = ckpt_lib.load_params(run_dir)
+  with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+    seq_len = json.load(f)["data"]["seq_len"]
+  tok = tokenizer_lib.load(run_dir)
+  pad_id = tokenizer_lib.special_id(tok, tokenizer_lib.PAD)
+  rows = []
+  for variant, before in VARIANTS.items():
+    for k in cfg.eval.ks:
+      for pos in kv.gold_positions(k, cfg.eval.positions):
+        examples = kv.eval_examples(cfg.eval.examples, k, pos, cfg.eval.seed, before)
+        prompts, answers = [], []
+        for e in examples:
+          p_ids, a_ids = tokenizer_lib.encode(tok, e.prompt), tokenizer_lib.encode(tok, e.answer)
+          n_pad = seq_len - len(p_ids) - len(a_ids)
+          if n_pad < 0:
+            raise ValueError(f"eval.ks: k={k} needs {len(p_ids) + len(a_ids)} tokens, more "
+                             f"than the model's data.seq_len={seq_len}")
+          prompts.append([pad_id] * n_pad + p_ids)  # the training layout: answer at the end
+          answers.append(a_ids)
+        logp, acc = eval_metrics.teacher_forced_scores(
+            graphdef, params, prompts, answers, pad_id=pad_id, batch_size=cfg.eval.batch_size)
+        rows.append({
+            "variant": variant, "k": k, "position": pos + 1,
+            "relative_position": pos / max(k - 1, 1), "n": len(examples),
+            # All answer tokens ranked first given the prompt: greedy decoding's exact match.
+            "accuracy": float(np.mean(acc == 1.0)), "answer_logprob": float(np.mean(logp)),
+            "k_beyond_training": k > cfg.task.k_max})
+  sweep_lib.write_json(cache, {"key": key, "rows": rows})
+  return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+  """Per (variant, k): accuracy at the first, middle and last gold positions, and how far the
+  worst middle position falls below the mean of the two ends (> 0: a U-shape's dip)."""
+  out = {}
+  for variant in VARIANTS:
+    for k in sorted({r["k"] for r in rows}):
+      accs = [r["accuracy"] for r in sorted(rows, key=lambda r: r["position"])
+              if r["variant"] == variant and r["k"] == k]
+      if not accs:
+        continue
+      middle = accs[1:-1] or accs
+      out[f"{variant}/k={k}"] = {
+          "first": accs[0], "middle_min": min(middle), "last": accs[-1],
+          "mean": sum(accs) / len(accs), "dip": (accs[0] + accs[-1]) / 2 - min(middle)}
+  return out
+
+
+def plot(rows: list[dict], out_dir: str, k_max_train: int) -> str:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+  ks = sorted({r["k"] for r in rows})
+  for ax, variant in zip(axes, VARIANTS):
+    for i, k in enumerate(ks):
+      pts = sorted((r["relative_position"], r["accuracy"]) for r in rows
+                   if r["variant"] == variant and r["k"] == k)
+      style = "o--" if k > k_max_train else "o-"
+      ax.plot(*zip(*pts), style, color=plt.cm.viridis(i / max(len(ks) - 1, 1)), label=f"k={k}")
+    ax.set_title({"after": "query after the pairs", "both": "query before and after the pairs"}[variant],
+                 fontsize=10)
+    ax.set_xlabel("position of the gold pair (0 = first, 1 = last)")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("retrieval accuracy")
+  axes[0].set_ylim(-0.02, 1.02)
+  axes[1].legend(fontsize=8, title=f"dashed: k > {k_max_train} (unseen)", title_fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(out_dir, "lost_in_middle.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def main(argv):
+  del argv
+  common.setup()
+  cfg = FLAGS.config
+  try:
+    if FLAGS.init_workdir:
+      run_dir, trained = FLAGS.init_workdir, None
+    else:
+      base, points = make_points(cfg, FLAGS.workdir)
+      done = sweep_lib.launch(
+          FLAGS.workdir, base, points, launcher=FLAGS.launcher, point=FLAGS.point, argv=sys.argv,
+          job_name=cfg.launch.job_name, slurm_options=tuple(cfg.launch.slurm_options))
+      if not done:
+        if not FLAGS.point:
+          print("the training run is not finished; rerun this command", file=sys.stderr)
+        return
+      run_dir = sweep_lib.point_dir(FLAGS.workdir, points[0].name)
+      trained = sweep_lib.collect(FLAGS.workdir, points)[0]
+    rows = evaluate(run_dir, cfg, FLAGS.workdir)
+    out_dir = FLAGS.results_dir or FLAGS.workdir
+    os.makedirs(out_dir, exist_ok=True)
+    sweep_lib.write_jsonl(os.path.join(out_dir, "results.jsonl"), rows)
+    summary = {"study": "lost_in_middle", "machine": sweep_lib.machine_info(), "run": run_dir,
+               "training": trained and {k: trained[k] for k in (
+                   "params", "params_non_embedding", "tokens", "steps", "flops", "eval_loss",
+                   "wall_s")},
+               "task": cfg.task.to_dict(), "by_variant_and_k": summarise(rows)}
+    sweep_lib.write_json(os.path.join(out_dir, "results.json"), summary)
+    plot(rows, out_dir, cfg.task.k_max)
+  except (ValueError, FileNotFoundError) as e:
+    common.fail(e)
+  print(common.format_summary({k: {m: round(v, 3) for m, v in s.items()}
+                               for k, s in summary["by_variant_and_k"].items()}))
+
+
+if __name__ == "__main__":
+  app.run(main)

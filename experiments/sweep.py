@@ -1,0 +1,321 @@
+"""Restartable sweeps: a list of independent training runs, each in its own sub-workdir.
+
+A study (experiments/scaling.py, emergence.py, lost_in_middle.py) turns its config into Points,
+each a name and the overrides of one run. Layout of a sweep's workdir:
+
+  ROOT/shared/                 tokenizer and token cache, trained once, copied into every point
+  ROOT/points/NAME/            a normal training workdir (config.json, checkpoints, metrics.jsonl)
+  ROOT/points/NAME/result.json the done record, written atomically when the run has finished
+
+A point is done exactly when its result.json exists, so rerunning a sweep skips finished runs and
+resumes an interrupted one from its newest checkpoint (train.loop does that by itself). A point's
+name ends in a hash of its full config: changing any setting makes a new point rather than
+silently reusing a run trained with other settings.
+
+Launchers hand out the pending points: `local` trains them one after another in this process,
+`print` prints one shell command per point (for any scheduler), `slurm` writes an sbatch
+job-array script. The command of a point is the study's own command line plus --point=NAME, so
+collection later reads whatever sub-workdirs exist, however they were run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import ml_collections
+
+LAUNCHERS = ("local", "print", "slurm")
+RESULT = "result.json"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One run of a sweep: its unique name, the config overrides that make it, and the facts the
+  study records with its result (model label, budget, ...)."""
+
+  name: str
+  overrides: dict
+  meta: dict
+
+
+def apply_overrides(base: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """A copy of `base` with dotted keys ("model.d_model": 64) set; unknown keys are an error."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  for dotted, value in overrides.items():
+    node = config
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      if p not in node:
+        raise ValueError(f"override {dotted!r}: the config has no section {p!r}")
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"override {dotted!r}: the config has no setting {leaf!r}")
+    node[leaf] = value
+  return config
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+  text = json.dumps(json.loads(config.to_json()), sort_keys=True)
+  return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def make_point(label: str, base: ml_collections.ConfigDict, overrides: dict, meta: dict) -> Point:
+  """A point named `label-<hash of its full config>`."""
+  return Point(f"{label}-{config_hash(apply_overrides(base, overrides))}", dict(overrides), dict(meta))
+
+
+def model_overrides(n_layers: int, d_model: int, head_dim: int, ffn_mult: int) -> dict:
+  """A model sized by depth and width: heads of head_dim (MHA), a feed-forward ffn_mult wide."""
+  if d_model % head_dim:
+    raise ValueError(f"sweep.models: d_model={d_model} is not a multiple of sweep.head_dim={head_dim}")
+  heads = d_model // head_dim
+  return {"model.n_layers": n_layers, "model.d_model": d_model, "model.n_heads": heads,
+          "model.n_kv_heads": heads, "model.d_ff": ffn_mult * d_model}
+
+
+def point_config(base: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
+  return apply_overrides(base, point.overrides)
+
+
+def point_dir(root: str, name: str) -> str:
+  return os.path.join(root, "points", name)
+
+
+def load_result(root: str, name: str) -> Optional[dict]:
+  path = os.path.join(point_dir(root, name), RESULT)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def pending(root: str, points: Sequence[Point]) -> list[Point]:
+  return [p for p in points if load_result(root, p.name) is None]
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Atomic: a crash leaves either the old file or the new one, never half of one."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+def prepare_shared(root: str, config: ml_collections.ConfigDict) -> str:
+  """Trains the sweep's tokenizer and tokenizes its corpus once, in ROOT/shared.
+
+  Every point then starts from a copy: all runs share one tokenizer (losses in nats per token are
+  only comparable under the same tokenizer) and none repeats the tokenization.
+  """
+  from train import data as data_lib  # imports jax-free modules only, but keeps start-up light
+
+  shared = os.path.join(root, "shared")
+  d = config.data
+  data_lib.prepare(shared, d.paths, d.seq_len, d.vocab_size, 1)
+  return shared
+
+
+def seed_workdir(shared: str, workdir: str) -> None:
+  """Copies the shared tokenizer into a point's workdir and links the token cache beside it."""
+  from train import tokenizer as tokenizer_lib
+
+  os.makedirs(os.path.join(workdir, "data"), exist_ok=True)
+  dst = os.path.join(workdir, tokenizer_lib.FILENAME)
+  if not os.path.exists(dst):
+    shutil.copyfile(os.path.join(shared, tokenizer_lib.FILENAME), dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+  src_data = os.path.join(shared, "data")
+  for name in sorted(os.listdir(src_data)) if os.path.isdir(src_data) else []:
+    target = os.path.join(workdir, "data", name)
+    if name.endswith(".npz") and not os.path.exists(target):
+      try:
+        os.link(os.path.join(src_data, name), target)
+      except OSError:  # another filesystem: copy instead
+        shutil.copyfile(os.path.join(src_data, name), target)
+
+
+TrainFn = Callable[[ml_collections.ConfigDict, str], dict]
+
+
+def run_point(root: str, base: ml_collections.ConfigDict, point: Point,
+              train_fn: Optional[TrainFn] = None) -> Optional[dict]:
+  """Trains (or resumes) one point and writes its done record. Returns the record, or None when
+  the run stopped early (a signal), in which case the sweep should stop too."""
+  if train_fn is None:
+    from train import loop
+    train_fn = loop.train
+  from model.config import ModelConfig, count_params, flops_per_token
+
+  config = point_config(base, point)
+  workdir = point_dir(root, point.name)
+  seed_workdir(prepare_shared(root, config), workdir)
+  wall0, cpu0 = time.perf_counter(), time.process_time()
+  summary = train_fn(config, workdir)
+  wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
+  if summary.get("stopped_by_signal") or summary.get("final_step", 0) < config.train.steps:
+    return None
+  model_cfg = ModelConfig.from_dict(config.model.to_dict())
+  params = count_params(model_cfg)
+  tokens = int(summary["final_step"]) * config.train.batch_size * config.data.seq_len
+  record = {
+      "name": point.name,
+      "meta": point.meta,
+      "overrides": point.overrides,
+      "params": params["total"],
+      "params_non_embedding": params["non_embedding"],
+      "tokens": tokens,
+      "steps": int(summary["final_step"]),
+      "flops_6nd": 6.0 * params["non_embedding"] * tokens,
+      "flops": flops_per_token(model_cfg, config.data.seq_len) * tokens,
+      "loss": summary.get("loss"),
+      "eval_loss": summary.get("eval_loss"),
+      "unigram_entropy": summary.get("unigram_entropy"),
+      # Of the attempt that finished the run: a resumed run's earlier attempts are not included.
+      "wall_s": wall_s,
+      "cpu_s": cpu_s,
+      "resumed_from_step": int(summary.get("start_step", 0)),
+      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+  }
+  write_json(os.path.join(workdir, RESULT), record)
+  return record
+
+
+def point_command(argv: Sequence[str], name: str, python: str = sys.executable) -> list[str]:
+  """The study's own command line (argv[0] is the module's file) with the launcher flags replaced
+  by --point=NAME: the same settings, one point."""
+  module = os.path.relpath(os.path.abspath(argv[0]), REPO_ROOT)[:-len(".py")].replace(os.sep, ".")
+  keep = [a for a in argv[1:] if not a.startswith(("--launcher", "--point"))]
+  return [python, "-m", module, *keep, f"--point={name}"]
+
+
+def print_commands(argv: Sequence[str], points: Sequence[Point], out=None) -> list[str]:
+  """One `cd DIR && python -m ... --point=NAME` line per point, on stdout."""
+  cwd = shlex.quote(os.getcwd())
+  lines = [f"cd {cwd} && {shlex.join(point_command(argv, p.name))}" for p in points]
+  for line in lines:
+    print(line, file=out or sys.stdout, flush=True)
+  return lines
+
+
+def write_slurm(root: str, argv: Sequence[str], points: Sequence[Point], *, job_name: str,
+                options: Sequence[str] = (), max_parallel: int = 0) -> str:
+  """Writes ROOT/slurm/sweep.sbatch: a job array with one task per point; returns its path."""
+  if not points:
+    raise ValueError("no pending points: nothing to submit")
+  slurm_dir = os.path.abspath(os.path.join(root, "slurm"))
+  os.makedirs(slurm_dir, exist_ok=True)
+  limit = f"%{max_parallel}" if max_parallel > 0 else ""
+  command = shlex.join(point_command(argv, "NAME")[:-1])
+  lines = [
+      "#!/bin/bash",
+      f"#SBATCH --job-name={job_name}",
+      f"#SBATCH --array=0-{len(points) - 1}{limit}",
+      f"#SBATCH --output={slurm_dir}/%x-%A_%a.out",
+      *[f"#SBATCH {opt}" for opt in options],
+      "set -euo pipefail",
+      "# One task per pending point; a point already done when its task starts returns at once.",
+      "POINTS=(" + " ".join(shlex.quote(p.name) for p in points) + ")",
+      f"cd {shlex.quote(os.getcwd())}",
+      f'exec {command} --point="${{POINTS[$SLURM_ARRAY_TASK_ID]}}"',
+  ]
+  path = os.path.join(slurm_dir, "sweep.sbatch")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def find_point(points: Sequence[Point], name: str) -> Point:
+  for p in points:
+    if p.name == name:
+      return p
+  raise ValueError(f"--point={name!r} is not in this sweep; its points: {', '.join(p.name for p in points)}")
+
+
+def collect(root: str, points: Sequence[Point]) -> list[dict]:
+  """Done records of this sweep's points, in sweep order, however each was run. Result folders
+  of other sweeps (other settings) under ROOT/points are left out."""
+  records = []
+  for p in points:
+    r = load_result(root, p.name)
+    if r is not None:
+      records.append(r)
+  return records
+
+
+def _log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)  # stdout stays free for the print launcher
+
+
+def write_jsonl(path: str, rows: Sequence[dict]) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, default=str) + "\n")
+  os.replace(path + ".tmp", path)
+
+
+def launch(
+    root: str, base: ml_collections.ConfigDict, points: Sequence[Point], *, launcher: str,
+    point: str, argv: Sequence[str], job_name: str, slurm_options: Sequence[str] = (),
+    on_done: Optional[Callable[[str, Point], None]] = None, train_fn: Optional[TrainFn] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> bool:
+  """Runs or hands out the sweep; True when every point is done (the study may then report).
+
+  --point=NAME trains that point only (the command the print and slurm launchers hand out).
+  on_done(workdir, point), if given, runs after a point is trained (an evaluation, say), where the
+  training ran, so a cluster's tasks evaluate their own points.
+  """
+  log = log or _log
+  if launcher not in LAUNCHERS:
+    raise ValueError(f"--launcher={launcher!r} is unknown; allowed: {', '.join(LAUNCHERS)}")
+  names = [p.name for p in points]
+  if len(set(names)) != len(names):
+    raise ValueError("two points of the sweep have the same settings; remove the duplicate")
+  os.makedirs(root, exist_ok=True)
+  if point:
+    todo = [find_point(points, point)]
+  elif launcher == "local":
+    todo = pending(root, points)
+  else:
+    todo = []
+  for i, p in enumerate(todo):
+    log(f"[{i + 1}/{len(todo)} to run, {len(points)} in the sweep] {p.name}")
+    if load_result(root, p.name) is None and run_point(root, base, p, train_fn) is None:
+      log(f"stopped during {p.name}; rerun the same command to resume")
+      return False
+    if on_done is not None:
+      on_done(point_dir(root, p.name), p)
+  if point:
+    return False  # one task of a sweep: the study reports when collected
+  todo = pending(root, points)
+  if launcher == "print" and todo:
+    prepare_shared(root, point_config(base, todo[0]))  # once here, not racing in every task
+    print_commands(argv, todo)
+  elif launcher == "slurm" and todo:
+    prepare_shared(root, point_config(base, todo[0]))
+    path = write_slurm(root, argv, todo, job_name=job_name, options=slurm_options)
+    log(f"wrote {path} ({len(todo)} tasks); submit it with: sbatch {path}")
+  return not todo
+
+
+def machine_info() -> dict:
+  """Where the numbers were measured, for the results file."""
+  import platform
+
+  import jax
+
+  return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+          "devices": [d.device_kind for d in jax.devices()][:1] + [f"x{jax.device_count()}"]}

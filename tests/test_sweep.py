@@ -1,0 +1,116 @@
+"""experiments/sweep.py: restarts skip finished runs and resume the interrupted one; launchers."""
+
+import io
+import json
+import os
+import subprocess
+
+import pytest
+
+from experiments import sweep
+from tests.helpers import tiny_config
+
+
+def _points(base):
+  return [sweep.make_point(f"p{i}", base, {"model.d_model": 16 * (i + 1), "train.steps": 4 + i},
+                           {"i": i}) for i in range(3)]
+
+
+class FakeTrainer:
+  """Stands in for train.loop.train: 'trains' by writing its step to the workdir, resumes from
+  it, and can be told to stop (as on SIGTERM) at a step of one run."""
+
+  def __init__(self, stop_at=None):
+    self.calls, self.stop_at = [], stop_at
+
+  def __call__(self, config, workdir):
+    path = os.path.join(workdir, "step.json")
+    start = json.load(open(path))["step"] if os.path.exists(path) else 0
+    self.calls.append((os.path.basename(workdir), start))
+    step = start
+    while step < config.train.steps:
+      if self.stop_at and self.stop_at == (os.path.basename(workdir)[:2], step):
+        json.dump({"step": step}, open(path, "w"))
+        return {"start_step": start, "final_step": step, "stopped_by_signal": "SIGTERM"}
+      step += 1
+    json.dump({"step": step}, open(path, "w"))
+    loss = 5.0 / config.model.d_model + 1.0 / step  # a pure function of the settings
+    return {"start_step": start, "final_step": step, "loss": loss, "eval_loss": loss + 0.1}
+
+
+def _stable(record):
+  return {k: v for k, v in record.items() if k not in ("wall_s", "cpu_s", "finished_at", "resumed_from_step")}
+
+
+def test_interrupted_sweep_resumes_and_gives_the_same_results(tmp_path, tiny_corpus):
+  base = tiny_config(tiny_corpus)
+  points = _points(base)
+  ref_root, root = str(tmp_path / "ref"), str(tmp_path / "run")
+  assert sweep.launch(ref_root, base, points, launcher="local", point="", argv=["x.py"],
+                      job_name="t", train_fn=FakeTrainer(), log=lambda _: None)
+
+  interrupted = FakeTrainer(stop_at=("p1", 2))
+  assert not sweep.launch(root, base, points, launcher="local", point="", argv=["x.py"],
+                          job_name="t", train_fn=interrupted, log=lambda _: None)
+  assert [c[0][:2] for c in interrupted.calls] == ["p0", "p1"]
+  assert [p.name[:2] for p in sweep.pending(root, points)] == ["p1", "p2"]
+
+  again = FakeTrainer()
+  assert sweep.launch(root, base, points, launcher="local", point="", argv=["x.py"],
+                      job_name="t", train_fn=again, log=lambda _: None)
+  assert [(c[0][:2], c[1]) for c in again.calls] == [("p1", 2), ("p2", 0)]  # p0 not retrained
+  got, want = sweep.collect(root, points), sweep.collect(ref_root, points)
+  assert [_stable(r) for r in got] == [_stable(r) for r in want] and len(got) == 3
+
+  finished = FakeTrainer()
+  assert sweep.launch(root, base, points, launcher="local", point="", argv=["x.py"],
+                      job_name="t", train_fn=finished, log=lambda _: None)
+  assert finished.calls == []
+
+
+def test_point_names_follow_every_setting(tiny_corpus):
+  base = tiny_config(tiny_corpus)
+  a = sweep.make_point("p", base, {"train.steps": 4}, {})
+  assert a == sweep.make_point("p", base, {"train.steps": 4}, {})
+  assert a.name != sweep.make_point("p", base, {"train.steps": 5}, {}).name
+  with pytest.raises(ValueError, match="no setting"):
+    sweep.make_point("p", base, {"train.stepz": 4}, {})
+
+
+def _argv():
+  return [os.path.join(sweep.REPO_ROOT, "experiments", "scaling.py"), "--workdir=w",
+          "--launcher=print", "--sweep.fit.bootstrap=3"]
+
+
+def test_print_launcher_prints_one_command_per_pending_point(tmp_path, tiny_corpus):
+  base = tiny_config(tiny_corpus)
+  points = _points(base)
+  root = str(tmp_path / "run")
+  sweep.write_json(os.path.join(sweep.point_dir(root, points[1].name), sweep.RESULT), {"name": "done"})
+  out = io.StringIO()
+  lines = sweep.print_commands(_argv(), sweep.pending(root, points), out=out)
+  assert out.getvalue().splitlines() == lines and len(lines) == 2
+  for line, p in zip(lines, (points[0], points[2])):
+    assert " -m experiments.scaling --workdir=w --sweep.fit.bootstrap=3 " in line
+    assert line.endswith(f"--point={p.name}") and "--launcher" not in line
+
+
+def test_slurm_launcher_writes_a_job_array_over_pending_points(tmp_path, tiny_corpus):
+  base = tiny_config(tiny_corpus)
+  points = _points(base)
+  path = sweep.write_slurm(str(tmp_path), _argv(), points, job_name="llmlab-test",
+                           options=("--gres=gpu:1",))
+  text = open(path).read()
+  assert "#SBATCH --array=0-2" in text and "#SBATCH --gres=gpu:1" in text
+  assert "POINTS=(" + " ".join(p.name for p in points) + ")" in text
+  assert text.rstrip().endswith('--point="${POINTS[$SLURM_ARRAY_TASK_ID]}"')
+  assert subprocess.run(["bash", "-n", path]).returncode == 0
+
+
+def test_collect_leaves_out_runs_of_other_settings(tmp_path, tiny_corpus):
+  base = tiny_config(tiny_corpus)
+  points = _points(base)
+  root = str(tmp_path)
+  for name in (points[0].name, "p9-deadbeef"):
+    sweep.write_json(os.path.join(sweep.point_dir(root, name), sweep.RESULT), {"name": name})
+  assert [r["name"] for r in sweep.collect(root, points)] == [points[0].name]

@@ -1,0 +1,100 @@
+"""Synthetic key-value retrieval (Liu et al. 2023, "Lost in the Middle", section 3).
+
+An example is k pairs of random two-digit keys and values, then a query key; the answer is the
+value paired with it. The gold pair's position (0 = first) is chosen by the caller, so accuracy
+can be measured against position. With query_before the query is also written before the pairs,
+Liu et al.'s query-aware contextualisation.
+
+Text: " 37=81 12=45 44=19 ? 12=" -> "45", and with the query before: " ? 12 | 37=81 12=45 44=19 ? 12=".
+Keys and values are numbers 10..99: a byte-level BPE trained on such text makes each " 37" and
+"81" one token, so a pair is three tokens and the answer one.
+
+Training text asks several questions per example (" ? 12=45 ? 44=19 ..."): only the answers are
+learnable (keys and values are random), so one question per example would give a small model one
+useful target in a hundred tokens. Evaluation asks one question, the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Sequence
+
+SYMBOLS = tuple(range(10, 100))  # keys are distinct within an example, so k <= 90
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  keys: tuple[int, ...]
+  values: tuple[int, ...]
+  gold: int  # index of the queried pair
+  query_before: bool = False
+  more: tuple[int, ...] = ()  # pairs asked about after the first question, in training text
+
+  @property
+  def k(self) -> int:
+    return len(self.keys)
+
+  @property
+  def prompt(self) -> str:
+    pairs = "".join(f" {key}={value}" for key, value in zip(self.keys, self.values))
+    query = self.keys[self.gold]
+    head = f" ? {query} |" if self.query_before else ""
+    return f"{head}{pairs} ? {query}="
+
+  @property
+  def answer(self) -> str:
+    return str(self.values[self.gold])
+
+  @property
+  def text(self) -> str:
+    """Training text: the prompt, its answer, then the further questions with theirs."""
+    more = "".join(f" ? {self.keys[i]}={self.values[i]}" for i in self.more)
+    return self.prompt + self.answer + more
+
+
+def make_example(rng: random.Random, k: int, gold: int, query_before: bool = False,
+                 n_more: int = 0) -> Example:
+  if not 1 <= k <= len(SYMBOLS):
+    raise ValueError(f"k must be in [1, {len(SYMBOLS)}], got {k}")
+  if not 0 <= gold < k:
+    raise ValueError(f"the gold position must be in [0, {k}), got {gold}")
+  keys = tuple(rng.sample(SYMBOLS, k))
+  values = tuple(rng.choice(SYMBOLS) for _ in range(k))
+  more = tuple(rng.sample([i for i in range(k) if i != gold], min(n_more, k - 1)))
+  return Example(keys, values, gold, query_before, more)
+
+
+def training_examples(n: int, k_min: int, k_max: int, seed: int,
+                      query_before_fraction: float = 0.5, questions: int = 1) -> list[Example]:
+  """n examples with k uniform in [k_min, k_max], the gold pair anywhere, the query also before
+  the pairs in a `query_before_fraction` share of them, and up to `questions` distinct pairs
+  asked about in all."""
+  if not 1 <= k_min <= k_max:
+    raise ValueError(f"need 1 <= k_min <= k_max, got {k_min}, {k_max}")
+  rng = random.Random(f"kv-train:{seed}")
+  out = []
+  for _ in range(n):
+    k = rng.randint(k_min, k_max)
+    out.append(make_example(rng, k, rng.randrange(k), rng.random() < query_before_fraction,
+                            questions - 1))
+  return out
+
+
+def gold_positions(k: int, n_positions: int) -> list[int]:
+  """Up to n_positions gold positions spread evenly over [0, k - 1], both ends included."""
+  if n_positions >= k:
+    return list(range(k))
+  if n_positions == 1:
+    return [0]
+  return sorted({round(i * (k - 1) / (n_positions - 1)) for i in range(n_positions)})
+
+
+def eval_examples(n: int, k: int, gold: int, seed: int, query_before: bool = False) -> list[Example]:
+  """n examples with k pairs and the gold pair at `gold`; disjoint seeds from training."""
+  rng = random.Random(f"kv-eval:{seed}:{k}:{gold}:{int(query_before)}")
+  return [make_example(rng, k, gold, query_before) for _ in range(n)]
+
+
+def texts(examples: Sequence[Example]) -> list[str]:
+  return [e.text for e in examples]
