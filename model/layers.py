@@ -119,23 +119,22 @@ class Attention(nnx.Module):
       self,
       x_BxTxD: jax.Array,
       positions_BxT: jax.Array,
-      k_BxSxKxDh: jax.Array,
-      v_BxSxKxDh: jax.Array,
+      k_BKxDhxS: jax.Array,
+      v_BKxSxDh: jax.Array,
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Attention of T new tokens over this layer's cache: (out, k cache, v cache).
 
     The new keys and values go into the cache's slots at positions_BxT first, so the new tokens
     see each other causally and every earlier slot; slots past a row's position stay masked.
-    The reference implementation is used whatever cfg.attention_impl says: with T of 1 to a
-    few tokens the (T, S) scores are small, and the step is bound by reading the cache.
+    Each row's T positions must be consecutive (they are in prefill, decode and verification).
+    kv_cache.attend is used whatever cfg.attention_impl says: with T of 1 to a few tokens the
+    (T, S) scores are small, and the step is bound by reading the cache, in its own layout.
     """
     q, k_new, v_new = self.project_qkv(x_BxTxD, positions_BxT)
-    k_BxSxKxDh = kv_cache.write(k_BxSxKxDh, k_new, positions_BxT)
-    v_BxSxKxDh = kv_cache.write(v_BxSxKxDh, v_new, positions_BxT)
-    o_BxTxHxDh = attention(
-        q, k_BxSxKxDh, v_BxSxKxDh, implementation="reference", causal=True,
-        q_positions_BxT=positions_BxT)
-    return self.project_out(o_BxTxHxDh), k_BxSxKxDh, v_BxSxKxDh
+    k_BKxDhxS = kv_cache.write_keys(k_BKxDhxS, k_new, positions_BxT[:, 0])
+    v_BKxSxDh = kv_cache.write_values(v_BKxSxDh, v_new, positions_BxT[:, 0])
+    o_BxTxHxDh = kv_cache.attend(q, k_BKxDhxS, v_BKxSxDh, positions_BxT)
+    return self.project_out(o_BxTxHxDh), k_BKxDhxS, v_BKxSxDh
 
 
 class SwiGLU(nnx.Module):

@@ -120,8 +120,9 @@ def make_generate(
 ) -> Callable[..., SpeculativeOutput]:
   """A jitted generate(target_params, draft_params, prompts_BxT, prompt_lengths_B, keys_B).
 
-  The prompts are right-padded (model/decode.pad_prompts); T + max_new_tokens + gamma + 1 must
-  fit both models' max_seq_len (the caller checks).
+  The prompts are right-padded (model/decode.pad_prompts). Each cache holds
+  T + max_new_tokens + gamma + 1 slots: the last round may score up to gamma positions past the
+  last token kept.
   """
   if target_cfg.vocab_size != draft_cfg.vocab_size:
     raise ValueError(
@@ -148,11 +149,15 @@ def make_generate(
 
     def draft_propose(cache_d, buf_BxS, n_B, keys_GxB):
       """gamma draft tokens and the distributions they came from."""
-      pos2_Bx2 = jnp.stack([jnp.maximum(n_B - 2, 0), n_B - 1], axis=1)
+      # Positions n-2 and n-1; with n = 1, positions 0 and 1, the second holding a padding
+      # token whose slot is overwritten by d_1 before anything reads it.
+      first_B = jnp.maximum(n_B - 2, 0)
+      pos2_Bx2 = first_B[:, None] + jnp.arange(2, dtype=jnp.int32)[None]
       tok2_Bx2 = jnp.take_along_axis(buf_BxS, pos2_Bx2, axis=1)
       logits_Bx2xV, cache_d = transformer.decode(
           draft_graphdef, draft_params, tok2_Bx2, pos2_Bx2, cache_d)
-      logits_BxV = logits_Bx2xV[:, 1]
+      last_Bx1x1 = (n_B - 1 - first_B)[:, None, None]
+      logits_BxV = jnp.take_along_axis(logits_Bx2xV, last_Bx1x1, axis=1)[:, 0]
 
       def step(carry, key_i_B):
         cache_d, logits_BxV, pos_B = carry

@@ -123,17 +123,17 @@ class Transformer(nnx.Module):
       graphdef, state = nnx.split(self.blocks)
 
       def scan_body(x, xs):
-        layer_state, k_BxSxKxDh, v_BxSxKxDh = xs
-        x, k_BxSxKxDh, v_BxSxKxDh = nnx.merge(graphdef, layer_state).decode(
-            x, positions_BxT, k_BxSxKxDh, v_BxSxKxDh)
-        return x, (k_BxSxKxDh, v_BxSxKxDh)
+        layer_state, k_BKxDhxS, v_BKxSxDh = xs
+        x, k_BKxDhxS, v_BKxSxDh = nnx.merge(graphdef, layer_state).decode(
+            x, positions_BxT, k_BKxDhxS, v_BKxSxDh)
+        return x, (k_BKxDhxS, v_BKxSxDh)
 
       x_BxTxD, (k, v) = jax.lax.scan(
-          scan_body, x_BxTxD, (state, cache.k_LxBxSxKxDh, cache.v_LxBxSxKxDh))
+          scan_body, x_BxTxD, (state, cache.k_LxBKxDhxS, cache.v_LxBKxSxDh))
     else:
       # One buffer per layer (kv_cache.init), like the weights: no slicing, no restacking.
       k, v = [], []
-      for block, k_i, v_i in zip(self.blocks, cache.k_LxBxSxKxDh, cache.v_LxBxSxKxDh):
+      for block, k_i, v_i in zip(self.blocks, cache.k_LxBKxDhxS, cache.v_LxBKxSxDh):
         x_BxTxD, k_i, v_i = block.decode(x_BxTxD, positions_BxT, k_i, v_i)
         k.append(k_i)
         v.append(v_i)

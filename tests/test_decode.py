@@ -68,11 +68,17 @@ def test_cache_bytes_follow_the_formula_and_shrink_by_heads_over_kv_heads():
   assert kv_cache.bytes_per_sequence(mha, 20) == 4 * kv_cache.bytes_per_sequence(mqa, 20)
 
 
-def test_cache_write_drops_positions_past_the_end():
-  cache_BxSxKxDh = jnp.zeros((1, 4, 1, 2))
-  new_BxTxKxDh = jnp.ones((1, 2, 1, 2))
-  out = kv_cache.write(cache_BxSxKxDh, new_BxTxKxDh, jnp.array([[3, 4]]))
-  np.testing.assert_array_equal(out[0, :, 0, 0], [0, 0, 0, 1])
+def test_cache_writes_each_row_at_its_own_slots():
+  b, t, kv, dh, s = 2, 2, 3, 4, 6
+  new_BxTxKxDh = jax.random.normal(jax.random.key(0), (b, t, kv, dh))
+  start_B = jnp.array([1, 3])
+  keys = kv_cache.write_keys(jnp.zeros((b * kv, dh, s)), new_BxTxKxDh, start_B)
+  values = kv_cache.write_values(jnp.zeros((b * kv, s, dh)), new_BxTxKxDh, start_B)
+  expected_BxKxSxDh = np.zeros((b, kv, s, dh), np.float32)
+  for row, first in enumerate([1, 3]):
+    expected_BxKxSxDh[row, :, first:first + t] = np.swapaxes(new_BxTxKxDh[row], 0, 1)
+  np.testing.assert_array_equal(values.reshape(b, kv, s, dh), expected_BxKxSxDh)
+  np.testing.assert_array_equal(keys.reshape(b, kv, dh, s), np.swapaxes(expected_BxKxSxDh, 2, 3))
 
 
 def greedy_reference(graphdef, params, prompt, n_new):
