@@ -133,6 +133,24 @@ def _tile_mask(plan, positions_Pxq, q_seg_Bxq, kv_seg_Bxc, kv_start) -> Optional
   return None if mask is None else mask[:, None, :, None, :]
 
 
+def _vma(*xs: Optional[jax.Array]) -> frozenset:
+  """The shard_map axes any of xs varies over (empty outside shard_map)."""
+  axes = frozenset()
+  for x in xs:
+    if x is not None:
+      aval = jax.typeof(x)
+      manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.9; older versions: aval.vma
+      axes |= frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+  return axes
+
+
+def _varying(x: jax.Array, vma: frozenset) -> jax.Array:
+  """x marked as varying over vma, so a loop carry starting from constants has the type the body
+  gives it when this runs per device inside shard_map (e.g. data-parallel training)."""
+  missing = tuple(sorted(vma - _vma(x)))
+  return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
 def _slice(x: Optional[jax.Array], start, size: int, axis: int) -> Optional[jax.Array]:
   return None if x is None else jax.lax.dynamic_slice_in_dim(x, start, size, axis)
 
@@ -176,6 +194,7 @@ def _forward(plan: _Plan, q, k, v, positions, q_seg, kv_seg):
 
     stats = (jnp.full((b, kv, bq, g), -jnp.inf, jnp.float32), jnp.zeros((b, kv, bq, g), jnp.float32),
              jnp.zeros((b, kv, bq, g, dh), jnp.float32))
+    stats = tuple(_varying(x, vma) for x in stats)
     m, l, acc = jax.lax.fori_loop(0, hi_Q[i], k_block, stats)
     seen = l > 0  # False only for rows whose every key block was skipped
     o_tile = acc / jnp.where(seen, l, 1.0)[..., None]
@@ -184,8 +203,9 @@ def _forward(plan: _Plan, q, k, v, positions, q_seg, kv_seg):
     lse_buf = jax.lax.dynamic_update_slice_in_dim(lse_buf, lse_tile, q0, 2)
     return o_buf, lse_buf
 
+  vma = _vma(q, k, v, positions, q_seg, kv_seg)
   init = (jnp.zeros(q.shape, q.dtype), jnp.zeros((b, kv, tp, g), jnp.float32))
-  return jax.lax.fori_loop(0, n_q, q_block, init)
+  return jax.lax.fori_loop(0, n_q, q_block, tuple(_varying(x, vma) for x in init))
 
 
 def _backward(plan: _Plan, residuals, do):
@@ -223,14 +243,15 @@ def _backward(plan: _Plan, residuals, do):
                            preferred_element_type=jnp.float32)
       return jax.lax.dynamic_update_slice_in_dim(dq_buf, dq_tile, q0, 2), dk_acc, dv_acc
 
-    zeros = jnp.zeros(k_tile.shape, jnp.float32)
+    zeros = _varying(jnp.zeros(k_tile.shape, jnp.float32), vma)
     dq_buf, dk_tile, dv_tile = jax.lax.fori_loop(first, n_q, q_block, (dq_buf, zeros, zeros))
     dk_buf = jax.lax.dynamic_update_slice_in_dim(dk_buf, dk_tile.astype(k.dtype), k0, 2)
     dv_buf = jax.lax.dynamic_update_slice_in_dim(dv_buf, dv_tile.astype(v.dtype), k0, 2)
     return dq_buf, dk_buf, dv_buf
 
+  vma = _vma(q, k, v, positions, q_seg, kv_seg, do)
   init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, k.dtype), jnp.zeros(v.shape, v.dtype))
-  dq, dk, dv = jax.lax.fori_loop(0, n_k, k_block, init)
+  dq, dk, dv = jax.lax.fori_loop(0, n_k, k_block, tuple(_varying(x, vma) for x in init))
   return dq.astype(q.dtype), dk, dv
 
 

@@ -15,6 +15,7 @@ The kernels know less than `attention` promises, so each wrapper states what it 
   convention (queries are the last T of S positions) only when T == S. Calls with T != S or with
   explicit q_positions (decoding against a KV cache) go, for cuDNN, through an explicit (B, 1, T, S)
   mask (small there: T is the few new tokens), and for Pallas to flash, whose masks are general.
+  cuDNN with a mask and an odd T or S (its masked backward rejects those) also goes to flash.
 - Segment ids: cuDNN has no segment-id input, so they become a dense (B, 1, T, S) boolean mask
   (exact, but quadratic memory, which is why `auto` prefers flash when segment ids are given).
   Both Pallas kernels take segment ids natively (the GPU one a single array for Q and K/V).
@@ -89,6 +90,12 @@ def dot_product_attention(
   mask = make_mask(
       t, s, causal=causal and not kernel_causal, q_positions_BxT=q_positions_BxT,
       q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
+  if implementation == "cudnn" and mask is not None and (t % 2 or s % 2):
+    # cuDNN's backward with a mask (it becomes a bias) rejects odd lengths, and whether a gradient
+    # will be taken is unknown here; flash takes the same masks at any length.
+    return flash_attention(
+        q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
+        q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
   return jax.nn.dot_product_attention(
       q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=None if mask is None else mask[:, None],
       scale=dh ** -0.5, is_causal=kernel_causal, implementation=implementation)

@@ -102,6 +102,30 @@ def test_q_positions_decoding_against_a_cache_matches_reference():
                                   block_k=16, masks=dict(q_positions_BxT=positions))
 
 
+def test_flash_inside_shard_map_matches_reference():
+  # Data-parallel training runs the model per device inside shard_map, where loop carries must
+  # be marked as varying over the mesh axis like the values the loop body makes from them.
+  from jax.sharding import AxisType, PartitionSpec
+
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.standard_normal((jax.device_count(), 40, 4, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal((jax.device_count(), 40, 2, 8)), jnp.float32)
+          for _ in range(2))
+
+  def grads(fn):
+    def local(q, k, v):
+      return jax.lax.psum(jnp.sum(fn(q, k, v, causal=True) ** 2), "data")
+
+    per_device = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec("data"),) * 3,
+                               out_specs=PartitionSpec())
+    return jax.jit(jax.grad(per_device, argnums=(0, 1, 2)))(q, k, v)
+
+  got = grads(functools.partial(flash.flash_attention, block_q=16, block_k=8))
+  for a, e in zip(got, grads(reference_attention)):
+    np.testing.assert_allclose(a, e, rtol=0, atol=1e-5 * max(1.0, float(jnp.abs(e).max())))
+
+
 def test_causal_query_blocks_visit_only_key_blocks_up_to_the_diagonal():
   plan = flash._Plan(causal=True, block_q=256, block_k=128, kv_len=1024, kv_padded=False)
   ends = flash._key_block_ends(plan, jnp.arange(1024)[None, :], n_q=4, n_k=8)
