@@ -34,6 +34,7 @@ flags.DEFINE_string("point", "", "Train and evaluate only this size (what the la
 flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
 
 EVAL_FILE = "eval.json"
+EVAL_VERSION = 2  # raised when the scoring changes, so cached scores are recomputed
 METRICS = ("exact_match", "token_accuracy", "token_edit_distance", "answer_logprob")
 
 
@@ -108,7 +109,7 @@ def eval_problems(cfg) -> dict[int, list]:
 
 def _eval_key(cfg) -> str:
   return hashlib.sha1(json.dumps(
-      [cfg.eval.to_dict(), cfg.data.to_dict()], sort_keys=True, default=str).encode()).hexdigest()[:8]
+      [EVAL_VERSION, cfg.eval.to_dict(), cfg.data.to_dict()], sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def evaluate_point(workdir: str, cfg) -> dict:

@@ -54,6 +54,14 @@ def test_padded_batch_decodes_like_each_prompt_alone(model):
   assert got == [_greedy_alone(graphdef, params, p, 3) for p in prompts]
 
 
+def test_each_prompt_gets_its_own_token_limit(model):
+  graphdef, params = model
+  prompts = [[3, 4, 5, 6, 7, 8], [10], [11, 12, 13]]
+  full = em.greedy_continuations(graphdef, params, prompts, 3, pad_id=1, batch_size=4)
+  got = em.greedy_continuations(graphdef, params, prompts, [1, 3, 2], pad_id=1, batch_size=4)
+  assert got == [full[0][:1], full[1], full[2][:2]]
+
+
 def test_generation_is_cut_at_a_stop_token(model):
   graphdef, params = model
   full = _greedy_alone(graphdef, params, [11, 12, 13], 3)

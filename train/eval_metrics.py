@@ -18,7 +18,7 @@ prompt alone would.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -82,22 +82,25 @@ def _greedy(graphdef, params, tokens_BxW, prompt_len_B, n_new: int):
 
 
 def greedy_continuations(
-    graphdef, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, pad_id: int,
-    stop_ids: Sequence[int] = (), batch_size: int = 64,
+    graphdef, params, prompts: Sequence[Sequence[int]], max_new_tokens: Union[int, Sequence[int]],
+    *, pad_id: int, stop_ids: Sequence[int] = (), batch_size: int = 64,
 ) -> list[list[int]]:
-  """The greedy continuation of each prompt: up to max_new_tokens tokens, cut before the first
-  token in stop_ids."""
+  """The greedy continuation of each prompt: up to max_new_tokens tokens (one number for all, or
+  one per prompt), cut before the first token in stop_ids."""
+  limits = ([max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int)
+            else list(max_new_tokens))
+  n_new = max(limits)
   stops = set(stop_ids)
-  width = _bucket(max(len(p) for p in prompts)) + max_new_tokens
+  width = _bucket(max(len(p) for p in prompts)) + n_new
   out = []
   for i in range(0, len(prompts), batch_size):
     chunk = list(prompts[i:i + batch_size])
     rows = chunk + [chunk[0]] * (batch_size - len(chunk))  # a fixed batch: one compilation
-    tokens, lengths = _left_pad(rows, width - max_new_tokens, pad_id)
-    tokens = np.concatenate([tokens, np.full((batch_size, max_new_tokens), pad_id, np.int32)], 1)
-    new_BxM = np.asarray(_greedy(graphdef, params, jnp.asarray(tokens), jnp.asarray(lengths),
-                                 max_new_tokens))
-    for row in new_BxM[:len(chunk)].tolist():
+    tokens, lengths = _left_pad(rows, width - n_new, pad_id)
+    tokens = np.concatenate([tokens, np.full((batch_size, n_new), pad_id, np.int32)], 1)
+    new_BxM = np.asarray(_greedy(graphdef, params, jnp.asarray(tokens), jnp.asarray(lengths), n_new))
+    for row, limit in zip(new_BxM[:len(chunk)].tolist(), limits[i:i + batch_size]):
+      row = row[:limit]
       cut = next((j for j, t in enumerate(row) if t in stops), len(row))
       out.append(row[:cut])
   return out
@@ -149,16 +152,17 @@ def score_answers(
 ) -> dict[str, np.ndarray]:
   """All four metrics for each (prompt, answer) text pair, as arrays of one value per example.
 
-  Greedy decoding runs for the longest answer's token count plus extra_new_tokens, so a model
-  that would go on writing past the answer is caught; generation is cut at stop_ids.
+  Greedy decoding runs for each answer's token count plus extra_new_tokens, so a model that
+  would go on writing past the answer is caught, by the same margin for every answer length;
+  generation is cut at stop_ids.
   """
   from train import tokenizer as tokenizer_lib
 
   encode = encode or (lambda text: tokenizer_lib.encode(tok, text))
   prompt_ids = [encode(p) for p in prompts]
   answer_ids = [encode(a) for a in answers]
-  max_new = max(len(a) for a in answer_ids) + extra_new_tokens
-  generated = greedy_continuations(graphdef, params, prompt_ids, max_new, pad_id=pad_id,
+  limits = [len(a) + extra_new_tokens for a in answer_ids]
+  generated = greedy_continuations(graphdef, params, prompt_ids, limits, pad_id=pad_id,
                                    stop_ids=stop_ids, batch_size=batch_size)
   logp, acc = teacher_forced_scores(graphdef, params, prompt_ids, answer_ids, pad_id=pad_id,
                                     batch_size=batch_size)
