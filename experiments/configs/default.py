@@ -59,8 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
 
   c.sharding = ml_collections.ConfigDict()
-  # Axis sizes of the device mesh (data, fsdp, tensor, expert); one -1 takes the remaining devices.
-  c.sharding.mesh = {"data": -1}
+  # Axis sizes of the device mesh; one -1 takes the remaining devices. Every axis is listed so
+  # that each can be set from the command line (--config.sharding.mesh.tensor=2).
+  c.sharding.mesh = {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1}
   # ZeRO over the data-parallel devices: 0 replicated, 1 optimizer state partitioned, 2 gradients
   # too, 3 parameters too (FSDP). Any stage resumes any other's checkpoint.
   c.sharding.zero_stage = 0
