@@ -24,7 +24,7 @@ def get_config():
   c.model.moe.d_expert = 256  # 2 experts x 256 = the dense d_ff of 512
   c.model.moe.dispatch = "capacity"
   c.model.moe.capacity_factor = 1.25
-  c.train.steps = 400
+  c.train.steps = 300
   c.train.batch_size = 16
   c.train.lr = 3e-3
   c.train.warmup_steps = 40
