@@ -4,7 +4,7 @@
       [--launcher=local|print|slurm] [--results_dir=results/emergence]
 
 The corpus is the standard library's Python files mixed with addition problems (written to
-WORKDIR/data/mix.jsonl, held-out problems excluded by train/arithmetic.split). Every size of the
+WORKDIR/data/mix-HASH.jsonl, held-out problems excluded by train/arithmetic.split). Every size of the
 ladder is a point of a restartable sweep (experiments/sweep.py). Each trained size is scored on
 held-out problems of each digit count with exact match and three smooth metrics (per-token
 accuracy, token edit distance, answer log-likelihood; train/eval_metrics.py), and all four are
@@ -57,11 +57,12 @@ def _stdlib_documents(n_chars: int, seed: int) -> list[str]:
 
 
 def build_corpus(workdir: str, dcfg) -> str:
-  """Writes WORKDIR/data/mix.jsonl once (deterministic, so a rerun would write the same bytes);
-  returns its absolute path."""
+  """Writes WORKDIR/data/mix-HASH.jsonl once, HASH naming the data settings (the text is a
+  deterministic function of them); returns its absolute path."""
   from train import arithmetic
 
-  path = os.path.abspath(os.path.join(workdir, "data", "mix.jsonl"))
+  key = hashlib.sha1(json.dumps(dcfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+  path = os.path.abspath(os.path.join(workdir, "data", f"mix-{key}.jsonl"))
   if os.path.exists(path):
     return path
   problems = []

@@ -46,18 +46,22 @@ def _pad_text(n: int) -> str:
 
 
 def build_data(workdir: str, cfg) -> str:
-  """Trains the tokenizer on the task's text (in WORKDIR/shared, which every run copies) and
-  writes the padded training corpus WORKDIR/data/kv.jsonl once; returns the corpus's path."""
+  """Trains the tokenizer on the task's text (in the sweep's shared folder, which every run
+  copies) and writes the padded training corpus WORKDIR/data/kv-HASH.jsonl once, HASH naming the
+  task, sequence length and vocabulary; returns the corpus's path."""
   from train import kv_retrieval as kv
   from train import tokenizer as tokenizer_lib
 
-  path = os.path.abspath(os.path.join(workdir, "data", "kv.jsonl"))
+  key = json.dumps([cfg.task.to_dict(), cfg.base.data.seq_len, cfg.base.data.vocab_size],
+                   sort_keys=True, default=str)
+  path = os.path.abspath(os.path.join(
+      workdir, "data", f"kv-{hashlib.sha1(key.encode()).hexdigest()[:8]}.jsonl"))
   if os.path.exists(path):
     return path
   t = cfg.task
   texts = kv.texts(kv.training_examples(t.examples, t.k_min, t.k_max, t.seed,
                                         t.query_before_fraction, t.questions))
-  shared = os.path.join(workdir, "shared")
+  shared = sweep_lib.shared_dir(workdir, sweep_lib.apply_overrides(cfg.base, {"data.paths": path}))
   if os.path.exists(os.path.join(shared, tokenizer_lib.FILENAME)):
     tok = tokenizer_lib.load(shared)
   else:

@@ -3,14 +3,17 @@
 A study (experiments/scaling.py, emergence.py, lost_in_middle.py) turns its config into Points,
 each a name and the overrides of one run. Layout of a sweep's workdir:
 
-  ROOT/shared/                 tokenizer and token cache, trained once, copied into every point
+  ROOT/shared/HASH/            tokenizer and token cache, trained once, copied into every point
   ROOT/points/NAME/            a normal training workdir (config.json, checkpoints, metrics.jsonl)
   ROOT/points/NAME/result.json the done record, written atomically when the run has finished
 
 A point is done exactly when its result.json exists, so rerunning a sweep skips finished runs and
 resumes an interrupted one from its newest checkpoint (train.loop does that by itself). A point's
-name ends in a hash of its full config: changing any setting makes a new point rather than
-silently reusing a run trained with other settings.
+name ends in a hash of its overrides. Before anything runs, every point that has a saved config is
+checked against the settings now asked for (model, data and train, logging aside): a difference
+is an error naming the setting, never a silent reuse of a run trained otherwise. Settings added
+to the config tree since a run was trained are not compared (a new setting's default must keep
+the old behaviour), so the sweep survives the config tree growing.
 
 Launchers hand out the pending points: `local` trains them one after another in this process,
 `print` prints one shell command per point (for any scheduler), `slurm` writes an sbatch
@@ -63,14 +66,45 @@ def apply_overrides(base: ml_collections.ConfigDict, overrides: dict) -> ml_coll
   return config
 
 
-def config_hash(config: ml_collections.ConfigDict) -> str:
-  text = json.dumps(json.loads(config.to_json()), sort_keys=True)
-  return hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
 def make_point(label: str, base: ml_collections.ConfigDict, overrides: dict, meta: dict) -> Point:
-  """A point named `label-<hash of its full config>`."""
-  return Point(f"{label}-{config_hash(apply_overrides(base, overrides))}", dict(overrides), dict(meta))
+  """A point named `label-<hash of its overrides>`; the overrides must exist in `base`."""
+  apply_overrides(base, overrides)  # unknown keys fail here, before anything runs
+  key = json.dumps(overrides, sort_keys=True, default=str)
+  return Point(f"{label}-{hashlib.sha1(key.encode()).hexdigest()[:6]}", dict(overrides), dict(meta))
+
+
+COMPARED = ("model", "data", "train")  # what a run's result depends on
+IGNORED = ("train.log_every", "train.eval_every")
+
+
+def config_conflicts(saved: dict, requested: dict, prefix: str = "") -> list[str]:
+  """Settings present in both configs whose values differ, as 'key: saved X, requested Y'."""
+  out = []
+  for key in sorted(set(saved) & set(requested)):
+    dotted = prefix + key
+    if not prefix and key not in COMPARED or dotted in IGNORED:
+      continue
+    a, b = saved[key], requested[key]
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += config_conflicts(a, b, dotted + ".")
+    elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b)):
+      out.append(f"{dotted}: saved {a!r}, requested {b!r}")
+  return out
+
+
+def check_points(root: str, base: ml_collections.ConfigDict, points: Sequence[Point]) -> None:
+  """Raises ValueError when a point's workdir holds a run trained with other settings."""
+  for p in points:
+    path = os.path.join(point_dir(root, p.name), "config.json")
+    if not os.path.exists(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    conflicts = config_conflicts(saved, json.loads(point_config(base, p).to_json()))
+    if conflicts:
+      raise ValueError(
+          f"{os.path.dirname(path)} was trained with other settings ({'; '.join(conflicts[:3])}); "
+          "use a new --workdir for the new settings, or the settings it was trained with")
 
 
 def model_overrides(n_layers: int, d_model: int, head_dim: int, ffn_mult: int) -> dict:
@@ -111,15 +145,21 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+def shared_dir(root: str, config: ml_collections.ConfigDict) -> str:
+  """ROOT/shared/<hash of the corpus and vocabulary size>: runs on other data get their own."""
+  key = json.dumps([config.data.paths, config.data.vocab_size], default=str)
+  return os.path.join(root, "shared", hashlib.sha1(key.encode()).hexdigest()[:8])
+
+
 def prepare_shared(root: str, config: ml_collections.ConfigDict) -> str:
-  """Trains the sweep's tokenizer and tokenizes its corpus once, in ROOT/shared.
+  """Trains the sweep's tokenizer and tokenizes its corpus once, in shared_dir(root, config).
 
   Every point then starts from a copy: all runs share one tokenizer (losses in nats per token are
   only comparable under the same tokenizer) and none repeats the tokenization.
   """
-  from train import data as data_lib  # imports jax-free modules only, but keeps start-up light
+  from train import data as data_lib
 
-  shared = os.path.join(root, "shared")
+  shared = shared_dir(root, config)
   d = config.data
   data_lib.prepare(shared, d.paths, d.seq_len, d.vocab_size, 1)
   return shared
@@ -284,6 +324,7 @@ def launch(
   if len(set(names)) != len(names):
     raise ValueError("two points of the sweep have the same settings; remove the duplicate")
   os.makedirs(root, exist_ok=True)
+  check_points(root, base, points)
   if point:
     todo = [find_point(points, point)]
   elif launcher == "local":

@@ -68,13 +68,29 @@ def test_interrupted_sweep_resumes_and_gives_the_same_results(tmp_path, tiny_cor
   assert finished.calls == []
 
 
-def test_point_names_follow_every_setting(tiny_corpus):
+def test_point_names_follow_the_overrides(tiny_corpus):
   base = tiny_config(tiny_corpus)
   a = sweep.make_point("p", base, {"train.steps": 4}, {})
   assert a == sweep.make_point("p", base, {"train.steps": 4}, {})
   assert a.name != sweep.make_point("p", base, {"train.steps": 5}, {}).name
   with pytest.raises(ValueError, match="no setting"):
     sweep.make_point("p", base, {"train.stepz": 4}, {})
+
+
+def test_a_run_trained_with_other_settings_is_refused_not_reused(tmp_path, tiny_corpus):
+  base = tiny_config(tiny_corpus)
+  points = _points(base)
+  root = str(tmp_path)
+  saved = json.loads(sweep.point_config(base, points[0]).to_json())
+  saved["model"]["a_setting_added_later"] = 1  # the config tree grew: not a conflict
+  saved["sharding"] = {"mesh": {"data": 4}}  # where it ran: not a conflict
+  sweep.write_json(os.path.join(sweep.point_dir(root, points[0].name), "config.json"), saved)
+  sweep.check_points(root, base, points)
+  saved["train"]["lr"] = 0.5
+  sweep.write_json(os.path.join(sweep.point_dir(root, points[0].name), "config.json"), saved)
+  with pytest.raises(ValueError, match="train.lr: saved 0.5"):
+    sweep.launch(root, base, points, launcher="local", point="", argv=["x.py"], job_name="t",
+                 train_fn=FakeTrainer(), log=lambda _: None)
 
 
 def _argv():

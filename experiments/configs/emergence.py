@@ -18,7 +18,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   b = default.get_config()
   b.data.seq_len = 64  # problems are ~10 tokens; short rows keep small models cheap
   b.data.vocab_size = 512
-  b.train.steps = 600
+  b.train.steps = 1500
   b.train.batch_size = 32
   b.train.lr = 3e-3
   b.train.warmup_steps = 30
@@ -39,7 +39,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.data.held_out_fraction = 0.2
   c.data.per_document = 16  # problems per training document, one per line
   c.data.spaced_digits = True  # one token per digit (see train/arithmetic.py)
-  c.data.stdlib_fraction = 0.5  # share of the corpus's characters that is Python source
+  c.data.stdlib_fraction = 0.25  # share of the corpus's characters that is Python source
   c.data.seed = 0
 
   c.eval = ml_collections.ConfigDict()

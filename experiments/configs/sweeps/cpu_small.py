@@ -1,9 +1,11 @@
-"""The default scaling sweep: 14 runs on 2 CPU cores, under an hour on a quiet machine.
+"""The default scaling sweep: 18 runs on 2 CPU cores, about half an hour of CPU time.
 
-Models from 13k to 360k non-embedding parameters (depth x width, head dim 16, MHA, SwiGLU 3x),
+Models from 3.4k to 360k non-embedding parameters (depth x width, head dim 16, MHA, SwiGLU 3x),
 on the standard-library corpus with a 512-token BPE, at three compute budgets C = 6 N D. Each
-budget trains the models whose tokens per parameter D / N fall in tokens_per_param, so every
-isoFLOP profile spans its minimum; 14 runs in all, about 2.7e13 training FLOPs.
+budget trains the models whose tokens per parameter D / N fall in tokens_per_param, six per
+budget; 1.2e13 training FLOPs in all. At this scale the loss-optimal model for a budget is
+trained on hundreds of tokens per parameter (results/scaling), so the window reaches far above
+Chinchilla's 20: the isoFLOP profiles need their minima inside them.
 
   python -m experiments.scaling --sweep=experiments/configs/sweeps/cpu_small.py --workdir=runs/scaling
 """
@@ -32,12 +34,12 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.study = "scaling"
   c.base = base_config()
-  # (n_layers, d_model): non-embedding N = 13.4k, 26.8k, 60k, 107k, 160k, 360k.
-  c.models = ((1, 32), (2, 32), (2, 48), (2, 64), (3, 64), (3, 96))
+  # (n_layers, d_model): non-embedding N = 3.4k, 6.8k, 13.4k, 26.8k, 60k, 107k, 160k, 360k.
+  c.models = ((1, 16), (2, 16), (1, 32), (2, 32), (2, 48), (2, 64), (3, 64), (3, 96))
   c.head_dim = 16
   c.ffn_mult = 3
-  c.budgets = (3e11, 1e12, 3e12)  # C = 6 N D, with N the non-embedding parameters
-  c.tokens_per_param = (1.0, 500.0)  # the D / N window trained at each budget
+  c.budgets = (1e11, 3e11, 1e12)  # C = 6 N D, with N the non-embedding parameters
+  c.tokens_per_param = (1.0, 2000.0)  # the D / N window trained at each budget
   c.min_steps = 50  # shorter runs are dropped: their loss is mostly warm-up
   c.warmup_fraction = 0.05
 
