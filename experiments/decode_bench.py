@@ -43,9 +43,11 @@ flags.DEFINE_list("sections", ["cache", "heads", "roofline", "speculative"], "Se
 flags.DEFINE_integer("new_tokens", 256, "Tokens generated per measurement.")
 flags.DEFINE_integer("repeats", 3, "Timed runs per measurement; the best is kept.")
 flags.DEFINE_list("contexts", ["512", "4096"], "Context lengths of the heads section.")
-flags.DEFINE_integer("heads_steps", 32, "Decode steps timed per point of the heads section.")
+flags.DEFINE_integer("heads_steps", 64, "Decode steps timed per point of the heads section.")
+flags.DEFINE_list("heads_batches", ["1", "8"], "Batch sizes of the heads section.")
 flags.DEFINE_list("gammas", ["1", "2", "3", "4", "5", "6", "7", "8"], "Speculative gammas.")
 flags.DEFINE_list("temperatures", ["0", "1"], "Sampling temperatures of the speculative section.")
+flags.DEFINE_integer("speculative_repeats", 2, "Timed runs per prompt in the speculative section.")
 
 # Short Python prompts: the models were trained on the standard library.
 PROMPTS = (
@@ -67,23 +69,39 @@ def best_time(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def measure_bandwidth(n_bytes: int, repeats: int) -> dict[str, float]:
-  """Bytes per second of an in-place x + 1 (reads and writes n_bytes each) and of sum(x)."""
+  """Memory bandwidth in bytes/s on an n_bytes buffer, three ways.
+
+  copy: the faster of numpy's copyto (one thread) and XLA's in-place x + 1 (all threads); both
+  read and write n_bytes. matvec_read: XLA's float32 matrix-vector product, reading n_bytes:
+  the operation batch-1 decoding is made of.
+  """
   import jax
   import jax.numpy as jnp
+  import numpy as np
 
-  x = jnp.zeros((n_bytes // 4,), jnp.float32)
+  n = n_bytes // 4
+  a = np.ones(n, np.float32)
+  b = np.empty_like(a)
+  numpy_s = best_time(lambda: np.copyto(b, a), repeats)
+  del a, b
+  x = jnp.ones((n // 512, 512), jnp.float32)
+  v = jnp.ones((512,), jnp.float32)
+  matvec = jax.jit(lambda x, v: x @ v)
+  jax.block_until_ready(matvec(x, v))
+  matvec_s = best_time(lambda: jax.block_until_ready(matvec(x, v)), repeats)
   bump = jax.jit(lambda x: x + 1.0, donate_argnums=0)  # donated: in place, no fresh pages
-  total = jax.jit(jnp.sum)
-  holder = [bump(x)]
+  holder = [jax.block_until_ready(bump(x))]
   del x
 
   def step():
     holder[0] = jax.block_until_ready(bump(holder[0]))
 
-  copy_s = best_time(step, repeats)
-  read_s = best_time(lambda: jax.block_until_ready(total(holder[0])), repeats)
-  return {"bytes": n_bytes, "copy_bytes_per_s": 2 * n_bytes / copy_s,
-          "read_bytes_per_s": n_bytes / read_s}
+  xla_s = best_time(step, repeats)
+  moved = 2 * (n // 512) * 512 * 4
+  return {"bytes": n_bytes, "numpy_copy_bytes_per_s": 2 * n * 4 / numpy_s,
+          "xla_inplace_bytes_per_s": moved / xla_s,
+          "copy_bytes_per_s": max(2 * n * 4 / numpy_s, moved / xla_s),
+          "matvec_read_bytes_per_s": moved / 2 / matvec_s}
 
 
 def load(workdir: str):
@@ -120,7 +138,8 @@ def generate_timed(cfg, graphdef, params, prompt: list[int], n_new: int, repeats
   return decode.trim(out)[0], seconds
 
 
-def generate_uncached(graphdef, params, prompt: list[int], n_new: int) -> tuple[list[int], float]:
+def generate_uncached(graphdef, params, prompt: list[int], n_new: int,
+                      repeats: int) -> tuple[list[int], float]:
   """Greedy decoding without a cache: a full forward pass over the prefix for every token.
 
   The prefix is padded to a multiple of 32 (causal attention keeps the padding out of the
@@ -139,11 +158,14 @@ def generate_uncached(graphdef, params, prompt: list[int], n_new: int) -> tuple[
   for w in sorted({width(n) for n in range(len(prompt), total)}):
     forward(params, jnp.zeros((1, w), jnp.int32), 1).block_until_ready()
   buf = np.zeros((1, width(total)), np.int32)
-  buf[0, :len(prompt)] = prompt
-  t0 = time.perf_counter()
-  for n in range(len(prompt), total):
-    buf[0, n] = int(forward(params, jnp.asarray(buf[:, :width(n)]), n))
-  return buf[0, len(prompt):total].tolist(), time.perf_counter() - t0
+
+  def run():
+    buf[0, :len(prompt)] = prompt
+    for n in range(len(prompt), total):
+      buf[0, n] = int(forward(params, jnp.asarray(buf[:, :width(n)]), n))
+
+  seconds = best_time(run, repeats)
+  return buf[0, len(prompt):total].tolist(), seconds
 
 
 def section_cache(r: dict) -> dict:
@@ -151,12 +173,12 @@ def section_cache(r: dict) -> dict:
   prompt = encode_prompts(tok)[0]
   n = FLAGS.new_tokens
   cached, cached_s = generate_timed(cfg, graphdef, params, prompt, n, FLAGS.repeats)
-  uncached, uncached_s = generate_uncached(graphdef, params, prompt, n)
+  uncached, uncached_s = generate_uncached(graphdef, params, prompt, n, FLAGS.repeats)
   return {
       "model": FLAGS.target, "prompt_tokens": len(prompt), "new_tokens": n,
       "cached_tokens_per_s": n / cached_s, "uncached_tokens_per_s": n / uncached_s,
       "speedup": uncached_s / cached_s, "same_tokens": cached == uncached,
-      "note": "greedy, batch 1; cached = best of repeats, uncached = one timed run"}
+      "note": "greedy, batch 1, best of --repeats runs each"}
 
 
 def make_decode_steps(cfg, graphdef):
@@ -213,17 +235,18 @@ def section_heads(r: dict) -> dict:
   rows = []
   for name, kv in (("MHA", base.n_heads), ("GQA", base.n_kv_heads), ("MQA", 1)):
     for context in map(int, FLAGS.contexts):
-      cfg = dataclasses.replace(base, n_kv_heads=kv, max_seq_len=max(base.max_seq_len, context + 64))
+      cfg = dataclasses.replace(base, n_kv_heads=kv, max_seq_len=max(base.max_seq_len, context + 128))
       graphdef, params = transformer.create(cfg, jax.random.key(0))  # unstacked, like load()
-      sec, cache_bytes = step_seconds(cfg, graphdef, params, 1, context, FLAGS.heads_steps,
-                                      FLAGS.repeats)
-      rows.append({
-          "variant": name, "n_kv_heads": kv, "context": context,
-          "cache_bytes_per_sequence": kv_cache.bytes_per_sequence(cfg, context),
-          "cache_bytes_allocated": cache_bytes, "weight_bytes": param_bytes(params),
-          "step_seconds": sec, "tokens_per_s": 1.0 / sec})
-      print(json.dumps(rows[-1]), flush=True)
-  return {"rows": rows, "batch": 1, "note": "random weights and random cache contents"}
+      for batch in map(int, FLAGS.heads_batches):
+        sec, cache_bytes = step_seconds(cfg, graphdef, params, batch, context, FLAGS.heads_steps,
+                                        FLAGS.repeats)
+        rows.append({
+            "variant": name, "n_kv_heads": kv, "context": context, "batch": batch,
+            "cache_bytes_per_sequence": kv_cache.bytes_per_sequence(cfg, context),
+            "cache_bytes_allocated": cache_bytes, "weight_bytes": param_bytes(params),
+            "step_seconds": sec, "tokens_per_s": batch / sec})
+        print(json.dumps(rows[-1]), flush=True)
+  return {"rows": rows, "note": "random weights and random cache contents"}
 
 
 def section_roofline(r: dict) -> dict:
@@ -252,12 +275,37 @@ def section_roofline(r: dict) -> dict:
   # sees it, caches included), one of 1 GiB, past any cache level of this machine.
   sizes = {"like_target": out["models"][0]["bytes_per_token"] if out["models"] else 1 << 27,
            "1GiB": 1 << 30}
-  out["bandwidth"] = {k: measure_bandwidth(int(v) // 4 * 4, 5) for k, v in sizes.items()}
+  out["bandwidth"] = {k: measure_bandwidth(int(v), 7) for k, v in sizes.items()}
   for m in out["models"]:
     for k, bw in out["bandwidth"].items():
       m[f"fraction_of_copy_bw_{k}"] = m["achieved_bytes_per_s"] / bw["copy_bytes_per_s"]
-      m[f"fraction_of_read_bw_{k}"] = m["achieved_bytes_per_s"] / bw["read_bytes_per_s"]
+      m[f"fraction_of_matvec_bw_{k}"] = m["achieved_bytes_per_s"] / bw["matvec_read_bytes_per_s"]
   return out
+
+
+def pass_seconds(cfg, graphdef, params, t: int, passes: int, repeats: int) -> float:
+  """Seconds of one cached forward pass over t new tokens at batch 1 (a verification of
+  gamma = t - 1 draft tokens), from (t(1 + passes) - t(1)) / passes."""
+  import jax
+  import jax.numpy as jnp
+
+  from model import kv_cache, transformer
+
+  def run(params, cache, n):
+    def body(i, carry):
+      cache, tok = carry
+      pos_1xT = (16 + i * t + jnp.arange(t, dtype=jnp.int32))[None]
+      logits_1xTxV, cache = transformer.decode(
+          graphdef, params, jnp.broadcast_to(tok, (1, t)), pos_1xT, cache)
+      return cache, jnp.argmax(logits_1xTxV[0, -1]).astype(jnp.int32)
+
+    return jax.lax.fori_loop(0, n, body, (cache, jnp.int32(0)))[1]
+
+  fn = jax.jit(run)
+  cache = kv_cache.init(cfg, 1, 16 + (passes + 1) * t)
+  go = lambda n: jax.block_until_ready(fn(params, cache, n))
+  go(1)
+  return (best_time(lambda: go(1 + passes), repeats) - best_time(lambda: go(1), repeats)) / passes
 
 
 def section_speculative(r: dict) -> dict:
@@ -283,9 +331,14 @@ def section_speculative(r: dict) -> dict:
     for (pr, ln), k in zip(padded, keys):
       args = (*params, pr, ln, k)
       outs.append(jax.block_until_ready(fn(*args)))  # first call of a shape compiles
-      total += best_time(lambda: jax.block_until_ready(fn(*args)), FLAGS.repeats)
+      total += best_time(lambda: jax.block_until_ready(fn(*args)), FLAGS.speculative_repeats)
     return outs, total
 
+  # What a verification pass costs against a one-token step, on this machine.
+  gammas = list(map(int, FLAGS.gammas))
+  pass_s = {t: pass_seconds(tcfg, tdef, tparams, t, 16, FLAGS.repeats)
+            for t in sorted({1} | {g + 1 for g in gammas})}
+  print(json.dumps({"target_pass_ms_by_tokens": {t: 1e3 * v for t, v in pass_s.items()}}), flush=True)
   rows = []
   for temp in map(float, FLAGS.temperatures):
     sc = sampling.SamplingConfig(temperature=temp)
@@ -294,7 +347,7 @@ def section_speculative(r: dict) -> dict:
     base_outs, base_s = time_all(base, tparams)
     draft_only = decode.make_generate(dcfg, ddef, decode.DecodeSpec(n, -1, sc))
     _, draft_s = time_all(draft_only, dparams)
-    for gamma in map(int, FLAGS.gammas):
+    for gamma in gammas:
       fn = speculative.make_generate(
           tcfg, tdef, dcfg, ddef, speculative.SpeculativeSpec(gamma, n, -1, sc))
       outs, spec_s = time_all(fn, tparams, dparams)
@@ -317,9 +370,16 @@ def section_speculative(r: dict) -> dict:
             for a, b in zip(outs, base_outs))
       row["relative_error_vs_theory"] = (
           row["tokens_per_target_call"] / row["theory_tokens_per_target_call"] - 1)
+      # The speedup the measured parts predict: tokens per round over the round's cost in
+      # one-token target steps (the verification pass, plus gamma draft steps).
+      k = pass_s[gamma + 1] / pass_s[1]
+      row["verify_pass_over_one_token_step"] = k
+      row["predicted_speedup"] = row["tokens_per_target_call"] / (
+          k + gamma * row["c_draft_over_target_step"])
       print(json.dumps(row), flush=True)
       rows.append(row)
-  return {"rows": rows, "prompts": len(prompts), "new_tokens": n, "batch": 1}
+  return {"rows": rows, "prompts": len(prompts), "new_tokens": n, "batch": 1,
+          "target_pass_seconds_by_tokens": {str(t): v for t, v in pass_s.items()}}
 
 
 def plot(results: dict, out: str) -> None:
@@ -342,14 +402,18 @@ def plot(results: dict, out: str) -> None:
     rows = results["heads"]["rows"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
     for ctx in sorted({r["context"] for r in rows}):
-      sel = [r for r in rows if r["context"] == ctx]
-      names = [r["variant"] for r in sel]
-      a1.plot(names, [r["cache_bytes_per_sequence"] / 2**20 for r in sel], "o-", label=f"{ctx}")
-      a2.plot(names, [r["tokens_per_s"] for r in sel], "o-", label=f"{ctx}")
+      sel = [r for r in rows if r["context"] == ctx and r.get("batch", 1) == 1]
+      a1.plot([r["variant"] for r in sel], [r["cache_bytes_per_sequence"] / 2**20 for r in sel],
+              "o-", label=f"{ctx}")
+      for batch in sorted({r.get("batch", 1) for r in rows}):
+        sel = [r for r in rows if r["context"] == ctx and r.get("batch", 1) == batch]
+        a2.plot([r["variant"] for r in sel], [r["tokens_per_s"] for r in sel], "o-",
+                label=f"context {ctx}, batch {batch}")
     a1.set_ylabel("KV cache MiB / sequence")
-    a2.set_ylabel("decode tokens / s (batch 1)")
-    a1.legend(title="context")
-    a2.legend(title="context")
+    a2.set_ylabel("decode tokens / s")
+    a2.set_yscale("log")
+    a1.legend(title="context", fontsize=7)
+    a2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "heads.png"), dpi=120)
     plt.close(fig)
@@ -375,7 +439,10 @@ def plot(results: dict, out: str) -> None:
       line, = a1.plot(g, [r["tokens_per_target_call"] for r in sel], "o-", label=f"T={temp:g}")
       a1.plot(g, [r["theory_tokens_per_target_call"] for r in sel], "x--", color=line.get_color(),
               label=f"theory, T={temp:g}")
-      a2.plot(g, [r["speedup"] for r in sel], "o-", label=f"T={temp:g}")
+      line, = a2.plot(g, [r["speedup"] for r in sel], "o-", label=f"measured, T={temp:g}")
+      if "predicted_speedup" in sel[0]:
+        a2.plot(g, [r["predicted_speedup"] for r in sel], "x--", color=line.get_color(),
+                label=f"from pass costs, T={temp:g}")
     a1.set_xlabel("gamma")
     a1.set_ylabel("tokens per target call")
     a2.set_xlabel("gamma")

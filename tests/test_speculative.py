@@ -40,21 +40,19 @@ def test_verify_accepts_everything_when_draft_equals_target():
   probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (64, 4, 7)), axis=-1)
   draft = jax.random.categorical(jax.random.key(1), jnp.log(probs[:, :3]))
   keys = jax.random.split(jax.random.key(2), 64)
-  n_acc, _ = speculative.verify(keys, keys, draft, probs[:, :3], probs)
+  n_acc, _ = jax.jit(speculative.verify)(keys, keys, draft, probs[:, :3], probs)
   assert bool(jnp.all(n_acc == 3))
 
 
-@pytest.mark.parametrize("draft_kind,gamma", [("noisy_copy", 3), ("small", 2)])
-def test_greedy_speculative_equals_greedy_target_decoding(draft_kind, gamma):
+def test_greedy_speculative_equals_greedy_target_decoding():
   tcfg = cfg_of()
   tdef, tparams = transformer.create(tcfg, jax.random.key(0))
-  if draft_kind == "noisy_copy":
-    dcfg, ddef, dparams = tcfg, tdef, noisy_copy(tparams, jax.random.key(1), 0.1)
-  else:
-    dcfg = cfg_of(n_layers=1, d_model=16, n_heads=2, n_kv_heads=1)
-    ddef, dparams = transformer.create(dcfg, jax.random.key(1))
+  # The draft: the target's weights plus noise (it agrees often, not always), held in the
+  # one-buffer-per-layer layout, so its cache is laid out unlike the target's.
+  dcfg, ddef, dparams = transformer.unstack_layers(
+      tcfg, noisy_copy(tparams, jax.random.key(1), 0.1))
   greedy = sampling.SamplingConfig(temperature=0.0)
-  n_new, eot = 12, tcfg.vocab_size - 1
+  n_new, eot, gamma = 12, tcfg.vocab_size - 1, 3
   prompts = [[3, 1, 4, 1, 5], [7], [2, 7, 1]]  # different lengths; one of a single token
   padded, lengths = decode.pad_prompts(prompts, 0)
   keys = jax.random.split(jax.random.key(3), 3)
@@ -64,10 +62,9 @@ def test_greedy_speculative_equals_greedy_target_decoding(draft_kind, gamma):
   out = spec(tparams, dparams, padded, lengths, keys)
   assert decode.trim(decode.Generated(out.tokens_BxN, out.lengths_B)) == decode.trim(
       plain(tparams, padded, lengths, keys))
-  # The rows advanced by different amounts, and the noisy copy was partly accepted.
-  if draft_kind == "noisy_copy":
-    assert 0 < speculative.acceptance_rate(out) < 1
-    assert len(set(np.asarray(out.rounds_B).tolist())) > 1
+  # The draft was partly accepted, and the rows advanced by different amounts.
+  assert 0 < speculative.acceptance_rate(out) < 1
+  assert len(set(np.asarray(out.rounds_B).tolist())) > 1
 
 
 def exact_two_token_distribution(graphdef, params, prompt, vocab, sc):
