@@ -85,6 +85,8 @@ def check_common(config: ml_collections.ConfigDict) -> None:
   bad = sorted(set(task.ops) - set("+-*"))
   if not task.ops or bad:
     raise ConfigError(f"task.ops={task.ops!r} must be a non-empty string of '+', '-', '*'")
+  if not 0.0 < task.heldout_fraction < 1.0:
+    raise ConfigError(f"task.heldout_fraction must be in (0, 1), got {task.heldout_fraction!r}")
 
 
 def start_policy(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) -> Policy:
@@ -154,42 +156,56 @@ class _StopFlag:
       signal.signal(sig, old)
 
 
-def make_evaluator(policy: Policy, examples: list[data_lib.Prompted], *, batch_size: int,
-                   max_new_tokens: int) -> Callable[[nnx.State], dict[str, float]]:
-  """evaluate(params) -> {"accuracy": held-out exact match with greedy decoding, ...}.
+def make_completer(policy: Policy, prompts: list[str], *, batch_size: int, max_new_tokens: int,
+                   temperature: float) -> Callable[[nnx.State, jax.Array], list[rewards_lib.Sample]]:
+  """complete(params, key) -> one completion per prompt, as Samples (answer left empty).
 
-  The last batch is padded with copies of the first prompt (results ignored), so one compiled
-  generate serves every batch.
+  Batches of batch_size, the last one padded with copies of the first prompt (dropped), so one
+  compiled generate serves every batch. Temperature 0 is greedy decoding; otherwise row i draws
+  with the i-th of split(key, len(prompts)).
   """
   tok, cfg = policy.tok, policy.model_cfg
   eot_id = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
-  p_len = data_lib.prompt_length(tok, [e.prompt for e in examples])
+  p_len = data_lib.prompt_length(tok, prompts)
   if p_len + max_new_tokens > cfg.max_seq_len:
     raise ConfigError(
-        f"prompts of {p_len} tokens plus eval.max_new_tokens={max_new_tokens} exceed the "
-        f"model's max_seq_len={cfg.max_seq_len}")
-  batch_size = min(batch_size, len(examples))
-  spec = decode.DecodeSpec(max_new_tokens, eot_id, sampling.SamplingConfig(temperature=0.0))
+        f"prompts of {p_len} tokens plus {max_new_tokens} new tokens exceed the model's "
+        f"max_seq_len={cfg.max_seq_len}")
+  n = len(prompts)
+  batch_size = min(batch_size, n)
+  spec = decode.DecodeSpec(max_new_tokens, eot_id,
+                           sampling.SamplingConfig(temperature=temperature))
   generate = decode.make_generate(cfg, policy.graphdef, spec)
-  n = len(examples)
-  padded = examples + [examples[0]] * (-n % batch_size)
-  prompts = data_lib.encode_prompts(tok, [e.prompt for e in padded], p_len)
-  keys_B = jax.random.split(jax.random.key(0), batch_size)  # unused by greedy decoding
+  padded = list(prompts) + [prompts[0]] * (-n % batch_size)
+  encoded = data_lib.encode_prompts(tok, padded, p_len)
+
+  def complete(params, key) -> list[rewards_lib.Sample]:
+    keys_N = jax.random.split(key, len(padded))
+    out = []
+    for i in range(0, len(padded), batch_size):
+      rows = decode.trim(generate(
+          params, jnp.asarray(encoded.tokens_NxP[i:i + batch_size]),
+          jnp.asarray(encoded.lengths_N[i:i + batch_size]), keys_N[i:i + batch_size]))
+      out += [rewards_lib.sample_of(tok, padded[i + j], ids, eot_id, "")
+              for j, ids in enumerate(rows)]
+    return out[:n]
+
+  return complete
+
+
+def make_evaluator(policy: Policy, examples: list[data_lib.Prompted], *, batch_size: int,
+                   max_new_tokens: int) -> Callable[[nnx.State], dict[str, float]]:
+  """evaluate(params) -> {"accuracy": held-out exact match with greedy decoding,
+  "completion_chars": mean characters generated before end-of-text}."""
+  complete = make_completer(policy, [e.prompt for e in examples], batch_size=batch_size,
+                            max_new_tokens=max_new_tokens, temperature=0.0)
 
   def evaluate(params) -> dict[str, float]:
-    correct, length = 0.0, 0.0
-    for i in range(0, len(padded), batch_size):
-      out = generate(params, jnp.asarray(prompts.tokens_NxP[i:i + batch_size]),
-                     jnp.asarray(prompts.lengths_N[i:i + batch_size]), keys_B)
-      rows = decode.trim(out)
-      for j, ids in enumerate(rows):
-        if i + j >= n:
-          break
-        sample = rewards_lib.sample_of(tok, examples[i + j].prompt, ids, eot_id,
-                                       examples[i + j].answer)
-        correct += rewards_lib.exact_match(sample)
-        length += len(ids)
-    return {"accuracy": correct / n, "completion_length": length / n}
+    samples = complete(params, jax.random.key(0))
+    correct = sum(rewards_lib.exact_match(s._replace(answer=e.answer))
+                  for s, e in zip(samples, examples))
+    length = sum(len(s.completion) for s in samples)
+    return {"accuracy": correct / len(examples), "completion_chars": length / len(examples)}
 
   return evaluate
 
@@ -225,10 +241,11 @@ class Run:
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
         every_steps=config.checkpoint.every_steps)
     restored = self.ckpt.restore_latest(abstract)
+    self.data_state: dict = {}
     if restored is None:
       self.state, self.start_step = jax.jit(init)(self.policy.params), 0
     else:
-      self.start_step, self.state, _ = restored
+      self.start_step, self.state, self.data_state = restored
     self.writer = metrics_lib.MetricsWriter(workdir)
     self.evaluate = make_evaluator(
         self.policy, heldout[:config.eval.max_examples], batch_size=config.eval.batch_size,
@@ -265,9 +282,14 @@ class Run:
       self.writer.write(0, first)
       print(f"[{self.stage}] step 0: held-out accuracy {first['eval/accuracy']:.3f}", flush=True)
     step, t0, record = self.start_step, time.perf_counter(), {}
+    data_state = dict(self.data_state)
+    last = t.steps
+    if self.data_state.get("stopped_early"):  # a rerun of a finished run changes nothing
+      summary["stopped_early"] = self.data_state["stopped_early"]
+      last = step
     try:
       with _StopFlag() as stop:
-        while step < t.steps and stop.signum is None:
+        while step < last and stop.signum is None:
           t_step = time.perf_counter()
           self.state, metrics = train_step(step, self.state)
           record = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -284,13 +306,17 @@ class Run:
             print(f"[{self.stage}] step {step}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if k != "step_time_s"), flush=True)
           early = evaluated and stop_when is not None and stop_when(record)
+          data_state = {"step": step,
+                        "wall_s": self.data_state.get("wall_s", 0.0) + time.perf_counter() - t0}
+          if early:
+            summary["stopped_early"] = data_state["stopped_early"] = (
+                f"stop condition met at step {step}")
           if step % t.log_every == 0 or evaluated:
             self.writer.write(step, record)
           if step % self.config.checkpoint.every_steps == 0 or step == t.steps or early \
               or stop.signum is not None:
-            self.ckpt.save(step, self.state, {"step": step})
+            self.ckpt.save(step, self.state, data_state)
           if early:
-            summary["stopped_early"] = f"stop condition met at step {step}"
             break
         if stop.signum is not None:
           summary["stopped_by_signal"] = signal.Signals(stop.signum).name
@@ -298,7 +324,9 @@ class Run:
       self.writer.close()
       self.ckpt.close()
     summary["final_step"] = step
-    summary["wall_time_s"] = time.perf_counter() - t0
+    summary["wall_time_s"] = time.perf_counter() - t0  # this invocation
+    # Every invocation up to the last checkpoint (resumptions included), from the checkpoint.
+    summary["wall_time_s_to_last_checkpoint"] = data_state.get("wall_s", summary["wall_time_s"])
     return summary
 
 
@@ -317,8 +345,8 @@ def curves(workdir: str) -> list[dict]:
 def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "") -> dict:
   """Writes results.json and curves.png into the workdir (and out_dir when given).
 
-  results.json: the summary, the held-out accuracy at the start and at the end, and the first and
-  last logged value of every key.
+  results.json: the summary, the held-out accuracy at the start and at the end, and for every
+  key its first and last logged value and the mean over the last tenth of the logged steps.
   """
   records = curves(workdir)
   evals = [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
@@ -332,6 +360,8 @@ def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "
     if values:
       result[f"{k}@first"] = values[0][1]
       result[f"{k}@last"] = values[-1][1]
+      tail = [v for _, v in values[-max(1, len(values) // 10):]]
+      result[f"{k}@last10%_mean"] = sum(tail) / len(tail)  # one batch is a noisy reading
   for d in [workdir] + ([out_dir] if out_dir else []):
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "results.json"), "w", encoding="utf-8") as f:

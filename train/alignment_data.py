@@ -78,19 +78,37 @@ def read_jsonl(path: str, fields: Sequence[str]) -> list[dict]:
   return rows
 
 
-def task_examples(task, split: str) -> list[Prompted]:
-  """The arithmetic task's train or held-out problems, from config.task (see _task_problems)."""
-  return [Prompted(p.prompt, p.answer) for p in _task_problems(task, split)]
+def task_problems(task, split: str) -> list:
+  """The arithmetic task's train or held-out problems (train/arithmetic.py), unique, in draw order.
 
-
-def _task_problems(task, split: str):
+  Problems are drawn from one seeded stream and sent to a side by arithmetic.split (a hash of
+  the prompt), so the held-out set is the same whatever n_train is, and never overlaps training.
+  """
   from train import arithmetic
 
   if split not in ("train", "heldout"):
     raise DataError(f"split must be 'train' or 'heldout', got {split!r}")
-  n = task.n_train if split == "train" else task.n_heldout
-  return arithmetic.make_split(
-      n, digits=task.digits, ops=task.ops, seed=task.seed, split=split)
+  want = task.n_train if split == "train" else task.n_heldout
+  space = len(task.ops) * (10 ** task.digits) ** 2  # an upper bound on distinct prompts
+  n = 2 * (task.n_train + task.n_heldout)
+  while True:
+    problems = arithmetic.make_problems(n, task.digits, tuple(task.ops), task.seed)
+    side = arithmetic.split(problems, task.heldout_fraction)[0 if split == "train" else 1]
+    unique = list({p.prompt: p for p in side}.values())
+    if len(unique) >= want:
+      return unique[:want]
+    if n > 20 * space:
+      raise DataError(
+          f"task.digits={task.digits} with task.ops={task.ops!r} has only {len(unique)} distinct "
+          f"{split} problems, fewer than the {want} asked for; lower task.n_{split}")
+    n *= 2
+
+
+def task_examples(task, split: str) -> list[Prompted]:
+  """Prompts with answers of the task's `split`, rendered as config.task.spaced_digits says."""
+  from train import arithmetic
+
+  return [Prompted(*arithmetic.render(p, task.spaced_digits)) for p in task_problems(task, split)]
 
 
 def wrong_answer(answer: str, rng: random.Random) -> str:
@@ -107,9 +125,15 @@ def wrong_answer(answer: str, rng: random.Random) -> str:
 
 def task_pairs(task, seed: int) -> list[Pair]:
   """One preference pair per training problem: chosen the answer, rejected a near miss."""
+  from train import arithmetic
+
   rng = random.Random(seed)
-  return [Pair(e.prompt, e.answer, wrong_answer(e.answer, rng))
-          for e in task_examples(task, "train")]
+  pairs = []
+  for p in task_problems(task, "train"):
+    prompt, chosen = arithmetic.render(p, task.spaced_digits)
+    wrong = wrong_answer(p.answer, rng)
+    pairs.append(Pair(prompt, chosen, arithmetic.spaced(wrong) if task.spaced_digits else wrong))
+  return pairs
 
 
 def load_examples(path: str, task, split: str) -> list[Prompted]:

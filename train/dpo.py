@@ -18,7 +18,9 @@ same loss.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 from typing import Any, Callable, Optional
 
 import jax
@@ -35,7 +37,9 @@ from train import checkpoint as ckpt_lib
 from train.config import ConfigError
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+REJECTED = ("near_miss", "policy")
 REF_FILE = "reference_logps.npz"
+PAIRS_FILE = "pairs.jsonl"
 
 
 def sequence_logps(graphdef: nnx.GraphDef, params: nnx.State, inputs_BxT: jax.Array,
@@ -100,17 +104,29 @@ def make_pair_logps(graphdef: nnx.GraphDef) -> Callable:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, beta: float,
                     loss_type: str, label_smoothing: float,
-                    lr_schedule: Callable[[jax.Array], jax.Array]):
+                    lr_schedule: Callable[[jax.Array], jax.Array], nll_weight: float = 0.0):
   """train_step(state, chosen (in, tg, mask), rejected (in, tg, mask), ref_chosen_B,
-  ref_rejected_B) -> (state, metrics), not jitted."""
+  ref_rejected_B) -> (state, metrics), not jitted.
+
+  nll_weight > 0 adds that times the chosen completions' per-token negative log-likelihood (RPO,
+  Pang et al. 2024): without it, pairs that differ in one token let DPO lower the chosen
+  log-prob together with the rejected one (Pal et al. 2024), which costs greedy accuracy.
+  """
 
   def loss_fn(params, c_in, c_tg, c_mask, r_in, r_tg, r_mask, ref_c_B, ref_r_B):
     b = c_in.shape[0]
     both_B2 = sequence_logps(graphdef, params, jnp.concatenate([c_in, r_in]),
                              jnp.concatenate([c_tg, r_tg]), jnp.concatenate([c_mask, r_mask]))
-    return dpo_loss(both_B2[:b], both_B2[b:], ref_c_B, ref_r_B, beta=beta, loss_type=loss_type,
-                    label_smoothing=label_smoothing, chosen_len_B=jnp.sum(c_mask, -1),
-                    rejected_len_B=jnp.sum(r_mask, -1))
+    chosen_len_B = jnp.sum(c_mask, -1)
+    loss, metrics = dpo_loss(
+        both_B2[:b], both_B2[b:], ref_c_B, ref_r_B, beta=beta, loss_type=loss_type,
+        label_smoothing=label_smoothing, chosen_len_B=chosen_len_B,
+        rejected_len_B=jnp.sum(r_mask, -1))
+    if nll_weight > 0:
+      nll = -jnp.sum(both_B2[:b]) / jnp.maximum(jnp.sum(chosen_len_B), 1.0)
+      metrics = dict(metrics, **{"loss/dpo": loss, "loss/nll_chosen": nll})
+      loss = loss + nll_weight * nll
+    return loss, metrics
 
   def train_step(state, chosen, rejected, ref_c_B, ref_r_B):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -139,6 +155,53 @@ def precompute_reference(pair_logps: Callable, ref_params: nnx.State, chosen: da
   return np.concatenate(out_c)[:n], np.concatenate(out_r)[:n]
 
 
+def _pair_ids(tok, pairs: list[data_lib.Pair]):
+  """((prompt ids, chosen ids), (prompt ids, rejected ids)), completions ending in end-of-text."""
+  prompts = [p.prompt for p in pairs]
+  return (data_lib.token_ids(tok, prompts, [p.chosen for p in pairs]),
+          data_lib.token_ids(tok, prompts, [p.rejected for p in pairs]))
+
+
+def policy_pairs(policy: align_loop.Policy, examples: list[data_lib.Prompted], *, tries: int,
+                 key: jax.Array, batch_size: int, max_new_tokens: int) -> list[data_lib.Pair]:
+  """Pairs whose rejected is a wrong answer the policy itself samples (temperature 1).
+
+  Each prompt gets up to `tries` samples; the first finished wrong one is its rejected. Prompts
+  the policy never gets wrong are dropped: there is no mistake there to push down. On-policy
+  negatives sit where the policy puts its mass, so the preference gradient moves probability it
+  actually has (Tajwar et al. 2024).
+  """
+  complete = align_loop.make_completer(
+      policy, [e.prompt for e in examples], batch_size=batch_size,
+      max_new_tokens=max_new_tokens, temperature=1.0)
+  rejected: list = [None] * len(examples)
+  for k in range(tries):
+    todo = [i for i, r in enumerate(rejected) if r is None]
+    if not todo:
+      break
+    samples = complete(policy.params, jax.random.fold_in(key, k))
+    for i in todo:
+      s = samples[i]
+      if s.finished and s.completion.strip() and s.completion.strip() != examples[i].answer.strip():
+        rejected[i] = s.completion
+  return [data_lib.Pair(e.prompt, e.answer, r) for e, r in zip(examples, rejected) if r is not None]
+
+
+def _stored_or_sampled_pairs(run: align_loop.Run, examples, d, seed: int) -> list[data_lib.Pair]:
+  """The policy-sampled pairs of this workdir: sampled once, stored as pairs.jsonl, reread on
+  resume (so a resumed run trains on the same pairs)."""
+  path = os.path.join(run.workdir, PAIRS_FILE)
+  if not os.path.exists(path):
+    pairs = policy_pairs(run.policy, examples, tries=d.policy_tries, key=jax.random.key(seed),
+                         batch_size=run.config.eval.batch_size,
+                         max_new_tokens=run.config.eval.max_new_tokens)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      for p in pairs:
+        f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n")
+    os.replace(path + ".tmp", path)
+  return data_lib.load_pairs(path, run.config.task, seed)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   if "dpo" not in config:
     raise ConfigError("config has no section 'dpo'")
@@ -147,6 +210,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"dpo.loss_type={d.loss_type!r} is unknown; allowed: {', '.join(LOSS_TYPES)}")
   if not d.beta > 0:
     raise ConfigError(f"dpo.beta must be positive, got {d.beta!r}")
+  if d.rejected not in REJECTED:
+    raise ConfigError(f"dpo.rejected={d.rejected!r} is unknown; allowed: {', '.join(REJECTED)}")
+  if d.rejected == "policy" and not d.policy_tries >= 1:
+    raise ConfigError(f"dpo.policy_tries must be >= 1, got {d.policy_tries!r}")
+  if not d.nll_weight >= 0:
+    raise ConfigError(f"dpo.nll_weight must be >= 0 (0 = plain DPO), got {d.nll_weight!r}")
   if not 0.0 <= d.label_smoothing < 0.5:
     raise ConfigError(f"dpo.label_smoothing must be in [0, 0.5), got {d.label_smoothing!r}")
 
@@ -156,19 +225,30 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
   validate(config)
   if not init_workdir:
     raise ConfigError("DPO needs --init_workdir: the policy to start from and to stay near")
-  pairs = data_lib.load_pairs(config.data.train_path, config.task, config.train.seed)
-  run = align_loop.Run(config, workdir, init_workdir, stage="dpo",
-                       total_updates=config.train.steps)
-  tok, d, t = run.policy.tok, config.dpo, config.train
-  prompts = [p.prompt for p in pairs]
-  pc, cc = data_lib.token_ids(tok, prompts, [p.chosen for p in pairs])
-  pr, cr = data_lib.token_ids(tok, prompts, [p.rejected for p in pairs])
-  length = max(data_lib.needed_length(pc, cc), data_lib.needed_length(pr, cr))
+  d, t = config.dpo, config.train
+  if d.rejected == "policy":
+    examples = data_lib.load_examples(config.data.train_path, config.task, "train")
+  else:
+    pairs = data_lib.load_pairs(config.data.train_path, config.task, t.seed)
+  run = align_loop.Run(config, workdir, init_workdir, stage="dpo", total_updates=t.steps)
+  tok = run.policy.tok
+  if d.rejected == "policy":
+    pairs = _stored_or_sampled_pairs(run, examples, d, t.seed)
+  if not pairs:
+    raise data_lib.DataError("no preference pairs: the policy answered every prompt right")
+  heldout_pairs = []
+  if not config.data.train_path and not config.data.eval_path:
+    # Near misses of held-out problems: whether the preference generalises beyond the pairs
+    # trained on, which rewards/accuracies on training batches cannot tell.
+    rng = random.Random(t.seed)
+    heldout_pairs = [data_lib.Pair(e.prompt, e.answer, data_lib.wrong_answer(e.answer, rng))
+                     for e in data_lib.task_examples(config.task, "heldout")[:config.eval.max_examples]]
+  ids = [_pair_ids(tok, ps) for ps in (pairs, heldout_pairs) if ps]
+  length = max(max(data_lib.needed_length(p, c) for p, c in pair_ids) for pair_ids in ids)
   if length + 1 > run.policy.model_cfg.max_seq_len:
     raise ConfigError(f"the longest pair has {length + 1} tokens, more than the model's "
                       f"max_seq_len={run.policy.model_cfg.max_seq_len}")
-  chosen = data_lib.pack(pc, cc, length, run.pad_id)
-  rejected = data_lib.pack(pr, cr, length, run.pad_id)
+  chosen, rejected = (data_lib.pack(*pc, length, run.pad_id) for pc in ids[0])
   pair_logps = make_pair_logps(run.policy.graphdef)
 
   # The reference is the starting policy; run.policy.params were read from init_workdir.
@@ -186,11 +266,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
     if len(ref_all[0]) != len(pairs):
       raise ConfigError(f"{ref_path} holds {len(ref_all[0])} pairs but the data has {len(pairs)}; "
                         "use a new --workdir")
+  if heldout_pairs:
+    held = tuple(data_lib.pack(*pc, length, run.pad_id) for pc in ids[1])
+    held_ref = precompute_reference(pair_logps, ref_params, *held, t.batch_size)
+    evaluate_generation = run.evaluate
+
+    def evaluate(params) -> dict[str, float]:
+      pc, pr = precompute_reference(pair_logps, params, *held, t.batch_size)
+      _, m = dpo_loss(pc, pr, held_ref[0], held_ref[1], beta=d.beta, loss_type="sigmoid")
+      out = evaluate_generation(params)
+      out.update({k: float(m[k]) for k in ("rewards/accuracies", "rewards/margins")})
+      return out
+
+    run.evaluate = evaluate
+  if d.precompute_ref:
     ref_params = None  # nothing of the reference stays in memory
     run.policy.params = None
   step_fn = jax.jit(make_train_step(
       run.policy.graphdef, run.tx, beta=d.beta, loss_type=d.loss_type,
-      label_smoothing=d.label_smoothing, lr_schedule=run.lr_schedule), donate_argnums=0)
+      label_smoothing=d.label_smoothing, lr_schedule=run.lr_schedule,
+      nll_weight=d.nll_weight), donate_argnums=0)
 
   def train_step(step: int, state):
     idx = data_lib.batch_indices(len(pairs), t.batch_size, step, t.seed)
@@ -203,7 +298,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
     return step_fn(state, c, r, ref_c, ref_r)
 
   summary = run.loop(train_step)
-  summary.update(train_pairs=len(pairs), loss_type=d.loss_type, beta=d.beta,
+  summary.update(train_pairs=len(pairs), rejected=d.rejected, loss_type=d.loss_type, beta=d.beta,
+                 nll_weight=d.nll_weight,
                  reference="precomputed" if d.precompute_ref else "live")
   return summary
 

@@ -49,7 +49,8 @@ def integer_format(s: Sample) -> float:
   A shaping signal for arithmetic: it rewards the form of an answer whatever its value, so a
   group whose answers are all wrong still separates well-formed from rambling samples.
   """
-  return float(s.finished and _INTEGER.fullmatch(s.completion.strip()) is not None)
+  digits = "".join(s.completion.split())  # spaced digits (" 4 7") count as one integer
+  return float(s.finished and _INTEGER.fullmatch(digits) is not None)
 
 
 REWARDS: dict[str, RewardFn] = {"exact_match": exact_match, "format": integer_format}

@@ -86,4 +86,4 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
   return summary
 
 
-CURVES = ["loss", "grad_norm", "eval/completion_length"]
+CURVES = ["loss", "grad_norm", "eval/completion_chars"]

@@ -12,10 +12,15 @@ def base() -> ml_collections.ConfigDict:
   # The built-in task: integer arithmetic with exact answers, seeded, split into train and
   # held-out problems by train/arithmetic.py. Every stage of a chain must use the same task.
   c.task = ml_collections.ConfigDict()
-  c.task.digits = 2  # operands have 1..digits digits
-  c.task.ops = "+-"  # any of "+-*"
+  c.task.digits = 2  # both operands have exactly this many digits
+  c.task.ops = "+-"  # any of "+-*"; subtraction answers are non-negative
   c.task.n_train = 4000
   c.task.n_heldout = 500
+  c.task.heldout_fraction = 0.2  # share of all problems held out, by a hash of the prompt
+  # " 1 2 + 3 5 =": a space before every character, so that a BPE tokenizer (a pretrained
+  # init_workdir) cannot merge digits. A fresh model's byte-level tokenizer has one token per
+  # digit anyway, and unspaced text is half as long.
+  c.task.spaced_digits = False
   c.task.seed = 0
 
   # User data instead of the task: JSONL files (see train/alignment_data.py). Empty = the task.

@@ -10,10 +10,10 @@ from experiments.configs import alignment
 
 def get_config() -> ml_collections.ConfigDict:
   c = alignment.base()
-  c.train.steps = 150
+  c.train.steps = 300
   c.train.lr = 1e-4
   c.train.warmup_steps = 10
-  c.train.eval_every = 25
+  c.train.eval_every = 50
   c.train.log_every = 1
 
   c.grpo = ml_collections.ConfigDict()

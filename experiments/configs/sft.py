@@ -29,5 +29,5 @@ def get_config() -> ml_collections.ConfigDict:
   # that solves some problems but not all, so that DPO and GRPO have something left to learn
   # (GRPO's groups need per-prompt success rates strictly between 0 and 1).
   c.sft = ml_collections.ConfigDict()
-  c.sft.stop_accuracy = 0.4
+  c.sft.stop_accuracy = 0.5
   return c

@@ -1,0 +1,64 @@
+"""The alignment scripts end to end on a tiny model: SFT from scratch, DPO from it, GRPO from that,
+a resumed run, and the one-line error of a malformed JSONL file."""
+
+import json
+import os
+
+from tests.helpers import run_script
+
+SMALL = ["--config.task.n_train=64", "--config.task.n_heldout=8", "--config.eval.batch_size=8",
+         "--config.eval.max_new_tokens=4", "--config.train.batch_size=4",
+         "--config.train.log_every=1", "--config.train.eval_every=100",
+         "--config.checkpoint.every_steps=1"]
+TINY_MODEL = ["--config.model.d_model=32", "--config.model.n_layers=1", "--config.model.n_heads=2",
+              "--config.model.n_kv_heads=1", "--config.model.d_ff=64"]
+
+
+def _ok(proc):
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _logged_keys(workdir):
+  keys = set()
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      keys |= set(json.loads(line))
+  return keys
+
+
+def test_sft_then_dpo_then_grpo_run_end_to_end(tmp_path):
+  sft, dpo, grpo = (str(tmp_path / n) for n in ("sft", "dpo", "grpo"))
+  out = _ok(run_script("experiments.sft", f"--workdir={sft}", "--config=experiments/configs/sft.py",
+                       "--config.train.steps=2", *SMALL, *TINY_MODEL))
+  assert out["final_step"] == 2 and "heldout_accuracy_end" in out
+  assert {"loss", "eval/accuracy"} <= _logged_keys(sft)
+  for name in ("results.json", "curves.png", "tokenizer.json", "config.json"):
+    assert os.path.exists(os.path.join(sft, name)), name
+
+  out = _ok(run_script("experiments.dpo", f"--workdir={dpo}", f"--init_workdir={sft}",
+                       "--config.train.steps=2", *SMALL))
+  assert out["reference"] == "precomputed"
+  assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+          "logps/chosen", "logps/rejected", "eval/accuracy"} <= _logged_keys(dpo)
+  # Rerunning the finished run restores its last checkpoint and trains nothing more.
+  out = _ok(run_script("experiments.dpo", f"--workdir={dpo}", f"--init_workdir={sft}",
+                       "--config.train.steps=2", *SMALL))
+  assert out["start_step"] == 2 and out["final_step"] == 2
+
+  out = _ok(run_script("experiments.grpo", f"--workdir={grpo}", f"--init_workdir={dpo}",
+                       "--config.train.steps=2", "--config.grpo.prompts_per_step=2",
+                       "--config.grpo.group_size=2", "--config.grpo.max_new_tokens=4", *SMALL))
+  assert out["final_step"] == 2
+  assert {"reward/mean", "reward/std", "frac_reward_zero_std", "kl", "clip_ratio",
+          "completion_length", "entropy", "eval/accuracy"} <= _logged_keys(grpo)
+
+
+def test_malformed_jsonl_is_a_one_line_error(tmp_path):
+  path = tmp_path / "pairs.jsonl"
+  path.write_text('{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n{"prompt": "2+2="}\n',
+                  encoding="utf-8")
+  proc = run_script("experiments.dpo", f"--workdir={tmp_path / 'w'}",
+                    f"--init_workdir={tmp_path / 'none'}", f"--config.data.train_path={path}")
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == f"error: {path}:2: missing field 'chosen'"
