@@ -44,7 +44,7 @@ def test_sft_then_dpo_then_grpo_run_end_to_end(tmp_path):
   # Rerunning the finished run restores its last checkpoint and trains nothing more.
   out = _ok(run_script("experiments.dpo", f"--workdir={dpo}", f"--init_workdir={sft}",
                        "--config.train.steps=2", *SMALL))
-  assert out["start_step"] == 2 and out["final_step"] == 2
+  assert out["invocation_start_step"] == 2 and out["final_step"] == 2
 
   out = _ok(run_script("experiments.grpo", f"--workdir={grpo}", f"--init_workdir={dpo}",
                        "--config.train.steps=2", "--config.grpo.prompts_per_step=2",

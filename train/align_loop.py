@@ -273,7 +273,7 @@ class Run:
     the run early after an evaluation (SFT's target accuracy).
     """
     t = self.config.train
-    summary: dict[str, Any] = {"stage": self.stage, "start_step": self.start_step,
+    summary: dict[str, Any] = {"stage": self.stage, "invocation_start_step": self.start_step,
                                "params": count_params(self.policy.model_cfg)["total"],
                                "heldout_examples": self.n_heldout,
                                "device": jax.devices()[0].device_kind}
@@ -324,9 +324,9 @@ class Run:
       self.writer.close()
       self.ckpt.close()
     summary["final_step"] = step
-    summary["wall_time_s"] = time.perf_counter() - t0  # this invocation
-    # Every invocation up to the last checkpoint (resumptions included), from the checkpoint.
-    summary["wall_time_s_to_last_checkpoint"] = data_state.get("wall_s", summary["wall_time_s"])
+    summary["invocation_wall_time_s"] = time.perf_counter() - t0  # this invocation's loop
+    # The training loops of every invocation up to the last checkpoint, resumptions included.
+    summary["wall_time_s_total"] = data_state.get("wall_s", summary["invocation_wall_time_s"])
     return summary
 
 
@@ -382,8 +382,13 @@ def _plot(records: list[dict], keys: list[str], path: str, title: str) -> None:
   fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
   for ax, k in zip(axes.flat, keys):
     pts = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))]
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None,
-            markersize=3)
+    steps, values = np.array([p[0] for p in pts]), np.array([p[1] for p in pts], float)
+    if len(pts) < 30:
+      ax.plot(steps, values, marker="o", markersize=3)
+    else:  # per-step values are one batch each: show them faint, with a moving average
+      w = max(2, len(pts) // 20)
+      ax.plot(steps, values, alpha=0.3, linewidth=0.8)
+      ax.plot(steps[w - 1:], np.convolve(values, np.ones(w) / w, mode="valid"), linewidth=1.5)
     ax.set_title(k, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -391,5 +396,5 @@ def _plot(records: list[dict], keys: list[str], path: str, title: str) -> None:
     ax.axis("off")
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  fig.savefig(path, dpi=60)
   plt.close(fig)

@@ -304,5 +304,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
   return summary
 
 
-CURVES = ["loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
+CURVES = ["loss", "rewards/accuracies", "rewards/margins", "eval/rewards/accuracies",
+          "eval/rewards/margins", "rewards/chosen", "rewards/rejected",
           "logps/chosen", "logps/rejected"]
