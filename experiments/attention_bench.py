@@ -29,26 +29,31 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("sizes", [], "Sequence lengths; default 512..16384 on CPU, 512..65536 on GPU/TPU.")
-flags.DEFINE_list("implementations", [], "Default: every implementation available on the backend.")
-flags.DEFINE_integer("batch", 1, "Sequences per call.")
-flags.DEFINE_integer("heads", 4, "Query heads H.")
-flags.DEFINE_integer("kv_heads", 4, "Key/value heads K (H = MHA, 1 = MQA).")
-flags.DEFINE_integer("head_dim", 64, "Head dimension Dh.")
-flags.DEFINE_string("dtype", "", "float32 or bfloat16; default float32 on CPU, bfloat16 elsewhere.")
-flags.DEFINE_bool("causal", True, "Causal attention (the decoder case).")
-flags.DEFINE_float("reference_limit_gib", 2.0,
-                   "Reference runs only where its compiled temporary memory is below this.")
-flags.DEFINE_integer("reps", 3, "Timed calls per point after one warm-up call; the minimum is kept.")
-flags.DEFINE_integer("skip_check_n", 2048,
-                     "n at which flash is also timed non-causal, to show causal skips half the tiles.")
-flags.DEFINE_list("train_seq_lens", ["2048", "16384"],
-                  "Sequence lengths at which the default experiment's train step (batch 1) is compiled "
-                  "with reference and with flash, to compare its temporary memory; empty: skip.")
-flags.DEFINE_integer("run_train_step_seq_len", 0,
-                     "If > 0, instead of the sweep: run two train steps of the default experiment's "
-                     "model with flash on one sequence of this length, writing train_step_run.json.")
-flags.DEFINE_string("out", "results/attention", "Output directory for results.json and the plots.")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  flags.DEFINE_list("sizes", [], "Sequence lengths; default 512..16384 on CPU, 512..65536 on GPU/TPU.")
+  flags.DEFINE_list("implementations", [], "Default: every implementation available on the backend.")
+  flags.DEFINE_integer("batch", 1, "Sequences per call.")
+  flags.DEFINE_integer("heads", 4, "Query heads H.")
+  flags.DEFINE_integer("kv_heads", 4, "Key/value heads K (H = MHA, 1 = MQA).")
+  flags.DEFINE_integer("head_dim", 64, "Head dimension Dh.")
+  flags.DEFINE_string("dtype", "", "float32 or bfloat16; default float32 on CPU, bfloat16 elsewhere.")
+  flags.DEFINE_bool("causal", True, "Causal attention (the decoder case).")
+  flags.DEFINE_float("reference_limit_gib", 2.0,
+                     "Reference runs only where its compiled temporary memory is below this.")
+  flags.DEFINE_integer("reps", 3, "Timed calls per point after one warm-up call; the minimum is kept.")
+  flags.DEFINE_integer("skip_check_n", 2048,
+                       "n at which flash is also timed non-causal, to show causal skips half the tiles.")
+  flags.DEFINE_list("train_seq_lens", ["2048", "16384"],
+                    "Sequence lengths at which the default experiment's train step (batch 1) is compiled "
+                    "with reference and with flash, to compare its temporary memory; empty: skip.")
+  flags.DEFINE_integer("run_train_step_seq_len", 0,
+                       "If > 0, instead of the sweep: run two train steps of the default experiment's "
+                       "model with flash on one sequence of this length, writing train_step_run.json.")
+  flags.DEFINE_string("out", "results/attention", "Output directory for results.json and the plots.")
 
 
 def attention_flops(n: int, *, batch: int, heads: int, head_dim: int, causal: bool) -> float:
@@ -313,4 +318,5 @@ def _plot(results: dict, summary: dict, record: dict, out: str) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

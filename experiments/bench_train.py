@@ -16,13 +16,18 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", 10, "Timed train steps (after one compile-and-warm-up step).")
-flags.DEFINE_integer("batch_size", 8, "Sequences per step.")
-flags.DEFINE_integer("seq_len", 512, "Tokens per sequence.")
-flags.DEFINE_integer("d_model", 512, "Model width.")
-flags.DEFINE_integer("n_layers", 8, "Layers.")
-flags.DEFINE_integer("vocab_size", 4096, "Vocabulary size.")
-flags.DEFINE_string("out", "results/bench_train", "Output directory for results.json.")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  flags.DEFINE_integer("steps", 10, "Timed train steps (after one compile-and-warm-up step).")
+  flags.DEFINE_integer("batch_size", 8, "Sequences per step.")
+  flags.DEFINE_integer("seq_len", 512, "Tokens per sequence.")
+  flags.DEFINE_integer("d_model", 512, "Model width.")
+  flags.DEFINE_integer("n_layers", 8, "Layers.")
+  flags.DEFINE_integer("vocab_size", 4096, "Vocabulary size.")
+  flags.DEFINE_string("out", "results/bench_train", "Output directory for results.json.")
 
 
 def main(argv):
@@ -95,4 +100,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -38,18 +38,24 @@ if TYPE_CHECKING:  # the heavy imports wait until a conversion runs (flags parse
   from model.config import ModelConfig
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("from_hf", None, "Hugging Face model directory to import into --workdir.")
-flags.DEFINE_string("to_hf", None, "Directory to export --workdir to, in Hugging Face format.")
-flags.DEFINE_string("workdir", None, "The llmlab workdir: written by --from_hf, read by --to_hf.")
-flags.DEFINE_string("param_dtype", None,
-                    "--from_hf: storage dtype of the parameters (float32, bfloat16, float16); "
-                    "default: the checkpoint's.")
-flags.DEFINE_integer("seq_len", 256,
-                     "--from_hf: data.seq_len of the workdir's config (fixed once it trains), at "
-                     "most the model's max_position_embeddings.")
-flags.DEFINE_string("max_shard_size", "5GB",
-                    "--to_hf: largest safetensors file, e.g. 5GB, 500MB, 2GiB; above it, shards.")
-flags.mark_flag_as_required("workdir")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  flags.DEFINE_string("from_hf", None, "Hugging Face model directory to import into --workdir.")
+  flags.DEFINE_string("to_hf", None, "Directory to export --workdir to, in Hugging Face format.")
+  flags.DEFINE_string("workdir", None, "The llmlab workdir: written by --from_hf, read by --to_hf.")
+  flags.DEFINE_string("param_dtype", None,
+                      "--from_hf: storage dtype of the parameters (float32, bfloat16, float16); "
+                      "default: the checkpoint's.")
+  flags.DEFINE_integer("seq_len", 256,
+                       "--from_hf: data.seq_len of the workdir's config (fixed once it trains), at "
+                       "most the model's max_position_embeddings.")
+  flags.DEFINE_string("max_shard_size", "5GB",
+                      "--to_hf: largest safetensors file, e.g. 5GB, 500MB, 2GiB; above it, shards.")
+  flags.mark_flag_as_required("workdir")
+
 
 HF_DIR = "hf"  # inside the workdir: the imported directory's config.json and side files
 # Fine-tuning defaults written into the workdir's config (the pretraining default lr of 3e-3
@@ -217,4 +223,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

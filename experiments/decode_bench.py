@@ -36,18 +36,24 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("target", "runs/decode_target", "Target run (experiments/configs/decode_target.py).")
-flags.DEFINE_string("draft", "runs/decode_draft", "Draft run (experiments/configs/decode_draft.py).")
-flags.DEFINE_string("out", "results/decode", "Where results.json and the plots go.")
-flags.DEFINE_list("sections", ["cache", "heads", "roofline", "speculative"], "Sections to run.")
-flags.DEFINE_integer("new_tokens", 256, "Tokens generated per measurement.")
-flags.DEFINE_integer("repeats", 3, "Timed runs per measurement; the best is kept.")
-flags.DEFINE_list("contexts", ["512", "4096"], "Context lengths of the heads section.")
-flags.DEFINE_integer("heads_steps", 64, "Decode steps timed per point of the heads section.")
-flags.DEFINE_list("heads_batches", ["1", "8"], "Batch sizes of the heads section.")
-flags.DEFINE_list("gammas", ["1", "2", "3", "4", "5", "6", "7", "8"], "Speculative gammas.")
-flags.DEFINE_list("temperatures", ["0", "1"], "Sampling temperatures of the speculative section.")
-flags.DEFINE_integer("speculative_repeats", 2, "Timed runs per prompt in the speculative section.")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  flags.DEFINE_string("target", "runs/decode_target", "Target run (experiments/configs/decode_target.py).")
+  flags.DEFINE_string("draft", "runs/decode_draft", "Draft run (experiments/configs/decode_draft.py).")
+  flags.DEFINE_string("out", "results/decode", "Where results.json and the plots go.")
+  flags.DEFINE_list("sections", ["cache", "heads", "roofline", "speculative"], "Sections to run.")
+  flags.DEFINE_integer("new_tokens", 256, "Tokens generated per measurement.")
+  flags.DEFINE_integer("repeats", 3, "Timed runs per measurement; the best is kept.")
+  flags.DEFINE_list("contexts", ["512", "4096"], "Context lengths of the heads section.")
+  flags.DEFINE_integer("heads_steps", 64, "Decode steps timed per point of the heads section.")
+  flags.DEFINE_list("heads_batches", ["1", "8"], "Batch sizes of the heads section.")
+  flags.DEFINE_list("gammas", ["1", "2", "3", "4", "5", "6", "7", "8"], "Speculative gammas.")
+  flags.DEFINE_list("temperatures", ["0", "1"], "Sampling temperatures of the speculative section.")
+  flags.DEFINE_integer("speculative_repeats", 2, "Timed runs per prompt in the speculative section.")
+
 
 # Short Python prompts: the models were trained on the standard library.
 PROMPTS = (
@@ -493,4 +499,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -16,11 +16,16 @@ from ml_collections import config_flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/configs/dpo.py", "Experiment config.")
-flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, metrics, tokenizer).")
-flags.DEFINE_string("init_workdir", "", "Workdir of the starting policy, which is also the frozen reference.")
-flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
-flags.mark_flag_as_required("workdir")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  config_flags.DEFINE_config_file("config", "experiments/configs/dpo.py", "Experiment config.")
+  flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, metrics, tokenizer).")
+  flags.DEFINE_string("init_workdir", "", "Workdir of the starting policy, which is also the frozen reference.")
+  flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
+  flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
@@ -38,4 +43,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -27,11 +27,17 @@ from experiments import common
 from experiments import sweep as sweep_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/configs/emergence.py", "Study config.")
-flags.DEFINE_string("workdir", "runs/emergence", "Root of the study: data, one sub-workdir per size.")
-flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How pending sizes are trained.")
-flags.DEFINE_string("point", "", "Train and evaluate only this size (what the launchers hand out).")
-flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  config_flags.DEFINE_config_file("config", "experiments/configs/emergence.py", "Study config.")
+  flags.DEFINE_string("workdir", "runs/emergence", "Root of the study: data, one sub-workdir per size.")
+  flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How pending sizes are trained.")
+  flags.DEFINE_string("point", "", "Train and evaluate only this size (what the launchers hand out).")
+  flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+
 
 EVAL_FILE = "eval.json"
 EVAL_VERSION = 2  # raised when the scoring changes, so cached scores are recomputed
@@ -178,6 +184,7 @@ def plot(rows: list[dict], out_dir: str) -> str:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import NullFormatter
 
   titles = {"exact_match": "exact match (greedy)", "token_accuracy": "per-token accuracy",
             "token_edit_distance": "token edit distance (lower is better)",
@@ -193,6 +200,7 @@ def plot(rows: list[dict], out_dir: str) -> str:
         ax.plot([p[0] for p in pts], [p[2] for p in pts], ":", color=color, lw=1.5,
                 label=f"{d}-digit: (token acc.)^L")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
     ax.set_xlabel("training FLOPs")
     ax.set_title(titles[metric], fontsize=10)
     ax.grid(alpha=0.3, which="both")
@@ -217,7 +225,8 @@ def report(root: str, points, cfg, out_dir: str) -> dict:
              "points": len(points), "by_digits": table,
              "train": {"steps": cfg.base.train.steps, "batch_size": cfg.base.train.batch_size,
                        "seq_len": cfg.base.data.seq_len},
-             "wall_s_total": sum(r["wall_s"] for r in sweep_lib.collect(root, points))}
+             "wall_s_total": sum(r["wall_s"] for r in sweep_lib.collect(root, points)),
+             "cpu_s_total": sum(r["cpu_s"] for r in sweep_lib.collect(root, points))}
   sweep_lib.write_json(os.path.join(out_dir, "results.json"), summary)
   summary["plot"] = plot(rows, out_dir) if rows else None
   return summary
@@ -249,4 +258,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -22,16 +22,21 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run to generate from (its newest checkpoint).")
-flags.DEFINE_string("prompt", "def ", "Text to continue.")
-flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate at most (stops at end-of-text).")
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 = greedy.")
-flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed gives the same output.")
-flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = off).")
-flags.DEFINE_float("top_p", 1.0, "Sample within the nucleus of this mass (1 = off).")
-flags.DEFINE_string("draft_workdir", None, "Draft run for speculative decoding (same tokenizer).")
-flags.DEFINE_integer("gamma", 4, "Draft tokens proposed per target call (speculative only).")
-flags.mark_flag_as_required("workdir")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  flags.DEFINE_string("workdir", None, "Run to generate from (its newest checkpoint).")
+  flags.DEFINE_string("prompt", "def ", "Text to continue.")
+  flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate at most (stops at end-of-text).")
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 = greedy.")
+  flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed gives the same output.")
+  flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = off).")
+  flags.DEFINE_float("top_p", 1.0, "Sample within the nucleus of this mass (1 = off).")
+  flags.DEFINE_string("draft_workdir", None, "Draft run for speculative decoding (same tokenizer).")
+  flags.DEFINE_integer("gamma", 4, "Draft tokens proposed per target call (speculative only).")
+  flags.mark_flag_as_required("workdir")
 
 
 def load_run(workdir: str):
@@ -157,4 +162,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -29,12 +29,18 @@ from experiments import common
 from experiments import sweep as sweep_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/configs/lost_in_middle.py", "Study config.")
-flags.DEFINE_string("workdir", "runs/lost_in_middle", "Root of the study: data, the run, results.")
-flags.DEFINE_string("init_workdir", "", "Evaluate the model trained in this workdir instead of training.")
-flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How the training run is started.")
-flags.DEFINE_string("point", "", "Train only this point (what the launchers hand out).")
-flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  config_flags.DEFINE_config_file("config", "experiments/configs/lost_in_middle.py", "Study config.")
+  flags.DEFINE_string("workdir", "runs/lost_in_middle", "Root of the study: data, the run, results.")
+  flags.DEFINE_string("init_workdir", "", "Evaluate the model trained in this workdir instead of training.")
+  flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How the training run is started.")
+  flags.DEFINE_string("point", "", "Train only this point (what the launchers hand out).")
+  flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+
 
 VARIANTS = {"after": False, "both": True}  # name -> query_before
 
@@ -227,4 +233,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -18,9 +18,14 @@ from ml_collections import config_flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/configs/moe_vs_dense.py", "MoE arm config.")
-flags.DEFINE_string("workdir", "runs/moe_vs_dense", "Parent directory of the two runs.")
-flags.DEFINE_string("out", "results/moe_vs_dense", "Where results.json and the plots go.")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  config_flags.DEFINE_config_file("config", "experiments/configs/moe_vs_dense.py", "MoE arm config.")
+  flags.DEFINE_string("workdir", "runs/moe_vs_dense", "Parent directory of the two runs.")
+  flags.DEFINE_string("out", "results/moe_vs_dense", "Where results.json and the plots go.")
 
 
 def arms(config):
@@ -140,4 +145,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

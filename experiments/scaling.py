@@ -24,12 +24,18 @@ from experiments import common
 from experiments import sweep as sweep_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "sweep", "experiments/configs/sweeps/cpu_small.py", "Sweep config (models, budgets, fit).")
-flags.DEFINE_string("workdir", "runs/scaling", "Root of the sweep: one sub-workdir per point.")
-flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How pending points run.")
-flags.DEFINE_string("point", "", "Train only this point (the command the launchers hand out).")
-flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  config_flags.DEFINE_config_file(
+      "sweep", "experiments/configs/sweeps/cpu_small.py", "Sweep config (models, budgets, fit).")
+  flags.DEFINE_string("workdir", "runs/scaling", "Root of the sweep: one sub-workdir per point.")
+  flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How pending points run.")
+  flags.DEFINE_string("point", "", "Train only this point (the command the launchers hand out).")
+  flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+
 
 # Chinchilla's published fit (REFERENCES.md), printed beside ours.
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -120,6 +126,7 @@ def plot(rows: list[dict], fits: dict, out_dir: str) -> list[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
+  from matplotlib.ticker import NullFormatter
 
   from train import scaling_law as sl
 
@@ -132,13 +139,14 @@ def plot(rows: list[dict], fits: dict, out_dir: str) -> list[str]:
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   for n_ in sizes:
     pts = sorted((r["C"], r["eval_loss"]) for r in rows if r["N"] == n_)
-    ax.plot(*zip(*pts), "o-", color=colors[n_], label=f"N={n_ / 1e3:.0f}k", ms=5, lw=1)
+    ax.plot(*zip(*pts), "o-", color=colors[n_], label=f"N={n_ / 1e3:.3g}k", ms=5, lw=1)
   if law is not None:
     c = np.geomspace(min(r["C"] for r in rows) / 2, max(r["C"] for r in rows) * 2, 100)
     ax.plot(c, law.frontier(c), "k--", lw=1.2, label="fitted frontier")
     ax.set_title(f"L = {law.E:.2f} + {law.A:.3g}/N^{law.alpha:.2f} + {law.B:.3g}/D^{law.beta:.2f}",
                  fontsize=9)
   ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
   ax.set_xlabel("training FLOPs C = 6ND (N non-embedding)")
   ax.set_ylabel("validation loss (nats/token)")
   ax.legend(fontsize=7)
@@ -162,6 +170,7 @@ def plot(rows: list[dict], fits: dict, out_dir: str) -> list[str]:
     if found is not None:
       ax.plot(found[0], found[1], "*", color=color, ms=12, mec="k")
   ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(NullFormatter())
   ax.set_xlabel("non-embedding parameters N")
   ax.set_ylabel("validation loss (nats/token)")
   ax.set_title("isoFLOP profiles (star: parabola minimum)", fontsize=9)
@@ -175,6 +184,8 @@ def plot(rows: list[dict], fits: dict, out_dir: str) -> list[str]:
                label=f"N_opt ~ C^{iso['n_exponent']:.2f} (isoFLOP)")
     if law is not None:
       ax2.loglog(c, law.optimal_n(c), "k--", label=f"N_opt ~ C^{law.n_exponent:.2f} (fitted law)")
+    for axis in (ax2.xaxis, ax2.yaxis):
+      axis.set_minor_formatter(NullFormatter())
     ax2.set_xlabel("C = 6ND")
     ax2.set_ylabel("compute-optimal N")
     ax2.legend(fontsize=7)
@@ -230,4 +241,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -20,12 +20,17 @@ from ml_collections import config_flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Experiment config.")
-flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, metrics, tokenizer).")
-flags.mark_flag_as_required("workdir")
-flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Experiment config.")
+  flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, metrics, tokenizer).")
+  flags.mark_flag_as_required("workdir")
+  flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
+  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
 
 
 def main(argv):
@@ -50,4 +55,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

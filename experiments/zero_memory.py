@@ -25,13 +25,19 @@ from ml_collections import config_flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Model and optimizer.")
-flags.DEFINE_string("out", "results/zero", "Where results.json and zero_memory.png go.")
-flags.DEFINE_list("device_counts", ["1", "2", "4", "8"], "Data-parallel device counts.")
-flags.DEFINE_list("stages", ["0", "1", "2", "3"], "ZeRO stages.")
-flags.DEFINE_integer("steps", 4, "Training steps per run (the first one compiles).")
-flags.DEFINE_integer("seq_len", 64, "Tokens per row: short, so that a step is quick on CPU.")
-flags.DEFINE_bool("force", False, "Rerun runs already in results.json.")
+
+
+def define_flags() -> None:
+  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
+  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Model and optimizer.")
+  flags.DEFINE_string("out", "results/zero", "Where results.json and zero_memory.png go.")
+  flags.DEFINE_list("device_counts", ["1", "2", "4", "8"], "Data-parallel device counts.")
+  flags.DEFINE_list("stages", ["0", "1", "2", "3"], "ZeRO stages.")
+  flags.DEFINE_integer("steps", 4, "Training steps per run (the first one compiles).")
+  flags.DEFINE_integer("seq_len", 64, "Tokens per row: short, so that a step is quick on CPU.")
+  flags.DEFINE_bool("force", False, "Rerun runs already in results.json.")
+
 
 PARTS = ("params", "grads", "opt_state")
 _GRAD_FNS = {}  # ModelConfig -> jitted gradient of the loss
@@ -204,4 +210,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

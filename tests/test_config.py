@@ -1,11 +1,16 @@
 """ModelConfig and experiment-config validation: each impossible setting names its field."""
 
+import glob
+import importlib
+import os
+
 import ml_collections
 import pytest
+from absl import flags
 
 from model.config import ModelConfig, count_params
 from train import config as config_lib
-from tests.helpers import tiny_config
+from tests.helpers import ROOT, tiny_config
 
 
 @pytest.mark.parametrize("field, value, needle", [
@@ -70,3 +75,13 @@ def test_workdir_with_other_model_shape_is_refused(tmp_path):
     config_lib.check_workdir(str(tmp_path), c2)
   c3 = tiny_config("", **{"train.steps": 100})  # a longer run of the same model is fine
   config_lib.check_workdir(str(tmp_path), c3)
+
+
+def test_every_experiment_script_imports_beside_the_others():
+  # Tests and scripts import functions from experiment scripts; a flag defined at import time
+  # would make the second script that defines it (say --workdir) fail with DuplicateFlagError.
+  paths = glob.glob(os.path.join(ROOT, "experiments", "*.py"))
+  scripts = sorted(os.path.basename(p)[:-3] for p in paths)
+  for name in scripts:
+    importlib.import_module(f"experiments.{name}")
+  assert "workdir" not in flags.FLAGS  # no script defined its flags on import

@@ -16,16 +16,17 @@ def test_generators_are_deterministic():
 def test_the_answer_is_the_value_of_the_queried_key():
   for e in kv.eval_examples(50, 12, 5, seed=0):
     assert len(set(e.keys)) == 12  # keys are distinct, so the answer is unique
-    assert e.gold == 5 and e.answer == str(e.values[5])
-    assert e.prompt.endswith(f" ? {e.keys[5]}=")
+    assert e.gold == 5 and e.answer == f" {e.values[5]}"
+    assert e.prompt.endswith(f" ? {e.keys[5]}")
+    assert all(10 <= key < 55 for key in e.keys) and all(55 <= v < 100 for v in e.values)
 
 
 def test_hand_made_example_text():
-  e = kv.Example(keys=(37, 12, 44), values=(81, 45, 19), gold=1)
-  assert e.prompt == " 37=81 12=45 44=19 ? 12=" and e.answer == "45"
-  both = kv.Example(keys=(37, 12), values=(81, 45), gold=0, query_before=True, more=(1,))
-  assert both.prompt == " ? 37 | 37=81 12=45 ? 37="
-  assert both.text == " ? 37 | 37=81 12=45 ? 37=81 ? 12=45"
+  e = kv.Example(keys=(37, 12, 44), values=(81, 65, 99), gold=1)
+  assert e.prompt == " 37 81 12 65 44 99 ? 12" and e.answer == " 65"
+  both = kv.Example(keys=(37, 12), values=(81, 65), gold=0, query_before=True, more=(1,))
+  assert both.prompt == " ? 37 | 37 81 12 65 ? 37"
+  assert both.text == " ? 37 | 37 81 12 65 ? 37 81 ? 12 65"
 
 
 def test_gold_positions_cover_both_ends():
@@ -44,4 +45,4 @@ def test_bad_arguments_are_rejected():
   with pytest.raises(ValueError, match="gold"):
     kv.make_example(random.Random(0), 3, 3)
   with pytest.raises(ValueError, match="k must"):
-    kv.make_example(random.Random(0), 91, 0)
+    kv.make_example(random.Random(0), 46, 0)

@@ -1,15 +1,18 @@
 """Synthetic key-value retrieval (Liu et al. 2023, "Lost in the Middle", section 3).
 
-An example is k pairs of random two-digit keys and values, then a query key; the answer is the
-value paired with it. The gold pair's position (0 = first) is chosen by the caller, so accuracy
-can be measured against position. With query_before the query is also written before the pairs,
-Liu et al.'s query-aware contextualisation.
+An example is k pairs of random keys and values, then a query key; the answer is the value paired
+with it. The gold pair's position (0 = first) is chosen by the caller, so accuracy can be measured
+against position. With query_before the query is also written before the pairs, Liu et al.'s
+query-aware contextualisation.
 
-Text: " 37=81 12=45 44=19 ? 12=" -> "45", and with the query before: " ? 12 | 37=81 12=45 44=19 ? 12=".
-Keys and values are numbers 10..99: a byte-level BPE trained on such text makes each " 37" and
-"81" one token, so a pair is three tokens and the answer one.
+Text: " 37 81 12 65 44 99 ? 12" -> " 65", and with the query before:
+" ? 12 | 37 81 12 65 44 99 ? 12". Keys are the numbers 10..54 and values 55..99, so a number's
+role is plain from its value, and a byte-level BPE trained on such text makes each " 37" one
+token: a pair is two tokens, the answer one, and the answer is the token that followed the
+query's earlier occurrence, which one induction head can copy. (Liu et al. use JSON with UUID keys
+and values; a model of a few hundred thousand parameters needs the simplest form of the task.)
 
-Training text asks several questions per example (" ? 12=45 ? 44=19 ..."): only the answers are
+Training text asks several questions per example (" ? 12 65 ? 44 99 ..."): only the answers are
 learnable (keys and values are random), so one question per example would give a small model one
 useful target in a hundred tokens. Evaluation asks one question, the first.
 """
@@ -20,7 +23,8 @@ import dataclasses
 import random
 from typing import Sequence
 
-SYMBOLS = tuple(range(10, 100))  # keys are distinct within an example, so k <= 90
+KEYS = tuple(range(10, 55))  # keys are distinct within an example, so k <= 45
+VALUES = tuple(range(55, 100))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,30 +41,30 @@ class Example:
 
   @property
   def prompt(self) -> str:
-    pairs = "".join(f" {key}={value}" for key, value in zip(self.keys, self.values))
+    pairs = "".join(f" {key} {value}" for key, value in zip(self.keys, self.values))
     query = self.keys[self.gold]
     head = f" ? {query} |" if self.query_before else ""
-    return f"{head}{pairs} ? {query}="
+    return f"{head}{pairs} ? {query}"
 
   @property
   def answer(self) -> str:
-    return str(self.values[self.gold])
+    return f" {self.values[self.gold]}"
 
   @property
   def text(self) -> str:
     """Training text: the prompt, its answer, then the further questions with theirs."""
-    more = "".join(f" ? {self.keys[i]}={self.values[i]}" for i in self.more)
+    more = "".join(f" ? {self.keys[i]} {self.values[i]}" for i in self.more)
     return self.prompt + self.answer + more
 
 
 def make_example(rng: random.Random, k: int, gold: int, query_before: bool = False,
                  n_more: int = 0) -> Example:
-  if not 1 <= k <= len(SYMBOLS):
-    raise ValueError(f"k must be in [1, {len(SYMBOLS)}], got {k}")
+  if not 1 <= k <= len(KEYS):
+    raise ValueError(f"k must be in [1, {len(KEYS)}], got {k}")
   if not 0 <= gold < k:
     raise ValueError(f"the gold position must be in [0, {k}), got {gold}")
-  keys = tuple(rng.sample(SYMBOLS, k))
-  values = tuple(rng.choice(SYMBOLS) for _ in range(k))
+  keys = tuple(rng.sample(KEYS, k))
+  values = tuple(rng.choice(VALUES) for _ in range(k))
   more = tuple(rng.sample([i for i in range(k) if i != gold], min(n_more, k - 1)))
   return Example(keys, values, gold, query_before, more)
 

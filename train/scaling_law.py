@@ -183,7 +183,10 @@ def bootstrap_weights(n_runs: int, n_resamples: int, seed: int) -> np.ndarray:
   """(n_resamples, n_runs) counts: how often each run is drawn when resampling with replacement."""
   rng = np.random.default_rng(seed)
   draws = rng.integers(0, n_runs, size=(n_resamples, n_runs))
-  return np.stack([np.bincount(row, minlength=n_runs) for row in draws]).astype(np.float64)
+  counts = np.zeros((n_resamples, n_runs), np.float64)
+  for i, row in enumerate(draws):
+    counts[i] = np.bincount(row, minlength=n_runs)
+  return counts
 
 
 def bootstrap_chinchilla(
