@@ -152,6 +152,9 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
       shutil.copyfile(os.path.join(hf_dir, name), os.path.join(workdir, HF_DIR, name))
   if tok is not None:
     shutil.copyfile(tok_path, os.path.join(workdir, tokenizer_lib.FILENAME))
+    # Which tokens play end-of-text and padding, for every script that reads the workdir.
+    tokenizer_lib.set_roles(tok, tokens["eot_token"], tokens["pad_token"], tokens["bos_token"])
+    tokenizer_lib.save_roles(tok, workdir)
   with open(os.path.join(workdir, "config.py"), "w", encoding="utf-8") as f:
     f.write(CONFIG_PY)
 
@@ -187,8 +190,12 @@ def export_workdir(workdir: str, hf_dir: str, *, max_shard_bytes: Optional[int] 
   tok = tokenizer_lib.load(workdir) if os.path.exists(tok_path) else None
   base_path = os.path.join(workdir, HF_DIR, "config.json")
   base = interop.read_hf_config(os.path.dirname(base_path)) if os.path.exists(base_path) else None
-  interop.save_hf(hf_dir, model_cfg, params, tok, eos_token=data.get("eot_token"),
-                  pad_token=data.get("pad_token"), base_config=base,
+  # A workdir made from an imported one (an alignment stage, say) has the roles only beside its
+  # tokenizer, not in its config.
+  named = tokenizer_lib.roles(tok) if tok is not None else {}
+  eos = data.get("eot_token") or named.get(tokenizer_lib.EOT)
+  pad = data.get("pad_token") or named.get(tokenizer_lib.PAD)
+  interop.save_hf(hf_dir, model_cfg, params, tok, eos_token=eos, pad_token=pad, base_config=base,
                   max_shard_bytes=max_shard_bytes)
   if tok is not None:
     shutil.copyfile(tok_path, os.path.join(hf_dir, tokenizer_lib.FILENAME))  # byte for byte
@@ -212,8 +219,9 @@ def main(argv):
       summary = import_workdir(FLAGS.from_hf, FLAGS.workdir, param_dtype=FLAGS.param_dtype,
                                seq_len=FLAGS.seq_len)
       if summary["tokenizer"] and summary["eot_token"] is None:
-        print("warning: the tokenizer declares no eos token; set data.eot_token in "
-              f"{FLAGS.workdir}/config.json before training", flush=True)
+        print("warning: the tokenizer declares no eos token; name the token that ends a "
+              f'document in {FLAGS.workdir}/special_tokens.json ({{"<|endoftext|>": "TOKEN"}}) before '
+              "training or generating", flush=True)
     else:
       summary = export_workdir(FLAGS.workdir, FLAGS.to_hf,
                                max_shard_bytes=parse_size(FLAGS.max_shard_size))

@@ -64,7 +64,7 @@ def check_fits(cfg, workdir: str, n_prompt: int, max_new_tokens: int) -> None:
   """
   if n_prompt > cfg.max_seq_len:
     raise ValueError(
-        f"the prompt is {n_prompt} tokens (with the leading end-of-text), longer than "
+        f"the prompt is {n_prompt} tokens (with the leading start token), longer than "
         f"max_seq_len={cfg.max_seq_len} of {workdir}; shorten --prompt")
   if n_prompt + max_new_tokens > cfg.max_seq_len:
     raise ValueError(
@@ -96,7 +96,7 @@ def run(
     raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
   cfg, graphdef, params, tok = load_run(workdir)
   eot = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
-  ids = [eot] + tokenizer_lib.encode(tok, prompt)
+  ids = tokenizer_lib.start_ids(tok) + tokenizer_lib.encode(tok, prompt)
   check_fits(cfg, workdir, len(ids), max_new_tokens)
   prompts_1xT, lengths_1 = decode.pad_prompts([ids], eot)
   keys_1 = jax.random.split(jax.random.key(seed), 1)

@@ -285,6 +285,20 @@ def test_llama_style_special_tokens_are_recorded_and_exported_unchanged(tmp_path
   convert.import_workdir(src, str(tmp_path / "run"), seq_len=16)
   data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
   assert (data["eot_token"], data["pad_token"], data["bos_token"]) == ("</s>", "<unk>", "<s>")
+  # Every script asks for llmlab's roles and gets the imported tokens' ids.
+  from experiments import generate
+  from train import alignment_data
+  from train import data as data_lib
+  from train import tokenizer as tokenizer_lib
+
+  tok = tokenizer_lib.load(str(tmp_path / "run"))
+  assert tokenizer_lib.special_id(tok, tokenizer_lib.EOT) == 2
+  assert tokenizer_lib.special_id(tok, tokenizer_lib.PAD) == 0
+  assert data_lib.tokenize(["abc", "de"], tok).tolist() == [1, 3, 4, 5, 2, 1, 6, 7, 2]  # <s> .. </s>
+  assert tokenizer_lib.start_ids(tok) == [1]
+  assert alignment_data.encode_prompts(tok, ["ab"], 4).tokens_NxP.tolist() == [[3, 4, 0, 0]]
+  out = generate.run(str(tmp_path / "run"), "ab", 3, temperature=0.0)
+  assert out["text"].startswith("ab") and 1 <= out["new_tokens"] <= 3
   convert.export_workdir(str(tmp_path / "run"), str(tmp_path / "out"))
   for name in ("tokenizer.json", "tokenizer_config.json"):
     assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()

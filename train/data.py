@@ -118,12 +118,14 @@ def load_corpus(paths) -> dict[str, list[str]]:
 
 
 def tokenize(docs: Sequence[str], tok: Tokenizer) -> np.ndarray:
-  """One flat int32 stream: each document's tokens followed by end-of-text."""
+  """One flat int32 stream: each document's tokens followed by end-of-text (and preceded by the
+  tokenizer's BOS when it has one, as an imported Llama's documents are)."""
   eot = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
+  bos = tokenizer_lib.start_ids(tok) if tokenizer_lib.BOS in tokenizer_lib.roles(tok) else []
 
   def encode_chunk(texts: Sequence[str]) -> np.ndarray:
     encoded = tok.encode_batch(list(texts), add_special_tokens=False)
-    return np.concatenate([np.asarray(e.ids + [eot], np.int32) for e in encoded])
+    return np.concatenate([np.asarray(bos + e.ids + [eot], np.int32) for e in encoded])
 
   chunks = grain.MapDataset.source(list(docs)).batch(256, batch_fn=list).map(encode_chunk)
   parts = list(chunks)

@@ -3,12 +3,18 @@
 256 byte symbols are the initial alphabet, so any Unicode string encodes with no unknown token and
 decodes back to exactly itself. A regex pre-split (GPT-2's) keeps merges from crossing character
 categories. Two special tokens: end-of-text (between documents) and padding (masked in the loss).
+
+An imported tokenizer (experiments.convert) may name those roles otherwise, say "</s>" and
+"<unk>": set_roles records the names on the tokenizer object, save writes them to
+special_tokens.json beside tokenizer.json, load reads them back, and special_id(tok, EOT) then
+answers the id of "</s>". Every caller asks for a role by llmlab's name and gets the right id.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -17,6 +23,9 @@ PAD = "<|pad|>"
 SPECIAL_TOKENS = (EOT, PAD)
 N_BYTES = 256
 FILENAME = "tokenizer.json"
+ROLES_FILENAME = "special_tokens.json"  # {"<|endoftext|>": "</s>", ...}: present only when renamed
+BOS = "bos"  # a role only: llmlab's own documents start after an end-of-text, with no BOS token
+_ROLES_ATTR = "llmlab_roles"  # the tokenizers.Tokenizer instance carries the mapping
 
 
 def min_vocab_size() -> int:
@@ -49,25 +58,71 @@ def _nonempty(texts: Iterable[str]) -> Iterator[str]:
       yield t
 
 
+def set_roles(tok: Tokenizer, eot: Optional[str] = None, pad: Optional[str] = None,
+              bos: Optional[str] = None) -> None:
+  """Names the tokens that play end-of-text and padding (None keeps llmlab's own name), and the
+  token a document starts with, if the model was trained with one (Llama's "<s>")."""
+  for role, name in ((EOT, eot), (PAD, pad), (BOS, bos)):
+    if name is not None and tok.token_to_id(name) is None:
+      raise ValueError(f"the tokenizer has no token {name!r} to play {role!r}")
+  r = {EOT: eot or EOT, PAD: pad or PAD}
+  if bos is not None:
+    r[BOS] = bos
+  setattr(tok, _ROLES_ATTR, r)
+
+
+def roles(tok: Tokenizer) -> dict[str, str]:
+  return dict(getattr(tok, _ROLES_ATTR, None) or {EOT: EOT, PAD: PAD})
+
+
 def save(tok: Tokenizer, workdir: str) -> str:
   path = os.path.join(workdir, FILENAME)
   tmp = path + ".tmp"
   tok.save(tmp)
+  save_roles(tok, workdir)
   os.replace(tmp, path)  # atomic: a crash never leaves half a tokenizer.json
   return path
+
+
+def save_roles(tok: Tokenizer, workdir: str) -> None:
+  """Writes special_tokens.json when the roles are renamed (a native tokenizer needs none)."""
+  r = roles(tok)
+  if r == {EOT: EOT, PAD: PAD}:
+    return
+  path = os.path.join(workdir, ROLES_FILENAME)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(r, f, indent=2)
+  os.replace(path + ".tmp", path)
 
 
 def load(workdir: str) -> Tokenizer:
   path = os.path.join(workdir, FILENAME)
   if not os.path.exists(path):
     raise FileNotFoundError(f"no {FILENAME} in {workdir}: train there first (experiments.train)")
-  return Tokenizer.from_file(path)
+  tok = Tokenizer.from_file(path)
+  roles_path = os.path.join(workdir, ROLES_FILENAME)
+  if os.path.exists(roles_path):
+    with open(roles_path, encoding="utf-8") as f:
+      r = json.load(f)
+    set_roles(tok, r.get(EOT), r.get(PAD), r.get(BOS))
+  return tok
+
+
+def start_ids(tok: Tokenizer) -> list[int]:
+  """What a document starts with: [bos] for a tokenizer with a BOS role, else [end-of-text]
+  (llmlab's documents follow one another, each after the previous one's end-of-text)."""
+  bos = roles(tok).get(BOS)
+  return [tok.token_to_id(bos)] if bos else [special_id(tok, EOT)]
 
 
 def special_id(tok: Tokenizer, token: str) -> int:
-  idx = tok.token_to_id(token)
+  """The id of the token playing `token` (EOT or PAD), by the tokenizer's roles."""
+  name = roles(tok).get(token, token)
+  if token == BOS:
+    raise ValueError("BOS is an optional role: use start_ids(tok)")
+  idx = tok.token_to_id(name)
   if idx is None:
-    raise ValueError(f"tokenizer has no special token {token!r}")
+    raise ValueError(f"tokenizer has no special token {name!r}")
   return idx
 
 
