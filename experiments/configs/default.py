@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.moe.z_loss_weight = 1e-3
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 450
+  c.train.steps = 400
   c.train.batch_size = 16
   c.train.lr = 3e-3
   c.train.warmup_steps = 50
@@ -51,11 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.grad_accum = 1
   c.train.seed = 0
   c.train.log_every = 10
-  c.train.eval_every = 90
+  c.train.eval_every = 80
   c.train.eval_batches = 8
 
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every_steps = 90
+  c.checkpoint.every_steps = 80
   c.checkpoint.keep = 3
 
   c.sharding = ml_collections.ConfigDict()
