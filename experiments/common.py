@@ -22,3 +22,15 @@ def fail(error: Exception) -> None:
 
 def format_summary(summary: dict) -> str:
   return json.dumps(summary, default=str)
+
+
+def define_stage_flags(stage: str, init_help: str) -> None:
+  """The flags of an alignment stage script (experiments.sft, dpo, grpo)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", f"experiments/configs/{stage}.py", "Experiment config.")
+  flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, metrics, tokenizer).")
+  flags.DEFINE_string("init_workdir", "", init_help)
+  flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
+  flags.mark_flag_as_required("workdir")

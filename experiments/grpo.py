@@ -10,7 +10,6 @@ files, results.json and curves.png into the workdir (and results.json + curves.p
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from experiments import common
 
@@ -20,11 +19,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The flags of this script. Defined on demand, not at import, so tests and other scripts can
   import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
-  config_flags.DEFINE_config_file("config", "experiments/configs/grpo.py", "Experiment config.")
-  flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, metrics, tokenizer).")
-  flags.DEFINE_string("init_workdir", "", "Workdir of the starting policy, which is also the frozen reference (beta > 0).")
-  flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
-  flags.mark_flag_as_required("workdir")
+  common.define_stage_flags(
+      "grpo", "Workdir of the starting policy, which is also the frozen reference (beta > 0).")
 
 
 def main(argv):
