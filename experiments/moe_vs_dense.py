@@ -47,6 +47,9 @@ def step_flops_per_token(config, dispatch=None) -> float:
   config = config.copy_and_resolve_references()
   if dispatch:
     config.model.moe.dispatch = dispatch
+  # XLA's cost analysis counts the body of a loop once, so a scanned model would report one
+  # layer's FLOPs; the unrolled step has the same arithmetic and counts every layer.
+  config.model.scan_layers = False
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
   st = loop.make_sharded_training(model_cfg, config.train, mesh, 0, pad_id=-1)
