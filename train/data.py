@@ -192,6 +192,7 @@ def _cached_tokens(workdir: str, split: dict, tok: Tokenizer) -> tuple[np.ndarra
   """Token streams of both splits, cached in workdir/data keyed by a hash of texts and tokenizer,
   so a resumed run skips tokenization but never reuses stale tokens."""
   h = hashlib.sha1(tok.to_str().encode())
+  h.update(json.dumps(tokenizer_lib.roles(tok), sort_keys=True).encode())  # BOS, EOT change ids
   for name in ("train", "val"):
     for text in split[name]:
       h.update(text.encode("utf-8", "replace"))

@@ -117,9 +117,9 @@ def start_ids(tok: Tokenizer) -> list[int]:
 
 def special_id(tok: Tokenizer, token: str) -> int:
   """The id of the token playing `token` (EOT or PAD), by the tokenizer's roles."""
-  name = roles(tok).get(token, token)
   if token == BOS:
     raise ValueError("BOS is an optional role: use start_ids(tok)")
+  name = roles(tok).get(token, token)
   idx = tok.token_to_id(name)
   if idx is None:
     raise ValueError(f"tokenizer has no special token {name!r}")
