@@ -220,8 +220,8 @@ def main(argv):
                                seq_len=FLAGS.seq_len)
       if summary["tokenizer"] and summary["eot_token"] is None:
         print("warning: the tokenizer declares no eos token; name the token that ends a "
-              f'document in {FLAGS.workdir}/special_tokens.json ({{"<|endoftext|>": "TOKEN"}}) before '
-              "training or generating", flush=True)
+              f"document in {FLAGS.workdir}/special_tokens.json "
+              '({"<|endoftext|>": "TOKEN"}) before training or generating', flush=True)
     else:
       summary = export_workdir(FLAGS.workdir, FLAGS.to_hf,
                                max_shard_bytes=parse_size(FLAGS.max_shard_size))

@@ -42,3 +42,20 @@ def test_save_and_load_round_trip(tok, tmp_path):
   tok_lib.save(tok, str(tmp_path))
   again = tok_lib.load(str(tmp_path))
   assert again.encode("def x").ids == tok.encode("def x").ids
+
+
+def test_roles_of_an_imported_tokenizer_survive_save_and_load(tmp_path):
+  from tokenizers import Tokenizer, models
+
+  tok = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3}, unk_token="<unk>"))
+  tok_lib.set_roles(tok, pad="<unk>", bos="<s>")  # no end-of-text token named
+  tok_lib.save(tok, str(tmp_path))
+  back = tok_lib.load(str(tmp_path))  # loads although "<|endoftext|>" is missing
+  assert tok_lib.special_id(back, tok_lib.PAD) == 0
+  assert tok_lib.start_ids(back) == [1]
+  with pytest.raises(ValueError, match="no special token '<\\|endoftext\\|>'"):
+    tok_lib.special_id(back, tok_lib.EOT)
+  tok_lib.set_roles(back, eot="</s>", pad="<unk>", bos="<s>")
+  assert tok_lib.special_id(back, tok_lib.EOT) == 2
+  with pytest.raises(ValueError, match="no token 'x'"):
+    tok_lib.set_roles(back, eot="x")

@@ -65,14 +65,18 @@ def set_roles(tok: Tokenizer, eot: Optional[str] = None, pad: Optional[str] = No
   for role, name in ((EOT, eot), (PAD, pad), (BOS, bos)):
     if name is not None and tok.token_to_id(name) is None:
       raise ValueError(f"the tokenizer has no token {name!r} to play {role!r}")
-  r = {EOT: eot or EOT, PAD: pad or PAD}
-  if bos is not None:
-    r[BOS] = bos
-  setattr(tok, _ROLES_ATTR, r)
+  named = {role: name for role, name in ((EOT, eot), (PAD, pad), (BOS, bos)) if name is not None}
+  setattr(tok, _ROLES_ATTR, named)
+
+
+def _named(tok: Tokenizer) -> dict[str, str]:
+  """Only the roles set_roles named (what special_tokens.json holds)."""
+  return dict(getattr(tok, _ROLES_ATTR, None) or {})
 
 
 def roles(tok: Tokenizer) -> dict[str, str]:
-  return dict(getattr(tok, _ROLES_ATTR, None) or {EOT: EOT, PAD: PAD})
+  """Role -> token name: EOT and PAD always (llmlab's own names unless renamed), BOS if named."""
+  return {EOT: EOT, PAD: PAD, **_named(tok)}
 
 
 def save(tok: Tokenizer, workdir: str) -> str:
@@ -85,9 +89,9 @@ def save(tok: Tokenizer, workdir: str) -> str:
 
 
 def save_roles(tok: Tokenizer, workdir: str) -> None:
-  """Writes special_tokens.json when the roles are renamed (a native tokenizer needs none)."""
-  r = roles(tok)
-  if r == {EOT: EOT, PAD: PAD}:
+  """Writes special_tokens.json when a role is named (a native tokenizer needs none)."""
+  r = _named(tok)
+  if not r:
     return
   path = os.path.join(workdir, ROLES_FILENAME)
   with open(path + ".tmp", "w", encoding="utf-8") as f:
