@@ -34,3 +34,23 @@ def define_stage_flags(stage: str, init_help: str) -> None:
   flags.DEFINE_string("init_workdir", "", init_help)
   flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
   flags.mark_flag_as_required("workdir")
+
+
+def run_stage(stage: str) -> None:
+  """main() of an alignment stage script: trains train.<stage> from the flags, writes its
+  results, prints the summary; a bad setting or file is a one-line error."""
+  import importlib
+
+  from absl import flags
+
+  setup()
+  from train import align_loop  # after setup: imports jax
+
+  fv = flags.FLAGS
+  module = importlib.import_module(f"train.{stage}")
+  try:
+    summary = module.train(fv.config, fv.workdir, fv.init_workdir)
+    result = align_loop.write_results(fv.workdir, summary, module.CURVES, fv.results_dir)
+  except (ValueError, FileNotFoundError, align_loop.NonFiniteLoss) as e:
+    fail(e)
+  print(format_summary({k: v for k, v in result.items() if not k.endswith("_curve")}), flush=True)

@@ -26,16 +26,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  common.setup()
-  from train import align_loop, dpo  # after setup: imports jax
-
-  try:
-    summary = dpo.train(FLAGS.config, FLAGS.workdir, FLAGS.init_workdir)
-    result = align_loop.write_results(FLAGS.workdir, summary, dpo.CURVES, FLAGS.results_dir)
-  except (ValueError, FileNotFoundError, align_loop.NonFiniteLoss) as e:
-    common.fail(e)
-  print(common.format_summary({k: v for k, v in result.items() if not k.endswith("_curve")}),
-        flush=True)
+  common.run_stage("dpo")
 
 
 if __name__ == "__main__":
