@@ -39,10 +39,7 @@ from train import rewards as rewards_lib
 from train import step as step_lib
 from train import tokenizer as tokenizer_lib
 from train.config import ConfigError
-
-
-class NonFiniteLoss(RuntimeError):
-  """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+from train.loop import NonFiniteLoss, StopFlag
 
 
 @dataclasses.dataclass
@@ -131,29 +128,6 @@ def _check_resume(workdir: str, model_cfg: ModelConfig, init_workdir: str) -> No
     raise ConfigError(
         f"workdir {workdir} was started from --init_workdir={saved.get('init_workdir', '')!r}, "
         f"not {init_workdir!r}; use a new --workdir")
-
-
-class _StopFlag:
-  """SIGTERM / SIGINT set the flag; the loop saves and returns at the next step boundary."""
-
-  def __init__(self):
-    self.signum: Optional[int] = None
-    self._old = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._old[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    self.signum = signum
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
 
 
 def make_completer(policy: Policy, prompts: list[str], *, batch_size: int, max_new_tokens: int,
@@ -288,7 +262,7 @@ class Run:
       summary["stopped_early"] = self.data_state["stopped_early"]
       last = step
     try:
-      with _StopFlag() as stop:
+      with StopFlag() as stop:
         while step < last and stop.signum is None:
           t_step = time.perf_counter()
           self.state, metrics = train_step(step, self.state)

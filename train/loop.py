@@ -43,8 +43,9 @@ class NonFiniteLoss(RuntimeError):
   """The loss became NaN or Inf; the last good checkpoint is left as it was."""
 
 
-class _StopFlag:
-  """Set by SIGTERM / SIGINT; the loop saves and returns at the next step boundary."""
+class StopFlag:
+  """Set by SIGTERM / SIGINT; a training loop saves and returns at the next step boundary
+  (this one and train/align_loop.py)."""
 
   def __init__(self):
     self.signum: Optional[int] = None
@@ -266,7 +267,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   step = start
   stopping = False
   try:
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
       while step < t.steps and not stopping:
         batch = _global_batch(next(train_iter), batch_sharding)
         state, metrics = train_step(state, batch)
