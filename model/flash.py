@@ -57,7 +57,7 @@ class _Plan(NamedTuple):
   kv_padded: bool
 
 
-def _round_up(n: int, m: int) -> int:
+def round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
@@ -83,7 +83,7 @@ def flash_attention(
   s, kv = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
   g = h // kv
   bq, bk = min(block_q, t), min(block_k, s)
-  tp, sp = _round_up(t, bq), _round_up(s, bk)
+  tp, sp = round_up(t, bq), round_up(s, bk)
   plan = _Plan(causal=causal, block_q=bq, block_k=bk, kv_len=s, kv_padded=sp != s)
 
   q_BxKxTxGxDh = q_BxTxHxDh.reshape(b, t, kv, g, dh).transpose(0, 2, 1, 3, 4)

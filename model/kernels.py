@@ -37,11 +37,7 @@ import jax.numpy as jnp
 from jax.extend import backend as jax_backend
 
 from model.attention import make_mask, register
-from model.flash import flash_attention
-
-
-def _round_up(n: int, m: int) -> int:
-  return -(-n // m) * m
+from model.flash import round_up, flash_attention
 
 
 def nvidia_compute_capability() -> Optional[tuple[int, int]]:
@@ -149,7 +145,7 @@ def pallas_gpu_attention(
   blocks = pallas_gpu.BlockSizes.get_default()
   # The forward kernel tiles by 128 and the backward by 32, each clipped to the length: a length of
   # at most 128 needs a multiple of 32, a longer one a multiple of 128.
-  length = _round_up(t, 32) if t <= 128 else _round_up(t, 128)
+  length = round_up(t, 32) if t <= 128 else round_up(t, 128)
   segments = None
   if length != t or q_segment_ids_BxT is not None:
     seg, _, pad_id = _padded_segments(q_segment_ids_BxT, kv_segment_ids_BxS, b, t, s)
@@ -184,7 +180,7 @@ def pallas_tpu_attention(
     return flash_attention(
         q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
         q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
-  length = _round_up(t, 128)  # the kernel's default tiles are 128 along both sequences
+  length = round_up(t, 128)  # the kernel's default tiles are 128 along both sequences
   segments = None
   if length != t or q_segment_ids_BxT is not None:
     q_seg, kv_seg, pad_id = _padded_segments(q_segment_ids_BxT, kv_segment_ids_BxS, b, t, s)
