@@ -86,9 +86,9 @@ def train_step_temp_bytes(impl: str, seq_len: int) -> int:
   cfg = config_lib.validate(config)
   tx = optimizer_lib.make(config.train, config.train.steps)
   graphdef, abstract_params = transformer.abstract(cfg)
-  state = jax.eval_shape(lambda p: step_lib.init_state(graphdef, p, tx, 0), abstract_params)
+  state = jax.eval_shape(lambda p: step_lib.init_state(p, tx, 0), abstract_params)
   step = step_lib.make_train_step(
-      graphdef, tx, pad_id=-1, grad_accum=1,
+      step_lib.lm_loss(graphdef, -1), tx, grad_accum=1,
       lr_schedule=optimizer_lib.schedule(config.train.lr, config.train.warmup_steps, config.train.steps))
   batch = jax.ShapeDtypeStruct((1, seq_len + 1), jnp.int32)
   return int(jax.jit(step).lower(state, batch).compile().memory_analysis().temp_size_in_bytes)
@@ -112,9 +112,9 @@ def run_train_step(seq_len: int, out: str) -> dict:
   cfg = config_lib.validate(config)
   tx = optimizer_lib.make(config.train, config.train.steps)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
-  state = step_lib.init_state(graphdef, params, tx, 0)
+  state = step_lib.init_state(params, tx, 0)
   step = jax.jit(step_lib.make_train_step(
-      graphdef, tx, pad_id=-1, grad_accum=1,
+      step_lib.lm_loss(graphdef, -1), tx, grad_accum=1,
       lr_schedule=optimizer_lib.schedule(config.train.lr, config.train.warmup_steps,
                                          config.train.steps)), donate_argnums=0)
   batch = jax.random.randint(jax.random.key(1), (1, seq_len + 1), 0, cfg.vocab_size)

@@ -58,9 +58,9 @@ def main(argv):
   train_cfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=10, weight_decay=0.1, grad_clip=1.0))
   tx = optimizer_lib.make(train_cfg, 1000)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
-  state = step_lib.init_state(graphdef, params, tx, 0)
+  state = step_lib.init_state(params, tx, 0)
   step = jax.jit(step_lib.make_train_step(
-      graphdef, tx, pad_id=-1, grad_accum=1,
+      step_lib.lm_loss(graphdef, -1), tx, grad_accum=1,
       lr_schedule=optimizer_lib.schedule(1e-3, 10, 1000)), donate_argnums=0)
   batch = jax.random.randint(jax.random.key(1), (FLAGS.batch_size, FLAGS.seq_len + 1), 0, cfg.vocab_size)
 

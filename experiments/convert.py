@@ -161,7 +161,7 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
   # The train state exactly as train/loop.py builds it, but from the imported parameters.
   graphdef, _ = transformer.abstract(model_cfg)
   tx = optimizer_lib.make(config.train, config.train.steps)
-  state = step_lib.init_state(graphdef, params, tx, config.train.seed)
+  state = step_lib.init_state(params, tx, config.train.seed)
   rows = np.zeros((config.train.batch_size, config.data.seq_len + 1), np.int32)
   data_state = data_lib.train_iterator(rows, config.train.batch_size, config.train.seed).get_state()
   ckpt = ckpt_lib.Checkpointer(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from model.config import ModelConfig
 from model.kv_cache import KVCache
@@ -17,6 +18,42 @@ _REMAT = {
     "full": None,  # save nothing inside a layer, recompute it all in the backward pass
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+# use(path, stored) -> the arrays a computation reads. The model calls it where each group of
+# parameters is used: ("embed",), ("final_norm",), ("lm_head",), and ("blocks",) for one layer
+# of the scanned stack inside the scan body (its leading layers axis already sliced off), or
+# ("blocks", i) for layer i of an unscanned model. `stored` is the parameters as the caller
+# passed them in (nnx.State, or an array for embed and lm_head); what comes back must be the
+# same tree of arrays. The model never knows what it does: sharding/data_parallel.py uses it
+# to gather ZeRO-3 slices one layer at a time (sharding knows the mesh, the model does not).
+ParamUse = Callable[[tuple, Any], Any]
+# What use() returns is never saved for the backward pass: it is derived from the stored
+# parameters again (for ZeRO-3, re-gathered), so that the backward pass never holds every
+# layer's whole parameters at once. The name marks it for the rematerialisation policy.
+USED_PARAM = "used_param"
+
+
+def _save_all_but_used(use: ParamUse):
+  """Remat policy: save every intermediate except the parameters use() delivered and the
+  primitives they come out of (a gather's output is the used parameter under another name);
+  these are derived again from the stored parameters. use.recompute(prim, params) -> bool, when
+  use() has it, names those primitives: the model does not know what use() does."""
+  recompute = getattr(use, "recompute", None)
+
+  def policy(prim, *_, **params) -> bool:
+    if prim.name == "name":
+      return params.get("name") != USED_PARAM
+    return recompute is None or not recompute(prim, params)
+
+  return policy
+
+
+def _marked(use: ParamUse) -> ParamUse:
+  """use() whose outputs carry the USED_PARAM name (and the same `recompute`)."""
+  def marked(path, stored):
+    return jax.tree.map(lambda x: checkpoint_name(x, USED_PARAM), use(path, stored))
+  marked.recompute = getattr(use, "recompute", None)
+  return marked
 
 
 class Transformer(nnx.Module):
@@ -38,18 +75,23 @@ class Transformer(nnx.Module):
           rngs.params(), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std=cfg.init_std,
           dtype=cfg.weight_dtype)
 
-  def embed_tokens(self, tokens_BxT: jax.Array) -> jax.Array:
-    return jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.cfg.compute_dtype)
+  def embed_tokens(self, tokens_BxT: jax.Array, use: Optional[ParamUse] = None) -> jax.Array:
+    embed_VxD = self.embed.get_value() if use is None else use(("embed",), self.embed.get_value())
+    return jnp.take(embed_VxD, tokens_BxT, axis=0).astype(self.cfg.compute_dtype)
 
-  def logits(self, x_BxTxD: jax.Array) -> jax.Array:
-    x = self.final_norm(x_BxTxD)
+  def logits(self, x_BxTxD: jax.Array, use: Optional[ParamUse] = None) -> jax.Array:
+    norm = self.final_norm
+    if use is not None:
+      norm_def, norm_state = nnx.split(norm)
+      norm = nnx.merge(norm_def, use(("final_norm",), norm_state))
+    x = norm(x_BxTxD)
     dt = self.cfg.compute_dtype
     if self.cfg.tie_embeddings:
-      w_VxD = self.embed[...].astype(dt)
-      out = jnp.einsum("btd,vd->btv", x.astype(dt), w_VxD, preferred_element_type=jnp.float32)
+      w = self.embed.get_value() if use is None else use(("embed",), self.embed.get_value())
+      out = jnp.einsum("btd,vd->btv", x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
     else:
-      w_DxV = self.lm_head[...].astype(dt)
-      out = jnp.einsum("btd,dv->btv", x.astype(dt), w_DxV, preferred_element_type=jnp.float32)
+      w = self.lm_head.get_value() if use is None else use(("lm_head",), self.lm_head.get_value())
+      out = jnp.einsum("btd,dv->btv", x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
     return out.astype(jnp.float32)
 
   def layer_fn(self):
@@ -60,15 +102,21 @@ class Transformer(nnx.Module):
     state, body = self._layer_fn(self.blocks)
     return state, lambda *args: body(*args)[0]
 
-  def _layer_fn(self, blocks):
-    """(state, body) with body(x, layer_state, positions, segs) -> (x, MoEStats or None)."""
+  def _layer_fn(self, blocks, path: tuple = ("blocks",), use: Optional[ParamUse] = None):
+    """(stored state, body) with body(x, stored layer state, positions, segs) -> (x, MoEStats
+    or None). With `use`, the body turns the stored layer state into the arrays it computes
+    with (use(path, ...)) and the backward pass derives them again instead of saving them."""
     graphdef, state = nnx.split(blocks)
 
     def body(x_BxTxD, layer_state, positions_BxT, segment_ids_BxT):
+      if use is not None:
+        layer_state = use(path, layer_state)
       return nnx.merge(graphdef, layer_state).forward(x_BxTxD, positions_BxT, segment_ids_BxT)
 
     if self.cfg.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT[self.cfg.remat])
+    elif use is not None:  # save everything the layer computes except what use() returned
+      body = jax.checkpoint(body, policy=_save_all_but_used(use))
     return state, body
 
   def forward_with_aux(
@@ -76,14 +124,19 @@ class Transformer(nnx.Module):
       tokens_BxT: jax.Array,
       positions_BxT: Optional[jax.Array] = None,
       segment_ids_BxT: Optional[jax.Array] = None,
+      use: Optional[ParamUse] = None,
   ):
-    """(logits BxTxV float32, MoEStats stacked over the MoE layers, or None for a dense model)."""
+    """(logits BxTxV float32, MoEStats stacked over the MoE layers, or None for a dense model).
+
+    use: see ParamUse; None reads the parameters as they are.
+    """
     b, t = tokens_BxT.shape
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(t)[None], (b, t))
-    x_BxTxD = self.embed_tokens(tokens_BxT)
+    use = None if use is None else _marked(use)
+    x_BxTxD = self.embed_tokens(tokens_BxT, use)
     if self.cfg.scan_layers:
-      state, body = self._layer_fn(self.blocks)
+      state, body = self._layer_fn(self.blocks, ("blocks",), use)
 
       def scan_body(x, layer_state):
         return body(x, layer_state, positions_BxT, segment_ids_BxT)
@@ -91,13 +144,13 @@ class Transformer(nnx.Module):
       x_BxTxD, stats = jax.lax.scan(scan_body, x_BxTxD, state)
     else:
       per_layer = []
-      for block in self.blocks:
-        state, body = self._layer_fn(block)
+      for i, block in enumerate(self.blocks):
+        state, body = self._layer_fn(block, ("blocks", i), use)
         x_BxTxD, layer_stats = body(x_BxTxD, state, positions_BxT, segment_ids_BxT)
         if layer_stats is not None:
           per_layer.append(layer_stats)
       stats = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if per_layer else None
-    return self.logits(x_BxTxD), stats
+    return self.logits(x_BxTxD, use), stats
 
   def __call__(
       self,
@@ -179,9 +232,15 @@ def apply_with_aux(
     tokens_BxT: jax.Array,
     positions_BxT: Optional[jax.Array] = None,
     segment_ids_BxT: Optional[jax.Array] = None,
+    use: Optional[ParamUse] = None,
 ):
-  """Pure forward pass: (logits, MoEStats stacked over MoE layers, or None when dense)."""
-  return nnx.merge(graphdef, params).forward_with_aux(tokens_BxT, positions_BxT, segment_ids_BxT)
+  """Pure forward pass: (logits, MoEStats stacked over MoE layers, or None when dense).
+
+  With `use` (see ParamUse), params are stored parameters that use() turns into the arrays each
+  layer computes with, where and when it computes.
+  """
+  return nnx.merge(graphdef, params).forward_with_aux(
+      tokens_BxT, positions_BxT, segment_ids_BxT, use=use)
 
 
 def unstack_layers(

@@ -1,29 +1,41 @@
-"""Data parallelism with explicit collectives: each device differentiates its share of the batch,
-and the per-device gradients are summed by the collective the ZeRO stage calls for.
+"""Data parallelism with explicit collectives, layer by layer: ZeRO stages inside the train step.
 
-Under plain jit XLA derives these collectives itself, but whether a sum of which each device needs
-only a slice becomes a reduce-scatter depends on the backend: the CPU compiler all-reduces the whole
-gradient and then slices it, materialising it whole on every device. Written by hand in a
-shard_map, the reduction is the same on every backend:
+Each data-parallel device differentiates its share of the batch. What it holds of the parameters,
+what it differentiates with respect to, and when the devices' gradients are summed is the ZeRO
+stage (sharding/zero.py holds the layouts):
 
-  gradients whole (stage 0, 1)        psum          -> all-reduce
-  gradients partitioned (stage 2, 3)  psum_scatter  -> reduce-scatter into each device's slice
-  parameters partitioned (stage 3)    all_gather    -> whole parameters inside the step only
+  stage  device holds      each layer, where the model uses it      gradient leaves the step
+  0, 1   whole parameters  the whole parameters                     whole: all-reduced once (psum)
+  2      whole parameters  the whole parameters, with a gradient    this device's slice: reduce-
+                           tap whose backward reduce-scatters       scattered per layer, inside
+                           (psum_scatter) the layer's gradient      the backward loop
+  3      its slices        the layer's slices all-gathered just     this device's slice: the
+                           before use, dropped after, re-gathered   gather's transpose is the
+                           in the backward pass                     reduce-scatter, per layer
 
-Only the data-parallel mesh axes are manual; tensor parallelism inside stays XLA's to partition.
+So at stages 2 and 3 no device ever holds a whole gradient (only one layer's, for a moment), and
+gradient accumulation carries slices; at stage 3 no device holds whole parameters either, only
+one layer's. The model stays mesh-agnostic: it calls a `use(path, stored)` hook where it reads
+each group of parameters (model/transformer.py, ParamUse), and this module supplies the hook.
+
+The collectives are written by hand in a shard_map over the data-parallel mesh axes: under plain
+jit, whether a sum of which each device needs only a slice becomes a reduce-scatter depends on the
+backend (the CPU compiler all-reduces the whole gradient and then slices it). Tensor parallelism
+inside stays XLA's to partition (those axes are not manual here).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
+from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
 from sharding.mesh import BATCH_AXES
-
-# (params, batch (B, L+1)) -> (objective sum, token count, gradients like params, metric sums)
-GradFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, Any, dict]]
 
 _is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
 
@@ -41,52 +53,186 @@ def manual_spec(spec: PartitionSpec, manual_axes: tuple[str, ...]) -> PartitionS
   return PartitionSpec(*out)
 
 
-def split_of(spec: PartitionSpec) -> Optional[tuple[int, tuple[str, ...]]]:
-  """(dimension, mesh axes) along which a manual spec is split, or None for a whole array."""
-  for dim, entry in enumerate(spec):
-    if entry is not None:
-      return dim, _entry_axes(entry)
-  return None
+def splits_of(spec: PartitionSpec) -> list[tuple[int, tuple[str, ...]]]:
+  """[(dimension, mesh axes)] along which a manual spec is split; [] for a whole array."""
+  return [(dim, _entry_axes(entry)) for dim, entry in enumerate(spec) if entry is not None]
 
 
 def data_parallel_axes(mesh: Mesh) -> tuple[str, ...]:
   return tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
 
 
-def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any, grad_sharding: Any) -> GradFn:
-  """grad_fn run on each data-parallel device's share of the batch, its results summed.
+# --- What one device's gradient function sees ------------------------------------------------------
 
-  param_sharding: where the parameters are stored (a tree of NamedShardings like the params); those
-  split over data-parallel axes (stage 3) are all-gathered before use. grad_sharding: where the
-  gradient sum must land; split ones are reduce-scattered, whole ones all-reduced.
+@dataclasses.dataclass(frozen=True)
+class ParamView:
+  """How the gradient function of one device reads the parameters.
+
+  It differentiates with respect to `diff` (a tree like the params: whole parameters, slices,
+  or gradient taps), builds what the model is given with assemble(diff), and passes `use` to the
+  model (None: the model reads what it is given as it is).
   """
+
+  assemble: Callable[[Any], Any] = lambda diff: diff
+  use: Optional[Callable[[tuple, Any], Any]] = None
+
+
+WHOLE = ParamView()  # one device, or no data parallelism: the parameters as they are
+
+# (params to differentiate, batch, view) -> (objective sum, token count, gradient sum like the
+# differentiated params, metric sums). train/step.py builds it; data_parallel wraps it.
+GradFn = Callable[[Any, Any, ParamView], tuple[jax.Array, jax.Array, Any, dict]]
+
+
+class GradTap(NamedTuple):
+  """A ZeRO-2 parameter as the model is given it: the whole parameter, and a slice-shaped tap.
+
+  The model computes with `whole`; the gradient arrives at `tap`, reduce-scattered. The tap's
+  value is never read (zeros): only its shape matters, the shape of this device's gradient slice.
+  """
+
+  tap: jax.Array
+  whole: jax.Array
+
+
+def _layer_spec(spec: PartitionSpec, ndim: int) -> PartitionSpec:
+  """The spec of one layer of a stacked parameter (inside the scan over layers, the leading
+  `layers` axis is gone)."""
+  entries = tuple(spec) + (None,) * (ndim - len(spec))
+  return PartitionSpec(*entries[-ndim:]) if len(entries) > ndim else PartitionSpec(*entries)
+
+
+def _subtree(tree: Any, path: tuple) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _gather(x: jax.Array, splits) -> jax.Array:
+  """The whole array from this device's slice (all-gathered along every split dimension). Its
+  transpose, which autodiff derives, reduce-scatters a gradient into this device's slice."""
+  for dim, axes in splits:
+    x = jax.lax.all_gather(x, axes, axis=dim, tiled=True)
+  return x
+
+
+def _grad_tap(dp: tuple[str, ...], splits):
+  """tap(t, whole) -> whole, whose backward reduce-scatters the gradient into t's place.
+
+  Written as a custom JVP whose tangent is the all-gather of t's tangent: the tangent map is
+  linear, so the backward pass runs its transpose, the reduce-scatter, while the forward pass
+  runs no collective at all. (A custom VJP would do the same, but its output is always saved for
+  the backward pass: every layer's whole parameters would then be held at once.) The sum over
+  data-parallel axes that t is not split over comes from the cast of the tangent to varying,
+  whose transpose is a sum.
+  """
+  split_axes = {a for _, axes in splits for a in axes}
+  rest = tuple(a for a in dp if a not in split_axes)
+
+  @jax.custom_jvp
+  def tap(t, whole):
+    del t
+    return jax.lax.pcast(whole, dp, to="varying")
+
+  @tap.defjvp
+  def tap_jvp(primals, tangents):
+    t, whole = primals
+    dt, _ = tangents  # `whole` is held, not differentiated: its tangent is zero
+    out = _gather(dt, splits)
+    if rest:
+      out = jax.lax.pcast(out, rest, to="varying")
+    return tap(t, whole), out
+
+  return tap
+
+
+def _layerwise_use(param_specs: Any, grad_specs: Any, dp: tuple[str, ...]):
+  """The model's use() hook: gathers stored slices, and taps the gradient of whole parameters
+  whose gradient is partitioned (ZeRO-2), one layer at a time where the model uses them."""
+
+  def use_leaf(x, pspec, gspec):
+    if isinstance(x, GradTap):
+      return _grad_tap(dp, splits_of(_layer_spec(gspec, x.whole.ndim)))(x.tap, x.whole)
+    return _gather(x, splits_of(_layer_spec(pspec, x.ndim)))  # no split: x as it is
+
+  def use(path, stored):
+    psub, gsub = _subtree(param_specs, path), _subtree(grad_specs, path)
+    if isinstance(stored, nnx.State):
+      return jax.tree.map(use_leaf, stored, psub, gsub, is_leaf=lambda x: isinstance(x, GradTap))
+    spec = lambda sub: jax.tree.leaves(sub, is_leaf=_is_spec)[0]  # noqa: E731
+    return use_leaf(stored, spec(psub), spec(gsub))
+
+  def recompute(prim, params) -> bool:
+    """The primitives whose outputs are used parameters: the model's backward pass derives them
+    again (a re-gather of slices, a cast for a tap) rather than saving every layer's."""
+    if prim.name == "all_gather":
+      return True
+    if prim.name == "custom_jvp_call":  # a gradient tap: a custom JVP around one cast
+      return all(e.primitive.name == "pvary" for e in params["call_jaxpr"].jaxpr.eqns)
+    return False
+
+  use.recompute = recompute
+  return use
+
+
+def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any, grad_sharding: Any,
+                  stage: int) -> Callable[[Any, jax.Array], tuple]:
+  """(params, batch) -> grad_fn's results summed over the data-parallel devices.
+
+  param_sharding: where the parameters are stored (NamedShardings like the params); grad_sharding:
+  where the gradient sum must land. Per parameter, from the two layouts:
+    stored split (stage 3; experts over the expert axis at any stage)  the device differentiates
+        its slice; the model gathers it where used; the gradient comes back reduce-scattered
+    stored whole, gradient split (stage 2)  a GradTap: the gradient comes back reduce-scattered
+    both whole (stages 0, 1)  the whole parameter; its gradient is all-reduced after the backward
+        pass (and after gradient accumulation: once per step)
+  The batch's leading dimension is split over the data-parallel axes.
+  """
+  del stage  # the layouts say it all
   dp = data_parallel_axes(mesh)
   if not dp:
-    return grad_fn  # one data-parallel device: nothing to sum
+    return lambda params, batch: grad_fn(params, batch, WHOLE)  # nothing to sum
   specs = lambda tree: jax.tree.map(lambda s: manual_spec(s.spec, dp), tree)  # noqa: E731
   param_specs, grad_specs = specs(param_sharding), specs(grad_sharding)
+  layerwise = lambda ps, gs: bool(splits_of(ps) or splits_of(gs))  # noqa: E731
+  any_layerwise = any(layerwise(p, g) for p, g in zip(
+      jax.tree.leaves(param_specs, is_leaf=_is_spec), jax.tree.leaves(grad_specs, is_leaf=_is_spec)))
+  use = _layerwise_use(param_specs, grad_specs, dp) if any_layerwise else None
 
-  def gather(x, spec):
-    """The whole parameter, typed as varying over the data-parallel axes: its gradient is then
-    this device's own, which `reduce` sums. (A parameter typed invariant would get a gradient
-    that shard_map had already summed, and summing it again would scale it by N.)"""
-    split = split_of(spec)
-    if split is None:
+  def differentiated(x, pspec, gspec):
+    """What this device differentiates with respect to, for one parameter."""
+    if splits_of(pspec):
+      return x  # this device's slice
+    if not splits_of(gspec):
+      # The whole parameter, typed as varying over the data-parallel axes: its gradient is then
+      # this device's own, which `finish` sums. (A parameter typed invariant would get a gradient
+      # that shard_map had already summed, and summing it again would scale it by N.)
       return jax.lax.pcast(x, dp, to="varying")
-    return jax.lax.all_gather(x, split[1], axis=split[0], tiled=True)
+    shape = list(x.shape)  # a zero tap, the shape of this device's gradient slice
+    for dim, axes in splits_of(gspec):
+      shape[dim] //= math.prod(mesh.shape[a] for a in axes)
+    axes = tuple(a for _, ax in splits_of(gspec) for a in ax)
+    return jax.lax.pcast(jnp.zeros(shape, x.dtype), axes, to="varying")
 
-  def reduce(g, spec):
-    split = split_of(spec)
-    if split is None:
+  def finish(g, pspec, gspec):
+    """The gradient in its layout: summed if the backward pass has not summed it already."""
+    if not layerwise(pspec, gspec):
       return jax.lax.psum(g, dp)
-    if split[1] != dp:  # the sum runs over every data-parallel axis, the scatter over a subset
-      g = jax.lax.psum(g, tuple(a for a in dp if a not in split[1]))
-    return jax.lax.psum_scatter(g, split[1], scatter_dimension=split[0], tiled=True)
+    for dim, axes in splits_of(gspec):  # split further than stored: slice the finished sum
+      if (dim, axes) not in splits_of(pspec) and splits_of(pspec):
+        size = g.shape[dim] // math.prod(mesh.shape[a] for a in axes)
+        g = jax.lax.dynamic_slice_in_dim(g, jax.lax.axis_index(axes) * size, size, dim)
+    return g
 
-  def local(params, batch_BxL1):
-    params = jax.tree.map(gather, params, param_specs, is_leaf=_is_spec)
-    objective, n, grads, sums = grad_fn(params, batch_BxL1)
-    grads = jax.tree.map(reduce, grads, grad_specs, is_leaf=_is_spec)
+  def local(params, batch):
+    diff = jax.tree.map(differentiated, params, param_specs, grad_specs, is_leaf=_is_spec)
+
+    def assemble(d):
+      """The model's parameters: GradTaps where a whole parameter has a partitioned gradient."""
+      return jax.tree.map(lambda t, w: GradTap(t, w) if t.shape != w.shape else t, d, params)
+
+    objective, n, grads, sums = grad_fn(diff, batch, ParamView(assemble, use))
+    grads = jax.tree.map(finish, grads, param_specs, grad_specs, is_leaf=_is_spec)
     return (jax.lax.psum(objective, dp), jax.lax.psum(n, dp), grads,
             jax.tree.map(lambda x: jax.lax.psum(x, dp), sums))
 

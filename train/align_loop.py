@@ -206,7 +206,7 @@ class Run:
     graphdef, tx = self.policy.graphdef, self.tx
     # The copy keeps the state's buffers apart from policy.params (the DPO/GRPO reference),
     # which the donating train steps would otherwise free.
-    init = lambda p: step_lib.init_state(graphdef, jax.tree.map(jnp.copy, p), tx, t.seed)  # noqa: E731
+    init = lambda p: step_lib.init_state(jax.tree.map(jnp.copy, p), tx, t.seed)  # noqa: E731
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),

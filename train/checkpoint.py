@@ -98,7 +98,7 @@ def load_params(workdir: str):
 
   def init_fn(key):
     _, params = transformer.create(model_cfg, key)
-    return step_lib.init_state(graphdef, params, tx, config.train.seed)
+    return step_lib.init_state(params, tx, config.train.seed)
 
   abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -115,7 +115,7 @@ def make_sharded_training(
 
   def init_fn(key):
     _, params = transformer.create(model_cfg, key)
-    return step_lib.init_state(graphdef, params, tx, t.seed)
+    return step_lib.init_state(params, tx, t.seed)
 
   abstract_state = jax.eval_shape(init_fn, jax.random.key(t.seed))
   shardings = zero.state_shardings(abstract_state, zero_stage, mesh)
@@ -123,14 +123,15 @@ def make_sharded_training(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
       shardings.state)
   batch_sharding = rules_lib.batch_sharding(mesh)
+  loss_fn = step_lib.lm_loss(
+      graphdef, pad_id, (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight))
   step = step_lib.make_train_step(
-      graphdef, tx, pad_id=pad_id, grad_accum=t.grad_accum,
+      loss_fn, tx, grad_accum=t.grad_accum,
       lr_schedule=optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps),
       data_parallel=functools.partial(
           data_parallel_lib.data_parallel, mesh=mesh, param_sharding=shardings.params,
-          grad_sharding=shardings.grads),
-      update_sharding=shardings.updates,
-      aux_weights=(model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight))
+          grad_sharding=shardings.grads, stage=zero_stage),
+      update_sharding=shardings.updates)
   return ShardedTraining(
       mesh=mesh, zero_stage=zero_stage, graphdef=graphdef, abstract_state=abstract_state,
       shardings=shardings, batch_sharding=batch_sharding,

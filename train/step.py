@@ -1,5 +1,12 @@
 """The train and eval steps: pure functions of explicit state, jitted once by the loop.
 
+One train step serves every objective. An objective is a LossFn: from the parameters and one
+batch (any tree of arrays whose leading dimension is the batch's rows) to the sum of its
+objective over the rows, the count it is averaged over, and token-weighted metric sums.
+Pretraining's cross-entropy (lm_loss below), SFT's masked cross-entropy, DPO and GRPO
+(train/sft.py, dpo.py, grpo.py) are each such a function; the step around them (gradient
+accumulation, the data-parallel sum at any ZeRO stage, the optimizer update) is this one.
+
 TrainState is a plain dict so that orbax saves and restores it as it is:
   step       int32 scalar, the number of optimizer updates applied
   params     nnx.State of the model parameters
@@ -17,13 +24,15 @@ import optax
 from flax import nnx
 
 from model import transformer
+from sharding import data_parallel as dp_lib
 
 TrainState = dict[str, Any]
-# (params, batch (B, L+1)) -> (objective sum, token count, gradient sum like params, metric sums)
-GradFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array, Any, dict]]
+# (params, batch, use) -> (objective sum, count, metric sums). `use` goes to the model
+# (transformer.ParamUse): how the step's sharding hands each layer its parameters.
+LossFn = Callable[[Any, Any, Optional[transformer.ParamUse]], tuple[jax.Array, jax.Array, dict]]
 
 
-def init_state(graphdef, params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def init_state(params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
   return {
       "step": jnp.zeros((), jnp.int32),
       "params": params,
@@ -46,78 +55,94 @@ def loss_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int):
   return token_loss_sums(logits, targets, pad_id)
 
 
-def objective_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int,
-                   aux_weights: tuple[float, float] = (0.0, 0.0)):
-  """(objective sum, token count, metric sums) for training.
+def router_terms(stats, n: jax.Array, aux_weights: tuple[float, float]):
+  """(objective term, metric sums) of an MoE model's router statistics, weighted by the count n.
 
-  The objective is the cross-entropy plus, for an MoE model, the router losses averaged over its
-  MoE layers: aux_weights = (load-balancing weight, z-loss weight). Every metric is a
-  token-weighted sum, so sums over micro-batches and devices divide by the total token count.
+  The router losses are averaged over the MoE layers and scaled by aux_weights = (load-balancing
+  weight, z-loss weight); every metric is a sum weighted by n, so sums over micro-batches and
+  devices divide by the total count. Zero and no metrics for a dense model (stats None).
   """
-  inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
-  logits, stats = transformer.apply_with_aux(graphdef, params, inputs)
-  ce_sum, n = token_loss_sums(logits, targets, pad_id)
-  sums = {"loss": ce_sum}
-  objective = ce_sum
-  if stats is not None:
-    lb, z = jnp.mean(stats.load_balance_loss), jnp.mean(stats.z_loss)
-    objective = objective + n * (aux_weights[0] * lb + aux_weights[1] * z)
-    sums.update({
-        "moe/load_balance_loss": n * lb, "moe/z_loss": n * z,
-        "moe/drop_fraction": n * jnp.mean(stats.drop_fraction),
-        "moe/expert_share": n * jnp.mean(stats.expert_share_E, axis=0),
-    })
-  return objective, n, sums
+  if stats is None:
+    return jnp.zeros(()), {}
+  lb, z = jnp.mean(stats.load_balance_loss), jnp.mean(stats.z_loss)
+  sums = {
+      "moe/load_balance_loss": n * lb, "moe/z_loss": n * z,
+      "moe/drop_fraction": n * jnp.mean(stats.drop_fraction),
+      "moe/expert_share": n * jnp.mean(stats.expert_share_E, axis=0),
+  }
+  return n * (aux_weights[0] * lb + aux_weights[1] * z), sums
+
+
+def lm_loss(graphdef, pad_id: int, aux_weights: tuple[float, float] = (0.0, 0.0)) -> LossFn:
+  """Pretraining: next-token cross-entropy over rows (B, L+1), plus the router losses."""
+
+  def loss(params, batch_BxL1, use=None):
+    inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
+    logits, stats = transformer.apply_with_aux(graphdef, params, inputs, use=use)
+    ce_sum, n = token_loss_sums(logits, targets, pad_id)
+    aux, sums = router_terms(stats, n, aux_weights)
+    return ce_sum + aux, n, {"loss": ce_sum, **sums}
+
+  return loss
 
 
 def make_train_step(
-    graphdef, tx: optax.GradientTransformation, *, pad_id: int, grad_accum: int,
+    loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_accum: int,
     lr_schedule: Callable[[jax.Array], jax.Array],
-    data_parallel: Optional[Callable[[GradFn], GradFn]] = None,
+    data_parallel: Optional[Callable[[dp_lib.GradFn], Callable]] = None,
     update_sharding: Optional[Any] = None,
-    aux_weights: tuple[float, float] = (0.0, 0.0),
 ):
-  """Returns train_step(state, batch (B, L+1)) -> (state, metrics), not yet jitted.
+  """Returns train_step(state, batch) -> (state, metrics), not yet jitted.
 
-  With grad_accum = A the batch is cut into A micro-batches whose gradients are summed in a scan,
-  so the update equals the one on the whole batch while activations are those of B / A rows.
+  The update is the gradient of loss_fn's objective sum divided by its count, summed over the
+  whole batch. With grad_accum = A the batch is cut into A micro-batches whose gradients are
+  summed in a scan, so the update equals the one on the whole batch while activations are those
+  of B / A rows. metrics: every metric sum divided by the count, the gradient norm, the learning
+  rate, and the count ("tokens").
 
   The sharding of the step (sharding/zero.py) comes in as two hooks, both optional:
     data_parallel    wraps the gradient sum over a batch so that each data-parallel device sums
-                     its own rows and the devices' sums are combined by an explicit collective
+                     its own rows and the devices' sums are combined by explicit collectives, at
+                     ZeRO 2 and 3 layer by layer inside the backward pass
     update_sharding  pins the optimizer's updates to the layout of its moments, so that under
                      ZeRO 1-3 each device updates only its own slice of the parameters
   """
 
-  def grads_of(params, micro_BxL1):
-    (objective, (n, sums)), grads = jax.value_and_grad(
-        lambda p: _split_aux(objective_sums(graphdef, p, micro_BxL1, pad_id, aux_weights)),
-        has_aux=True)(params)
-    return objective, n, grads, sums
+  def grads_of(diff, micro, view: dp_lib.ParamView):
+    def objective(d):
+      total, n, sums = loss_fn(view.assemble(d), micro, view.use)
+      return total, (n, sums)
 
-  def batch_grads(params, batch_BxL1):
-    """(objective sum, token count, gradient sum, metric sums) over the rows of batch_BxL1."""
+    (total, (n, sums)), grads = jax.value_and_grad(objective, has_aux=True)(diff)
+    return total, n, grads, sums
+
+  def batch_grads(diff, batch, view: dp_lib.ParamView):
+    """(objective sum, count, gradient sum, metric sums) over the rows of batch."""
     if grad_accum == 1:
-      return grads_of(params, batch_BxL1)
+      return grads_of(diff, batch, view)
     # Micro-batch m takes rows m, m + A, m + 2A, ...: every device keeps a share of every
     # micro-batch, so the data-parallel split of the batch needs no data movement.
-    micro_AxMxL1 = batch_BxL1.reshape(-1, grad_accum, batch_BxL1.shape[-1]).swapaxes(0, 1)
+    micro = jax.tree.map(
+        lambda x: x.reshape(-1, grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
 
-    def acc(carry, micro):
-      return jax.tree.map(jnp.add, carry, grads_of(params, micro)), None
+    def acc(carry, micro_i):
+      return jax.tree.map(jnp.add, carry, grads_of(diff, micro_i, view)), None
 
     # The first micro-batch starts the sums (rather than zeros): the carry then has the type of
     # what is added to it, also inside a shard_map where every per-device sum is varying.
-    sums, _ = jax.lax.scan(acc, grads_of(params, micro_AxMxL1[0]), micro_AxMxL1[1:])
+    first = jax.tree.map(lambda x: x[0], micro)
+    rest = jax.tree.map(lambda x: x[1:], micro)
+    sums, _ = jax.lax.scan(acc, grads_of(diff, first, view), rest)
     return sums
 
   if data_parallel is not None:
-    batch_grads = data_parallel(batch_grads)
+    summed = data_parallel(batch_grads)
+  else:
+    summed = lambda params, batch: batch_grads(params, batch, dp_lib.WHOLE)  # noqa: E731
 
-  def train_step(state: TrainState, batch_BxL1: jax.Array):
+  def train_step(state: TrainState, batch):
     params = state["params"]
-    rng, _step_key = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-    _, n, grads, sums = batch_grads(params, batch_BxL1)
+    _, n, grads, sums = summed(params, batch)
     n = jnp.maximum(n, 1)
     grads = jax.tree.map(lambda g: g / n, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -128,10 +153,10 @@ def make_train_step(
         "step": state["step"] + 1,
         "params": params,
         "opt_state": opt_state,
-        "rng": jax.random.key_data(rng),
+        "rng": jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0]),
     }
     metrics = {
-        **{name: total / n for name, total in sums.items()},  # loss (cross-entropy), moe/*
+        **{name: total / n for name, total in sums.items()},  # loss, moe/*, objective metrics
         "grad_norm": optax.tree.norm(grads),
         "lr": lr_schedule(state["step"]),
         "tokens": n,
@@ -139,11 +164,6 @@ def make_train_step(
     return new_state, metrics
 
   return train_step
-
-
-def _split_aux(out):
-  objective, n, sums = out
-  return objective, (n, sums)
 
 
 def make_eval_step(graphdef, *, pad_id: int):
