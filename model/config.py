@@ -9,12 +9,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from model.moe import MoEConfig
 
 ATTENTION_IMPLS = ("reference", "flash", "cudnn", "pallas", "auto")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Compute dtypes. "auto": bfloat16 on GPU and TPU (their matrix units' fast path), float32 on CPU
+# (no bfloat16 matrix unit there: it would only lose precision). float16 is not offered: its
+# 5-bit exponent underflows small gradients unless the loss is scaled, which llmlab does not do.
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
 
 
@@ -37,7 +42,9 @@ class ModelConfig:
   norm_eps: float = 1e-5
   tie_embeddings: bool = True
   attention_impl: str = "reference"
-  dtype: str = "float32"  # compute dtype of activations and matmuls
+  # Mixed precision: matmuls and activations in `dtype`, while parameters (the optimizer's master
+  # copy) and Adam's moments stay in param_dtype; norms, softmax and the loss are float32 always.
+  dtype: str = "auto"  # compute dtype: auto | float32 | bfloat16 (auto: see COMPUTE_DTYPES)
   param_dtype: str = "float32"  # storage dtype of the parameters
   scan_layers: bool = True  # one compiled layer body, applied with lax.scan
   remat: str = "none"  # rematerialisation policy of each layer: none | full | dots
@@ -68,10 +75,16 @@ class ModelConfig:
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(
           f"model.attention_impl={self.attention_impl!r} is unknown; allowed: {', '.join(ATTENTION_IMPLS)}")
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in DTYPES:
-        raise ValueError(
-            f"model.{name}={getattr(self, name)!r} is unknown; allowed: {', '.join(DTYPES)}")
+    if self.dtype == "float16":
+      raise ValueError(
+          "model.dtype=float16 needs loss scaling, which llmlab does not do; use "
+          "model.dtype=bfloat16 (same memory and speed, float32's range) or auto")
+    if self.dtype not in COMPUTE_DTYPES:
+      raise ValueError(
+          f"model.dtype={self.dtype!r} is unknown; allowed: {', '.join(COMPUTE_DTYPES)}")
+    if self.param_dtype not in DTYPES:
+      raise ValueError(
+          f"model.param_dtype={self.param_dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(
           f"model.remat={self.remat!r} is unknown; allowed: {', '.join(REMAT_POLICIES)}")
@@ -102,6 +115,9 @@ class ModelConfig:
 
   @property
   def compute_dtype(self) -> Any:
+    """The dtype of matmuls and activations; "auto" is resolved on the default backend."""
+    if self.dtype == "auto":
+      return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     return DTYPES[self.dtype]
 
   @property

@@ -19,7 +19,8 @@ from tests.helpers import ROOT, tiny_config
     ("n_layers", 0, "model.n_layers must be a positive integer"),
     ("vocab_size", -5, "model.vocab_size must be a positive integer"),
     ("attention_impl", "magic", "model.attention_impl='magic' is unknown; allowed: reference"),
-    ("dtype", "float8", "model.dtype='float8' is unknown; allowed: float32, bfloat16"),
+    ("dtype", "float8", "model.dtype='float8' is unknown; allowed: auto, float32, bfloat16"),
+    ("dtype", "float16", "model.dtype=float16 needs loss scaling"),
     ("param_dtype", "int8", "model.param_dtype='int8' is unknown"),
     ("remat", "sometimes", "model.remat='sometimes' is unknown"),
 ])

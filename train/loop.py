@@ -25,6 +25,7 @@ from tqdm import tqdm
 from model import transformer
 from model.config import ModelConfig, count_params, flops_per_token
 from sharding import data_parallel as data_parallel_lib
+from sharding import memory as memory_lib
 from sharding import mesh as mesh_lib
 from sharding import rules as rules_lib
 from sharding import validate as validate_lib
@@ -149,6 +150,35 @@ def validate_sharding(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
       zero_stage=config.sharding.get("zero_stage", 0), d_model=model_cfg.d_model,
       n_heads=model_cfg.n_heads, n_kv_heads=model_cfg.n_kv_heads, d_ff=model_cfg.d_ff,
       n_experts=model_cfg.moe.n_experts or None)
+  budget = config.sharding.get("device_memory_gb", 0.0)
+  if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
+    raise mesh_lib.MeshError(
+        f"sharding.device_memory_gb={budget!r} must be a number of GB per device (0 = no check)")
+
+
+def check_memory(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh) -> None:
+  """sharding.device_memory_gb against the compiled step's peak bytes per device (0: no check).
+
+  Compiles the step (at higher stages too when it does not fit) before any data is read or any
+  file is written, so a run that cannot fit stops with one MeshError line and leaves no trace.
+  """
+  budget = float(config.sharding.get("device_memory_gb", 0.0))
+  if budget <= 0:
+    return
+  t = config.train
+  batch = (t.batch_size, config.data.seq_len + 1)
+
+  def need_at(stage: int) -> int:
+    run = make_sharded_training(model_cfg, t, mesh, stage, pad_id=-1)  # pad_id: no bytes
+    struct = jax.ShapeDtypeStruct(batch, np.int32, sharding=run.batch_sharding)
+    return memory_lib.step_bytes(run.train_step.lower(run.abstract_state, struct).compile())
+
+  abstract_state = jax.eval_shape(
+      lambda: step_lib.init_state(
+          transformer.abstract(model_cfg)[1], optimizer_lib.make(t, t.steps), t.seed))
+  memory_lib.preflight(need_at, config.sharding.get("zero_stage", 0), budget,
+                       n_devices=mesh_lib.data_parallel_size(mesh),
+                       state_bytes=sum(zero.unpartitioned_bytes(abstract_state).values()))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -162,6 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   t = config.train
   mesh = mesh_lib.make_mesh(config.sharding.mesh)
   validate_sharding(config, model_cfg, mesh)
+  check_memory(config, model_cfg, mesh)
 
   os.makedirs(workdir, exist_ok=True)
   prepare = functools.partial(

@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.norm_eps = 1e-5
   c.model.tie_embeddings = True
   c.model.attention_impl = "reference"
-  c.model.dtype = "float32"
+  c.model.dtype = "auto"  # bfloat16 matmuls on GPU/TPU, float32 on CPU; parameters stay float32
   c.model.param_dtype = "float32"
   c.model.scan_layers = True
   c.model.remat = "none"
@@ -65,4 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
   # ZeRO over the data-parallel devices: 0 replicated, 1 optimizer state partitioned, 2 gradients
   # too, 3 parameters too (FSDP). Any stage resumes any other's checkpoint.
   c.sharding.zero_stage = 0
+  # Memory per device in GB (an H100: 80). Before the first step the compiled step's peak is
+  # checked against it, and a run that does not fit stops with the lowest ZeRO stage that would.
+  # 0 = no check.
+  c.sharding.device_memory_gb = 0.0
   return c
