@@ -72,9 +72,16 @@ class Checkpointer:
     self.manager.close()
 
 
-def load_params(workdir: str):
-  """(ModelConfig, graphdef, params) of the newest readable checkpoint in `workdir`, on the
-  default device, for inference and evaluation scripts.
+def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
+  """(ModelConfig, graphdef, params) of the newest readable checkpoint in `workdir`, for
+  inference and evaluation scripts, laid out as the run trained them.
+
+  The parameters are restored sharded: on the run's own mesh and ZeRO stage (its config.json's
+  `sharding`), or on `mesh` when given; parameters that layout keeps whole everywhere go to one
+  device instead (every device would compute the same). A run's mesh that this machine's devices cannot form
+  (a checkpoint of 64 devices read on 8) becomes the same stage over every device here. A
+  function jitted over the returned params runs on those devices: a model that needed the mesh
+  to train is sampled on it too. On one device all of this is the single-device layout.
 
   Raises FileNotFoundError naming the workdir when it holds no run or no checkpoint.
   """
@@ -84,6 +91,8 @@ def load_params(workdir: str):
 
   from model import transformer
   from model.config import ModelConfig
+  from sharding import mesh as mesh_lib
+  from sharding import zero
   from train import optimizer as optimizer_lib
   from train import step as step_lib
 
@@ -100,10 +109,21 @@ def load_params(workdir: str):
     _, params = transformer.create(model_cfg, key)
     return step_lib.init_state(params, tx, config.train.seed)
 
+  sharding = config.get("sharding", ml_collections.ConfigDict())
+  stage = sharding.get("zero_stage", 0)
+  if mesh is None:
+    try:
+      mesh = mesh_lib.make_mesh(sharding.get("mesh", {"data": -1}))
+    except mesh_lib.MeshError:  # the run's device count is not this machine's
+      mesh = mesh_lib.make_mesh({"data": -1})
   abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = zero.state_shardings(abstract_state, stage, mesh).state
+  if all(s.is_fully_replicated for s in jax.tree.leaves(shardings["params"])):
+    # Parameters whole on every device: one device computes what all of them would.
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: one, shardings)
   abstract_state = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_state)
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
   restored = Checkpointer(os.path.join(workdir, "checkpoints"), keep=10**6, every_steps=1)
   try:
     found = restored.restore_latest(abstract_state)
