@@ -152,3 +152,39 @@ def test_cli_rejects_unknown_and_mistyped_settings(tmp_path, tiny_corpus):
     assert done.returncode != 0
     assert "stepz" in done.stderr or "many" in done.stderr
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_memory_preflight_refuses_stage_0_names_stage_3_and_stage_3_trains(tmp_path, tiny_corpus):
+  """sharding.device_memory_gb just above what the compiled step needs at stage 3: stage 0 is
+  refused with one line naming its need, the budget and zero_stage=3 (the lowest
+  that fits), before anything is written; stage 3 then trains. Catches: a check on the state's
+  bytes instead of the compiled step, a suggestion of a stage that does not fit, or a check
+  that runs after the workdir is written."""
+  import jax
+  import numpy as np
+
+  from sharding import memory as memory_lib
+  from sharding import mesh as mesh_lib
+
+  overrides = {"model.d_model": 128, "model.n_layers": 4, "model.d_ff": 512, "train.steps": 2,
+               "checkpoint.every_steps": 2, "train.eval_every": 2, "data.seq_len": 16,
+               "sharding.mesh": {"data": 8}}
+  config = tiny_config(tiny_corpus, **overrides)
+  model_cfg = loop.config_lib.validate(config)
+  mesh = mesh_lib.make_mesh(config.sharding.mesh)
+
+  def need(stage):
+    run = loop.make_sharded_training(model_cfg, config.train, mesh, stage, pad_id=-1)
+    struct = jax.ShapeDtypeStruct((8, 17), np.int32, sharding=run.batch_sharding)
+    return memory_lib.step_bytes(run.train_step.lower(run.abstract_state, struct).compile())
+
+  need_3 = need(3)
+  config.sharding.device_memory_gb = 1.02 * need_3 / memory_lib.GB
+  workdir = tmp_path / "run"
+  with pytest.raises(mesh_lib.MeshError) as e:
+    loop.train(config, str(workdir))
+  assert "per device at sharding.zero_stage=0, over sharding.device_memory_gb=" in str(e.value)
+  assert str(e.value).endswith(f"zero_stage=3 needs {need_3 / memory_lib.GB:.3g} GB")
+  assert not workdir.exists()
+  config.sharding.zero_stage = 3
+  assert loop.train(config, str(workdir))["final_step"] == 2
