@@ -41,6 +41,10 @@ RUNS = {
     "stage1": ({"data": 8}, 1, 1),
     "stage2": ({"data": 8}, 2, 1),
     "stage3": ({"data": 8}, 3, 1),
+    # Every stage on a mesh of all three dense axes (the expert axis: tests/test_moe.py).
+    "tensor2_fsdp2_stage0": ({"data": 2, "fsdp": 2, "tensor": 2}, 0, 1),
+    "tensor2_fsdp2_stage1": ({"data": 2, "fsdp": 2, "tensor": 2}, 1, 1),
+    "tensor2_fsdp2_stage2_accum2": ({"data": 2, "fsdp": 2, "tensor": 2}, 2, 2),
     "tensor2_fsdp2_stage3_accum2": ({"data": 2, "fsdp": 2, "tensor": 2}, 3, 2),
 }
 
