@@ -18,7 +18,8 @@ keeps its own experts (gathered only over the other data-parallel axes, at stage
 layer sends tokens to them by all-to-all (model/moe.py, ExpertExchange, which this module builds
 and hands to the model as use.expert_exchange). Their gradient then sums over the devices that
 share those experts: the all-to-all's transpose brings back the cotangents of every expert-axis
-peer's tokens, and the sum over the other axes comes from the weights being invariant there.
+peer's tokens, and the sum over the other axes is the transpose of the weights' replication there
+(stages 0-2) or of their gather (stage 3, a reduce-scatter).
 
 So at stages 2 and 3 no device ever holds a whole gradient (only one layer's, for a moment), and
 gradient accumulation carries slices; at stage 3 no device holds whole parameters either, only
@@ -223,7 +224,10 @@ def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any, grad_shardin
   param_sharding: where the parameters are stored (NamedShardings like the params); grad_sharding:
   where the gradient sum must land. Per parameter, from the two layouts:
     stored split (stage 3; experts over the expert axis at any stage)  the device differentiates
-        its slice; the model gathers it where used; the gradient comes back reduce-scattered
+        its slice; the model gathers it where used; the gradient comes back reduce-scattered.
+        Over the expert axis nothing is gathered: the layer's tokens come to the experts
+        (use.expert_exchange), and the gradient of the device's experts is its own, summed over
+        the other axes by the transpose of their replication
     stored whole, gradient split (stage 2)  a GradTap: the gradient comes back reduce-scattered
     both whole (stages 0, 1)  the whole parameter; its gradient is all-reduced after the backward
         pass (and after gradient accumulation: once per step)
