@@ -174,13 +174,17 @@ class MoEFFN(nnx.Module):
     self.w_up = make_param(rngs.params(), (e, d, f), ("expert", "embed", "mlp"), std=cfg.init_std, **p)
     self.w_down = make_param(rngs.params(), (e, f, d), ("expert", "mlp", "embed"), std=out_std, **p)
 
-  def __call__(self, x_BxTxD: jax.Array) -> tuple[jax.Array, moe_lib.MoEStats]:
+  def __call__(
+      self, x_BxTxD: jax.Array, exchange: Optional[moe_lib.ExpertExchange] = None,
+  ) -> tuple[jax.Array, moe_lib.MoEStats]:
+    """exchange: when the expert weights are this device's share of the experts (see
+    moe_lib.ExpertExchange); sharding supplies it through the use() hook."""
     dt = self.cfg.compute_dtype
     b, t, d = x_BxTxD.shape
     y_NxD, stats = moe_lib.moe_ffn(
         x_BxTxD.reshape(b * t, d).astype(dt), self.router[...],
         self.w_gate[...].astype(dt), self.w_up[...].astype(dt), self.w_down[...].astype(dt),
-        self.cfg.moe)
+        self.cfg.moe, exchange)
     return y_NxD.reshape(b, t, d), stats
 
 
@@ -194,16 +198,21 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg, n_stack=n_stack)
     self.mlp = MoEFFN(cfg, rngs, n_stack=n_stack) if moe else SwiGLU(cfg, rngs, n_stack=n_stack)
 
-  def ffn(self, x_BxTxD) -> tuple[jax.Array, Optional[moe_lib.MoEStats]]:
+  def ffn(self, x_BxTxD, exchange: Optional[moe_lib.ExpertExchange] = None,
+          ) -> tuple[jax.Array, Optional[moe_lib.MoEStats]]:
     """x + ffn(norm(x)), and the MoE statistics (None for a dense FFN)."""
-    out = self.mlp(self.mlp_norm(x_BxTxD))
-    y, stats = out if isinstance(out, tuple) else (out, None)
+    h_BxTxD = self.mlp_norm(x_BxTxD)
+    if isinstance(self.mlp, MoEFFN):
+      y, stats = self.mlp(h_BxTxD, exchange)
+    else:
+      y, stats = self.mlp(h_BxTxD), None
     return x_BxTxD + y, stats
 
-  def forward(self, x_BxTxD, positions_BxT, segment_ids_BxT=None):
-    """(x, MoEStats or None)."""
+  def forward(self, x_BxTxD, positions_BxT, segment_ids_BxT=None,
+              exchange: Optional[moe_lib.ExpertExchange] = None):
+    """(x, MoEStats or None). exchange: see MoEFFN."""
     x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT)
-    return self.ffn(x_BxTxD)
+    return self.ffn(x_BxTxD, exchange)
 
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT=None):
     return self.forward(x_BxTxD, positions_BxT, segment_ids_BxT)[0]

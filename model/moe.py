@@ -10,6 +10,17 @@ Two dispatch styles:
   dropless  assignments sorted by expert and run through grouped matmuls (jax.lax.ragged_dot):
             every token reaches its experts, whatever the imbalance.
 
+Expert parallelism (an ExpertExchange, supplied by sharding/, never built here): each device
+holds E / S of the experts and routes only its own tokens. It lays them out in the (E, C, D)
+capacity buffer, and one all-to-all sends every expert's block to the device that holds the
+expert; the experts run, and the same all-to-all brings the results back. Expert weights never
+move. C counts one device's tokens: capacity dispatch gives each expert C = capacity_factor * N
+* k / E slots per sending device (GShard's per-group capacity, the same that plain data
+parallelism gives each device), so tokens drop exactly where they drop under data parallelism
+without an expert axis. Dropless dispatch uses C = N: top_k picks distinct experts, so no expert
+can receive more than N of a device's tokens and nothing drops, at the price of a buffer E / k
+times larger than the assignments (a static-shape stand-in for a ragged all-to-all).
+
 Losses (both returned unweighted; the model scales them by their config weights):
   load balancing (Switch)  E * sum_i f_i P_i, f_i the share of assignments routed to expert i,
                            P_i the mean router probability of i; 1 exactly at uniform routing.
@@ -20,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +104,24 @@ class MoEStats(NamedTuple):
   expert_share_E: jax.Array  # share of assignments received by each expert
 
 
+@dataclasses.dataclass(frozen=True)
+class ExpertExchange:
+  """How an MoE layer reaches experts held by other devices. sharding/data_parallel.py builds it
+  from the mesh; the model only calls it, so it never names a mesh axis.
+
+  n_shards     S, the devices the experts are spread over; each holds E / S of them, device s
+               experts s * E / S to (s + 1) * E / S - 1
+  all_to_all   (S * G, ...) -> (S * G, ...): block s of G rows goes to device s, and block s of
+               the result came from device s. Its own inverse, so it also brings results back
+  token_mean   the mean of a per-device statistic over every device of the step: each holds the
+               same number of tokens, so this is the mean over all tokens, as on one device
+  """
+
+  n_shards: int
+  all_to_all: Callable[[jax.Array], jax.Array]
+  token_mean: Callable[[jax.Array], jax.Array]
+
+
 def route(x_NxD: jax.Array, w_router_DxE: jax.Array, top_k: int) -> Routing:
   """Softmax router in float32, top-k selection, chosen weights renormalised to sum to one."""
   logits = jnp.einsum("nd,de->ne", x_NxD.astype(jnp.float32), w_router_DxE.astype(jnp.float32))
@@ -154,35 +183,101 @@ def capacity(n_tokens: int, top_k: int, n_experts: int, capacity_factor: float) 
   return max(1, math.ceil(capacity_factor * n_tokens * top_k / n_experts))
 
 
-def capacity_moe(x_NxD, r: Routing, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD, capacity_factor: float):
-  """(output, drop fraction). First choices claim slots before second choices, in token order."""
+class Slots(NamedTuple):
+  """Where each of the A = N * k assignments sits in an (E, C + 1, D) buffer, in priority order:
+  all tokens' 1st choices, then all 2nd choices, ... (k-major). Slot C is a spare for overflow."""
+
+  expert_A: jax.Array
+  token_A: jax.Array
+  weight_A: jax.Array
+  slot_A: jax.Array  # in [0, C]; C for dropped assignments
+  kept_A: jax.Array  # bool
+
+
+def assign_slots(r: Routing, n_experts: int, c: int) -> Slots:
+  """First choices claim slots before second choices, in token order; past C they drop."""
   n, k = r.expert_NxK.shape
-  n_experts, d = w_gate_ExDxF.shape[0], x_NxD.shape[-1]
-  c = capacity(n, k, n_experts, capacity_factor)
-  # Priority order: all tokens' 1st choices, then all 2nd choices, ... (k-major).
   expert_A = r.expert_NxK.T.reshape(-1)
-  token_A = jnp.tile(jnp.arange(n), k)
-  weight_A = r.weight_NxK.T.reshape(-1)
   onehot_AxE = jax.nn.one_hot(expert_A, n_experts, dtype=jnp.int32)
   slot_A = jnp.sum((jnp.cumsum(onehot_AxE, axis=0) - 1) * onehot_AxE, axis=-1)
   kept_A = slot_A < c
-  slot_A = jnp.where(kept_A, slot_A, c)  # dropped assignments write to a spare slot, ignored
-  buf_ExCxD = jnp.zeros((n_experts, c + 1, d), x_NxD.dtype).at[expert_A, slot_A].set(x_NxD[token_A])
+  return Slots(expert_A, jnp.tile(jnp.arange(n), k), r.weight_NxK.T.reshape(-1),
+               jnp.where(kept_A, slot_A, c), kept_A)
+
+
+def expert_swiglu(buf_ExCxD, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD) -> jax.Array:
+  """Each expert's SwiGLU on its own C rows."""
   h = jnp.einsum("ecd,edf->ecf", buf_ExCxD, w_gate_ExDxF)
   u = jnp.einsum("ecd,edf->ecf", buf_ExCxD, w_up_ExDxF)
-  y_ExCxD = jnp.einsum("ecf,efd->ecd", jax.nn.silu(h) * u, w_down_ExFxD)
-  y_AxD = y_ExCxD[expert_A, slot_A].astype(jnp.float32) * (weight_A * kept_A)[:, None]
-  out = jnp.zeros((n, d), jnp.float32).at[token_A].add(y_AxD)
-  drop = 1.0 - jnp.mean(kept_A.astype(jnp.float32))
+  return jnp.einsum("ecf,efd->ecd", jax.nn.silu(h) * u, w_down_ExFxD)
+
+
+def _slotted_moe(x_NxD, r: Routing, c: int, experts: Callable[[jax.Array], jax.Array]):
+  """(output, drop fraction): tokens into an (E, C + 1, D) buffer, experts(buffer) -> results in
+  the same layout, results weighted back onto their tokens."""
+  n, d = x_NxD.shape
+  n_experts = r.probs_NxE.shape[-1]
+  s = assign_slots(r, n_experts, c)
+  buf_ExCxD = jnp.zeros((n_experts, c + 1, d), x_NxD.dtype).at[s.expert_A, s.slot_A].set(
+      x_NxD[s.token_A])
+  y_ExCxD = experts(buf_ExCxD)
+  y_AxD = y_ExCxD[s.expert_A, s.slot_A].astype(jnp.float32) * (s.weight_A * s.kept_A)[:, None]
+  out = jnp.zeros((n, d), jnp.float32).at[s.token_A].add(y_AxD)
+  drop = 1.0 - jnp.mean(s.kept_A.astype(jnp.float32))
   return out.astype(x_NxD.dtype), drop
 
 
-def moe_ffn(x_NxD, w_router_DxE, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD, cfg: MoEConfig):
-  """The whole layer: route, dispatch, combine. Returns (output N x D, MoEStats)."""
+def capacity_moe(x_NxD, r: Routing, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD, capacity_factor: float):
+  """(output, drop fraction). First choices claim slots before second choices, in token order."""
+  n, k = r.expert_NxK.shape
+  c = capacity(n, k, w_gate_ExDxF.shape[0], capacity_factor)
+  return _slotted_moe(
+      x_NxD, r, c, lambda buf: expert_swiglu(buf, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD))
+
+
+def exchanged_moe(x_NxD, r: Routing, w_gate_GxDxF, w_up_GxDxF, w_down_GxFxD, c: int,
+                  exchange: ExpertExchange):
+  """(output, drop fraction) of this device's N tokens, its experts' weights local (G = E / S of
+  them): the (E, C + 1, D) buffer travels to the experts' devices by all-to-all and back."""
+  s = exchange.n_shards
+
+  def remote_experts(buf_ExCxD):
+    e, c1, d = buf_ExCxD.shape
+    g = e // s
+    # After the exchange, block s holds device s's rows for this device's G experts.
+    recv_SxGxCxD = exchange.all_to_all(buf_ExCxD).reshape(s, g, c1, d)
+    recv_GxSCxD = recv_SxGxCxD.transpose(1, 0, 2, 3).reshape(g, s * c1, d)
+    y_GxSCxD = expert_swiglu(recv_GxSCxD, w_gate_GxDxF, w_up_GxDxF, w_down_GxFxD)
+    y_ExCxD = y_GxSCxD.reshape(g, s, c1, d).transpose(1, 0, 2, 3).reshape(e, c1, d)
+    return exchange.all_to_all(y_ExCxD)
+
+  return _slotted_moe(x_NxD, r, c, remote_experts)
+
+
+def router_stats(r: Routing, drop: jax.Array, mean=lambda x: x) -> MoEStats:
+  """The layer's statistics over all tokens; `mean` averages per-device means over devices."""
+  n_experts = r.probs_NxE.shape[-1]
+  f_E = mean(expert_share(r.expert_NxK, n_experts))
+  p_E = mean(jnp.mean(r.probs_NxE, axis=0))
+  return MoEStats(n_experts * jnp.sum(f_E * p_E), mean(z_loss(r)), mean(drop), f_E)
+
+
+def moe_ffn(x_NxD, w_router_DxE, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD, cfg: MoEConfig,
+            exchange: ExpertExchange | None = None):
+  """The whole layer: route, dispatch, combine. Returns (output N x D, MoEStats).
+
+  With an exchange of S > 1 shards, the expert weights are this device's E / S experts and x its
+  own tokens (see the module docstring); without one, all E experts are here. With any exchange
+  the statistics are means over every device's tokens.
+  """
   r = route(x_NxD, w_router_DxE, cfg.top_k)
-  if cfg.dispatch == "dropless":
+  n = x_NxD.shape[0]
+  mean = (lambda x: x) if exchange is None else exchange.token_mean
+  if exchange is not None and exchange.n_shards > 1:
+    c = n if cfg.dispatch == "dropless" else capacity(n, cfg.top_k, cfg.n_experts, cfg.capacity_factor)
+    out, drop = exchanged_moe(x_NxD, r, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD, c, exchange)
+  elif cfg.dispatch == "dropless":
     out, drop = dropless_moe(x_NxD, r, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD), jnp.zeros(())
   else:
     out, drop = capacity_moe(x_NxD, r, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD, cfg.capacity_factor)
-  stats = MoEStats(load_balance_loss(r), z_loss(r), drop, expert_share(r.expert_NxK, cfg.n_experts))
-  return out, stats
+  return out, router_stats(r, drop, mean)

@@ -26,6 +26,9 @@ _REMAT = {
 # passed them in (nnx.State, or an array for embed and lm_head); what comes back must be the
 # same tree of arrays. The model never knows what it does: sharding/data_parallel.py uses it
 # to gather ZeRO-3 slices one layer at a time (sharding knows the mesh, the model does not).
+# use.expert_exchange, when use() has it, is a model.moe.ExpertExchange that every MoE layer
+# is given: then use(("blocks",), ...) leaves the expert weights as this device's share of the
+# experts, and the layer sends its tokens to them (expert parallelism).
 ParamUse = Callable[[tuple, Any], Any]
 # What use() returns is never saved for the backward pass: it is derived from the stored
 # parameters again (for ZeRO-3, re-gathered), so that the backward pass never holds every
@@ -53,6 +56,7 @@ def _marked(use: ParamUse) -> ParamUse:
   def marked(path, stored):
     return jax.tree.map(lambda x: checkpoint_name(x, USED_PARAM), use(path, stored))
   marked.recompute = getattr(use, "recompute", None)
+  marked.expert_exchange = getattr(use, "expert_exchange", None)
   return marked
 
 
@@ -107,11 +111,13 @@ class Transformer(nnx.Module):
     or None). With `use`, the body turns the stored layer state into the arrays it computes
     with (use(path, ...)) and the backward pass derives them again instead of saving them."""
     graphdef, state = nnx.split(blocks)
+    exchange = getattr(use, "expert_exchange", None)
 
     def body(x_BxTxD, layer_state, positions_BxT, segment_ids_BxT):
       if use is not None:
         layer_state = use(path, layer_state)
-      return nnx.merge(graphdef, layer_state).forward(x_BxTxD, positions_BxT, segment_ids_BxT)
+      return nnx.merge(graphdef, layer_state).forward(
+          x_BxTxD, positions_BxT, segment_ids_BxT, exchange)
 
     if self.cfg.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT[self.cfg.remat])

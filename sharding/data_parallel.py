@@ -13,6 +13,14 @@ stage (sharding/zero.py holds the layouts):
                            before use, dropped after, re-gathered   gather's transpose is the
                            in the backward pass                     reduce-scatter, per layer
 
+Expert weights are the exception to "gathered where used": with an `expert` mesh axis each device
+keeps its own experts (gathered only over the other data-parallel axes, at stage 3) and the MoE
+layer sends tokens to them by all-to-all (model/moe.py, ExpertExchange, which this module builds
+and hands to the model as use.expert_exchange). Their gradient then sums over the devices that
+share those experts: the all-to-all's transpose brings back the cotangents of every expert-axis
+peer's tokens, and the sum over the other axes is the transpose of the weights' replication there
+(stages 0-2) or of their gather (stage 3, a reduce-scatter).
+
 So at stages 2 and 3 no device ever holds a whole gradient (only one layer's, for a moment), and
 gradient accumulation carries slices; at stage 3 no device holds whole parameters either, only
 one layer's. The model stays mesh-agnostic: it calls a `use(path, stored)` hook where it reads
@@ -35,7 +43,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
+from model.moe import ExpertExchange
 from sharding.mesh import BATCH_AXES
+from sharding.rules import logical_axes
+
+EXPERT_AXIS = "expert"
 
 _is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
 
@@ -146,21 +158,50 @@ def _grad_tap(dp: tuple[str, ...], splits):
   return tap
 
 
-def _layerwise_use(param_specs: Any, grad_specs: Any, dp: tuple[str, ...]):
-  """The model's use() hook: gathers stored slices, and taps the gradient of whole parameters
-  whose gradient is partitioned (ZeRO-2), one layer at a time where the model uses them."""
+def _expert_dims(param_sharding: Any) -> Any:
+  """A tree like the params: the dimension of each that holds its experts (logical axis
+  `expert`), counted from the end so that it holds for one layer of a stack too (-3 for
+  (layers, expert, embed, mlp)); 0 where there is none."""
+  def dim(v):
+    if not isinstance(v, nnx.Variable):
+      return 0
+    axes = logical_axes(v)
+    return v.replace(axes.index("expert") - len(axes) if "expert" in axes else 0)
 
-  def use_leaf(x, pspec, gspec):
+  return jax.tree.map(dim, param_sharding, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _expert_exchange(mesh: Mesh, dp: tuple[str, ...]) -> ExpertExchange:
+  """The MoE layer's view of the mesh: all-to-all over the expert axis, means over all of dp."""
+  return ExpertExchange(
+      n_shards=mesh.shape[EXPERT_AXIS],
+      all_to_all=lambda x: jax.lax.all_to_all(x, EXPERT_AXIS, 0, 0, tiled=True),
+      # Every device holds as many tokens (the batch splits evenly), so the mean of the
+      # per-device means is the mean over all tokens.
+      token_mean=lambda x: jax.lax.pmean(x, dp))
+
+
+def _layerwise_use(param_specs: Any, grad_specs: Any, dp: tuple[str, ...],
+                   expert_dims: Any = None, exchange: Optional[ExpertExchange] = None):
+  """The model's use() hook: gathers stored slices, and taps the gradient of whole parameters
+  whose gradient is partitioned (ZeRO-2), one layer at a time where the model uses them. Expert
+  weights are never gathered over their expert dimension: the exchange brings tokens to them."""
+
+  def use_leaf(x, pspec, gspec, edim=0):
     if isinstance(x, GradTap):
       return _grad_tap(dp, splits_of(_layer_spec(gspec, x.whole.ndim)))(x.tap, x.whole)
-    return _gather(x, splits_of(_layer_spec(pspec, x.ndim)))  # no split: x as it is
+    splits = splits_of(_layer_spec(pspec, x.ndim))  # no split: x as it is
+    return _gather(x, [(d, axes) for d, axes in splits if not edim or d != x.ndim + edim])
 
   def use(path, stored):
     psub, gsub = _subtree(param_specs, path), _subtree(grad_specs, path)
+    esub = _subtree(expert_dims, path) if expert_dims is not None else jax.tree.map(
+        lambda _: 0, psub, is_leaf=_is_spec)
     if isinstance(stored, nnx.State):
-      return jax.tree.map(use_leaf, stored, psub, gsub, is_leaf=lambda x: isinstance(x, GradTap))
-    spec = lambda sub: jax.tree.leaves(sub, is_leaf=_is_spec)[0]  # noqa: E731
-    return use_leaf(stored, spec(psub), spec(gsub))
+      return jax.tree.map(use_leaf, stored, psub, gsub, esub,
+                          is_leaf=lambda x: isinstance(x, GradTap))
+    first = lambda sub: jax.tree.leaves(sub, is_leaf=_is_spec)[0]  # noqa: E731
+    return use_leaf(stored, first(psub), first(gsub), first(esub))
 
   def recompute(prim, params) -> bool:
     """The primitives whose outputs are used parameters: the model's backward pass derives them
@@ -172,6 +213,7 @@ def _layerwise_use(param_specs: Any, grad_specs: Any, dp: tuple[str, ...]):
     return False
 
   use.recompute = recompute
+  use.expert_exchange = exchange
   return use
 
 
@@ -182,7 +224,10 @@ def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any, grad_shardin
   param_sharding: where the parameters are stored (NamedShardings like the params); grad_sharding:
   where the gradient sum must land. Per parameter, from the two layouts:
     stored split (stage 3; experts over the expert axis at any stage)  the device differentiates
-        its slice; the model gathers it where used; the gradient comes back reduce-scattered
+        its slice; the model gathers it where used; the gradient comes back reduce-scattered.
+        Over the expert axis nothing is gathered: the layer's tokens come to the experts
+        (use.expert_exchange), and the gradient of the device's experts is its own, summed over
+        the other axes by the transpose of their replication
     stored whole, gradient split (stage 2)  a GradTap: the gradient comes back reduce-scattered
     both whole (stages 0, 1)  the whole parameter; its gradient is all-reduced after the backward
         pass (and after gradient accumulation: once per step)
@@ -197,7 +242,13 @@ def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any, grad_shardin
   layerwise = lambda ps, gs: bool(splits_of(ps) or splits_of(gs))  # noqa: E731
   any_layerwise = any(layerwise(p, g) for p, g in zip(
       jax.tree.leaves(param_specs, is_leaf=_is_spec), jax.tree.leaves(grad_specs, is_leaf=_is_spec)))
-  use = _layerwise_use(param_specs, grad_specs, dp) if any_layerwise else None
+  expert_dims = _expert_dims(param_sharding)
+  # An MoE model always gets the exchange: its router statistics are means over all tokens
+  # (token_mean), and with an expert axis its tokens travel to their experts.
+  has_experts = any(jax.tree.leaves(expert_dims))
+  use = (_layerwise_use(param_specs, grad_specs, dp, expert_dims,
+                        _expert_exchange(mesh, dp) if has_experts else None)
+         if any_layerwise or has_experts else None)
 
   def differentiated(x, pspec, gspec):
     """What this device differentiates with respect to, for one parameter."""

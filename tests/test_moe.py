@@ -1,5 +1,7 @@
 """Mixture of Experts: dispatch styles agree with a loop over experts; routing losses behave."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,3 +168,125 @@ def test_moe_training_logs_router_metrics_and_matches_on_an_expert_mesh(tmp_path
   shardings = rules.param_shardings(abstract, mesh_lib.make_mesh(sharded.sharding.mesh),
                                     rules.TENSOR_PARALLEL)
   assert shardings["blocks"]["mlp"]["w_gate"].get_value().spec[1] == "expert"
+
+
+# --- Expert parallelism: tokens travel to their experts by all-to-all -------------------------------
+
+EP_STEPS = 5
+
+
+def _ep_model(dispatch: str):
+  """The tiny model with 4 experts, top 2. capacity_factor = E / k gives every expert room for
+  all of a device's tokens, so capacity dispatch drops nothing on any mesh and matches one
+  device (with drops, each device's tokens compete for their own slots, as under plain data
+  parallelism)."""
+  from model.config import ModelConfig
+  from tests.helpers import tiny_config
+
+  config = tiny_config("", **{"train.steps": EP_STEPS, "data.seq_len": 8})
+  d = config.model.to_dict()
+  d["moe"] = dict(n_experts=E, top_k=K, dispatch=dispatch, capacity_factor=E / K)
+  return config, ModelConfig.from_dict(d)
+
+
+# name: (mesh, zero stage, dispatch). Dispatch only decides the buffer's capacity, the same code
+# at every stage, so the two dispatches take turns over the stages rather than doubling the
+# compiles (each costs seconds on the test machine); stage 3 runs with tensor parallelism too.
+EP_RUNS = {
+    "capacity_stage0": ({"data": 2, "expert": 4}, 0, "capacity"),
+    "dropless_stage1": ({"data": 2, "expert": 4}, 1, "dropless"),
+    "capacity_stage2": ({"data": 2, "expert": 4}, 2, "capacity"),
+    "dropless_tensor2_stage3": ({"data": 2, "expert": 2, "tensor": 2}, 3, "dropless"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _ep_batches():
+  config, model = _ep_model("dropless")
+  shape = (config.train.batch_size, config.data.seq_len + 1)
+  return [np.array(jax.random.randint(jax.random.key(i), shape, 1, model.vocab_size), np.int32)
+          for i in range(EP_STEPS)]
+
+
+@functools.lru_cache(maxsize=None)
+def _ep_initial_state():
+  """One initial state on the host for every run (the parameters do not depend on dispatch)."""
+  return jax.device_get(_ep_training("one_device")[0].init(jax.random.key(0)))
+
+
+@functools.lru_cache(maxsize=None)
+def _ep_training(name: str):
+  """(training, compiled train step); "one_device" is the reference (dropless: with room for
+  every token, capacity dispatch computes the same)."""
+  from sharding import mesh as mesh_lib
+  from train import loop
+
+  if name == "one_device":
+    spec, stage, dispatch = {"data": 1}, 0, "dropless"
+    mesh = mesh_lib.make_mesh(spec, devices=jax.devices()[:1])
+  else:
+    spec, stage, dispatch = EP_RUNS[name]
+    mesh = mesh_lib.make_mesh(spec)
+  config, model = _ep_model(dispatch)
+  training = loop.make_sharded_training(model, config.train, mesh, stage, pad_id=0)
+  batch = _ep_batches()[0]
+  struct = jax.ShapeDtypeStruct(batch.shape, jnp.int32, sharding=training.batch_sharding)
+  return training, training.train_step.lower(training.abstract_state, struct).compile()
+
+
+@functools.lru_cache(maxsize=None)
+def _ep_run(name: str):
+  """(training, compiled HLO text, per-step metrics) of EP_STEPS steps."""
+  training, compiled = _ep_training(name)
+  state = jax.device_put(_ep_initial_state(), training.shardings.state)
+  metrics = []
+  for b in _ep_batches():
+    state, m = compiled(state, jax.device_put(b, training.batch_sharding))
+    metrics.append({k: np.asarray(v) for k, v in m.items()})
+  return training, compiled.as_text(), metrics
+
+
+@pytest.mark.parametrize("name", list(EP_RUNS))
+def test_expert_parallel_training_matches_one_device(name):
+  """Loss, gradient norm and router statistics of 5 float32 steps equal the one-device run.
+
+  Catches: tokens sent to the wrong device or expert (block order of the all-to-all against the
+  order the expert weights are stored in), expert gradients summed over the expert axis or not
+  summed over the data axis (the gradient norm, and the losses after step 1), router statistics
+  averaged per device instead of over all tokens (the load-balancing loss is not linear in them).
+  """
+  ref, run = _ep_run("one_device")[2], _ep_run(name)[2]
+  for key in ("loss", "grad_norm", "moe/load_balance_loss", "moe/z_loss"):
+    np.testing.assert_allclose([m[key] for m in run], [m[key] for m in ref], rtol=1e-5, atol=1e-5,
+                               err_msg=key)
+  np.testing.assert_allclose([m["moe/expert_share"] for m in run],
+                             [m["moe/expert_share"] for m in ref], atol=1e-6)
+  assert all(float(m["moe/drop_fraction"]) == 0.0 for m in run)
+
+
+@pytest.mark.parametrize("name", list(EP_RUNS))
+def test_expert_parallel_step_exchanges_tokens_and_never_gathers_experts(name):
+  """The compiled step has all-to-alls and no all-gather whose output holds an expert weight
+  with all of its experts (whatever other dimension is split, over data or tensor).
+
+  Catches: expert weights gathered whole inside each layer (the use() hook gathering over the
+  expert axis, as before expert parallelism), or an exchange that XLA never emits.
+  """
+  from tests.test_zero import _collectives
+
+  training, hlo, _ = _ep_run(name)
+  ops = _collectives(hlo)
+  assert ops["all-to-all"], "no all-to-all in the step"
+  # Every (L, E, X, Y) expert weight as it would come out of a gather over the expert axis: the
+  # experts all there, X and Y whole or split as one of the step's layouts splits them.
+  forbidden = set()
+  for layout in (training.shardings.params, training.shardings.grads, training.shardings.updates):
+    mlp, stored = layout["blocks"]["mlp"], training.abstract_state["params"]["blocks"]["mlp"]
+    for w in ("w_gate", "w_up", "w_down"):
+      layers, e, x, y = stored[w].shape
+      _, _, x_s, y_s = mlp[w].get_value().shard_shape(stored[w].shape)
+      for xx in {x, x_s}:
+        for yy in {y, y_s}:
+          forbidden |= {(e, xx, yy), (layers, e, xx, yy)}
+  bad = [shape for _, shape in ops["all-gather"] if shape in forbidden]
+  assert not bad, f"expert weights gathered whole over the expert axis: {bad}"

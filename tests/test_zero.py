@@ -130,13 +130,14 @@ def test_state_lives_where_the_stage_says(name):
 
 # --- The collectives in the compiled step ----------------------------------------------------------
 
-_OP = re.compile(r"=\s+(\(.*?\)|\S+)\s+(all-reduce|reduce-scatter|all-gather)(?:-start)?\(")
+_OP = re.compile(
+    r"=\s+(\(.*?\)|\S+)\s+(all-reduce|reduce-scatter|all-gather|all-to-all)(?:-start)?\(")
 _ARRAY = re.compile(r"([a-z]+\d*)\[([\d,]*)\]")
 
 
 def _collectives(hlo: str) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
   """{op: [(dtype, shape) of every array it outputs]} from compiled HLO text."""
-  out = {"all-reduce": [], "reduce-scatter": [], "all-gather": []}
+  out = {"all-reduce": [], "reduce-scatter": [], "all-gather": [], "all-to-all": []}
   for m in _OP.finditer(hlo):
     for dtype, dims in _ARRAY.findall(m.group(1)):
       out[m.group(2)].append((dtype, tuple(int(d) for d in dims.split(",") if d)))
