@@ -193,8 +193,8 @@ def plot(results: dict, out_dir: str) -> None:
       ys = [f["largest"].get("params", 0) / 1e9 for f in fits if f["n_devices"] == n]
       ax.bar(xs, ys, width, label=f"{n} devices")
     ax.set(xticks=stages, xlabel="ZeRO stage", ylabel="billion parameters", yscale="log",
-           title=f"largest Llama-shaped model whose step fits {results['fit_gb']:g} GB "
-                 "(CPU compile)")
+           title=f"largest model whose step fits {results['fit_gb']:g} GB per device\n"
+                 "(Llama-shaped; compiled for CPU devices)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
   else:
