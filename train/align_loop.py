@@ -31,8 +31,10 @@ from tokenizers import Tokenizer
 
 from model import decode, sampling, transformer
 from model.config import ModelConfig, count_params
+from sharding import mesh as mesh_lib
 from train import alignment_data as data_lib
 from train import checkpoint as ckpt_lib
+from train import loop as loop_lib
 from train import metrics as metrics_lib
 from train import optimizer as optimizer_lib
 from train import rewards as rewards_lib
@@ -61,11 +63,11 @@ def byte_tokenizer() -> Tokenizer:
 
 def check_common(config: ml_collections.ConfigDict) -> None:
   """Validates the sections every stage shares; raises ConfigError naming the field."""
-  for section in ("task", "data", "train", "eval", "checkpoint"):
+  for section in ("task", "data", "train", "eval", "checkpoint", "sharding"):
     if section not in config:
       raise ConfigError(f"config has no section {section!r}")
   t = config.train
-  for name in ("steps", "batch_size", "lr", "grad_clip", "log_every", "eval_every"):
+  for name in ("steps", "batch_size", "grad_accum", "lr", "grad_clip", "log_every", "eval_every"):
     if not t[name] > 0:
       raise ConfigError(f"train.{name} must be positive, got {t[name]!r}")
   if t.warmup_steps < 0 or t.weight_decay < 0:
@@ -185,10 +187,12 @@ def make_evaluator(policy: Policy, examples: list[data_lib.Prompted], *, batch_s
 
 
 class Run:
-  """One stage's run in `workdir`: policy, optimizer, state (fresh or resumed), writers."""
+  """One stage's run in `workdir`: policy, mesh, optimizer, writers; start() builds the sharded
+  step of the stage's loss and the state (fresh or resumed) in its layout."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, init_workdir: str, *,
-               stage: str, total_updates: int):
+               stage: str, total_updates: int, batch_rows: Optional[int] = None):
+    """batch_rows: the rows of one step's batch where that is not train.batch_size (GRPO's)."""
     check_common(config)
     # Data files are read first, so that a malformed one fails before anything compiles.
     heldout = data_lib.load_examples(config.data.eval_path, config.task, "heldout")
@@ -197,34 +201,55 @@ class Run:
     self.policy = start_policy(config, workdir, init_workdir)
     _check_resume(workdir, self.policy.model_cfg, init_workdir)
     t = config.train
+    self.mesh = mesh_lib.make_mesh(config.sharding.mesh)
+    self.zero_stage = config.sharding.get("zero_stage", 0)
+    loop_lib.validate_sharding(config, self.policy.model_cfg, self.mesh, batch_size=batch_rows)
     self.tx = optimizer_lib.make(t, total_updates)
     self.lr_schedule = optimizer_lib.schedule(t.lr, t.warmup_steps, total_updates)
+    moe = self.policy.model_cfg.moe
+    self.aux_weights = (moe.aux_loss_weight, moe.z_loss_weight)
     self._save_config()
     self.pad_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.PAD)
     self.eot_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.EOT)
-
-    graphdef, tx = self.policy.graphdef, self.tx
-    # The copy keeps the state's buffers apart from policy.params (the DPO/GRPO reference),
-    # which the donating train steps would otherwise free.
-    init = lambda p: step_lib.init_state(jax.tree.map(jnp.copy, p), tx, t.seed)  # noqa: E731
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-        jax.eval_shape(init, self.policy.params))
     self.ckpt = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
         every_steps=config.checkpoint.every_steps)
-    restored = self.ckpt.restore_latest(abstract)
-    self.data_state: dict = {}
-    if restored is None:
-      self.state, self.start_step = jax.jit(init)(self.policy.params), 0
-    else:
-      self.start_step, self.state, self.data_state = restored
+    self.training: Optional[loop_lib.ShardedTraining] = None
+    self.state: Optional[dict] = None
+    self.start_step, self.data_state = 0, {}
     self.writer = metrics_lib.MetricsWriter(workdir)
     self.evaluate = make_evaluator(
         self.policy, heldout[:config.eval.max_examples], batch_size=config.eval.batch_size,
         max_new_tokens=config.eval.max_new_tokens)
     self.n_heldout = min(len(heldout), config.eval.max_examples)
+
+  def start(self, loss_fn: step_lib.LossFn, example_batch: Any) -> Callable[[dict, Any], tuple]:
+    """The stage's train step, step(state, batch of host arrays) -> (state, metrics), for batches
+    shaped like example_batch; sets self.state: the newest checkpoint's, else the starting
+    policy's parameters with a fresh optimizer state, in the ZeRO stage's layout on the mesh."""
+    t = self.config.train
+    abstract = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    # The copy keeps the state's buffers apart from the ones it starts from, which the donating
+    # train step would otherwise free.
+    self.training = training = loop_lib.build_sharded_training(
+        self.policy.graphdef, lambda p: jax.tree.map(jnp.copy, p), abstract(self.policy.params),
+        loss_fn, self.tx, lr_schedule=self.lr_schedule, grad_accum=t.grad_accum, seed=t.seed,
+        mesh=self.mesh, zero_stage=self.zero_stage, abstract_batch=abstract(example_batch))
+    restored = self.ckpt.restore_latest(training.abstract_state)
+    if restored is None:
+      self.state, self.start_step = training.init(self.shard(self.policy.params)), 0
+    else:
+      self.start_step, self.state, self.data_state = restored
+
+    def step(state, batch):
+      return training.train_step(state, loop_lib.global_batch(batch, training.batch_sharding))
+
+    return step
+
+  def shard(self, params: nnx.State) -> nnx.State:
+    """params (wherever they are) in the policy's layout on the mesh (after start())."""
+    return jax.device_put(jax.device_get(params), self.training.shardings.params)
 
   def _save_config(self) -> None:
     if jax.process_index() != 0:
