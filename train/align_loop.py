@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 from typing import Any, Callable, Optional
 
@@ -41,7 +40,7 @@ from train import rewards as rewards_lib
 from train import step as step_lib
 from train import tokenizer as tokenizer_lib
 from train.config import ConfigError
-from train.loop import NonFiniteLoss, StopFlag
+from train.loop import NonFiniteLoss
 
 
 @dataclasses.dataclass
@@ -265,7 +264,8 @@ class Run:
 
   def loop(self, train_step: Callable[[int, dict], tuple[dict, dict]], *,
            stop_when: Optional[Callable[[dict], bool]] = None) -> dict[str, Any]:
-    """Runs train_step(step index, state) -> (state, metrics) until config.train.steps.
+    """Runs train_step(step index, state) -> (state, metrics) until config.train.steps, in
+    train/loop.py's run_steps, every step's metrics read back at once.
 
     Held-out accuracy is evaluated before the first step of a fresh run (the starting point every
     gain is measured from), every train.eval_every steps and at the end. stop_when(record) ends
@@ -280,45 +280,53 @@ class Run:
       first = {f"eval/{k}": v for k, v in self.evaluate(self.state["params"]).items()}
       self.writer.write(0, first)
       print(f"[{self.stage}] step 0: held-out accuracy {first['eval/accuracy']:.3f}", flush=True)
-    step, t0, record = self.start_step, time.perf_counter(), {}
+    t0 = time.perf_counter()
     data_state = dict(self.data_state)
     last = t.steps
     if self.data_state.get("stopped_early"):  # a rerun of a finished run changes nothing
       summary["stopped_early"] = self.data_state["stopped_early"]
-      last = step
+      last = self.start_step
+    step_started = [t0]
+
+    def timed_step(step: int, state):
+      step_started[0] = time.perf_counter()
+      return train_step(step, state)
+
+    def report(step: int, metrics, state) -> dict:
+      record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      record["step_time_s"] = time.perf_counter() - step_started[0]
+      if not np.isfinite(record["loss"]):
+        raise NonFiniteLoss(
+            f"loss is {record['loss']} at step {step}; stopped without saving, the last good "
+            f"checkpoint ({max(self.ckpt.steps(), default='none')}) is untouched; lower "
+            "train.lr")
+      if step % t.eval_every == 0 or step == t.steps:
+        record.update({f"eval/{k}": v for k, v in self.evaluate(state["params"]).items()})
+        print(f"[{self.stage}] step {step}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in record.items() if k != "step_time_s"), flush=True)
+      if step % t.log_every == 0 or "eval/accuracy" in record:
+        self.writer.write(step, record)
+      return record
+
+    def save(step: int, state, early: bool) -> None:
+      data_state.clear()
+      data_state.update(step=step,
+                        wall_s=self.data_state.get("wall_s", 0.0) + time.perf_counter() - t0)
+      if early:
+        summary["stopped_early"] = data_state["stopped_early"] = (
+            f"stop condition met at step {step}")
+      self.ckpt.save(step, state, data_state)
+
+    hooks = loop_lib.Hooks(
+        report=report, save=save,
+        must_save=lambda step: step % self.config.checkpoint.every_steps == 0,
+        read_now=lambda step: True,  # small models, short steps: simplicity over overlap
+        stop_when=lambda r: "eval/accuracy" in r and stop_when is not None and stop_when(r))
     try:
-      with StopFlag() as stop:
-        while step < last and stop.signum is None:
-          t_step = time.perf_counter()
-          self.state, metrics = train_step(step, self.state)
-          record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          record["step_time_s"] = time.perf_counter() - t_step
-          step += 1
-          if not np.isfinite(record["loss"]):
-            raise NonFiniteLoss(
-                f"loss is {record['loss']} at step {step}; stopped without saving, the last good "
-                f"checkpoint ({max(self.ckpt.steps(), default='none')}) is untouched; lower "
-                "train.lr")
-          evaluated = step % t.eval_every == 0 or step == t.steps
-          if evaluated:
-            record.update({f"eval/{k}": v for k, v in self.evaluate(self.state["params"]).items()})
-            print(f"[{self.stage}] step {step}: " + ", ".join(
-                f"{k} {v:.4g}" for k, v in record.items() if k != "step_time_s"), flush=True)
-          early = evaluated and stop_when is not None and stop_when(record)
-          data_state = {"step": step,
-                        "wall_s": self.data_state.get("wall_s", 0.0) + time.perf_counter() - t0}
-          if early:
-            summary["stopped_early"] = data_state["stopped_early"] = (
-                f"stop condition met at step {step}")
-          if step % t.log_every == 0 or evaluated:
-            self.writer.write(step, record)
-          if step % self.config.checkpoint.every_steps == 0 or step == t.steps or early \
-              or stop.signum is not None:
-            self.ckpt.save(step, self.state, data_state)
-          if early:
-            break
-        if stop.signum is not None:
-          summary["stopped_by_signal"] = signal.Signals(stop.signum).name
+      self.state, step, signalled, _ = loop_lib.run_steps(
+          self.state, self.start_step, last, timed_step, hooks)
+      if signalled is not None:
+        summary["stopped_by_signal"] = signalled
     finally:
       self.writer.close()
       self.ckpt.close()

@@ -96,6 +96,56 @@ def _any_process(flag: bool) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What a run does around its train steps (run_steps); every process calls each of them."""
+
+  # (step, metrics, state) -> record: reads the step's metrics back, logs them, evaluates when
+  # due; raises NonFiniteLoss.
+  report: Callable[[int, Any, Any], dict]
+  # (step, state, stopped_early) -> None: writes a checkpoint.
+  save: Callable[[int, Any, bool], None]
+  must_save: Callable[[int], bool]
+  # Report this step at once (an evaluation or a save must see it), not one step late.
+  read_now: Callable[[int], bool] = lambda step: False
+  # (record of a step reported at once) -> end the run there (SFT's target accuracy).
+  stop_when: Callable[[dict], bool] = lambda record: False
+
+
+def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any], tuple[Any, Any]],
+              hooks: Hooks) -> tuple[Any, int, Optional[str], bool]:
+  """The one training loop: train_step(step index, state) -> (state, metrics) from `start` until
+  `last`. Returns (state, final step, what stopped it early: a signal's name, "another process"
+  or None, whether hooks.stop_when did).
+
+  A step's metrics are reported one step late, so that the device is never idle while the host
+  reads them, unless hooks.read_now says now. A checkpoint is saved where hooks.must_save says, at
+  the last step, on an early stop, and at the step boundary after SIGTERM / SIGINT on any process
+  (all processes stop at the same step).
+  """
+  pending = None  # (step, metrics) dispatched but not yet reported
+  step, signalled, early = start, None, False
+  with StopFlag() as stop:
+    while step < last and signalled is None and not early:
+      state, metrics = train_step(step, state)
+      step += 1
+      if pending is not None:
+        hooks.report(*pending, state)
+      pending = (step, metrics)
+      if _any_process(stop.signum is not None):
+        signalled = (signal.Signals(stop.signum).name if stop.signum is not None
+                     else "another process")
+      must_save = hooks.must_save(step) or step == last or signalled is not None
+      if must_save or hooks.read_now(step):
+        early = bool(hooks.stop_when(hooks.report(*pending, state)))
+        pending = None
+      if must_save or early:
+        hooks.save(step, state, early)
+    if pending is not None:
+      hooks.report(*pending, state)
+  return state, step, signalled, early
+
+
+@dataclasses.dataclass(frozen=True)
 class ShardedTraining:
   """The train state's layout on a mesh and the jitted functions that create and step it."""
 
@@ -277,8 +327,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     summary.update(step=step, loss=loss)
     return record
 
-  def report(pending, state) -> None:
-    step, metrics = pending
+  def report(step: int, metrics, state) -> dict:
     record = inspect(step, metrics)
     if step % t.eval_every == 0 or step == t.steps:
       record["eval_loss"] = summary["eval_loss"] = evaluate(state["params"])
@@ -290,35 +339,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       postfix["tok/s"] = f"{record['tokens_per_sec']:.0f}"
     bar.set_postfix(postfix, refresh=False)
     bar.update(step - bar.n)
+    return record
 
-  pending = None  # (step, metrics) dispatched but not yet read back
-  step = start
-  stopping = False
+  def train_step_at(step: int, state):
+    timer["steps"] += 1
+    return train_step(state, global_batch(next(train_iter), batch_sharding))
+
+  def save(step: int, state, early: bool) -> None:
+    del early  # pretraining has no stop condition
+    ckpt.save(step, state, train_iter.get_state())
+    timer["t"] = time.perf_counter()
+
+  hooks = Hooks(
+      report=report, save=save,
+      must_save=lambda step: step % config.checkpoint.every_steps == 0,
+      read_now=lambda step: step % t.eval_every == 0)
   try:
-    with StopFlag() as stop:
-      while step < t.steps and not stopping:
-        batch = global_batch(next(train_iter), batch_sharding)
-        state, metrics = train_step(state, batch)
-        step += 1
-        timer["steps"] += 1
-        if pending is not None:
-          report(pending, state)
-        pending = (step, metrics)
-        stopping = _any_process(stop.signum is not None)
-        must_save = step % config.checkpoint.every_steps == 0 or step == t.steps or stopping
-        if must_save or step % t.eval_every == 0:  # read back now: eval and saves see this step
-          report(pending, state)
-          pending = None
-        if must_save:
-          ckpt.save(step, state, train_iter.get_state())
-          timer["t"] = time.perf_counter()
-      if pending is not None:
-        report(pending, state)
-      if stopping:
-        summary["stopped_by_signal"] = (
-            signal.Signals(stop.signum).name if stop.signum is not None else "another process")
-        if is_main:
-          bar.write(f"received {summary['stopped_by_signal']}: saved step {step}, exiting")
+    state, step, signalled, _ = run_steps(state, start, t.steps, train_step_at, hooks)
+    if signalled is not None:
+      summary["stopped_by_signal"] = signalled
+      if is_main:
+        bar.write(f"received {signalled}: saved step {step}, exiting")
   finally:
     bar.close()
     writer.close()
