@@ -70,7 +70,8 @@ def _metrics(objective: str, mesh_spec: dict, zero_stage: int, grad_accum: int) 
   mesh = mesh_lib.make_mesh(mesh_spec, devices=devices)
   graphdef, params = transformer.create(MODEL, jax.random.key(0))
   t = alignment.base().train
-  abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)  # noqa: E731
+  abstract = lambda tree: jax.tree.map(  # noqa: E731
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
   training = loop.build_sharded_training(
       graphdef, lambda p: jax.tree.map(jnp.copy, p), abstract(params), _loss(objective, graphdef),
       optimizer_lib.make(t, STEPS), lr_schedule=optimizer_lib.schedule(t.lr, 0, STEPS),

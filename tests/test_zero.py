@@ -190,7 +190,8 @@ def test_stage_3_all_gathers_parameters_inside_the_step():
   # re-assemble updated parameters as in stages 1 and 2: those stay partitioned.
   assert all(re.search(r'op_name="[^"]*shard_map/[^"]*all_gather"', line) for line in gathers)
   # and gathered again in the backward pass rather than saved from the forward one
-  assert any(re.search(r'op_name="[^"]*shard_map/transpose[^"]*all_gather"', line) for line in gathers)
+  assert any(re.search(r'op_name="[^"]*shard_map/transpose[^"]*all_gather"', line)
+             for line in gathers)
   assert not _collectives(_run("stage0").hlo)["all-gather"]
 
 

@@ -9,6 +9,12 @@ checkpoint: the batches are a function of the step and the PRNG key is in the st
 continues as if it had never stopped. The frozen reference (DPO, GRPO with beta > 0) is the
 init_workdir's policy, read again on resume.
 
+A stage trains exactly as pretraining does: its objective is a loss function (sft.loss, dpo.loss,
+grpo.loss) run by train/step.py's one step, sharded by loop.build_sharded_training over the
+config's `sharding` section (mesh, zero_stage; any mesh resumes any checkpoint of the run), in
+loop.run_steps. Generation and the reference's log-probs are jitted functions of the sharded
+parameters: XLA gathers what they read.
+
 Metrics are read back every step: the models here are small and the step is short, so the
 simplicity is worth more than the overlap of host and device.
 """

@@ -32,7 +32,6 @@ from flax import nnx
 from model import transformer
 from train import align_loop
 from train import alignment_data as data_lib
-from train import checkpoint as ckpt_lib
 from train import step as step_lib
 from train.config import ConfigError
 
@@ -62,7 +61,8 @@ def dpo_loss_sums(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
                   ref_chosen_B: jax.Array, ref_rejected_B: jax.Array, *, beta: float,
                   loss_type: str, label_smoothing: float = 0.0,
                   chosen_len_B: Optional[jax.Array] = None,
-                  rejected_len_B: Optional[jax.Array] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  rejected_len_B: Optional[jax.Array] = None,
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(loss summed over the pairs, metrics summed over the pairs) from sequence log-probabilities
   (B,): sums, so that the train step can add them over devices and micro-batches before it
   divides by the number of pairs. chosen_len_B / rejected_len_B (completion token counts) are
@@ -97,9 +97,11 @@ def dpo_loss_sums(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
 
 
 def dpo_loss(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
-             ref_chosen_B: jax.Array, ref_rejected_B: jax.Array, **kw) -> tuple[jax.Array, dict[str, jax.Array]]:
+             ref_chosen_B: jax.Array, ref_rejected_B: jax.Array,
+             **kw) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(mean loss over the pairs, mean metrics): dpo_loss_sums divided by the number of pairs."""
-  total, sums = dpo_loss_sums(policy_chosen_B, policy_rejected_B, ref_chosen_B, ref_rejected_B, **kw)
+  total, sums = dpo_loss_sums(
+      policy_chosen_B, policy_rejected_B, ref_chosen_B, ref_rejected_B, **kw)
   b = policy_chosen_B.shape[0]
   return total / b, {k: v / b for k, v in sums.items()}
 
@@ -162,7 +164,8 @@ def batch_of(chosen: data_lib.Sequences, rejected: data_lib.Sequences, ref_c: np
   rows = lambda s: {"inputs": s.inputs_NxT[idx], "targets": s.targets_NxT[idx],  # noqa: E731
                     "mask": s.mask_NxT[idx]}
   batch = {"chosen": rows(chosen), "rejected": rows(rejected),
-           "ref_chosen": np.asarray(ref_c, np.float32), "ref_rejected": np.asarray(ref_r, np.float32)}
+           "ref_chosen": np.asarray(ref_c, np.float32),
+           "ref_rejected": np.asarray(ref_r, np.float32)}
   if nll:
     per_pair = max(float(batch["chosen"]["mask"].sum()), 1.0) / len(idx)
     batch["chosen_tokens"] = np.full(len(idx), per_pair, np.float32)
