@@ -7,6 +7,8 @@ differ, so a loss that averaged per device or per micro-batch instead of over th
 (DPO's per-token NLL term, GRPO's per-sequence aggregation) would differ from the one-device run.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,6 +21,7 @@ from model.config import ModelConfig
 from sharding import mesh as mesh_lib
 from train import alignment_data as data_lib
 from train import dpo, grpo, loop, optimizer as optimizer_lib, sft
+from train import step as step_lib
 from train import tokenizer as tokenizer_lib
 
 MODEL = ModelConfig(vocab_size=tokenizer_lib.min_vocab_size(), d_model=32, n_layers=2, n_heads=2,
@@ -65,19 +68,31 @@ def _loss(objective: str, graphdef):
   return grpo.loss(graphdef, GRPO)
 
 
+def _tx():
+  t = alignment.base().train
+  return optimizer_lib.make(t, STEPS), optimizer_lib.schedule(t.lr, 0, STEPS)
+
+
+@functools.lru_cache(maxsize=None)
+def _initial():
+  """(graphdef, the initial train state on the host): every run starts from the same values, laid
+  out its own way (without compiling each layout's init)."""
+  graphdef, params = transformer.create(MODEL, jax.random.key(0))
+  return graphdef, jax.device_get(step_lib.init_state(params, _tx()[0], 0))
+
+
 def _metrics(objective: str, mesh_spec: dict, zero_stage: int, grad_accum: int) -> list[dict]:
   devices = jax.devices()[:int(np.prod(list(mesh_spec.values())))]
   mesh = mesh_lib.make_mesh(mesh_spec, devices=devices)
-  graphdef, params = transformer.create(MODEL, jax.random.key(0))
-  t = alignment.base().train
+  graphdef, initial = _initial()
+  tx, lr_schedule = _tx()
   abstract = lambda tree: jax.tree.map(  # noqa: E731
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
   training = loop.build_sharded_training(
-      graphdef, lambda p: jax.tree.map(jnp.copy, p), abstract(params), _loss(objective, graphdef),
-      optimizer_lib.make(t, STEPS), lr_schedule=optimizer_lib.schedule(t.lr, 0, STEPS),
-      grad_accum=grad_accum, seed=0, mesh=mesh, zero_stage=zero_stage,
-      abstract_batch=abstract(_batch(objective, 0)))
-  state = training.init(jax.device_put(jax.device_get(params), training.shardings.params))
+      graphdef, lambda p: jax.tree.map(jnp.copy, p), abstract(initial["params"]),
+      _loss(objective, graphdef), tx, lr_schedule=lr_schedule, grad_accum=grad_accum, seed=0,
+      mesh=mesh, zero_stage=zero_stage, abstract_batch=abstract(_batch(objective, 0)))
+  state = jax.device_put(initial, training.shardings.state)
   out = []
   for i in range(STEPS):
     batch = loop.global_batch(_batch(objective, i), training.batch_sharding)
