@@ -8,7 +8,7 @@ model code: sharding/zero.py builds the ZeRO stages from the tables here.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import jax
 from flax import nnx
@@ -77,6 +77,16 @@ def param_shardings(params: nnx.State, mesh: Mesh, rules: Rules):
 def batch_sharding(mesh: Mesh, extra_dims: int = 1) -> NamedSharding:
   """Batches split over every data-parallel mesh axis along their first dimension."""
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * extra_dims)))
+
+
+def batch_shardings(mesh: Mesh, abstract_batch: Any) -> Any:
+  """A tree like `abstract_batch` (any arrays whose leading dimension is the rows) whose leaves
+  split those rows over every data-parallel mesh axis; None (no structure given): one sharding,
+  a prefix of every such tree."""
+  sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+  if abstract_batch is None:
+    return sharding
+  return jax.tree.map(lambda _: sharding, abstract_batch)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -13,6 +13,7 @@ from model import transformer
 from model.config import ModelConfig
 from train import alignment_data as data_lib
 from train import dpo
+from train import step as step_lib
 
 CFG = ModelConfig(vocab_size=16, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
                   max_seq_len=16)
@@ -93,10 +94,12 @@ def test_gradient_raises_chosen_and_lowers_rejected_logp():
   pair_logps = dpo.make_pair_logps(graphdef)
   ref_c, ref_r = pair_logps(params, *chosen, *rejected)
   tx = optax.sgd(0.1)
-  step = jax.jit(dpo.make_train_step(graphdef, tx, beta=0.1, loss_type="sigmoid",
-                                     label_smoothing=0.0, lr_schedule=lambda s: 0.1))
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  state, _ = step(state, tuple(chosen), tuple(rejected), ref_c, ref_r)
+  step = jax.jit(step_lib.make_train_step(
+      dpo.loss(graphdef, beta=0.1, loss_type="sigmoid"), tx, grad_accum=1,
+      lr_schedule=lambda s: 0.1))
+  state = step_lib.init_state(params, tx, 0)
+  rows = np.arange(3)
+  state, _ = step(state, dpo.batch_of(chosen, rejected, ref_c, ref_r, rows, nll=False))
   new_c, new_r = pair_logps(state["params"], *chosen, *rejected)
   assert np.all(np.asarray(new_c) > np.asarray(ref_c))
   assert np.all(np.asarray(new_r) < np.asarray(ref_r))

@@ -12,6 +12,7 @@ from model import transformer
 from model.config import ModelConfig
 from train import alignment_data as data_lib
 from train import grpo
+from train import step as step_lib
 
 CFG = ModelConfig(vocab_size=16, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,
                   max_seq_len=16)
@@ -76,10 +77,11 @@ def test_ratio_is_one_and_nothing_clipped_with_mu_1():
   seqs = _rollout()
   g = ml_collections.ConfigDict(dict(LOSS_KW, temperature=1.0))
   tx = optax.adam(1e-2)
-  update = jax.jit(grpo.make_update(graphdef, tx, g, lambda s: 1e-2))
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  adv = jnp.array([3.0, -3.0, 3.0, -3.0])  # large: any ratio away from 1 would clip
-  _, m = update(state, *map(jnp.asarray, seqs), adv, None, None)
+  update = jax.jit(step_lib.make_train_step(grpo.loss(graphdef, g), tx, grad_accum=1,
+                                            lr_schedule=lambda s: 1e-2))
+  state = step_lib.init_state(params, tx, 0)
+  adv = np.array([3.0, -3.0, 3.0, -3.0])  # large: any ratio away from 1 would clip
+  _, m = update(state, grpo.batch_of(seqs, adv))
   assert float(m["ratio_mean"]) == 1.0
   assert float(m["clip_ratio"]) == 0.0
 

@@ -9,6 +9,12 @@ checkpoint: the batches are a function of the step and the PRNG key is in the st
 continues as if it had never stopped. The frozen reference (DPO, GRPO with beta > 0) is the
 init_workdir's policy, read again on resume.
 
+A stage trains exactly as pretraining does: its objective is a loss function (sft.loss, dpo.loss,
+grpo.loss) run by train/step.py's one step, sharded by loop.build_sharded_training over the
+config's `sharding` section (mesh, zero_stage; any mesh resumes any checkpoint of the run), in
+loop.run_steps. Generation and the reference's log-probs are jitted functions of the sharded
+parameters: XLA gathers what they read.
+
 Metrics are read back every step: the models here are small and the step is short, so the
 simplicity is worth more than the overlap of host and device.
 """
@@ -18,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 from typing import Any, Callable, Optional
 
@@ -31,15 +36,17 @@ from tokenizers import Tokenizer
 
 from model import decode, sampling, transformer
 from model.config import ModelConfig, count_params
+from sharding import mesh as mesh_lib
 from train import alignment_data as data_lib
 from train import checkpoint as ckpt_lib
+from train import loop as loop_lib
 from train import metrics as metrics_lib
 from train import optimizer as optimizer_lib
 from train import rewards as rewards_lib
 from train import step as step_lib
 from train import tokenizer as tokenizer_lib
 from train.config import ConfigError
-from train.loop import NonFiniteLoss, StopFlag
+from train.loop import NonFiniteLoss
 
 
 @dataclasses.dataclass
@@ -61,11 +68,11 @@ def byte_tokenizer() -> Tokenizer:
 
 def check_common(config: ml_collections.ConfigDict) -> None:
   """Validates the sections every stage shares; raises ConfigError naming the field."""
-  for section in ("task", "data", "train", "eval", "checkpoint"):
+  for section in ("task", "data", "train", "eval", "checkpoint", "sharding"):
     if section not in config:
       raise ConfigError(f"config has no section {section!r}")
   t = config.train
-  for name in ("steps", "batch_size", "lr", "grad_clip", "log_every", "eval_every"):
+  for name in ("steps", "batch_size", "grad_accum", "lr", "grad_clip", "log_every", "eval_every"):
     if not t[name] > 0:
       raise ConfigError(f"train.{name} must be positive, got {t[name]!r}")
   if t.warmup_steps < 0 or t.weight_decay < 0:
@@ -185,10 +192,12 @@ def make_evaluator(policy: Policy, examples: list[data_lib.Prompted], *, batch_s
 
 
 class Run:
-  """One stage's run in `workdir`: policy, optimizer, state (fresh or resumed), writers."""
+  """One stage's run in `workdir`: policy, mesh, optimizer, writers; start() builds the sharded
+  step of the stage's loss and the state (fresh or resumed) in its layout."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, init_workdir: str, *,
-               stage: str, total_updates: int):
+               stage: str, total_updates: int, batch_rows: Optional[int] = None):
+    """batch_rows: the rows of one step's batch where that is not train.batch_size (GRPO's)."""
     check_common(config)
     # Data files are read first, so that a malformed one fails before anything compiles.
     heldout = data_lib.load_examples(config.data.eval_path, config.task, "heldout")
@@ -197,34 +206,55 @@ class Run:
     self.policy = start_policy(config, workdir, init_workdir)
     _check_resume(workdir, self.policy.model_cfg, init_workdir)
     t = config.train
+    self.mesh = mesh_lib.make_mesh(config.sharding.mesh)
+    self.zero_stage = config.sharding.get("zero_stage", 0)
+    loop_lib.validate_sharding(config, self.policy.model_cfg, self.mesh, batch_size=batch_rows)
     self.tx = optimizer_lib.make(t, total_updates)
     self.lr_schedule = optimizer_lib.schedule(t.lr, t.warmup_steps, total_updates)
+    moe = self.policy.model_cfg.moe
+    self.aux_weights = (moe.aux_loss_weight, moe.z_loss_weight)
     self._save_config()
     self.pad_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.PAD)
     self.eot_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.EOT)
-
-    graphdef, tx = self.policy.graphdef, self.tx
-    # The copy keeps the state's buffers apart from policy.params (the DPO/GRPO reference),
-    # which the donating train steps would otherwise free.
-    init = lambda p: step_lib.init_state(jax.tree.map(jnp.copy, p), tx, t.seed)  # noqa: E731
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-        jax.eval_shape(init, self.policy.params))
     self.ckpt = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
         every_steps=config.checkpoint.every_steps)
-    restored = self.ckpt.restore_latest(abstract)
-    self.data_state: dict = {}
-    if restored is None:
-      self.state, self.start_step = jax.jit(init)(self.policy.params), 0
-    else:
-      self.start_step, self.state, self.data_state = restored
+    self.training: Optional[loop_lib.ShardedTraining] = None
+    self.state: Optional[dict] = None
+    self.start_step, self.data_state = 0, {}
     self.writer = metrics_lib.MetricsWriter(workdir)
     self.evaluate = make_evaluator(
         self.policy, heldout[:config.eval.max_examples], batch_size=config.eval.batch_size,
         max_new_tokens=config.eval.max_new_tokens)
     self.n_heldout = min(len(heldout), config.eval.max_examples)
+
+  def start(self, loss_fn: step_lib.LossFn, example_batch: Any) -> Callable[[dict, Any], tuple]:
+    """The stage's train step, step(state, batch of host arrays) -> (state, metrics), for batches
+    shaped like example_batch; sets self.state: the newest checkpoint's, else the starting
+    policy's parameters with a fresh optimizer state, in the ZeRO stage's layout on the mesh."""
+    t = self.config.train
+    abstract = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    # The copy keeps the state's buffers apart from the ones it starts from, which the donating
+    # train step would otherwise free.
+    self.training = training = loop_lib.build_sharded_training(
+        self.policy.graphdef, lambda p: jax.tree.map(jnp.copy, p), abstract(self.policy.params),
+        loss_fn, self.tx, lr_schedule=self.lr_schedule, grad_accum=t.grad_accum, seed=t.seed,
+        mesh=self.mesh, zero_stage=self.zero_stage, abstract_batch=abstract(example_batch))
+    restored = self.ckpt.restore_latest(training.abstract_state)
+    if restored is None:
+      self.state, self.start_step = training.init(self.shard(self.policy.params)), 0
+    else:
+      self.start_step, self.state, self.data_state = restored
+
+    def step(state, batch):
+      return training.train_step(state, loop_lib.global_batch(batch, training.batch_sharding))
+
+    return step
+
+  def shard(self, params: nnx.State) -> nnx.State:
+    """params (wherever they are) in the policy's layout on the mesh (after start())."""
+    return jax.device_put(jax.device_get(params), self.training.shardings.params)
 
   def _save_config(self) -> None:
     if jax.process_index() != 0:
@@ -240,7 +270,8 @@ class Run:
 
   def loop(self, train_step: Callable[[int, dict], tuple[dict, dict]], *,
            stop_when: Optional[Callable[[dict], bool]] = None) -> dict[str, Any]:
-    """Runs train_step(step index, state) -> (state, metrics) until config.train.steps.
+    """Runs train_step(step index, state) -> (state, metrics) until config.train.steps, in
+    train/loop.py's run_steps, every step's metrics read back at once.
 
     Held-out accuracy is evaluated before the first step of a fresh run (the starting point every
     gain is measured from), every train.eval_every steps and at the end. stop_when(record) ends
@@ -255,45 +286,53 @@ class Run:
       first = {f"eval/{k}": v for k, v in self.evaluate(self.state["params"]).items()}
       self.writer.write(0, first)
       print(f"[{self.stage}] step 0: held-out accuracy {first['eval/accuracy']:.3f}", flush=True)
-    step, t0, record = self.start_step, time.perf_counter(), {}
+    t0 = time.perf_counter()
     data_state = dict(self.data_state)
     last = t.steps
     if self.data_state.get("stopped_early"):  # a rerun of a finished run changes nothing
       summary["stopped_early"] = self.data_state["stopped_early"]
-      last = step
+      last = self.start_step
+    step_started = [t0]
+
+    def timed_step(step: int, state):
+      step_started[0] = time.perf_counter()
+      return train_step(step, state)
+
+    def report(step: int, metrics, state) -> dict:
+      record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      record["step_time_s"] = time.perf_counter() - step_started[0]
+      if not np.isfinite(record["loss"]):
+        raise NonFiniteLoss(
+            f"loss is {record['loss']} at step {step}; stopped without saving, the last good "
+            f"checkpoint ({max(self.ckpt.steps(), default='none')}) is untouched; lower "
+            "train.lr")
+      if step % t.eval_every == 0 or step == t.steps:
+        record.update({f"eval/{k}": v for k, v in self.evaluate(state["params"]).items()})
+        print(f"[{self.stage}] step {step}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in record.items() if k != "step_time_s"), flush=True)
+      if step % t.log_every == 0 or "eval/accuracy" in record:
+        self.writer.write(step, record)
+      return record
+
+    def save(step: int, state, early: bool) -> None:
+      data_state.clear()
+      data_state.update(step=step,
+                        wall_s=self.data_state.get("wall_s", 0.0) + time.perf_counter() - t0)
+      if early:
+        summary["stopped_early"] = data_state["stopped_early"] = (
+            f"stop condition met at step {step}")
+      self.ckpt.save(step, state, data_state)
+
+    hooks = loop_lib.Hooks(
+        report=report, save=save,
+        must_save=lambda step: step % self.config.checkpoint.every_steps == 0,
+        read_now=lambda step: True,  # small models, short steps: simplicity over overlap
+        stop_when=lambda r: "eval/accuracy" in r and stop_when is not None and stop_when(r))
     try:
-      with StopFlag() as stop:
-        while step < last and stop.signum is None:
-          t_step = time.perf_counter()
-          self.state, metrics = train_step(step, self.state)
-          record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          record["step_time_s"] = time.perf_counter() - t_step
-          step += 1
-          if not np.isfinite(record["loss"]):
-            raise NonFiniteLoss(
-                f"loss is {record['loss']} at step {step}; stopped without saving, the last good "
-                f"checkpoint ({max(self.ckpt.steps(), default='none')}) is untouched; lower "
-                "train.lr")
-          evaluated = step % t.eval_every == 0 or step == t.steps
-          if evaluated:
-            record.update({f"eval/{k}": v for k, v in self.evaluate(self.state["params"]).items()})
-            print(f"[{self.stage}] step {step}: " + ", ".join(
-                f"{k} {v:.4g}" for k, v in record.items() if k != "step_time_s"), flush=True)
-          early = evaluated and stop_when is not None and stop_when(record)
-          data_state = {"step": step,
-                        "wall_s": self.data_state.get("wall_s", 0.0) + time.perf_counter() - t0}
-          if early:
-            summary["stopped_early"] = data_state["stopped_early"] = (
-                f"stop condition met at step {step}")
-          if step % t.log_every == 0 or evaluated:
-            self.writer.write(step, record)
-          if step % self.config.checkpoint.every_steps == 0 or step == t.steps or early \
-              or stop.signum is not None:
-            self.ckpt.save(step, self.state, data_state)
-          if early:
-            break
-        if stop.signum is not None:
-          summary["stopped_by_signal"] = signal.Signals(stop.signum).name
+      self.state, step, signalled, _ = loop_lib.run_steps(
+          self.state, self.start_step, last, timed_step, hooks)
+      if signalled is not None:
+        summary["stopped_by_signal"] = signalled
     finally:
       self.writer.close()
       self.ckpt.close()

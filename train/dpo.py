@@ -27,13 +27,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from model import transformer
 from train import align_loop
 from train import alignment_data as data_lib
-from train import checkpoint as ckpt_lib
+from train import step as step_lib
 from train.config import ConfigError
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
@@ -42,23 +41,32 @@ REF_FILE = "reference_logps.npz"
 PAIRS_FILE = "pairs.jsonl"
 
 
+def sequence_logps_aux(graphdef: nnx.GraphDef, params: nnx.State, inputs_BxT: jax.Array,
+                       targets_BxT: jax.Array, mask_BxT: jax.Array, use=None):
+  """(sum over completion tokens of log pi(target | prefix) (B,) float32, the router statistics
+  of an MoE model or None). use: the train step's parameter hook (transformer.ParamUse)."""
+  logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_BxT, use=use)
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  return jnp.sum(logp_BxT * mask_BxT, axis=-1), stats
+
+
 def sequence_logps(graphdef: nnx.GraphDef, params: nnx.State, inputs_BxT: jax.Array,
                    targets_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
   """Sum over completion tokens of log pi(target | prefix): (B,) float32."""
-  logits_BxTxV = transformer.apply(graphdef, params, inputs_BxT)
-  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-  logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  return jnp.sum(logp_BxT * mask_BxT, axis=-1)
+  return sequence_logps_aux(graphdef, params, inputs_BxT, targets_BxT, mask_BxT)[0]
 
 
-def dpo_loss(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
-             ref_chosen_B: jax.Array, ref_rejected_B: jax.Array, *, beta: float, loss_type: str,
-             label_smoothing: float = 0.0, chosen_len_B: Optional[jax.Array] = None,
-             rejected_len_B: Optional[jax.Array] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(mean loss over the pairs, metrics) from sequence log-probabilities (B,).
-
-  chosen_len_B / rejected_len_B (completion token counts) are needed by ipo only.
-  """
+def dpo_loss_sums(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
+                  ref_chosen_B: jax.Array, ref_rejected_B: jax.Array, *, beta: float,
+                  loss_type: str, label_smoothing: float = 0.0,
+                  chosen_len_B: Optional[jax.Array] = None,
+                  rejected_len_B: Optional[jax.Array] = None,
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(loss summed over the pairs, metrics summed over the pairs) from sequence log-probabilities
+  (B,): sums, so that the train step can add them over devices and micro-batches before it
+  divides by the number of pairs. chosen_len_B / rejected_len_B (completion token counts) are
+  needed by ipo only."""
   chosen_ratio_B = policy_chosen_B - ref_chosen_B
   rejected_ratio_B = policy_rejected_B - ref_rejected_B
   h_B = chosen_ratio_B - rejected_ratio_B
@@ -77,21 +85,32 @@ def dpo_loss(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
     raise ValueError(f"dpo.loss_type={loss_type!r} is unknown; allowed: {', '.join(LOSS_TYPES)}")
   chosen_reward_B = beta * chosen_ratio_B
   rejected_reward_B = beta * rejected_ratio_B
-  metrics = {
-      "rewards/chosen": jnp.mean(chosen_reward_B),
-      "rewards/rejected": jnp.mean(rejected_reward_B),
-      "rewards/accuracies": jnp.mean((chosen_reward_B > rejected_reward_B).astype(jnp.float32)),
-      "rewards/margins": jnp.mean(chosen_reward_B - rejected_reward_B),
-      "logps/chosen": jnp.mean(policy_chosen_B),
-      "logps/rejected": jnp.mean(policy_rejected_B),
+  sums = {
+      "rewards/chosen": jnp.sum(chosen_reward_B),
+      "rewards/rejected": jnp.sum(rejected_reward_B),
+      "rewards/accuracies": jnp.sum((chosen_reward_B > rejected_reward_B).astype(jnp.float32)),
+      "rewards/margins": jnp.sum(chosen_reward_B - rejected_reward_B),
+      "logps/chosen": jnp.sum(policy_chosen_B),
+      "logps/rejected": jnp.sum(policy_rejected_B),
   }
-  return jnp.mean(loss_B), metrics
+  return jnp.sum(loss_B), sums
+
+
+def dpo_loss(policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
+             ref_chosen_B: jax.Array, ref_rejected_B: jax.Array,
+             **kw) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(mean loss over the pairs, mean metrics): dpo_loss_sums divided by the number of pairs."""
+  total, sums = dpo_loss_sums(
+      policy_chosen_B, policy_rejected_B, ref_chosen_B, ref_rejected_B, **kw)
+  b = policy_chosen_B.shape[0]
+  return total / b, {k: v / b for k, v in sums.items()}
 
 
 def make_pair_logps(graphdef: nnx.GraphDef) -> Callable:
   """jitted (params, chosen Sequences, rejected Sequences) -> (chosen (B,), rejected (B,)).
 
-  One forward over the two halves stacked on the batch axis.
+  One forward over the two halves stacked on the batch axis. Sharded params are fine: XLA
+  gathers what the forward needs.
   """
 
   def pair_logps(params, c_in, c_tg, c_mask, r_in, r_tg, r_mask):
@@ -102,43 +121,55 @@ def make_pair_logps(graphdef: nnx.GraphDef) -> Callable:
   return jax.jit(pair_logps)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, beta: float,
-                    loss_type: str, label_smoothing: float,
-                    lr_schedule: Callable[[jax.Array], jax.Array], nll_weight: float = 0.0):
-  """train_step(state, chosen (in, tg, mask), rejected (in, tg, mask), ref_chosen_B,
-  ref_rejected_B) -> (state, metrics), not jitted.
+def loss(graphdef: nnx.GraphDef, *, beta: float, loss_type: str, label_smoothing: float = 0.0,
+         nll_weight: float = 0.0, aux_weights: tuple[float, float] = (0.0, 0.0)) -> step_lib.LossFn:
+  """DPO's LossFn, averaged over pairs (the count is the number of pairs).
+
+  batch (B pairs): {"chosen": {"inputs", "targets", "mask"} (B, T) each, "rejected": likewise,
+  "ref_chosen": (B,), "ref_rejected": (B,) the reference's sequence log-probs, and with
+  nll_weight > 0 "chosen_tokens": (B,) the whole batch's chosen completion tokens per pair}.
 
   nll_weight > 0 adds that times the chosen completions' per-token negative log-likelihood (RPO,
   Pang et al. 2024): without it, pairs that differ in one token let DPO lower the chosen
-  log-prob together with the rejected one (Pal et al. 2024), which costs greedy accuracy.
+  log-prob together with the rejected one (Pal et al. 2024), which costs greedy accuracy. That
+  term is a mean over the batch's tokens, not its pairs: each pair's NLL is divided by the
+  batch's chosen tokens per pair (computed on the host over the whole batch), so that summed over
+  pairs and divided by their number it is the per-token mean, on any split of the rows.
   """
 
-  def loss_fn(params, c_in, c_tg, c_mask, r_in, r_tg, r_mask, ref_c_B, ref_r_B):
-    b = c_in.shape[0]
-    both_B2 = sequence_logps(graphdef, params, jnp.concatenate([c_in, r_in]),
-                             jnp.concatenate([c_tg, r_tg]), jnp.concatenate([c_mask, r_mask]))
-    chosen_len_B = jnp.sum(c_mask, -1)
-    loss, metrics = dpo_loss(
-        both_B2[:b], both_B2[b:], ref_c_B, ref_r_B, beta=beta, loss_type=loss_type,
-        label_smoothing=label_smoothing, chosen_len_B=chosen_len_B,
-        rejected_len_B=jnp.sum(r_mask, -1))
+  def loss_fn(params, batch, use=None):
+    c, r = batch["chosen"], batch["rejected"]
+    b = c["inputs"].shape[0]
+    cat = lambda k: jnp.concatenate([c[k], r[k]])  # noqa: E731  one forward for both halves
+    both_2B, stats = sequence_logps_aux(
+        graphdef, params, cat("inputs"), cat("targets"), cat("mask"), use=use)
+    total, sums = dpo_loss_sums(
+        both_2B[:b], both_2B[b:], batch["ref_chosen"], batch["ref_rejected"], beta=beta,
+        loss_type=loss_type, label_smoothing=label_smoothing,
+        chosen_len_B=jnp.sum(c["mask"], -1), rejected_len_B=jnp.sum(r["mask"], -1))
     if nll_weight > 0:
-      nll = -jnp.sum(both_B2[:b]) / jnp.maximum(jnp.sum(chosen_len_B), 1.0)
-      metrics = dict(metrics, **{"loss/dpo": loss, "loss/nll_chosen": nll})
-      loss = loss + nll_weight * nll
-    return loss, metrics
+      nll = -jnp.sum(both_2B[:b] / batch["chosen_tokens"])
+      sums.update({"loss/dpo": total, "loss/nll_chosen": nll})
+      total = total + nll_weight * nll
+    n = jnp.asarray(b, jnp.float32)
+    aux, moe_sums = step_lib.router_terms(stats, n, aux_weights)
+    return total + aux, n, {"loss": total, **sums, **moe_sums}
 
-  def train_step(state, chosen, rejected, ref_c_B, ref_r_B):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], *chosen, *rejected, ref_c_B, ref_r_B)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
-                     params=optax.apply_updates(state["params"], updates))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   lr=lr_schedule(state["step"]))
-    return new_state, metrics
+  return loss_fn
 
-  return train_step
+
+def batch_of(chosen: data_lib.Sequences, rejected: data_lib.Sequences, ref_c: np.ndarray,
+             ref_r: np.ndarray, idx: np.ndarray, nll: bool) -> dict[str, Any]:
+  """DPO's batch of the pairs idx (see loss); ref_c, ref_r are already those rows'."""
+  rows = lambda s: {"inputs": s.inputs_NxT[idx], "targets": s.targets_NxT[idx],  # noqa: E731
+                    "mask": s.mask_NxT[idx]}
+  batch = {"chosen": rows(chosen), "rejected": rows(rejected),
+           "ref_chosen": np.asarray(ref_c, np.float32),
+           "ref_rejected": np.asarray(ref_r, np.float32)}
+  if nll:
+    per_pair = max(float(batch["chosen"]["mask"].sum()), 1.0) / len(idx)
+    batch["chosen_tokens"] = np.full(len(idx), per_pair, np.float32)
+  return batch
 
 
 def precompute_reference(pair_logps: Callable, ref_params: nnx.State, chosen: data_lib.Sequences,
@@ -250,9 +281,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
                       f"max_seq_len={run.policy.model_cfg.max_seq_len}")
   chosen, rejected = (data_lib.pack(*pc, length, run.pad_id) for pc in ids[0])
   pair_logps = make_pair_logps(run.policy.graphdef)
+  nll = d.nll_weight > 0
+  rows = np.arange(t.batch_size) % len(pairs)
+  step_fn = run.start(
+      loss(run.policy.graphdef, beta=d.beta, loss_type=d.loss_type,
+           label_smoothing=d.label_smoothing, nll_weight=d.nll_weight,
+           aux_weights=run.aux_weights),
+      batch_of(chosen, rejected, np.zeros(len(rows)), np.zeros(len(rows)), rows, nll))
 
-  # The reference is the starting policy; run.policy.params were read from init_workdir.
-  ref_params = run.policy.params
+  # The reference is the starting policy (run.policy.params were read from init_workdir), held
+  # in the policy's sharded layout.
+  ref_params = run.shard(run.policy.params)
+  run.policy.params = None
   ref_path = os.path.join(workdir, REF_FILE)
   ref_all = None
   if d.precompute_ref:
@@ -281,21 +321,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
     run.evaluate = evaluate
   if d.precompute_ref:
     ref_params = None  # nothing of the reference stays in memory
-    run.policy.params = None
-  step_fn = jax.jit(make_train_step(
-      run.policy.graphdef, run.tx, beta=d.beta, loss_type=d.loss_type,
-      label_smoothing=d.label_smoothing, lr_schedule=run.lr_schedule,
-      nll_weight=d.nll_weight), donate_argnums=0)
 
   def train_step(step: int, state):
     idx = data_lib.batch_indices(len(pairs), t.batch_size, step, t.seed)
-    c = tuple(a[idx] for a in chosen)
-    r = tuple(a[idx] for a in rejected)
     if ref_all is not None:
       ref_c, ref_r = ref_all[0][idx], ref_all[1][idx]
     else:
-      ref_c, ref_r = pair_logps(ref_params, *c, *r)
-    return step_fn(state, c, r, ref_c, ref_r)
+      ref_c, ref_r = pair_logps(ref_params, *(a[idx] for a in chosen), *(a[idx] for a in rejected))
+    state, metrics = step_fn(state, batch_of(chosen, rejected, ref_c, ref_r, idx, nll))
+    return state, {k: v for k, v in metrics.items() if k != "tokens"}
 
   summary = run.loop(train_step)
   summary.update(train_pairs=len(pairs), rejected=d.rejected, loss_type=d.loss_type, beta=d.beta,

@@ -20,19 +20,19 @@ gradient, only the KL term.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from model import decode, sampling, transformer
 from train import align_loop
 from train import alignment_data as data_lib
 from train import rewards as rewards_lib
+from train import step as step_lib
 from train.config import ConfigError
 
 SCALE_REWARDS = ("group", "none")
@@ -51,18 +51,25 @@ def group_advantages(rewards_PxG: jax.Array, *, scale_rewards: str, eps: float =
   return centred_PxG / (jnp.std(rewards_PxG, axis=1, keepdims=True) + eps)
 
 
-def token_logps(graphdef: nnx.GraphDef, params: nnx.State, inputs_NxT: jax.Array,
-                targets_NxT: jax.Array, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """(log pi(target), entropy of pi) per position, (N, T) each, pi = softmax(logits / temperature).
+def token_logps_aux(graphdef: nnx.GraphDef, params: nnx.State, inputs_NxT: jax.Array,
+                    targets_NxT: jax.Array, temperature: float = 1.0, use=None):
+  """(log pi(target), entropy of pi) per position, (N, T) each, pi = softmax(logits / temperature),
+  and the router statistics of an MoE model (None for a dense one).
 
   The temperature is the sampler's: the ratio and the KL are then of the distribution the
-  completions were really drawn from.
+  completions were really drawn from. use: the train step's parameter hook.
   """
-  logits_NxTxV = transformer.apply(graphdef, params, inputs_NxT).astype(jnp.float32) / temperature
-  logp_NxTxV = jax.nn.log_softmax(logits_NxTxV, axis=-1)
+  logits_NxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_NxT, use=use)
+  logp_NxTxV = jax.nn.log_softmax(logits_NxTxV.astype(jnp.float32) / temperature, axis=-1)
   logp_NxT = jnp.take_along_axis(logp_NxTxV, targets_NxT[..., None], axis=-1)[..., 0]
   entropy_NxT = -jnp.sum(jnp.exp(logp_NxTxV) * logp_NxTxV, axis=-1)
-  return logp_NxT, entropy_NxT
+  return logp_NxT, entropy_NxT, stats
+
+
+def token_logps(graphdef: nnx.GraphDef, params: nnx.State, inputs_NxT: jax.Array,
+                targets_NxT: jax.Array, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """(log pi(target), entropy of pi) per position, (N, T) each: token_logps_aux without stats."""
+  return token_logps_aux(graphdef, params, inputs_NxT, targets_NxT, temperature)[:2]
 
 
 def k3_kl(logp_NxT: jax.Array, ref_logp_NxT: jax.Array) -> jax.Array:
@@ -71,69 +78,96 @@ def k3_kl(logp_NxT: jax.Array, ref_logp_NxT: jax.Array) -> jax.Array:
   return jnp.exp(log_ratio) - log_ratio - 1.0
 
 
-def grpo_loss(logp_NxT: jax.Array, old_logp_NxT: Optional[jax.Array],
-              ref_logp_NxT: Optional[jax.Array], advantages_N: jax.Array, mask_NxT: jax.Array, *,
-              epsilon: float, epsilon_high: float, beta: float, loss_agg: str,
-              max_new_tokens: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(loss, metrics) of one update. old_logp None = on-policy (pi_old = stop_gradient(pi))."""
+def grpo_loss_sums(logp_NxT: jax.Array, old_logp_NxT: Optional[jax.Array],
+                   ref_logp_NxT: Optional[jax.Array], advantages_N: jax.Array, mask_NxT: jax.Array,
+                   *, epsilon: float, epsilon_high: float, beta: float, loss_agg: str,
+                   max_new_tokens: int, mean_len_N: Optional[jax.Array] = None,
+                   ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """(objective sum, completion token count, metric sums) of one update, additive over rows.
+
+  Divided by the count (summed over every row of the batch) the objective is loss_agg's loss and
+  the metrics are token means. grpo and dr_grpo are not token means: their rows are weighted by
+  mean_len_N, the whole batch's completion tokens per sequence repeated per row (computed on the
+  host before the batch is split; None: from mask_NxT, which is then the whole batch).
+  old_logp None = on-policy (pi_old = stop_gradient(pi)).
+  """
   if old_logp_NxT is None:
     old_logp_NxT = jax.lax.stop_gradient(logp_NxT)
+  if mean_len_N is None:
+    mean_len_N = jnp.full(mask_NxT.shape[:1], jnp.sum(mask_NxT) / mask_NxT.shape[0])
   ratio_NxT = jnp.exp(logp_NxT - old_logp_NxT)
   adv_Nx1 = advantages_N[:, None]
   unclipped_NxT = ratio_NxT * adv_Nx1
   clipped_NxT = jnp.clip(ratio_NxT, 1.0 - epsilon, 1.0 + epsilon_high) * adv_Nx1
   per_token_NxT = -jnp.minimum(unclipped_NxT, clipped_NxT)
-  metrics = {}
+  sums = {}
   if beta > 0:
     kl_NxT = k3_kl(logp_NxT, ref_logp_NxT)
     per_token_NxT = per_token_NxT + beta * kl_NxT
-    metrics["kl"] = _token_mean(kl_NxT, mask_NxT)
-  n_tokens = jnp.maximum(jnp.sum(mask_NxT), 1.0)
-  if loss_agg == "grpo":
-    per_seq_N = jnp.sum(per_token_NxT * mask_NxT, -1) / jnp.maximum(jnp.sum(mask_NxT, -1), 1.0)
-    loss = jnp.mean(per_seq_N)
-  elif loss_agg == "dr_grpo":
-    loss = jnp.sum(per_token_NxT * mask_NxT) / (mask_NxT.shape[0] * max_new_tokens)
-  elif loss_agg == "dapo":
-    loss = jnp.sum(per_token_NxT * mask_NxT) / n_tokens
+    sums["kl"] = jnp.sum(kl_NxT * mask_NxT)
+  seq_sum_N = jnp.sum(per_token_NxT * mask_NxT, -1)
+  if loss_agg == "grpo":  # mean over sequences of each one's token mean
+    total = jnp.sum(seq_sum_N / jnp.maximum(jnp.sum(mask_NxT, -1), 1.0) * mean_len_N)
+  elif loss_agg == "dr_grpo":  # sum over tokens / (sequences * max_new_tokens)
+    total = jnp.sum(seq_sum_N * mean_len_N) / max_new_tokens
+  elif loss_agg == "dapo":  # token mean
+    total = jnp.sum(seq_sum_N)
   else:
     raise ValueError(f"grpo.loss_agg={loss_agg!r} is unknown; allowed: {', '.join(LOSS_AGGS)}")
   # A token is clipped when the clip removed its gradient: rho left the trust region on the side
   # the advantage pushes it to.
   clipped = ((ratio_NxT < 1.0 - epsilon) & (adv_Nx1 < 0)) | ((ratio_NxT > 1.0 + epsilon_high) & (adv_Nx1 > 0))
-  metrics["clip_ratio"] = _token_mean(clipped.astype(jnp.float32), mask_NxT)
-  metrics["ratio_mean"] = _token_mean(ratio_NxT, mask_NxT)
-  return loss, metrics
+  sums["clip_ratio"] = jnp.sum(clipped * mask_NxT)
+  sums["ratio_mean"] = jnp.sum(ratio_NxT * mask_NxT)
+  return total, jnp.sum(mask_NxT), sums
 
 
-def _token_mean(x_NxT: jax.Array, mask_NxT: jax.Array) -> jax.Array:
-  return jnp.sum(x_NxT * mask_NxT) / jnp.maximum(jnp.sum(mask_NxT), 1.0)
+def grpo_loss(logp_NxT: jax.Array, old_logp_NxT: Optional[jax.Array],
+              ref_logp_NxT: Optional[jax.Array], advantages_N: jax.Array, mask_NxT: jax.Array,
+              **kw) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(loss, metrics) of one update on a whole batch: grpo_loss_sums divided by its count."""
+  total, n, sums = grpo_loss_sums(
+      logp_NxT, old_logp_NxT, ref_logp_NxT, advantages_N, mask_NxT, **kw)
+  n = jnp.maximum(n, 1.0)
+  return total / n, {k: v / n for k, v in sums.items()}
 
 
-def make_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, g: ml_collections.ConfigDict,
-                lr_schedule: Callable[[jax.Array], jax.Array]):
-  """update(state, inputs_NxT, targets_NxT, mask_NxT, advantages_N, old_logp_NxT | None,
-  ref_logp_NxT | None) -> (state, metrics): one optimizer step, not jitted."""
+def loss(graphdef: nnx.GraphDef, g: ml_collections.ConfigDict,
+         aux_weights: tuple[float, float] = (0.0, 0.0)) -> step_lib.LossFn:
+  """GRPO's LossFn (config g = the grpo section), plus the router losses of an MoE policy.
 
-  def loss_fn(params, inputs_NxT, targets_NxT, mask_NxT, adv_N, old_logp_NxT, ref_logp_NxT):
-    logp_NxT, entropy_NxT = token_logps(graphdef, params, inputs_NxT, targets_NxT, g.temperature)
-    loss, metrics = grpo_loss(
-        logp_NxT, old_logp_NxT, ref_logp_NxT, adv_N, mask_NxT, epsilon=g.epsilon,
-        epsilon_high=g.epsilon_high, beta=g.beta, loss_agg=g.loss_agg,
-        max_new_tokens=g.max_new_tokens)
-    metrics["entropy"] = _token_mean(entropy_NxT, mask_NxT)
-    return loss, metrics
+  batch (N sampled sequences): {"inputs", "targets", "mask"} (N, T), "advantages" (N,),
+  "mean_len" (N,) (see grpo_loss_sums), and where used "old_logp" (mu > 1) and "ref_logp"
+  (beta > 0), (N, T) each.
+  """
 
-  def update(state, inputs_NxT, targets_NxT, mask_NxT, adv_N, old_logp_NxT, ref_logp_NxT):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], inputs_NxT, targets_NxT, mask_NxT, adv_N, old_logp_NxT, ref_logp_NxT)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
-                     params=optax.apply_updates(state["params"], updates))
-    return new_state, dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                           lr=lr_schedule(state["step"]))
+  def loss_fn(params, batch, use=None):
+    mask_NxT = batch["mask"]
+    logp_NxT, entropy_NxT, stats = token_logps_aux(
+        graphdef, params, batch["inputs"], batch["targets"], g.temperature, use=use)
+    total, n, sums = grpo_loss_sums(
+        logp_NxT, batch.get("old_logp"), batch.get("ref_logp"), batch["advantages"], mask_NxT,
+        epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta, loss_agg=g.loss_agg,
+        max_new_tokens=g.max_new_tokens, mean_len_N=batch["mean_len"])
+    sums["entropy"] = jnp.sum(entropy_NxT * mask_NxT)
+    aux, moe_sums = step_lib.router_terms(stats, n, aux_weights)
+    return total + aux, n, {"loss": total, **sums, **moe_sums}
 
-  return update
+  return loss_fn
+
+
+def batch_of(seqs: data_lib.Sequences, adv_N: np.ndarray, old_logp_NxT=None,
+             ref_logp_NxT=None) -> dict[str, Any]:
+  """GRPO's batch (see loss) from one step's sampled sequences."""
+  mask = seqs.mask_NxT
+  batch = {"inputs": seqs.inputs_NxT, "targets": seqs.targets_NxT, "mask": mask,
+           "advantages": np.asarray(adv_N, np.float32),
+           "mean_len": np.full(len(mask), mask.sum() / len(mask), np.float32)}
+  if old_logp_NxT is not None:
+    batch["old_logp"] = np.asarray(old_logp_NxT, np.float32)
+  if ref_logp_NxT is not None:
+    batch["ref_logp"] = np.asarray(ref_logp_NxT, np.float32)
+  return batch
 
 
 def validate(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -171,7 +205,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
     raise ConfigError("GRPO needs --init_workdir: a policy that already solves some prompts")
   g, t = config.grpo, config.train
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
-  run = align_loop.Run(config, workdir, init_workdir, stage="grpo", total_updates=t.steps * g.mu)
+  run = align_loop.Run(config, workdir, init_workdir, stage="grpo", total_updates=t.steps * g.mu,
+                       batch_rows=g.prompts_per_step * g.group_size)
   policy = run.policy
   p_len = data_lib.prompt_length(policy.tok, [e.prompt for e in examples])
   if p_len + g.max_new_tokens > policy.model_cfg.max_seq_len:
@@ -182,10 +217,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
                            sampling.SamplingConfig(temperature=g.temperature))
   generate = decode.make_generate(policy.model_cfg, policy.graphdef, spec)
   logps_fn = jax.jit(lambda p, i, tg: token_logps(policy.graphdef, p, i, tg, g.temperature)[0])
-  update = jax.jit(make_update(policy.graphdef, run.tx, g, run.lr_schedule), donate_argnums=0)
-  ref_params = policy.params if g.beta > 0 else None  # the frozen starting policy
-  policy.params = None
   n_rows = g.prompts_per_step * g.group_size
+  t_len = p_len + g.max_new_tokens - 1
+  tokens = np.zeros((n_rows, t_len), np.int32)
+  logps = np.zeros((n_rows, t_len), np.float32)
+  example = batch_of(data_lib.Sequences(tokens, tokens, logps), np.zeros(n_rows),
+                     logps if g.mu > 1 else None, logps if g.beta > 0 else None)
+  update = run.start(loss(policy.graphdef, g, run.aux_weights), example)
+  # The frozen starting policy, in the policy's sharded layout.
+  ref_params = run.shard(policy.params) if g.beta > 0 else None
+  policy.params = None
 
   def train_step(step: int, state):
     idx = np.repeat(data_lib.batch_indices(len(examples), g.prompts_per_step, step, t.seed),
@@ -202,15 +243,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
     adv_N = np.asarray(group_advantages(
         jnp.asarray(rewards_PxG), scale_rewards=g.scale_rewards)).reshape(-1)
     p_ids = [prompts.tokens_NxP[i, :prompts.lengths_N[i]].tolist() for i in idx]
-    seqs = data_lib.pack(p_ids, completions, p_len + g.max_new_tokens - 1, run.pad_id)
-    batch = tuple(jnp.asarray(a) for a in seqs)
-    old = logps_fn(state["params"], *batch[:2]) if g.mu > 1 else None
-    ref = logps_fn(ref_params, *batch[:2]) if ref_params is not None else None
+    seqs = data_lib.pack(p_ids, completions, t_len, run.pad_id)
+    old = logps_fn(state["params"], seqs.inputs_NxT, seqs.targets_NxT) if g.mu > 1 else None
+    ref = logps_fn(ref_params, seqs.inputs_NxT, seqs.targets_NxT) if g.beta > 0 else None
+    batch = batch_of(seqs, adv_N, old, ref)
     inner = []
     for _ in range(g.mu):
-      state, m = update(state, *batch, jnp.asarray(adv_N), old, ref)
+      state, m = update(state, batch)
       inner.append(m)
-    metrics = {k: np.mean([float(m[k]) for m in inner]) for k in inner[0]}
+    metrics = {k: np.mean([float(m[k]) for m in inner]) for k in inner[0] if k != "tokens"}
     metrics.update({
         "reward/mean": float(total_N.mean()), "reward/std": float(total_N.std()),
         "frac_reward_zero_std": float(np.mean(rewards_PxG.std(axis=1) == 0)),

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import jax
 import ml_collections
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
@@ -68,16 +69,23 @@ class StopFlag:
       signal.signal(sig, old)
 
 
-def _global_batch(global_BxL1: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """The batch as one array over all processes' devices; this process feeds only its own rows.
+def _global_array(global_BxF: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  rows = [idx[0] for idx in sharding.addressable_devices_indices_map(global_BxF.shape).values()]
+  lo = min(r.start or 0 for r in rows)
+  hi = max(len(global_BxF) if r.stop is None else r.stop for r in rows)
+  return jax.make_array_from_process_local_data(sharding, global_BxF[lo:hi], global_BxF.shape)
+
+
+def global_batch(batch: Any, sharding: Any) -> Any:
+  """The batch (a tree of host arrays, rows first) as arrays over all processes' devices; this
+  process feeds only its own rows. sharding: one NamedSharding for every leaf, or a tree of them.
 
   Every process reads the same global batch (a deterministic function of the step), so a run's
   batches do not depend on how many processes it has, and a checkpoint resumes on any number.
   """
-  rows = [idx[0] for idx in sharding.addressable_devices_indices_map(global_BxL1.shape).values()]
-  lo = min(r.start or 0 for r in rows)
-  hi = max(len(global_BxL1) if r.stop is None else r.stop for r in rows)
-  return jax.make_array_from_process_local_data(sharding, global_BxL1[lo:hi], global_BxL1.shape)
+  if isinstance(sharding, NamedSharding):
+    return jax.tree.map(lambda x: _global_array(np.asarray(x), sharding), batch)
+  return jax.tree.map(lambda x, s: _global_array(np.asarray(x), s), batch, sharding)
 
 
 def _any_process(flag: bool) -> bool:
@@ -89,6 +97,56 @@ def _any_process(flag: bool) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What a run does around its train steps (run_steps); every process calls each of them."""
+
+  # (step, metrics, state) -> record: reads the step's metrics back, logs them, evaluates when
+  # due; raises NonFiniteLoss.
+  report: Callable[[int, Any, Any], dict]
+  # (step, state, stopped_early) -> None: writes a checkpoint.
+  save: Callable[[int, Any, bool], None]
+  must_save: Callable[[int], bool]
+  # Report this step at once (an evaluation or a save must see it), not one step late.
+  read_now: Callable[[int], bool] = lambda step: False
+  # (record of a step reported at once) -> end the run there (SFT's target accuracy).
+  stop_when: Callable[[dict], bool] = lambda record: False
+
+
+def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any], tuple[Any, Any]],
+              hooks: Hooks) -> tuple[Any, int, Optional[str], bool]:
+  """The one training loop: train_step(step index, state) -> (state, metrics) from `start` until
+  `last`. Returns (state, final step, what stopped it early: a signal's name, "another process"
+  or None, whether hooks.stop_when did).
+
+  A step's metrics are reported one step late, so that the device is never idle while the host
+  reads them, unless hooks.read_now says now. A checkpoint is saved where hooks.must_save says, at
+  the last step, on an early stop, and at the step boundary after SIGTERM / SIGINT on any process
+  (all processes stop at the same step).
+  """
+  pending = None  # (step, metrics) dispatched but not yet reported
+  step, signalled, early = start, None, False
+  with StopFlag() as stop:
+    while step < last and signalled is None and not early:
+      state, metrics = train_step(step, state)
+      step += 1
+      if pending is not None:
+        hooks.report(*pending, state)
+      pending = (step, metrics)
+      if _any_process(stop.signum is not None):
+        signalled = (signal.Signals(stop.signum).name if stop.signum is not None
+                     else "another process")
+      must_save = hooks.must_save(step) or step == last or signalled is not None
+      if must_save or hooks.read_now(step):
+        early = bool(hooks.stop_when(hooks.report(*pending, state)))
+        pending = None
+      if must_save or early:
+        hooks.save(step, state, early)
+    if pending is not None:
+      hooks.report(*pending, state)
+  return state, step, signalled, early
+
+
+@dataclasses.dataclass(frozen=True)
 class ShardedTraining:
   """The train state's layout on a mesh and the jitted functions that create and step it."""
 
@@ -97,38 +155,38 @@ class ShardedTraining:
   graphdef: Any
   abstract_state: Any  # TrainState of ShapeDtypeStructs carrying their shardings
   shardings: zero.StateShardings
-  batch_sharding: NamedSharding
-  init: Callable[[jax.Array], step_lib.TrainState]  # PRNG key -> state, created sharded
+  batch_sharding: Any  # NamedSharding of every batch leaf, or a tree of them like the batch
+  init: Callable[[Any], step_lib.TrainState]  # init_arg -> state, created sharded
   train_step: Callable  # (state, batch) -> (state, metrics); donates the state
 
 
-def make_sharded_training(
-    model_cfg: ModelConfig, t: ml_collections.ConfigDict, mesh: Mesh, zero_stage: int, *,
-    pad_id: int,
+def build_sharded_training(
+    graphdef: Any, init_params: Callable[[Any], Any], init_arg: Any, loss_fn: step_lib.LossFn,
+    tx: optax.GradientTransformation, *, lr_schedule: Callable[[jax.Array], jax.Array],
+    grad_accum: int, seed: int, mesh: Mesh, zero_stage: int, abstract_batch: Any = None,
 ) -> ShardedTraining:
-  """The ZeRO stage's layout (sharding/zero.py) applied to the train state and the step.
+  """Any objective's training on a mesh: the ZeRO stage's layout (sharding/zero.py) applied to
+  the train state, and train/step.py's one step over loss_fn with that layout.
 
-  The state is initialised directly in its sharded layout (no device ever holds it whole unless
-  the layout says so); the step takes explicit input and output shardings and donates the state.
+  init_params(init_arg) -> params: a fresh model from a PRNG key (pretraining) or a copy of the
+  starting checkpoint's parameters (SFT, DPO, GRPO); init(init_arg) then creates the whole state
+  directly in its sharded layout (no device holds it whole unless the layout says so).
+  abstract_batch: the batch's tree of ShapeDtypeStructs (rows first); its rows are split over the
+  data-parallel axes. None: any batch, every leaf split the same way. The step takes explicit
+  input and output shardings and donates the state.
   """
-  graphdef, _ = transformer.abstract(model_cfg)
-  tx = optimizer_lib.make(t, t.steps)
 
-  def init_fn(key):
-    _, params = transformer.create(model_cfg, key)
-    return step_lib.init_state(params, tx, t.seed)
+  def init_fn(arg):
+    return step_lib.init_state(init_params(arg), tx, seed)
 
-  abstract_state = jax.eval_shape(init_fn, jax.random.key(t.seed))
+  abstract_state = jax.eval_shape(init_fn, init_arg)
   shardings = zero.state_shardings(abstract_state, zero_stage, mesh)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
       shardings.state)
-  batch_sharding = rules_lib.batch_sharding(mesh)
-  loss_fn = step_lib.lm_loss(
-      graphdef, pad_id, (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight))
+  batch_sharding = rules_lib.batch_shardings(mesh, abstract_batch)
   step = step_lib.make_train_step(
-      loss_fn, tx, grad_accum=t.grad_accum,
-      lr_schedule=optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps),
+      loss_fn, tx, grad_accum=grad_accum, lr_schedule=lr_schedule,
       data_parallel=functools.partial(
           data_parallel_lib.data_parallel, mesh=mesh, param_sharding=shardings.params,
           grad_sharding=shardings.grads, stage=zero_stage),
@@ -142,11 +200,30 @@ def make_sharded_training(
           out_shardings=(shardings.state, rules_lib.replicated(mesh)), donate_argnums=0))
 
 
-def validate_sharding(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh) -> None:
-  """sharding/validate.py's checks for this run; one-line MeshError before anything compiles."""
+def make_sharded_training(
+    model_cfg: ModelConfig, t: ml_collections.ConfigDict, mesh: Mesh, zero_stage: int, *,
+    pad_id: int,
+) -> ShardedTraining:
+  """Pretraining's sharded training: a fresh model (init takes a PRNG key), lm_loss on rows
+  (B, L+1) of tokens, MoE router losses weighted as model_cfg.moe says."""
+  graphdef, _ = transformer.abstract(model_cfg)
+  loss_fn = step_lib.lm_loss(
+      graphdef, pad_id, (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight))
+  return build_sharded_training(
+      graphdef, lambda key: transformer.create(model_cfg, key)[1], jax.random.key(t.seed),
+      loss_fn, optimizer_lib.make(t, t.steps),
+      lr_schedule=optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps), grad_accum=t.grad_accum,
+      seed=t.seed, mesh=mesh, zero_stage=zero_stage)
+
+
+def validate_sharding(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh, *,
+                      batch_size: Optional[int] = None) -> None:
+  """sharding/validate.py's checks for this run; one-line MeshError before anything compiles.
+  batch_size: the rows of one step's batch where that is not train.batch_size (GRPO's)."""
   t = config.train
   validate_lib.check_all(
-      mesh_shape=dict(mesh.shape), batch_size=t.batch_size, grad_accum=t.grad_accum,
+      mesh_shape=dict(mesh.shape), batch_size=batch_size or t.batch_size,
+      grad_accum=t.get("grad_accum", 1),
       zero_stage=config.sharding.get("zero_stage", 0), d_model=model_cfg.d_model,
       n_heads=model_cfg.n_heads, n_kv_heads=model_cfg.n_kv_heads, d_ff=model_cfg.d_ff,
       n_experts=model_cfg.moe.n_experts or None)
@@ -222,7 +299,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   ckpt = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       every_steps=config.checkpoint.every_steps)
-  # The global batch on every process (see _global_batch): one iterator, one state to checkpoint.
+  # The global batch on every process (see global_batch): one iterator, one state to checkpoint.
   train_iter = data_lib.train_iterator(corpus.train_NxL1, t.batch_size, t.seed)
   restored = ckpt.restore_latest(run.abstract_state)
   if restored is None:
@@ -241,7 +318,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   def evaluate(params) -> float:
     total, count = 0.0, 0
     for b in val_batches:
-      s, n = eval_step(params, _global_batch(b, batch_sharding))
+      s, n = eval_step(params, global_batch(b, batch_sharding))
       total, count = total + float(s), count + int(n)
     return total / max(count, 1)
 
@@ -281,8 +358,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     summary.update(step=step, loss=loss)
     return record
 
-  def report(pending, state) -> None:
-    step, metrics = pending
+  def report(step: int, metrics, state) -> dict:
     record = inspect(step, metrics)
     if step % t.eval_every == 0 or step == t.steps:
       record["eval_loss"] = summary["eval_loss"] = evaluate(state["params"])
@@ -294,35 +370,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       postfix["tok/s"] = f"{record['tokens_per_sec']:.0f}"
     bar.set_postfix(postfix, refresh=False)
     bar.update(step - bar.n)
+    return record
 
-  pending = None  # (step, metrics) dispatched but not yet read back
-  step = start
-  stopping = False
+  def train_step_at(step: int, state):
+    timer["steps"] += 1
+    return train_step(state, global_batch(next(train_iter), batch_sharding))
+
+  def save(step: int, state, early: bool) -> None:
+    del early  # pretraining has no stop condition
+    ckpt.save(step, state, train_iter.get_state())
+    timer["t"] = time.perf_counter()
+
+  hooks = Hooks(
+      report=report, save=save,
+      must_save=lambda step: step % config.checkpoint.every_steps == 0,
+      read_now=lambda step: step % t.eval_every == 0)
   try:
-    with StopFlag() as stop:
-      while step < t.steps and not stopping:
-        batch = _global_batch(next(train_iter), batch_sharding)
-        state, metrics = train_step(state, batch)
-        step += 1
-        timer["steps"] += 1
-        if pending is not None:
-          report(pending, state)
-        pending = (step, metrics)
-        stopping = _any_process(stop.signum is not None)
-        must_save = step % config.checkpoint.every_steps == 0 or step == t.steps or stopping
-        if must_save or step % t.eval_every == 0:  # read back now: eval and saves see this step
-          report(pending, state)
-          pending = None
-        if must_save:
-          ckpt.save(step, state, train_iter.get_state())
-          timer["t"] = time.perf_counter()
-      if pending is not None:
-        report(pending, state)
-      if stopping:
-        summary["stopped_by_signal"] = (
-            signal.Signals(stop.signum).name if stop.signum is not None else "another process")
-        if is_main:
-          bar.write(f"received {summary['stopped_by_signal']}: saved step {step}, exiting")
+    state, step, signalled, _ = run_steps(state, start, t.steps, train_step_at, hooks)
+    if signalled is not None:
+      summary["stopped_by_signal"] = signalled
+      if is_main:
+        bar.write(f"received {signalled}: saved step {step}, exiting")
   finally:
     bar.close()
     writer.close()

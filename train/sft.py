@@ -8,17 +8,19 @@ held-out accuracy reaches sft.stop_accuracy, leaving DPO and GRPO something to i
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
 from model import transformer
 from train import align_loop
 from train import alignment_data as data_lib
+from train import step as step_lib
 from train.config import ConfigError
 
 
@@ -30,25 +32,26 @@ def completion_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return jnp.sum(ce_BxT * mask_BxT), jnp.sum(mask_BxT)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    lr_schedule: Callable[[jax.Array], jax.Array]):
-  """train_step(state, inputs_BxT, targets_BxT, mask_BxT) -> (state, metrics), not jitted."""
+def loss(graphdef: nnx.GraphDef, aux_weights: tuple[float, float] = (0.0, 0.0)) -> step_lib.LossFn:
+  """SFT's LossFn: cross-entropy summed over the completion tokens, counted per token (so the
+  step's loss is their mean over the batch), plus the router losses of an MoE policy.
 
-  def loss_fn(params, inputs_BxT, targets_BxT, mask_BxT):
-    logits_BxTxV = transformer.apply(graphdef, params, inputs_BxT)
-    total, n = completion_loss_sums(logits_BxTxV, targets_BxT, mask_BxT)
-    return total / jnp.maximum(n, 1.0), n
+  batch: {"inputs": (B, T) int32, "targets": (B, T) int32, "mask": (B, T) float32}.
+  """
 
-  def train_step(state, inputs_BxT, targets_BxT, mask_BxT):
-    (loss, n), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], inputs_BxT, targets_BxT, mask_BxT)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = dict(state, step=state["step"] + 1, opt_state=opt_state,
-                     params=optax.apply_updates(state["params"], updates))
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                       "lr": lr_schedule(state["step"]), "completion_tokens": n}
+  def loss_fn(params, batch, use=None):
+    logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, batch["inputs"], use=use)
+    total, n = completion_loss_sums(logits_BxTxV, batch["targets"], batch["mask"])
+    aux, sums = step_lib.router_terms(stats, n, aux_weights)
+    return total + aux, n, {"loss": total, **sums}
 
-  return train_step
+  return loss_fn
+
+
+def batch_of(seqs: data_lib.Sequences, idx) -> dict[str, Any]:
+  """The rows idx of packed sequences as SFT's batch."""
+  return {"inputs": seqs.inputs_NxT[idx], "targets": seqs.targets_NxT[idx],
+          "mask": seqs.mask_NxT[idx]}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -72,13 +75,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
     raise ConfigError(f"the longest example has {length + 1} tokens, more than the model's "
                       f"max_seq_len={run.policy.model_cfg.max_seq_len}")
   seqs = data_lib.pack(p_ids, c_ids, length, run.pad_id)
-  step_fn = jax.jit(make_train_step(run.policy.graphdef, run.tx, run.lr_schedule),
-                    donate_argnums=0)
   t = config.train
+  step_fn = run.start(loss(run.policy.graphdef, run.aux_weights),
+                      jax.eval_shape(lambda: batch_of(seqs, np.arange(t.batch_size))))
 
   def train_step(step: int, state):
     idx = data_lib.batch_indices(len(examples), t.batch_size, step, t.seed)
-    return step_fn(state, seqs.inputs_NxT[idx], seqs.targets_NxT[idx], seqs.mask_NxT[idx])
+    state, metrics = step_fn(state, batch_of(seqs, idx))
+    metrics = dict(metrics)
+    metrics["completion_tokens"] = metrics.pop("tokens")
+    return state, metrics
 
   summary = run.loop(train_step,
                      stop_when=lambda r: r["eval/accuracy"] >= config.sft.stop_accuracy)

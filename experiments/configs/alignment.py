@@ -33,6 +33,7 @@ def base() -> ml_collections.ConfigDict:
   c.train.batch_size = 64
   c.train.lr = 1e-3
   c.train.warmup_steps = 20
+  c.train.grad_accum = 1  # micro-batches per step; the update equals the whole batch's
   c.train.weight_decay = 0.0
   c.train.grad_clip = 1.0
   c.train.seed = 0
@@ -44,6 +45,13 @@ def base() -> ml_collections.ConfigDict:
   c.eval.max_examples = 500
   c.eval.batch_size = 250
   c.eval.max_new_tokens = 8
+
+  # Where the train state lives, as in pretraining (experiments/configs/default.py): mesh axis
+  # sizes (one -1 takes the remaining devices) and the ZeRO stage (sharding/zero.py). Any mesh and
+  # stage resume any checkpoint of the same run.
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.mesh = {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1}
+  c.sharding.zero_stage = 0
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 50
