@@ -217,8 +217,8 @@ def _layerwise_use(param_specs: Any, grad_specs: Any, dp: tuple[str, ...],
   return use
 
 
-def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any, grad_sharding: Any,
-                  stage: int) -> Callable[[Any, jax.Array], tuple]:
+def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any,
+                  grad_sharding: Any) -> Callable[[Any, Any], tuple]:
   """(params, batch) -> grad_fn's results summed over the data-parallel devices.
 
   param_sharding: where the parameters are stored (NamedShardings like the params); grad_sharding:
@@ -233,7 +233,6 @@ def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any, grad_shardin
         pass (and after gradient accumulation: once per step)
   The batch's leading dimension is split over the data-parallel axes.
   """
-  del stage  # the layouts say it all
   dp = data_parallel_axes(mesh)
   if not dp:
     return lambda params, batch: grad_fn(params, batch, WHOLE)  # nothing to sum

@@ -189,7 +189,7 @@ def build_sharded_training(
       loss_fn, tx, grad_accum=grad_accum, lr_schedule=lr_schedule,
       data_parallel=functools.partial(
           data_parallel_lib.data_parallel, mesh=mesh, param_sharding=shardings.params,
-          grad_sharding=shardings.grads, stage=zero_stage),
+          grad_sharding=shardings.grads),
       update_sharding=shardings.updates)
   return ShardedTraining(
       mesh=mesh, zero_stage=zero_stage, graphdef=graphdef, abstract_state=abstract_state,
