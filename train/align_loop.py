@@ -237,10 +237,12 @@ class Run:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
     # The copy keeps the state's buffers apart from the ones it starts from, which the donating
     # train step would otherwise free.
-    self.training = training = loop_lib.build_sharded_training(
+    build = lambda stage: loop_lib.build_sharded_training(  # noqa: E731
         self.policy.graphdef, lambda p: jax.tree.map(jnp.copy, p), abstract(self.policy.params),
         loss_fn, self.tx, lr_schedule=self.lr_schedule, grad_accum=t.grad_accum, seed=t.seed,
-        mesh=self.mesh, zero_stage=self.zero_stage, abstract_batch=abstract(example_batch))
+        mesh=self.mesh, zero_stage=stage, abstract_batch=abstract(example_batch))
+    loop_lib.check_memory(self.config, build, abstract(example_batch))
+    self.training = training = build(self.zero_stage)
     restored = self.ckpt.restore_latest(training.abstract_state)
     if restored is None:
       self.state, self.start_step = training.init(self.shard(self.policy.params)), 0

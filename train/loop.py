@@ -233,29 +233,29 @@ def validate_sharding(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
         f"sharding.device_memory_gb={budget!r} must be a number of GB per device (0 = no check)")
 
 
-def check_memory(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh) -> None:
+def check_memory(config: ml_collections.ConfigDict, build: Callable[[int], ShardedTraining],
+                 abstract_batch: Any) -> None:
   """sharding.device_memory_gb against the compiled step's peak bytes per device (0: no check).
 
-  Compiles the step (at higher stages too when it does not fit) before any data is read or any
-  file is written, so a run that cannot fit stops with one MeshError line and leaves no trace.
+  build(stage) -> the run's ShardedTraining at that ZeRO stage; abstract_batch: one step's batch
+  as ShapeDtypeStructs. Compiles the step (at higher stages too when it does not fit) and raises
+  MeshError with one line when it does not fit; pretraining calls it before any data is read or
+  any file is written.
   """
   budget = float(config.sharding.get("device_memory_gb", 0.0))
   if budget <= 0:
     return
-  t = config.train
-  batch = (t.batch_size, config.data.seq_len + 1)
+  stage = config.sharding.get("zero_stage", 0)
 
-  def need_at(stage: int) -> int:
-    run = make_sharded_training(model_cfg, t, mesh, stage, pad_id=-1)  # pad_id: no bytes
-    struct = jax.ShapeDtypeStruct(batch, np.int32, sharding=run.batch_sharding)
-    return memory_lib.step_bytes(run.train_step.lower(run.abstract_state, struct).compile())
+  def need_at(s: int) -> int:
+    run = build(s)
+    batch = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                         abstract_batch, run.batch_sharding)
+    return memory_lib.step_bytes(run.train_step.lower(run.abstract_state, batch).compile())
 
-  abstract_state = jax.eval_shape(
-      lambda: step_lib.init_state(
-          transformer.abstract(model_cfg)[1], optimizer_lib.make(t, t.steps), t.seed))
-  memory_lib.preflight(need_at, config.sharding.get("zero_stage", 0), budget,
-                       n_devices=mesh_lib.data_parallel_size(mesh),
-                       state_bytes=sum(zero.unpartitioned_bytes(abstract_state).values()))
+  first = build(stage)
+  memory_lib.preflight(need_at, stage, budget, n_devices=mesh_lib.data_parallel_size(first.mesh),
+                       state_bytes=sum(zero.unpartitioned_bytes(first.abstract_state).values()))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -269,7 +269,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   t = config.train
   mesh = mesh_lib.make_mesh(config.sharding.mesh)
   validate_sharding(config, model_cfg, mesh)
-  check_memory(config, model_cfg, mesh)
+  check_memory(  # pad_id changes no byte of the step
+      config, lambda stage: make_sharded_training(model_cfg, t, mesh, stage, pad_id=-1),
+      jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len + 1), np.int32))
 
   os.makedirs(workdir, exist_ok=True)
   prepare = functools.partial(

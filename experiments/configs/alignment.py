@@ -52,6 +52,7 @@ def base() -> ml_collections.ConfigDict:
   c.sharding = ml_collections.ConfigDict()
   c.sharding.mesh = {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1}
   c.sharding.zero_stage = 0
+  c.sharding.device_memory_gb = 0.0  # GB per device; > 0 checks the compiled step first
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 50
