@@ -98,8 +98,8 @@ def workdir_config(model_cfg: ModelConfig, tok: Optional[Tokenizer],
                    tokens: dict[str, Optional[str]], seq_len: int) -> ConfigDict:
   """The config tree of an imported workdir: experiments/configs/default.py with the imported
   model, the tokenizer's size, its special tokens (data.eot_token, data.pad_token: the tokens
-  that play llmlab's end-of-text and padding; data.bos_token: the token the model's documents
-  began with in its own training, or None) and fine-tuning defaults."""
+  that play llmlab's end-of-text and padding; data.bos_token: the token the Hugging Face
+  tokenizer puts before every text, or None when it adds none) and fine-tuning defaults."""
   import ml_collections
 
   from experiments.configs import default
@@ -142,7 +142,10 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
   if tok is not None:
     declared = hf_tokenizer.declared_special_tokens(hf_dir, tok, hf)
     eot, pad = hf_tokenizer.llmlab_roles(declared, tok)
-    tokens = {"eot_token": eot, "pad_token": pad, "bos_token": declared["bos"]}
+    # What the tokenizer itself prepends, not the declared bos: config.json's bos_token_id and a
+    # bos_token in tokenizer_config.json are often a token the tokenizer never adds.
+    tokens = {"eot_token": eot, "pad_token": pad,
+              "bos_token": hf_tokenizer.start_token(hf_dir, tok)}
   config = workdir_config(model_cfg, tok, tokens, seq_len)
   config_lib.validate(config)
 
@@ -152,8 +155,11 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
       shutil.copyfile(os.path.join(hf_dir, name), os.path.join(workdir, HF_DIR, name))
   if tok is not None:
     shutil.copyfile(tok_path, os.path.join(workdir, tokenizer_lib.FILENAME))
-    # Which tokens play end-of-text and padding, for every script that reads the workdir.
-    tokenizer_lib.set_roles(tok, tokens["eot_token"], tokens["pad_token"], tokens["bos_token"])
+    # Which tokens play end-of-text and padding and start a text, for every script that reads
+    # the workdir. NO_BOS, not None, when the tokenizer adds nothing: an imported model's texts
+    # start with what its own tokenizer puts there, never with llmlab's end-of-text.
+    tokenizer_lib.set_roles(tok, tokens["eot_token"], tokens["pad_token"],
+                            tokens["bos_token"] or tokenizer_lib.NO_BOS)
     tokenizer_lib.save_roles(tok, workdir)
   with open(os.path.join(workdir, "config.py"), "w", encoding="utf-8") as f:
     f.write(CONFIG_PY)

@@ -4,16 +4,22 @@
       [--temperature=0.8] [--seed=0] [--top_k=40] [--top_p=0.95]
   python -m experiments.generate --workdir=runs/TARGET --draft_workdir=runs/DRAFT --gamma=4 ...
 
-Loads the newest checkpoint and the tokenizer of each run, prints the prompt and its
-continuation, then one line of statistics: tokens per second (compilation excluded, measured
-separately), and for speculative decoding the acceptance rate alpha and tokens per target call.
-The prompt is preceded by end-of-text, which is how every training document begins (documents
-are joined with it). Temperature 0 is greedy.
+Loads the newest checkpoint and the tokenizer of each run and writes the continuation alone to
+stdout (so it can be piped), and one line of statistics to stderr: tokens per second
+(compilation excluded, measured separately), whether it stopped at end-of-text, and for
+speculative decoding the acceptance rate alpha and tokens per target call. Temperature 0 is
+greedy.
+
+The prompt starts as a text starts in the run's training (train/tokenizer.py start_ids): after
+an end-of-text for llmlab's own runs (documents are joined with it), and for a model imported
+from Hugging Face with exactly what its tokenizer adds (its BOS, or nothing), so greedy decoding
+gives the tokens transformers' generate gives.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Optional
 
@@ -64,7 +70,7 @@ def check_fits(cfg, workdir: str, n_prompt: int, max_new_tokens: int) -> None:
   """
   if n_prompt > cfg.max_seq_len:
     raise ValueError(
-        f"the prompt is {n_prompt} tokens (with the leading start token), longer than "
+        f"the prompt is {n_prompt} tokens (with its start token, if any), longer than "
         f"max_seq_len={cfg.max_seq_len} of {workdir}; shorten --prompt")
   if n_prompt + max_new_tokens > cfg.max_seq_len:
     raise ValueError(
@@ -85,7 +91,9 @@ def run(
     draft_workdir: Optional[str] = None,
     gamma: int = 4,
 ) -> dict[str, Any]:
-  """Generates one continuation; returns the text and the statistics that main() prints."""
+  """Generates one continuation; returns the text (prompt and continuation), the continuation,
+  the prompt's token ids (with its start token), the new ids (with the end-of-text that stopped
+  them, if one did) and the statistics that main() prints."""
   import jax
 
   from model import decode, sampling, speculative
@@ -97,6 +105,9 @@ def run(
   cfg, graphdef, params, tok = load_run(workdir)
   eot = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
   ids = tokenizer_lib.start_ids(tok) + tokenizer_lib.encode(tok, prompt)
+  if not ids:  # an imported tokenizer that adds no BOS, and an empty prompt
+    raise ValueError(f"the prompt encodes to no token and the tokenizer of {workdir} starts a "
+                     "text with none; give a non-empty --prompt")
   check_fits(cfg, workdir, len(ids), max_new_tokens)
   prompts_1xT, lengths_1 = decode.pad_prompts([ids], eot)
   keys_1 = jax.random.split(jax.random.key(seed), 1)
@@ -130,8 +141,9 @@ def run(
   seconds = time.perf_counter() - t0
   new_ids = decode.trim(decode.Generated(out.tokens_BxN, out.lengths_B))[0]
   ended = bool(new_ids) and new_ids[-1] == eot
+  continuation = tokenizer_lib.decode(tok, new_ids[:-1] if ended else new_ids)
   result = dict(
-      text=prompt + tokenizer_lib.decode(tok, new_ids[:-1] if ended else new_ids),
+      text=prompt + continuation, continuation=continuation, prompt_ids=ids, new_ids=new_ids,
       ended_with_eot=ended, new_tokens=len(new_ids), seconds=seconds, compile_seconds=compile_s,
       tokens_per_second=len(new_ids) / seconds)
   if draft_workdir is not None:
@@ -151,14 +163,15 @@ def main(argv):
             draft_workdir=FLAGS.draft_workdir, gamma=FLAGS.gamma)
   except (FileNotFoundError, ValueError) as e:
     common.fail(e)
-  print(r["text"] + (" [end of text]" if r["ended_with_eot"] else ""), flush=True)
+  print(r["continuation"], flush=True)
   line = (f"{r['new_tokens']} tokens in {r['seconds']:.2f} s: {r['tokens_per_second']:.1f} tokens/s "
-          f"(compiled in {r['compile_seconds']:.1f} s, not counted)")
+          f"(compiled in {r['compile_seconds']:.1f} s, not counted)"
+          f"{', stopped at end-of-text' if r['ended_with_eot'] else ''}")
   if "alpha" in r:
     line += (f"; speculative gamma={r['gamma']}: alpha={r['alpha']:.3f}, "
              f"{r['tokens_per_target_call']:.2f} tokens per target call "
              f"({r['target_calls']} target calls)")
-  print(line, flush=True)
+  print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def load_corpus(paths) -> dict[str, list[str]]:
 
 def tokenize(docs: Sequence[str], tok: Tokenizer) -> np.ndarray:
   """One flat int32 stream: each document's tokens followed by end-of-text (and preceded by the
-  tokenizer's BOS when it has one, as an imported Llama's documents are)."""
+  BOS an imported tokenizer starts a text with, as an imported Llama's documents are; llmlab's
+  own documents start after the previous one's end-of-text)."""
   eot = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
   bos = tokenizer_lib.start_ids(tok) if tokenizer_lib.BOS in tokenizer_lib.roles(tok) else []
 

@@ -8,6 +8,15 @@ An imported tokenizer (experiments.convert) may name those roles otherwise, say 
 "<unk>": set_roles records the names on the tokenizer object, save writes them to
 special_tokens.json beside tokenizer.json, load reads them back, and special_id(tok, EOT) then
 answers the id of "</s>". Every caller asks for a role by llmlab's name and gets the right id.
+
+Where a text starts (start_ids), for documents and prompts alike:
+  llmlab's own tokenizer   after an end-of-text: training joins documents with it, so the model
+                           saw every document but the first begin right after one; a prompt is
+                           preceded by end-of-text to look the same.
+  an imported one          with exactly what its Hugging Face tokenizer puts before a text: the
+                           BOS role names that token ("<s>"), or is NO_BOS when it adds none. A
+                           prompt then encodes as transformers encodes it, and a model that never
+                           saw an end-of-text at the start of a text is not given one.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ N_BYTES = 256
 FILENAME = "tokenizer.json"
 ROLES_FILENAME = "special_tokens.json"  # {"<|endoftext|>": "</s>", ...}: present only when renamed
 BOS = "bos"  # a role only: llmlab's own documents start after an end-of-text, with no BOS token
+NO_BOS = ""  # the BOS role of an imported tokenizer that starts a text with nothing
 _ROLES_ATTR = "llmlab_roles"  # the tokenizers.Tokenizer instance carries the mapping
 
 
@@ -61,9 +71,10 @@ def _nonempty(texts: Iterable[str]) -> Iterator[str]:
 def set_roles(tok: Tokenizer, eot: Optional[str] = None, pad: Optional[str] = None,
               bos: Optional[str] = None) -> None:
   """Names the tokens that play end-of-text and padding (None keeps llmlab's own name), and the
-  token a document starts with, if the model was trained with one (Llama's "<s>")."""
+  token an imported tokenizer starts a text with: its BOS ("<s>"), or NO_BOS when it adds none.
+  bos=None keeps llmlab's own start, an end-of-text."""
   for role, name in ((EOT, eot), (PAD, pad), (BOS, bos)):
-    if name is not None and tok.token_to_id(name) is None:
+    if name and tok.token_to_id(name) is None:
       raise ValueError(f"the tokenizer has no token {name!r} to play {role!r}")
   named = {role: name for role, name in ((EOT, eot), (PAD, pad), (BOS, bos)) if name is not None}
   setattr(tok, _ROLES_ATTR, named)
@@ -113,10 +124,13 @@ def load(workdir: str) -> Tokenizer:
 
 
 def start_ids(tok: Tokenizer) -> list[int]:
-  """What a document starts with: [bos] for a tokenizer with a BOS role, else [end-of-text]
-  (llmlab's documents follow one another, each after the previous one's end-of-text)."""
+  """What a text starts with (module docstring): [bos] or [] for an imported tokenizer, as its
+  BOS role says; [end-of-text] for llmlab's own, whose documents follow one another, each after
+  the previous one's end-of-text."""
   bos = roles(tok).get(BOS)
-  return [tok.token_to_id(bos)] if bos else [special_id(tok, EOT)]
+  if bos is None:
+    return [special_id(tok, EOT)]
+  return [tok.token_to_id(bos)] if bos != NO_BOS else []
 
 
 def special_id(tok: Tokenizer, token: str) -> int:

@@ -11,6 +11,14 @@ the declared tokens, never by adding tokens (which could overflow the embedding 
                stand-in is a token that never occurs as a target in packed text: unk and bos
                never do (llmlab encodes without special tokens); masking eos would keep a
                fine-tuned model from learning to stop, hence last.
+
+A text starts with whatever the Hugging Face tokenizer puts before it (start_token), not with the
+declared bos token: Llama 3's tokenizer.json prepends "<|begin_of_text|>", while many other
+directories declare a bos (or name a bos_token_id in config.json) that their tokenizer never adds.
+transformers 5 decides it so: when tokenizer_config.json sets add_bos_token or add_eos_token, or
+tokenizer.json has no post-processor, it writes its own post-processor, which prepends the bos
+token of the tokenizer files if add_bos_token is true (false by default); otherwise tokenizer.json's
+post-processor stands. A bos_token_id in config.json alone adds nothing.
 """
 
 from __future__ import annotations
@@ -44,19 +52,57 @@ def _read_json(path: str) -> dict:
   return data if isinstance(data, dict) else {}
 
 
+def _tokenizer_files_token(hf_dir: str, role: str) -> Optional[str]:
+  """The token `role` names in tokenizer_config.json, else in special_tokens_map.json, or None."""
+  files = [_read_json(os.path.join(hf_dir, f))
+           for f in ("tokenizer_config.json", "special_tokens_map.json")]
+  return next((t for t in (_content(f.get(f"{role}_token")) for f in files) if t), None)
+
+
 def declared_special_tokens(hf_dir: str, tok: Tokenizer, hf_config: dict) -> dict[str, Optional[str]]:
   """{"eos", "pad", "bos", "unk"}: the token each role names in the directory, or None."""
   out: dict[str, Optional[str]] = {}
-  files = [_read_json(os.path.join(hf_dir, f))
-           for f in ("tokenizer_config.json", "special_tokens_map.json")]
   for role in _ROLES:
-    token = next((t for t in (_content(f.get(f"{role}_token")) for f in files) if t), None)
+    token = _tokenizer_files_token(hf_dir, role)
     if token is None:  # fall back on the model config's ids
       idx = hf_config.get(f"{role}_token_id")
       idx = idx[0] if isinstance(idx, list) and idx else idx
       token = tok.id_to_token(idx) if isinstance(idx, int) else None
     out[role] = token if token is not None and tok.token_to_id(token) is not None else None
   return out
+
+
+_PROBES = ("a", "the", "0", " ")  # texts to watch the post-processor at work; one encodes to something
+
+
+def start_token(hf_dir: str, tok: Tokenizer) -> Optional[str]:
+  """The special token the Hugging Face tokenizer puts before every text (its BOS), or None when
+  it adds none, by transformers' rule in the module docstring. ValueError when it puts more than
+  one token before a text (llmlab's start is at most one token)."""
+  config = _read_json(os.path.join(hf_dir, "tokenizer_config.json"))
+  if "add_bos_token" in config or "add_eos_token" in config or tok.post_processor is None:
+    bos = _tokenizer_files_token(hf_dir, "bos")
+    adds = bool(config.get("add_bos_token")) and bos is not None and tok.token_to_id(bos) is not None
+    return bos if adds else None
+  for probe in _PROBES:
+    plain = tok.encode(probe, add_special_tokens=False)
+    if plain.ids:
+      break
+  else:
+    raise ValueError(f"the tokenizer in {hf_dir} encodes none of {_PROBES} to any token")
+  full = tok.encode(probe, add_special_tokens=True)
+  n_text = len(plain.ids)
+  # Where the text's own tokens sit among those the post-processor returns.
+  at = next((i for i in range(len(full.ids) - n_text + 1)
+             if full.ids[i:i + n_text] == plain.ids and not any(full.special_tokens_mask[i:i + n_text])),
+            None)
+  if at is None:
+    raise ValueError(f"the post-processor of {hf_dir}/tokenizer.json rewrites the text's tokens")
+  if at > 1:
+    raise ValueError(
+        f"the tokenizer in {hf_dir} puts {at} tokens {full.tokens[:at]} before every text; llmlab "
+        "starts a text with at most one")
+  return full.tokens[0] if at == 1 else None
 
 
 def llmlab_roles(declared: dict[str, Optional[str]], tok: Tokenizer) -> tuple[Optional[str], str]:
