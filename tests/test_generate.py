@@ -61,3 +61,12 @@ def test_cli_missing_workdir_is_a_one_line_error(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
   assert os.path.basename(str(tmp_path / "nothing")) in proc.stderr
+
+
+def test_cli_writes_the_continuation_to_stdout_and_statistics_to_stderr(tiny_run):
+  expected = generate.run(tiny_run, "alpha", 4, temperature=0.0)["continuation"]
+  proc = run_script("experiments.generate", f"--workdir={tiny_run}", "--prompt=alpha",
+                    "--max_new_tokens=4", "--temperature=0")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout == expected + "\n"
+  assert "tokens/s" in proc.stderr and "tokens/s" not in proc.stdout

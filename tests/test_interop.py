@@ -284,7 +284,9 @@ def test_llama_style_special_tokens_are_recorded_and_exported_unchanged(tmp_path
       unk_token="<unk>").save_pretrained(src)
   convert.import_workdir(src, str(tmp_path / "run"), seq_len=16)
   data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
-  assert (data["eot_token"], data["pad_token"], data["bos_token"]) == ("</s>", "<unk>", "<s>")
+  # "<s>" is declared, but this tokenizer adds no BOS (transformers' encoding is ["a"]), so no
+  # text starts with it.
+  assert (data["eot_token"], data["pad_token"], data["bos_token"]) == ("</s>", "<unk>", None)
   # Every script asks for llmlab's roles and gets the imported tokens' ids.
   from experiments import generate
   from train import alignment_data
@@ -295,8 +297,8 @@ def test_llama_style_special_tokens_are_recorded_and_exported_unchanged(tmp_path
   assert tokenizer_lib.special_id(tok, tokenizer_lib.EOT) == 2
   assert tokenizer_lib.special_id(tok, tokenizer_lib.PAD) == 0
   # (a word-level vocabulary with no pre-tokenizer: each one-letter text is one token)
-  assert data_lib.tokenize(["a", "d"], tok).tolist() == [1, 3, 2, 1, 6, 2]  # <s> a </s> <s> d </s>
-  assert tokenizer_lib.start_ids(tok) == [1]
+  assert data_lib.tokenize(["a", "d"], tok).tolist() == [3, 2, 6, 2]  # a </s> d </s>
+  assert tokenizer_lib.start_ids(tok) == []
   assert alignment_data.encode_prompts(tok, ["b"], 3).tokens_NxP.tolist() == [[4, 0, 0]]
   out = generate.run(str(tmp_path / "run"), "a", 3, temperature=0.0)
   assert out["text"].startswith("a") and 1 <= out["new_tokens"] <= 3
@@ -307,6 +309,101 @@ def test_llama_style_special_tokens_are_recorded_and_exported_unchanged(tmp_path
   assert (exported["bos_token_id"], exported["eos_token_id"], exported["pad_token_id"]) == (1, 2, None)
   hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
   assert (hf_tok.eos_token, hf_tok.pad_token) == ("</s>", None)
+
+
+def _word_tokenizer(n_words=LLAMA["vocab_size"] - 3, prepend_bos=False):
+  """Llama's special tokens and words "w3", "w4", ... up to the model's vocabulary, so that every
+  id the model generates decodes; prepend_bos puts "<s>" before every text, as Llama 3's
+  tokenizer.json does."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+  vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i + 3}": i + 3 for i in range(n_words)}}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+  if prepend_bos:
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+  return tok
+
+
+# (prepend_bos, tokenizer_config.json beyond tokenizer_class): what the HF tokenizer starts with.
+START_CASES = {
+    "no_post_processor": (False, {"bos_token": "<s>"}),
+    "no_post_processor_add_bos_token_true": (False, {"bos_token": "<s>", "add_bos_token": True}),
+    "post_processor_adds_bos": (True, {}),
+    "post_processor_adds_bos_add_bos_token_false": (True, {"bos_token": "<s>", "add_bos_token": False}),
+}
+
+
+@pytest.mark.parametrize("case", list(START_CASES))
+def test_start_token_is_what_transformers_prepends(tmp_path, case):
+  """hf_tokenizer.start_token answers what transformers' own tokenizer prepends: tokenizer.json's
+  post-processor decides; a declared bos_token and add_bos_token in tokenizer_config.json do
+  not (transformers 5.24)."""
+  prepend_bos, config = START_CASES[case]
+  tok = _word_tokenizer(8, prepend_bos)
+  tok.save(str(tmp_path / "tokenizer.json"))
+  (tmp_path / "tokenizer_config.json").write_text(
+      json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config}))
+  hf_ids = transformers.AutoTokenizer.from_pretrained(str(tmp_path))("w4 w5").input_ids
+  assert hf_ids[-2:] == [4, 5] and len(hf_ids) <= 3
+  expected = "<s>" if len(hf_ids) == 3 else None
+  assert hf_tokenizer.start_token(str(tmp_path), tok) == expected
+
+
+GENERATE_PROMPT = "w5 w9 w17 w3 w40"
+N_NEW = 8
+
+
+def _hf_greedy(path, prompt, n_new):
+  """(prompt ids, new ids) of transformers' tokenizer and greedy generate."""
+  hf_tok = transformers.AutoTokenizer.from_pretrained(path)
+  model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+  ids = hf_tok(prompt, return_tensors="pt").input_ids
+  with torch.no_grad():
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                         max_new_tokens=n_new, pad_token_id=model.config.eos_token_id)
+  return ids[0].tolist(), out[0, ids.shape[1]:].tolist()
+
+
+def _import_with_tokenizer(model_dir, root, *, prepend_bos, bos_token_id):
+  """A copy of model_dir with a word tokenizer and config.json's bos_token_id set, imported by
+  --from_hf into root/run; returns (HF directory, workdir)."""
+  from experiments import convert
+
+  src = root / "hf"
+  shutil.copytree(model_dir, src)
+  transformers.PreTrainedTokenizerFast(
+      tokenizer_object=_word_tokenizer(prepend_bos=prepend_bos), eos_token="</s>",
+      unk_token="<unk>").save_pretrained(str(src))
+  hf = json.loads((src / "config.json").read_text())
+  (src / "config.json").write_text(json.dumps({**hf, "bos_token_id": bos_token_id}))
+  convert.import_workdir(str(src), str(root / "run"), seq_len=16)
+  return str(src), str(root / "run")
+
+
+# (model, tokenizer prepends "<s>", config.json's bos_token_id): today's llmlab prepended
+# config.json's bos (id 1) in the first and last case and end-of-text in the second.
+GREEDY_CASES = {
+    "llama_config_bos_not_added": ("llama", False, 1),
+    "llama_tokenizer_adds_bos": ("llama", True, None),
+    "mixtral": ("mixtral", False, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(GREEDY_CASES))
+def test_imported_greedy_generation_equals_transformers(llama_dirs, mixtral_dir, tmp_path, case):
+  from experiments import generate
+
+  kind, prepend_bos, bos_token_id = GREEDY_CASES[case]
+  model_dir = mixtral_dir if kind == "mixtral" else llama_dirs["gqa_tied"]
+  src, workdir = _import_with_tokenizer(
+      model_dir, tmp_path, prepend_bos=prepend_bos, bos_token_id=bos_token_id)
+  hf_prompt, hf_new = _hf_greedy(src, GENERATE_PROMPT, N_NEW)
+  out = generate.run(workdir, GENERATE_PROMPT, N_NEW, temperature=0.0)
+  assert out["new_ids"] == hf_new
+  assert out["prompt_ids"] == hf_prompt
 
 
 def test_llmlab_model_exports_with_equal_logits_and_its_token_ids(tmp_path):

@@ -59,3 +59,15 @@ def test_roles_of_an_imported_tokenizer_survive_save_and_load(tmp_path):
   assert tok_lib.special_id(back, tok_lib.EOT) == 2
   with pytest.raises(ValueError, match="no token 'x'"):
     tok_lib.set_roles(back, eot="x")
+
+
+def test_a_text_starts_after_end_of_text_natively_and_with_nothing_when_imported_without_bos(
+    tok, tmp_path):
+  """llmlab's own documents follow an end-of-text; an imported tokenizer that adds no BOS (NO_BOS)
+  starts a text with nothing, as its Hugging Face tokenizer does, also after save and load."""
+  assert tok_lib.start_ids(tok) == [tok_lib.special_id(tok, tok_lib.EOT)]
+  tok_lib.save(tok, str(tmp_path))
+  imported = tok_lib.load(str(tmp_path))  # a copy: the fixture is shared
+  tok_lib.set_roles(imported, bos=tok_lib.NO_BOS)
+  tok_lib.save(imported, str(tmp_path))
+  assert tok_lib.start_ids(tok_lib.load(str(tmp_path))) == []

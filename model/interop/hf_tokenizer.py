@@ -15,10 +15,9 @@ the declared tokens, never by adding tokens (which could overflow the embedding 
 A text starts with whatever the Hugging Face tokenizer puts before it (start_token), not with the
 declared bos token: Llama 3's tokenizer.json prepends "<|begin_of_text|>", while many other
 directories declare a bos (or name a bos_token_id in config.json) that their tokenizer never adds.
-transformers 5 decides it so: when tokenizer_config.json sets add_bos_token or add_eos_token, or
-tokenizer.json has no post-processor, it writes its own post-processor, which prepends the bos
-token of the tokenizer files if add_bos_token is true (false by default); otherwise tokenizer.json's
-post-processor stands. A bos_token_id in config.json alone adds nothing.
+transformers 5 (5.24, checked by tests/test_interop.py) encodes with tokenizer.json's
+post-processor, and adds nothing when there is none; add_bos_token in tokenizer_config.json
+changes neither, and a bos_token_id in config.json adds nothing.
 """
 
 from __future__ import annotations
@@ -79,11 +78,8 @@ def start_token(hf_dir: str, tok: Tokenizer) -> Optional[str]:
   """The special token the Hugging Face tokenizer puts before every text (its BOS), or None when
   it adds none, by transformers' rule in the module docstring. ValueError when it puts more than
   one token before a text (llmlab's start is at most one token)."""
-  config = _read_json(os.path.join(hf_dir, "tokenizer_config.json"))
-  if "add_bos_token" in config or "add_eos_token" in config or tok.post_processor is None:
-    bos = _tokenizer_files_token(hf_dir, "bos")
-    adds = bool(config.get("add_bos_token")) and bos is not None and tok.token_to_id(bos) is not None
-    return bos if adds else None
+  if tok.post_processor is None:
+    return None
   for probe in _PROBES:
     plain = tok.encode(probe, add_special_tokens=False)
     if plain.ids:
