@@ -120,8 +120,9 @@ def load(workdir: str):
 def encode_prompts(tok, prompts=PROMPTS) -> list[list[int]]:
   from train import tokenizer as tokenizer_lib
 
-  eot = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
-  return [[eot] + tokenizer_lib.encode(tok, p) for p in prompts]
+  # Started as generate starts a prompt: after end-of-text natively, as its tokenizer does if imported.
+  start = tokenizer_lib.start_ids(tok)
+  return [start + tokenizer_lib.encode(tok, p) for p in prompts]
 
 
 def param_bytes(params) -> int:
