@@ -120,7 +120,8 @@ def load(workdir: str):
 def encode_prompts(tok, prompts=PROMPTS) -> list[list[int]]:
   from train import tokenizer as tokenizer_lib
 
-  # Started as generate starts a prompt: after end-of-text natively, as its tokenizer does if imported.
+  # Started as generate starts a prompt: after end-of-text natively, as its tokenizer does when
+  # imported.
   start = tokenizer_lib.start_ids(tok)
   return [start + tokenizer_lib.encode(tok, p) for p in prompts]
 

@@ -332,7 +332,8 @@ START_CASES = {
     "no_post_processor": (False, {"bos_token": "<s>"}),
     "no_post_processor_add_bos_token_true": (False, {"bos_token": "<s>", "add_bos_token": True}),
     "post_processor_adds_bos": (True, {}),
-    "post_processor_adds_bos_add_bos_token_false": (True, {"bos_token": "<s>", "add_bos_token": False}),
+    "post_processor_adds_bos_add_bos_token_false":
+        (True, {"bos_token": "<s>", "add_bos_token": False}),
 }
 
 

@@ -17,7 +17,7 @@ declared bos token: Llama 3's tokenizer.json prepends "<|begin_of_text|>", while
 directories declare a bos (or name a bos_token_id in config.json) that their tokenizer never adds.
 transformers 5 (5.24, checked by tests/test_interop.py) encodes with tokenizer.json's
 post-processor, and adds nothing when there is none; add_bos_token in tokenizer_config.json
-changes neither, and a bos_token_id in config.json adds nothing.
+does not change that, and a bos_token_id in config.json adds nothing.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def declared_special_tokens(hf_dir: str, tok: Tokenizer, hf_config: dict) -> dic
   return out
 
 
-_PROBES = ("a", "the", "0", " ")  # texts to watch the post-processor at work; one encodes to something
+# Texts to watch the post-processor at work: any vocabulary encodes one of them to some token.
+_PROBES = ("a", "the", "0", " ")
 
 
 def start_token(hf_dir: str, tok: Tokenizer) -> Optional[str]:
@@ -90,8 +91,8 @@ def start_token(hf_dir: str, tok: Tokenizer) -> Optional[str]:
   n_text = len(plain.ids)
   # Where the text's own tokens sit among those the post-processor returns.
   at = next((i for i in range(len(full.ids) - n_text + 1)
-             if full.ids[i:i + n_text] == plain.ids and not any(full.special_tokens_mask[i:i + n_text])),
-            None)
+             if full.ids[i:i + n_text] == plain.ids
+             and not any(full.special_tokens_mask[i:i + n_text])), None)
   if at is None:
     raise ValueError(f"the post-processor of {hf_dir}/tokenizer.json rewrites the text's tokens")
   if at > 1:
