@@ -104,11 +104,19 @@ def test_leftover_temporary_save_is_ignored(tmp_path, tiny_corpus):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_corpus):
+  """Catches: a NaN loss saved as the newest checkpoint, and (second run) a state the update made
+  Inf saved at a checkpoint step although that step's loss, computed before the update, was
+  finite."""
   wd = str(tmp_path / "run")
   loop.train(tiny_config(tiny_corpus, **{"train.steps": 3}), wd)
+  # An infinite lr: step 4's loss (before its update) is finite, the state after it is not.
+  # Both runs compile the same step; only where they save differs.
+  blow_up = {"train.steps": 30, "train.lr": float("inf")}
+  with pytest.raises(loop.NonFiniteLoss, match=r"NaN or Inf after step 4; stopped without saving"):
+    loop.train(tiny_config(tiny_corpus, **blow_up, **{"checkpoint.every_steps": 4}), wd)
+  assert _steps(wd) == [3]
   with pytest.raises(loop.NonFiniteLoss, match=r"loss is (nan|inf) at step \d+.*checkpoint \(3\) is untouched"):
-    loop.train(tiny_config(tiny_corpus, **{"train.steps": 30, "train.lr": 1e30,
-                                           "train.grad_clip": 1e30}), wd)
+    loop.train(tiny_config(tiny_corpus, **blow_up), wd)
   assert _steps(wd) == [3]
   summary = loop.train(tiny_config(tiny_corpus, **{"train.steps": 4}), wd)
   assert summary["start_step"] == 3
