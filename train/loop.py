@@ -300,7 +300,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   ckpt = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-      every_steps=config.checkpoint.every_steps)
+      every_steps=config.checkpoint.every_steps,
+      restart_if_unreadable=config.checkpoint.get("restart_if_unreadable", False))
   # The global batch on every process (see global_batch): one iterator, one state to checkpoint.
   train_iter = data_lib.train_iterator(corpus.train_NxL1, t.batch_size, t.seed)
   restored = ckpt.restore_latest(run.abstract_state)
