@@ -304,7 +304,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       restart_if_unreadable=config.checkpoint.get("restart_if_unreadable", False))
   # The global batch on every process (see global_batch): one iterator, one state to checkpoint.
   train_iter = data_lib.train_iterator(corpus.train_NxL1, t.batch_size, t.seed)
-  restored = ckpt.restore_latest(run.abstract_state)
+  try:
+    restored = ckpt.restore_latest(run.abstract_state)
+  except ckpt_lib.UnreadableCheckpoints:
+    ckpt.close()
+    raise
   if restored is None:
     state = run.init(jax.random.key(t.seed))
     start = 0
