@@ -84,6 +84,8 @@ def _output_to(path: str) -> Iterator[TextIO]:
       root.handlers, root.level = saved_handlers, saved_level
       logging.getLogger("absl").propagate = saved_absl
       sys.stderr, sys.unraisablehook = saved_stderr, saved_hook
+  if os.path.getsize(path) == 0:  # a restore that said nothing leaves no empty log behind
+    os.remove(path)
 
 
 def _error_text(error: BaseException) -> str:
