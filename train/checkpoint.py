@@ -33,7 +33,8 @@ RETRY_AFTER_S = 0.5
 
 
 class UnreadableCheckpoints(ValueError):
-  """Every checkpoint of a run is unreadable; starting over needs checkpoint.restart_if_unreadable."""
+  """Every checkpoint of a run is unreadable; starting over needs
+  checkpoint.restart_if_unreadable."""
 
 
 def _is_event_loop_noise(unraisable: Any) -> bool:
