@@ -24,7 +24,7 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -318,5 +318,4 @@ def _plot(results: dict, summary: dict, record: dict, out: str) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run(main, define_flags)

@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -100,5 +100,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run(main, define_flags)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Callable, Optional
 
 
 def setup() -> None:
@@ -54,3 +55,171 @@ def run_stage(stage: str) -> None:
   except (ValueError, FileNotFoundError, align_loop.NonFiniteLoss) as e:
     fail(e)
   print(format_summary({k: v for k, v in result.items() if not k.endswith("_curve")}), flush=True)
+
+
+class UsageError(ValueError):
+  """A command line this script cannot run: an unknown flag or setting, or a value of the wrong
+  type. Its message is one line; run() prints it as `error: ...` and exits 2."""
+
+
+_TYPE_NAMES = {int: "an int", float: "a float", bool: "a bool (true or false)", str: "a string"}
+
+
+def _config_flags(flag_values) -> dict:
+  from ml_collections.config_flags import config_flags
+
+  return {name: flag_values[name] for name in flag_values
+          if config_flags.is_config_flag(flag_values[name])}
+
+
+def _dotted_keys(node, prefix: str) -> list[str]:
+  import ml_collections
+
+  out = []
+  for key in node.keys():
+    value = node[key]
+    out.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      out += _dotted_keys(value, prefix + key + ".")
+  return out
+
+
+def _parses_as(text: str, kind: type) -> bool:
+  if kind is bool:
+    return text.lower() in ("true", "false", "1", "0")
+  if kind in (int, float):
+    try:
+      kind(text)
+    except ValueError:
+      return False
+  return True
+
+
+def _load_config(flag, argv: list[str]):
+  """The config a config flag would load from argv, without its overrides; None if unreadable."""
+  from ml_collections.config_flags import config_flags
+
+  path = getattr(flag, "default_unparsed", None)  # unset when argv names the file
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{flag.name}="):
+      path = arg.split("=", 1)[1]
+    elif arg == f"--{flag.name}" and i + 1 < len(argv):
+      path = argv[i + 1]
+  if not isinstance(path, str):
+    return path  # a config dict flag: the default is the config itself
+  try:
+    return config_flags.ConfigFileFlagParser(flag.name).parse(path)
+  except Exception:  # noqa: BLE001 - the caller falls back to absl's own message
+    return None
+
+
+def _explain_override(argv: list[str], flag_values) -> Optional[str]:
+  """One line about the first --config.KEY=VALUE in argv that names no setting or whose value
+  does not parse as the setting's type; None when every override is fine."""
+  import difflib
+
+  from ml_collections.config_flags import config_path
+
+  for name, flag in _config_flags(flag_values).items():
+    config = _load_config(flag, argv)
+    if config is None:
+      continue
+    keys = _dotted_keys(config, "")
+    for arg in argv[1:]:
+      if not arg.startswith(f"--{name}."):
+        continue
+      dotted, _, value = arg[len(name) + 3:].partition("=")
+      if dotted not in keys:
+        close = difflib.get_close_matches(dotted, keys, n=1)
+        hint = f" (did you mean {name}.{close[0]}?)" if close else ""
+        return f"unknown setting {name}.{dotted}{hint}"
+      kind = config_path.get_type(dotted, config)
+      if kind in _TYPE_NAMES and not _parses_as(value, kind):
+        return f"{name}.{dotted}={value}: expected {_TYPE_NAMES[kind]}"
+  return None
+
+
+def _explain(argv: list[str], error: Exception, flag_values) -> str:
+  """One line for a failure of absl / ml_collections flag parsing."""
+  import difflib
+
+  from absl import flags
+
+  about_override = _explain_override(argv, flag_values)
+  if about_override:
+    return about_override
+  if isinstance(error, flags.UnrecognizedFlagError):
+    names = [n for n in flag_values if "." not in n]
+    close = difflib.get_close_matches(error.flagname, names, n=1)
+    hint = f" (did you mean --{close[0]}?)" if close else ""
+    return f"unknown flag --{error.flagname}{hint}"
+  text = str(error).strip().splitlines()
+  line = text[0] if text else type(error).__name__
+  if "must have a value other than None" in line:  # absl's words for a required flag left out
+    return line.split(": ", 1)[-1].replace("must have a value other than None", "is required")
+  return line
+
+
+def _overrides_stripped(argv: list[str]) -> list[str]:
+  return [a for a in argv if not (a.startswith("--") and "." in a.split("=", 1)[0])]
+
+
+def define(define_flags: Callable[[], None], argv: list[str]) -> None:
+  """Runs define_flags with argv's `--config.KEY=VALUE` overrides hidden from it.
+
+  ml_collections parses a config flag's default (and applies sys.argv's overrides to it) at
+  definition time, so a typo there would raise before any handler could turn it into one line.
+  parse_flags then applies the overrides to the config the flag names, default or not.
+  """
+  saved = sys.argv
+  sys.argv = _overrides_stripped(argv)
+  try:
+    define_flags()
+  finally:
+    sys.argv = saved
+
+
+def parse_flags(argv: list[str], flag_values=None) -> list[str]:
+  """absl's flag parsing of argv (flags defined by define()); returns the arguments left over.
+
+  Raises UsageError with one line: `unknown flag --workdirr (did you mean --workdir?)`,
+  `unknown setting config.train.stepz (did you mean config.train.steps?)`,
+  `config.train.steps=abc: expected an int`, or absl's own first line.
+  """
+  from absl import flags
+
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  argv = list(argv)
+  for name, flag in _config_flags(flag_values).items():
+    named = any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
+    if not named and any(a.startswith(f"--{name}.") for a in argv):
+      # Overrides of the default config: name it, so that they are applied at parse time.
+      argv.insert(1, f"--{name}={flag.default_unparsed}")
+  saved = sys.argv
+  sys.argv = argv  # ml_collections reads the overrides from sys.argv, not from its argument
+  try:
+    rest = flag_values(argv)
+  except Exception as e:  # noqa: BLE001 - absl, ml_collections and the config file raise anything
+    raise UsageError(_explain(argv, e, flag_values)) from None
+  finally:
+    sys.argv = saved
+  for name, flag in _config_flags(flag_values).items():
+    if type(flag.value).__name__ == "_ErrorConfig":  # ml_collections defers a missing file's error
+      raise UsageError(f"--{name}={flag.config_filename}: no such config file")
+  return rest
+
+
+def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> None:
+  """The `__main__` of every experiment script: app.run(main) with its flags defined and parsed
+  by define() and parse_flags(), so a bad command line is one `error:` line and exit status 2."""
+  from absl import app
+
+  define(define_flags, sys.argv)
+
+  def parser(argv: list[str]) -> list[str]:
+    try:
+      return parse_flags(argv)
+    except UsageError as e:
+      fail(e)
+
+  app.run(main, flags_parser=parser)

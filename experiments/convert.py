@@ -27,7 +27,7 @@ import re
 import shutil
 from typing import TYPE_CHECKING, Optional
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -237,5 +237,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run(main, define_flags)

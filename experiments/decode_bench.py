@@ -31,7 +31,7 @@ import os
 import time
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -501,5 +501,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run(main, define_flags)

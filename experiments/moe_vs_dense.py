@@ -12,7 +12,7 @@ with both dispatch styles), step times, and the expert-load heat map over traini
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
@@ -148,5 +148,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run(main, define_flags)

@@ -11,7 +11,7 @@ files, results.json and curves.png into the workdir (and results.json + curves.p
 --results_dir when given).
 """
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -31,5 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run(main, define_flags)

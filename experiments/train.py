@@ -14,7 +14,7 @@ JAX reads them from the environment. See docs/sharding.md.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
@@ -55,5 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run(main, define_flags)

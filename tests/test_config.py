@@ -86,3 +86,50 @@ def test_every_experiment_script_imports_beside_the_others():
   for name in scripts:
     importlib.import_module(f"experiments.{name}")
   assert "workdir" not in flags.FLAGS  # no script defined its flags on import
+
+
+def _parse(*args: str) -> flags.FlagValues:
+  """experiments.common's define + parse_flags over a script's usual flags, in process."""
+  from ml_collections import config_flags
+
+  from experiments import common
+
+  fv = flags.FlagValues()
+  argv = ["prog", *args]
+
+  def define_flags():
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(ROOT, "experiments", "configs", "tiny.py"), "", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "", flag_values=fv)
+
+  common.define(define_flags, argv)
+  common.parse_flags(argv, fv)
+  return fv
+
+
+@pytest.mark.parametrize("args, line", [
+    (("--config.train.stepz=3",),
+     "unknown setting config.train.stepz (did you mean config.train.steps?)"),
+    (("--config.trian.steps=3",),
+     "unknown setting config.trian.steps (did you mean config.train.steps?)"),
+    ((f"--config={ROOT}/experiments/configs/tiny.py", "--config.train.steps=abc"),
+     "config.train.steps=abc: expected an int"),
+    (("--config.train.lr=fast",), "config.train.lr=fast: expected a float"),
+    (("--workdirr=x",), "unknown flag --workdirr (did you mean --workdir?)"),
+    (("--config=/no/such.py",), "--config=/no/such.py: no such config file"),
+])
+def test_command_line_errors_are_one_line_naming_the_setting(args, line):
+  """Catches: an unknown --config key, a mistyped value or a misspelt flag raising inside
+  absl / ml_collections parsing (a traceback, a message without the dotted key or suggestion),
+  including a typo in an override of the default config, which fails while flags are defined."""
+  from experiments import common
+
+  with pytest.raises(common.UsageError) as e:
+    _parse(*args)
+  assert str(e.value) == line
+
+
+def test_overrides_of_the_default_config_still_apply():
+  """Catches: the error handling hiding overrides from a config flag left at its default."""
+  fv = _parse("--config.train.steps=3", "--workdir=w")
+  assert fv.config.train.steps == 3 and fv.workdir == "w"

@@ -218,7 +218,8 @@ class Run:
     self.eot_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.EOT)
     self.ckpt = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-        every_steps=config.checkpoint.every_steps)
+        every_steps=config.checkpoint.every_steps,
+        restart_if_unreadable=config.checkpoint.get("restart_if_unreadable", False))
     self.training: Optional[loop_lib.ShardedTraining] = None
     self.state: Optional[dict] = None
     self.start_step, self.data_state = 0, {}

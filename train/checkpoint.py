@@ -2,29 +2,144 @@
 
 Saves are atomic (orbax writes to a temporary directory and renames it when complete), so a
 process killed mid-save leaves the previous checkpoints intact. On restore, the newest readable
-checkpoint wins: an unreadable one (a file truncated or missing) is reported, moved aside to
-`checkpoints/unreadable-<step>` and skipped; nothing readable is ever deleted.
+checkpoint wins: an unreadable one (a file truncated or missing) is tried once more (a read can
+fail transiently on a network file system), then reported in one line naming the file, moved
+aside to `checkpoints/unreadable-<step>-<time>` and skipped; nothing readable is ever deleted.
+What orbax and tensorstore say while failing (log lines, tracebacks from their threads) goes to
+`<workdir>/restore.log`, beside checkpoints/, not to the terminal.
+
+A run whose checkpoints are all unreadable is not silently started over: UnreadableCheckpoints,
+unless checkpoint.restart_if_unreadable is set.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import json
 import logging
 import os
+import re
+import sys
 import time
-from typing import Any, Optional
+import traceback
+from typing import Any, Iterator, Optional, TextIO
 
 import jax
 import orbax.checkpoint as ocp
 
-log = logging.getLogger(__name__)
+RESTORE_LOG = "restore.log"
+RETRY_AFTER_S = 0.5
+
+
+class UnreadableCheckpoints(ValueError):
+  """Every checkpoint of a run is unreadable; starting over needs
+  checkpoint.restart_if_unreadable."""
+
+
+def _is_event_loop_noise(unraisable: Any) -> bool:
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and "Event loop is closed" in str(unraisable.exc_value))
+
+
+class _LateNoiseToLog:
+  """sys.unraisablehook for the rest of the process once a restore has failed: tensorstore's
+  threads finish reads of the abandoned checkpoint after restore returned, and each reports
+  'RuntimeError: Event loop is closed'. Those go to the log; anything else to the old hook."""
+
+  def __init__(self, previous: Any, log_path: str):
+    self.previous, self.log_path = previous, log_path
+
+  def __call__(self, unraisable: Any) -> None:
+    if not _is_event_loop_noise(unraisable):
+      self.previous(unraisable)
+      return
+    with open(self.log_path, "a", encoding="utf-8") as f:
+      f.write(f"(late, from orbax's threads) {unraisable.exc_value!r}\n")
+
+
+@contextlib.contextmanager
+def _output_to(path: str) -> Iterator[TextIO]:
+  """Sends Python-level log records, stderr writes and unraisable exceptions (orbax and
+  tensorstore's threads) to the file at `path` while the block runs."""
+  with open(path, "a", encoding="utf-8") as f:
+    handler = logging.StreamHandler(f)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_absl = logging.getLogger("absl").propagate
+    saved_stderr, saved_hook = sys.stderr, sys.unraisablehook
+    root.handlers, root.level = [handler], min(root.level, logging.INFO)
+    logging.getLogger("absl").propagate = True
+    sys.stderr = f
+
+    def hook(unraisable):
+      f.write(f"unraisable: {unraisable.exc_value!r}\n")
+      traceback.print_exception(unraisable.exc_value, file=f)
+
+    sys.unraisablehook = hook
+    try:
+      yield f
+    finally:
+      f.flush()
+      root.handlers, root.level = saved_handlers, saved_level
+      logging.getLogger("absl").propagate = saved_absl
+      sys.stderr, sys.unraisablehook = saved_stderr, saved_hook
+  if os.path.getsize(path) == 0:  # a restore that said nothing leaves no empty log behind
+    os.remove(path)
+
+
+def _error_text(error: BaseException) -> str:
+  """The messages of an error and of the errors it came from."""
+  parts, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    parts.append(str(error))
+    error = error.__cause__ or error.__context__
+  return "\n".join(parts)
+
+
+def unreadable_file(step_dir: str, error: BaseException) -> Optional[str]:
+  """The file of checkpoint `step_dir` that `error` failed on, relative to step_dir, or None.
+
+  tensorstore names the file it could not read in its message; a metadata file cut short fails
+  as JSON without a name, so the first JSON file of the checkpoint that does not parse is it.
+  """
+  text = _error_text(error)
+  root = os.path.realpath(step_dir)
+  named = [os.path.realpath(m) for m in re.findall(r'(/[^\s"\'<>]+)', text)]
+  files = [p for p in named if p.startswith(root + os.sep) and os.path.isfile(p)]
+  if files:
+    return os.path.relpath(max(files, key=len), root)
+  if isinstance(error, json.JSONDecodeError) or "JSON" in text:
+    for path in sorted(glob.glob(os.path.join(root, "**"), recursive=True)):
+      if not os.path.isfile(path) or os.path.getsize(path) > 1 << 20:
+        continue
+      with open(path, "rb") as f:
+        head = f.read(1)
+      if head not in (b"{", b"["):
+        continue
+      try:
+        with open(path, encoding="utf-8") as f:
+          json.load(f)
+      except ValueError:
+        return os.path.relpath(path, root)
+  return None
 
 
 class Checkpointer:
-  """A thin shell around ocp.CheckpointManager for {'state': pytree, 'data': json}."""
+  """A thin shell around ocp.CheckpointManager for {'state': pytree, 'data': json}.
 
-  def __init__(self, directory: str, *, keep: int, every_steps: int):
+  restart_if_unreadable: when every checkpoint in the directory is unreadable, start over
+  (restore_latest returns None) instead of raising UnreadableCheckpoints.
+  """
+
+  def __init__(self, directory: str, *, keep: int, every_steps: int,
+               restart_if_unreadable: bool = False):
     self.directory = os.path.abspath(directory)
     os.makedirs(self.directory, exist_ok=True)
+    self.log_path = os.path.join(os.path.dirname(self.directory), RESTORE_LOG)
+    self.restart_if_unreadable = restart_if_unreadable
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=1, create=True,
         enable_async_checkpointing=False)  # a save is on disk when save() returns
@@ -43,28 +158,56 @@ class Checkpointer:
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
     self.manager.wait_until_finished()
 
+  def _restore(self, step: int, abstract_state: Any) -> tuple[int, Any, dict]:
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return step, restored["state"], restored["data"]
+
+  def unreadable(self) -> list[str]:
+    """The checkpoints earlier restores moved aside, oldest step first."""
+    names = [n for n in os.listdir(self.directory) if n.startswith("unreadable-")]
+    return sorted(names, key=lambda n: [int(x) for x in n.split("-")[1:] if x.isdigit()])
+
   def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any, dict]]:
     """(step, state, data_state) from the newest readable checkpoint, or None if there is none.
 
     abstract_state: a tree of jax.ShapeDtypeStruct with shardings, the layout to restore onto.
+    Raises UnreadableCheckpoints, listing them, when checkpoints exist (or were moved aside by an
+    earlier restore) but none is readable, unless restart_if_unreadable.
     """
     for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return step, restored["state"], restored["data"]
-      except Exception as e:  # noqa: BLE001 - any failure to read means "unreadable"
-        path = os.path.join(self.directory, str(step))
+      path = os.path.join(self.directory, str(step))
+      error = None
+      with _output_to(self.log_path) as out:
+        for attempt in (1, 2):  # a transient read error gets a second chance
+          try:
+            return self._restore(step, abstract_state)
+          except Exception as e:  # noqa: BLE001 - any failure to read means "unreadable"
+            error = e
+            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} restoring {path}, attempt "
+                      f"{attempt}, failed:\n")
+            traceback.print_exception(e, file=out)
+            out.flush()
+            if attempt == 1:
+              time.sleep(RETRY_AFTER_S)
+              self.manager.reload()
+        culprit = unreadable_file(path, error)
         aside = os.path.join(self.directory, f"unreadable-{step}-{int(time.time())}")
-        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        log.warning("checkpoint %s is unreadable (%s); moved to %s, trying an older one",
-                    path, msg, aside)
-        print(f"WARNING: checkpoint {path} is unreadable ({msg}); moved aside to {aside}",
-              flush=True)
         if jax.process_index() == 0 and os.path.exists(path):
           os.rename(path, aside)  # keep it for inspection; the step can be written again
         self.manager.reload()
+      if not isinstance(sys.unraisablehook, _LateNoiseToLog):
+        sys.unraisablehook = _LateNoiseToLog(sys.unraisablehook, self.log_path)
+      what = f"file {culprit}" if culprit else f"no file named, {type(error).__name__}"
+      print(f"WARNING: checkpoint {path} is unreadable ({what}); moved aside to {aside}, trying "
+            f"an older one; details in {self.log_path}", flush=True)
+    aside = self.unreadable()
+    if aside and not self.restart_if_unreadable:
+      raise UnreadableCheckpoints(
+          f"{self.directory} holds no readable checkpoint, only {', '.join(aside)} (details in "
+          f"{self.log_path}); to start this run over, set "
+          "--config.checkpoint.restart_if_unreadable=True")
     return None
 
   def close(self) -> None:

@@ -2,7 +2,7 @@
 
 The config tree: model.* (ModelConfig fields), data.{paths, seq_len, vocab_size},
 train.{steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, grad_accum, seed, log_every,
-eval_every, eval_batches}, checkpoint.{every_steps, keep}, sharding.{mesh}.
+eval_every, eval_batches}, checkpoint.{every_steps, keep, restart_if_unreadable}, sharding.{mesh}.
 """
 
 from __future__ import annotations

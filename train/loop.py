@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -42,7 +43,30 @@ from train import tokenizer as tokenizer_lib
 
 
 class NonFiniteLoss(RuntimeError):
-  """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+  """The loss, or the state about to be saved, became NaN or Inf; the last good checkpoint is
+  left as it was."""
+
+
+@jax.jit
+def _state_is_finite(state: Any) -> jax.Array:
+  """True when every float of params and opt_state is finite: one fused reduction to a scalar on
+  the device, so checking before each save costs a read of the state and one bool."""
+  floats = [x for x in jax.tree.leaves((state["params"], state["opt_state"]))
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats])) if floats else True
+
+
+def check_finite_state(step: int, state: Any) -> None:
+  """Raises NonFiniteLoss naming the step when params or opt_state hold NaN or Inf.
+
+  A finite loss does not prove a finite state: the loss of step N is computed before step N's
+  update, so an update that overflows would otherwise be saved as the newest checkpoint, and
+  every resume would start from it.
+  """
+  if not bool(_state_is_finite(state)):
+    raise NonFiniteLoss(
+        f"parameters or optimizer state are NaN or Inf after step {step}; stopped without saving "
+        "it, the newest checkpoint is the last good one. Lower train.lr or check train.grad_clip")
 
 
 class StopFlag:
@@ -121,7 +145,7 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
   A step's metrics are reported one step late, so that the device is never idle while the host
   reads them, unless hooks.read_now says now. A checkpoint is saved where hooks.must_save says, at
   the last step, on an early stop, and at the step boundary after SIGTERM / SIGINT on any process
-  (all processes stop at the same step).
+  (all processes stop at the same step). A state with NaN or Inf is never saved: NonFiniteLoss.
   """
   pending = None  # (step, metrics) dispatched but not yet reported
   step, signalled, early = start, None, False
@@ -140,6 +164,7 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
         early = bool(hooks.stop_when(hooks.report(*pending, state)))
         pending = None
       if must_save or early:
+        check_finite_state(step, state)
         hooks.save(step, state, early)
     if pending is not None:
       hooks.report(*pending, state)
@@ -300,10 +325,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   ckpt = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-      every_steps=config.checkpoint.every_steps)
+      every_steps=config.checkpoint.every_steps,
+      restart_if_unreadable=config.checkpoint.get("restart_if_unreadable", False))
   # The global batch on every process (see global_batch): one iterator, one state to checkpoint.
   train_iter = data_lib.train_iterator(corpus.train_NxL1, t.batch_size, t.seed)
-  restored = ckpt.restore_latest(run.abstract_state)
+  try:
+    restored = ckpt.restore_latest(run.abstract_state)
+  except ckpt_lib.UnreadableCheckpoints:
+    ckpt.close()
+    raise
   if restored is None:
     state = run.init(jax.random.key(t.seed))
     start = 0

@@ -19,7 +19,9 @@ class MetricsWriter:
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      _drop_torn_tail(path)
+      self._jsonl = open(path, "a", encoding="utf-8")
       from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
 
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -49,6 +51,38 @@ def _plain(v):
   return v
 
 
+def _drop_torn_tail(path: str) -> None:
+  """Cuts a last line without its newline (a write cut short by kill -9): appending after it
+  would glue the next record onto it and make a corrupt line in the middle of the file."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as f:
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) == b"\n":
+      return
+    f.seek(0)
+    data = f.read()
+    f.truncate(data.rfind(b"\n") + 1)  # 0 when the torn line is the only one
+
+
 def read_jsonl(path: str) -> list[dict]:
+  """The records of a metrics.jsonl, in order.
+
+  A last line that is not JSON is skipped: a run killed mid-write (kill -9, preemption) leaves
+  one torn line at the end, and the run it belongs to resumes from a checkpoint anyway. A bad
+  line anywhere else is corruption: ValueError naming path:line.
+  """
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.readlines()
+  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+  records = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == last:
+        break
+      raise ValueError(f"{path}:{i + 1}: not a JSON record ({e.msg})") from None
+  return records

@@ -57,4 +57,6 @@ def base() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 50
   c.checkpoint.keep = 2
+  # A run whose checkpoints are all unreadable stops with an error; True starts it over.
+  c.checkpoint.restart_if_unreadable = False
   return c

@@ -57,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 80
   c.checkpoint.keep = 3
+  # A run whose checkpoints are all unreadable stops with an error; True starts it over.
+  c.checkpoint.restart_if_unreadable = False
 
   c.sharding = ml_collections.ConfigDict()
   # Axis sizes of the device mesh; one -1 takes the remaining devices. Every axis is listed so

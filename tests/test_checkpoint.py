@@ -1,0 +1,72 @@
+"""train/checkpoint.py: a transient read error is retried, a run whose checkpoints are all
+unreadable is never silently started over."""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from train import checkpoint as ckpt_lib
+
+STATE = {"w": jnp.arange(4, dtype=jnp.float32)}
+
+
+def _abstract():
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), STATE)
+
+
+def _saved(directory, steps, **kwargs) -> ckpt_lib.Checkpointer:
+  ckpt = ckpt_lib.Checkpointer(str(directory), keep=10, every_steps=1, **kwargs)
+  for step in steps:
+    ckpt.save(step, STATE, {"position": step})
+  return ckpt
+
+
+def _corrupt(step_dir) -> None:
+  for f in glob.glob(os.path.join(step_dir, "**"), recursive=True):
+    if os.path.isfile(f) and os.path.getsize(f) > 0:
+      with open(f, "r+b") as fh:
+        fh.truncate(os.path.getsize(f) // 3)
+
+
+def test_transient_read_error_is_retried_once(tmp_path, monkeypatch):
+  """Catches: one failed read (a network file system's hiccup) moving a good checkpoint aside
+  and resuming from an older one."""
+  monkeypatch.setattr(ckpt_lib, "RETRY_AFTER_S", 0.0)
+  ckpt = _saved(tmp_path / "checkpoints", [1, 2])
+  real, calls = ckpt._restore, []
+
+  def flaky(step, abstract_state):
+    calls.append(step)
+    if len(calls) == 1:
+      raise OSError("transient")
+    return real(step, abstract_state)
+
+  monkeypatch.setattr(ckpt, "_restore", flaky)
+  step, state, data = ckpt.restore_latest(_abstract())
+  ckpt.close()
+  assert (step, data, calls) == (2, {"position": 2}, [2, 2])
+  assert not ckpt.unreadable()
+
+
+def test_all_unreadable_is_an_error_unless_restart_is_asked_for(tmp_path, monkeypatch, capsys):
+  """Catches: a run whose checkpoints are all unreadable silently training from step 0 (and
+  overwriting its metrics), now or on the next attempt, once they have been moved aside."""
+  monkeypatch.setattr(ckpt_lib, "RETRY_AFTER_S", 0.0)
+  directory = tmp_path / "checkpoints"
+  _saved(directory, [1, 2]).close()
+  for step in (1, 2):
+    _corrupt(directory / str(step))
+  for attempt in range(2):  # the second finds only the checkpoints the first moved aside
+    ckpt = ckpt_lib.Checkpointer(str(directory), keep=10, every_steps=1)
+    with pytest.raises(ckpt_lib.UnreadableCheckpoints,
+                       match=r"no readable checkpoint, only unreadable-1-\d+, unreadable-2-\d+ .*"
+                             r"set --config.checkpoint.restart_if_unreadable=True"):
+      ckpt.restore_latest(_abstract())
+    ckpt.close()
+  assert len(capsys.readouterr().out.splitlines()) == 2  # one warning per checkpoint, once
+  ckpt = ckpt_lib.Checkpointer(str(directory), keep=10, every_steps=1, restart_if_unreadable=True)
+  assert ckpt.restore_latest(_abstract()) is None
+  ckpt.close()
