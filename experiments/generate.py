@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -175,5 +175,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run(main, define_flags)
