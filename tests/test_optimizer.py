@@ -24,7 +24,8 @@ def _train_cfg(**kw):
 
 @functools.lru_cache(maxsize=None)
 def _params():
-  return transformer.create(CFG, jax.random.key(0))[1]
+  # One compile of the whole init: its eager ops compile one by one, slowly on 2 cores.
+  return jax.jit(lambda key: transformer.create(CFG, key)[1])(jax.random.key(0))
 
 
 def _paths(tree):
