@@ -110,8 +110,10 @@ MUTANTS = [
        [("weight_decay=cfg_train.weight_decay,\n                  mask=decay_mask),",
          "weight_decay=cfg_train.weight_decay),")],
        "tests/test_optimizer.py"),
-    _m("decay_mask_default_off", "train/optimizer.py",
-       [('get("weight_decay", True)', 'get("weight_decay", False)')],
+    # (Flipping the metadata's default alone is an equivalent mutant: make_param always sets it.)
+    _m("decay_mask_inverted", "train/optimizer.py",
+       [('v.replace(v.get_metadata().get("weight_decay", True))',
+         'v.replace(not v.get_metadata().get("weight_decay", True))')],
        "tests/test_optimizer.py"),
     _m("warmup_off_by_one", "train/optimizer.py",
        [("warmup_steps=warmup,", "warmup_steps=warmup + 1,")],

@@ -123,7 +123,7 @@ def test_loss_aggregations():
     (0.5, 1.0, -0.5, -0.5),  # below 1 - epsilon, pushed up: unclipped
     (0.5, -1.0, 0.8, 0.0),  # below, pushed down: clipped at 1 - epsilon = 0.8
 ])
-def test_clipped_surrogate_loss_and_gradient_by_hand(ratio, adv, loss, grad):
+def test_clipped_surrogate_loss_and_gradient_match_hand_computation(ratio, adv, loss, grad):
   """-min(rho A, clip(rho, 1 - 0.2, 1 + 0.28) A) and its gradient in log pi, one token.
 
   Catches: max in place of min (the pessimistic bound becomes an optimistic one), the two clip
@@ -135,7 +135,7 @@ def test_clipped_surrogate_loss_and_gradient_by_hand(ratio, adv, loss, grad):
   assert float(g[0, 0]) == pytest.approx(grad, abs=1e-6)
 
 
-def test_k3_kl_by_hand():
+def test_k3_kl_matches_hand_computation():
   """pi = 0.5, ref = 0.25: ref/pi - log(ref/pi) - 1 = 0.5 + log 2 - 1.
 
   Catches: the estimator's direction reversed (pi/ref - log(pi/ref) - 1 = 2 - log 2 - 1), which
