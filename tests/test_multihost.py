@@ -49,7 +49,8 @@ def _losses(workdir) -> dict[int, float]:
 
 # The coordinator binds the port some time after _free_port released it; another program can take
 # it in between. Then process 0 fails to bind, and the launch is retried on a fresh port.
-_PORT_TAKEN = re.compile(r"address already in use|failed to bind|failed to add port", re.IGNORECASE)
+_PORT_TAKEN = re.compile(
+    r"address already in use|failed to bind|failed to add port|failed to start rpc server", re.IGNORECASE)
 LAUNCH_ATTEMPTS = 3
 
 
