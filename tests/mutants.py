@@ -4,7 +4,8 @@ Each mutation is a few exact string replacements in one source file (each `old` 
 once, so a refactor that moves the code fails here loudly instead of testing nothing). One at a
 time, in a temporary copy of the repository (the working tree is never touched), the mutation is
 applied and only the tests of the module it touches are run; a failing run "kills" the mutant,
-a passing one lets it "survive". The score is killed / total.
+a passing one lets it "survive". The score is killed / total. Every test selection is first run
+on the unmutated code and must pass, so that a kill means the mutation was noticed.
 
   python tests/mutants.py            all mutations
   python tests/mutants.py grpo_min   the named ones only
@@ -194,6 +195,11 @@ def mutate(source: str, m: Mutant) -> str:
   return source
 
 
+def _pytest(tests) -> list[str]:
+  return [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:xdist", "-p", "no:cacheprovider",
+          *tests]
+
+
 def run(mutants: list[Mutant], timeout: float = 900) -> int:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1")
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -205,6 +211,16 @@ def run(mutants: list[Mutant], timeout: float = 900) -> int:
     for m in mutants:  # check every mutation applies before running any
       with open(os.path.join(tmp, m.path), encoding="utf-8") as f:
         mutate(f.read(), m)
+    # A selection that fails unmutated would "kill" every mutant: each must pass first.
+    for tests in dict.fromkeys(m.tests for m in mutants):
+      t0 = time.time()
+      proc = subprocess.run(_pytest(tests), cwd=tmp, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+      print(f"{'baseline':>9}  {' '.join(tests):<60} {time.time() - t0:6.1f}s  "
+            f"{'passes' if proc.returncode == 0 else 'FAILS'}", flush=True)
+      if proc.returncode != 0:
+        print(proc.stdout[-3000:], flush=True)
+        raise SystemExit(f"the unmutated code fails {' '.join(tests)}: fix that first")
     for m in mutants:
       path = os.path.join(tmp, m.path)
       with open(path, encoding="utf-8") as f:
@@ -213,9 +229,8 @@ def run(mutants: list[Mutant], timeout: float = 900) -> int:
         f.write(mutate(original, m))
       t0 = time.time()
       try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:xdist", "-p", "no:cacheprovider",
-             *m.tests], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(_pytest(m.tests), cwd=tmp, env=env, capture_output=True, text=True,
+                              timeout=timeout)
         # 0: every selected test passed; 5: none was selected (a broken selection, not a kill).
         verdict = {0: "survived", 5: "no tests"}.get(proc.returncode, "killed")
         if proc.returncode not in (0, 1, 5):
@@ -228,7 +243,7 @@ def run(mutants: list[Mutant], timeout: float = 900) -> int:
         with open(path, "w", encoding="utf-8") as f:
           f.write(original)
       killed += verdict.startswith("killed")
-      print(f"{verdict:>9}  {m.name:<30} {time.time() - t0:6.1f}s  {first_failure[:110]}",
+      print(f"{verdict:>9}  {m.name:<40} {time.time() - t0:6.1f}s  {first_failure[:110]}",
             flush=True)
   print(f"score: {killed}/{len(mutants)} killed in {time.time() - start:.0f}s", flush=True)
   return 0 if killed == len(mutants) else 1
