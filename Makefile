@@ -11,7 +11,7 @@ WORKDIR ?= runs/default
 # from fetching a multi-gigabyte CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install train test bench clean
+.PHONY: install train test mutants bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ train: $(BASE)
 
 test: $(TESTDEPS)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# Breaks the maths one named mutation at a time (in a temporary copy) and checks a test fails.
+mutants: $(TESTDEPS)
+	$(PY) tests/mutants.py
 
 bench: $(BASE)
 	$(PY) -m experiments.bench_train

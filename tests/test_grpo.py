@@ -115,3 +115,30 @@ def test_loss_aggregations():
   assert loss("grpo") == pytest.approx(-(1.0 + 2.0) / 2)  # mean of per-sequence means
   assert loss("dapo") == pytest.approx(-(4 * 1.0 + 2.0) / 5)  # mean over the 5 tokens
   assert loss("dr_grpo") == pytest.approx(-(4 * 1.0 + 2.0) / (2 * 4))  # over 2 x max_new_tokens
+
+
+@pytest.mark.parametrize("ratio, adv, loss, grad", [
+    (1.5, 1.0, -1.28, 0.0),  # above 1 + epsilon_high, pushed up: clipped, no gradient
+    (1.5, -1.0, 1.5, 1.5),  # above, pushed down: the unclipped term, gradient -A rho
+    (0.5, 1.0, -0.5, -0.5),  # below 1 - epsilon, pushed up: unclipped
+    (0.5, -1.0, 0.8, 0.0),  # below, pushed down: clipped at 1 - epsilon = 0.8
+])
+def test_clipped_surrogate_loss_and_gradient_match_hand_computation(ratio, adv, loss, grad):
+  """-min(rho A, clip(rho, 1 - 0.2, 1 + 0.28) A) and its gradient in log pi, one token.
+
+  Catches: max in place of min (the pessimistic bound becomes an optimistic one), the two clip
+  bounds swapped (1 - epsilon_high, 1 + epsilon), a clip that never removes the gradient."""
+  fn = lambda lp: grpo.grpo_loss(lp, jnp.zeros((1, 1)), None, jnp.array([adv]), jnp.ones((1, 1)),
+                                 **LOSS_KW)[0]
+  value, g = jax.value_and_grad(fn)(jnp.log(jnp.array([[ratio]])))
+  assert float(value) == pytest.approx(loss, abs=1e-6)
+  assert float(g[0, 0]) == pytest.approx(grad, abs=1e-6)
+
+
+def test_k3_kl_matches_hand_computation():
+  """pi = 0.5, ref = 0.25: ref/pi - log(ref/pi) - 1 = 0.5 + log 2 - 1.
+
+  Catches: the estimator's direction reversed (pi/ref - log(pi/ref) - 1 = 2 - log 2 - 1), which
+  keeps it non-negative and zero at pi = ref, all the other test checks."""
+  kl = grpo.k3_kl(jnp.log(jnp.array([[0.5]])), jnp.log(jnp.array([[0.25]])))
+  assert float(kl[0, 0]) == pytest.approx(0.5 + np.log(2.0) - 1.0, rel=1e-6)

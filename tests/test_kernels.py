@@ -115,3 +115,63 @@ def test_pallas_tpu_kernel_gqa_causal_segment_ids_matches_reference():
   with pltpu.force_tpu_interpret_mode():
     _assert_matches_reference(kernels.pallas_tpu_attention, 1, 100, 100, 2, 1, 32, causal=True,
                               masks=dict(q_segment_ids_BxT=seg, kv_segment_ids_BxS=seg))
+
+
+def _has_pallas_call(fn, q, k, v) -> bool:
+  return "pallas_call" in str(jax.make_jaxpr(fn)(q, k, v))
+
+
+# (t, s, q_positions, segment ids for q and kv: "same" array, "equal" copies, or none)
+_CALLS = {
+    "self_attention": (32, 32, False, None),
+    "padded_length": (40, 40, False, None),
+    "one_segment_array": (32, 32, False, "same"),
+    "two_equal_segment_arrays": (32, 32, False, "equal"),
+    "t_below_s": (8, 32, False, None),
+    "q_positions": (32, 32, True, None),
+}
+
+
+def _call(name, kv=1):
+  t, s, positions, segments = _CALLS[name]
+  q, k, v, _ = _inputs(1, t, s, 2, kv, 16)
+  masks = {}
+  if positions:
+    masks["q_positions_BxT"] = jnp.arange(s - t, s)[None]
+  if segments:
+    seg = _segments(1, t)
+    masks["q_segment_ids_BxT"] = seg
+    masks["kv_segment_ids_BxS"] = seg if segments == "same" else jnp.array(seg)
+  return (q, k, v), masks
+
+
+@pytest.mark.parametrize("name", list(_CALLS))
+def test_pallas_gpu_wrapper_jaxpr_has_a_pallas_call_exactly_when_it_claims_to_run_pallas(name):
+  """On CPU the wrapper runs the Triton kernel in interpret mode: its jaxpr holds a pallas_call
+  unless _pallas_falls_back says flash runs instead (and then holds none).
+
+  Catches: a wrapper that always (or wrongly) falls back to flash while claiming Pallas, which
+  the numeric tests cannot see, flash being right too."""
+  (q, k, v), masks = _call(name)
+  claims_pallas = not kernels._pallas_falls_back(
+      q.shape[1], k.shape[1], masks.get("q_positions_BxT"), masks.get("q_segment_ids_BxT"),
+      masks.get("kv_segment_ids_BxS"), one_segment_array=True)
+  fn = functools.partial(kernels.pallas_gpu_attention, interpret=True, **masks)
+  assert _has_pallas_call(fn, q, k, v) == claims_pallas
+  if name in ("self_attention", "padded_length", "one_segment_array"):
+    assert claims_pallas  # the common training calls do reach the kernel
+
+
+@pytest.mark.parametrize("name", list(_CALLS))
+def test_pallas_tpu_wrapper_jaxpr_has_a_pallas_call_exactly_when_it_claims_to_run_pallas(name):
+  """The same for the Mosaic TPU kernel under force_tpu_interpret_mode (two segment arrays are
+  fine there). Catches: a TPU wrapper that always falls back to flash."""
+  (q, k, v), masks = _call(name)
+  claims_pallas = not kernels._pallas_falls_back(
+      q.shape[1], k.shape[1], masks.get("q_positions_BxT"), masks.get("q_segment_ids_BxT"),
+      masks.get("kv_segment_ids_BxS"), one_segment_array=False)
+  with pltpu.force_tpu_interpret_mode():
+    has = _has_pallas_call(functools.partial(kernels.pallas_tpu_attention, **masks), q, k, v)
+  assert has == claims_pallas
+  if name in ("self_attention", "padded_length", "one_segment_array", "two_equal_segment_arrays"):
+    assert claims_pallas

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 import types
 
 import pytest
@@ -46,12 +47,16 @@ def _losses(workdir) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("multihost")
-  corpus = _corpus(root)
-  two, one = root / "two", root / "one"
-  flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+# The coordinator binds the port some time after _free_port released it; another program can take
+# it in between. Then process 0 fails to bind, and the launch is retried on a fresh port.
+_PORT_TAKEN = re.compile(
+    r"address already in use|failed to bind|failed to add port|failed to start rpc server", re.IGNORECASE)
+LAUNCH_ATTEMPTS = 3
+
+
+def _run_two_processes(root, two, corpus, flags, meanwhile=None, timeout=600):
+  """Starts the two processes on a fresh port, runs meanwhile() while they train, returns their
+  exit codes. When one fails, the other is killed (it would wait for its peer until timeout)."""
   port = _free_port()
   procs, logs = [], []
   for i in range(2):
@@ -63,19 +68,41 @@ def runs(tmp_path_factory):
                    f"--process_id={i}"),
         cwd=ROOT, env=script_env(n_devices=4), stdout=out, stderr=err, text=True))
   try:
-    loop.train(tiny_config(corpus, **OVERRIDES), str(one))  # meanwhile: 1 process, 8 devices
-    codes = [p.wait(timeout=600) for p in procs]
+    if meanwhile is not None:
+      meanwhile()
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+      if any(p.poll() not in (None, 0) for p in procs):
+        break
+      time.sleep(0.5)
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
+      p.wait()
     for out, err in logs:
       out.close()
       err.close()
+  return [p.returncode for p in procs]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("multihost")
+  corpus = _corpus(root)
+  two, one = root / "two", root / "one"
+  flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
   read = lambda name: (root / name).read_text()  # noqa: E731
+  for attempt in range(LAUNCH_ATTEMPTS):
+    shutil.rmtree(two, ignore_errors=True)
+    meanwhile = (lambda: loop.train(tiny_config(corpus, **OVERRIDES), str(one))) if attempt == 0 else None
+    codes = _run_two_processes(root, two, corpus, flags, meanwhile)  # meanwhile: 1 process, 8 devices
+    err = [read(f"err{i}.txt") for i in range(2)]
+    if codes == [0, 0] or not any(_PORT_TAKEN.search(e) for e in err):
+      break
   return types.SimpleNamespace(
       root=root, corpus=corpus, two=two, one=one, codes=codes,
-      out=[read(f"out{i}.txt") for i in range(2)], err=[read(f"err{i}.txt") for i in range(2)])
+      out=[read(f"out{i}.txt") for i in range(2)], err=err)
 
 
 def test_two_processes_give_the_losses_of_one_process_with_8_devices(runs):

@@ -14,7 +14,7 @@ def tok():
   return tok_lib.train_bpe(CORPUS, 320)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(text=st.text())
 def test_encode_then_decode_is_identity_for_any_unicode(tok, text):
   assert tok_lib.decode(tok, tok_lib.encode(tok, text)) == text

@@ -1,0 +1,265 @@
+"""Mutation check: does the suite notice when the maths is broken? (`make mutants`, not `make test`.)
+
+Each mutation is a few exact string replacements in one source file (each `old` must occur exactly
+once, so a refactor that moves the code fails here loudly instead of testing nothing). One at a
+time, in a temporary copy of the repository (the working tree is never touched), the mutation is
+applied and only the tests of the module it touches are run; a failing run "kills" the mutant,
+a passing one lets it "survive". The score is killed / total. Every test selection is first run
+on the unmutated code and must pass, so that a kill means the mutation was noticed.
+
+  python tests/mutants.py            all mutations
+  python tests/mutants.py grpo_min   the named ones only
+  python tests/mutants.py --list
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+  name: str
+  path: str  # source file, relative to the repository root
+  edits: tuple[tuple[str, str], ...]  # (old, new), each old exactly once in the file
+  tests: tuple[str, ...]  # pytest arguments: test files and -k selections
+
+
+def _m(name, path, edits, *tests):
+  return Mutant(name, path, tuple(edits), tuple(tests))
+
+
+MUTANTS = [
+    # model/attention.py
+    _m("mask_strict", "model/attention.py",
+       [("kv_pos[None, None, :] <= q_positions_BxT[:, :, None]",
+         "kv_pos[None, None, :] < q_positions_BxT[:, :, None]")],
+       "tests/test_model.py", "-k", "reference_attention_matches or future_tokens"),
+    _m("mask_swapped", "model/attention.py",
+       [("kv_pos[None, None, :] <= q_positions_BxT[:, :, None]",
+         "q_positions_BxT[:, :, None] <= kv_pos[None, None, :]")],
+       "tests/test_model.py", "-k", "reference_attention_matches or future_tokens"),
+    _m("attention_scale", "model/attention.py",
+       [("scores_BxKxGxTxS * (dh ** -0.5)", "scores_BxKxGxTxS * (dh ** 0.5)")],
+       "tests/test_model.py", "-k", "reference_attention_matches"),
+    # model/layers.py
+    _m("rope_sign", "model/layers.py",
+       [("[x1 * cos - x2 * sin, x2 * cos + x1 * sin]", "[x1 * cos + x2 * sin, x2 * cos - x1 * sin]")],
+       "tests/test_layers.py"),
+    _m("rope_halves_swapped", "model/layers.py",
+       [("[x1 * cos - x2 * sin, x2 * cos + x1 * sin]", "[x2 * cos + x1 * sin, x1 * cos - x2 * sin]")],
+       "tests/test_layers.py"),
+    _m("rope_frequencies", "model/layers.py",
+       [("theta ** (-jnp.arange(0, dh // 2", "theta ** (jnp.arange(0, dh // 2")],
+       "tests/test_layers.py"),
+    # train/step.py
+    _m("ce_padding_mask", "train/step.py",
+       [("mask_BxT = targets_BxT != pad_id", "mask_BxT = targets_BxT == pad_id")],
+       "tests/test_step.py", "-k", "loss_sums or router"),
+    _m("router_terms_dropped", "train/step.py",
+       [("return n * (aux_weights[0] * lb + aux_weights[1] * z), sums",
+         "return jnp.zeros(()), sums")],
+       "tests/test_step.py", "-k", "loss_sums or router"),
+    _m("router_terms_weights_swapped", "train/step.py",
+       [("return n * (aux_weights[0] * lb + aux_weights[1] * z), sums",
+         "return n * (aux_weights[1] * lb + aux_weights[0] * z), sums")],
+       "tests/test_step.py", "-k", "loss_sums or router"),
+    _m("lm_loss_without_router_terms", "train/step.py",
+       [("return ce_sum + aux, n, {\"loss\": ce_sum, **sums}", "return ce_sum, n, {\"loss\": ce_sum, **sums}")],
+       "tests/test_step.py", "-k", "loss_sums or router"),
+    # train/dpo.py
+    _m("dpo_margin_reversed", "train/dpo.py",
+       [("h_B = chosen_ratio_B - rejected_ratio_B", "h_B = rejected_ratio_B - chosen_ratio_B")],
+       "tests/test_dpo.py", "-k", "not precomputed and not sequence_logp"),
+    _m("dpo_sigmoid_sign", "train/dpo.py",
+       [("loss_B = -jax.nn.log_sigmoid(beta * h_B)", "loss_B = -jax.nn.log_sigmoid(-beta * h_B)")],
+       "tests/test_dpo.py", "-k", "not precomputed and not sequence_logp"),
+    # train/grpo.py
+    _m("grpo_min_to_max", "train/grpo.py",
+       [("-jnp.minimum(unclipped_NxT, clipped_NxT)", "-jnp.maximum(unclipped_NxT, clipped_NxT)")],
+       "tests/test_grpo.py", "-k", "not mu_1"),
+    _m("grpo_clip_bounds_swapped", "train/grpo.py",
+       [("jnp.clip(ratio_NxT, 1.0 - epsilon, 1.0 + epsilon_high)",
+         "jnp.clip(ratio_NxT, 1.0 - epsilon_high, 1.0 + epsilon)")],
+       "tests/test_grpo.py", "-k", "not mu_1"),
+    _m("grpo_k3_reversed", "train/grpo.py",
+       [("log_ratio = ref_logp_NxT - logp_NxT", "log_ratio = logp_NxT - ref_logp_NxT")],
+       "tests/test_grpo.py", "-k", "not mu_1"),
+    # model/moe.py
+    _m("load_balance_no_e", "model/moe.py",
+       [("p_E = jnp.mean(r.probs_NxE, axis=0)\n  return n_experts * jnp.sum(f_E * p_E)",
+         "p_E = jnp.mean(r.probs_NxE, axis=0)\n  return jnp.sum(f_E * p_E)")],
+       "tests/test_moe.py", "-k", "load_balance or z_loss or priority or router_stats"),
+    _m("load_balance_stats_no_e", "model/moe.py",
+       [("MoEStats(n_experts * jnp.sum(f_E * p_E)", "MoEStats(jnp.sum(f_E * p_E)")],
+       "tests/test_moe.py", "-k", "load_balance or z_loss or priority or router_stats"),
+    _m("capacity_token_major", "model/moe.py",
+       [("expert_A = r.expert_NxK.T.reshape(-1)", "expert_A = r.expert_NxK.reshape(-1)"),
+        ("jnp.tile(jnp.arange(n), k), r.weight_NxK.T.reshape(-1)",
+         "jnp.repeat(jnp.arange(n), k), r.weight_NxK.reshape(-1)")],
+       "tests/test_moe.py", "-k", "load_balance or z_loss or priority or router_stats"),
+    # train/optimizer.py
+    _m("decay_mask_removed", "train/optimizer.py",
+       [("weight_decay=cfg_train.weight_decay,\n                  mask=decay_mask),",
+         "weight_decay=cfg_train.weight_decay),")],
+       "tests/test_optimizer.py"),
+    # (Flipping the metadata's default alone is an equivalent mutant: make_param always sets it.)
+    _m("decay_mask_inverted", "train/optimizer.py",
+       [('v.replace(v.get_metadata().get("weight_decay", True))',
+         'v.replace(not v.get_metadata().get("weight_decay", True))')],
+       "tests/test_optimizer.py"),
+    _m("warmup_off_by_one", "train/optimizer.py",
+       [("warmup_steps=warmup,", "warmup_steps=warmup + 1,")],
+       "tests/test_optimizer.py"),
+    _m("cosine_end_value", "train/optimizer.py",
+       [("end_value=lr / 10)", "end_value=0.0)")],
+       "tests/test_optimizer.py"),
+    _m("clip_per_element", "train/optimizer.py",
+       [("optax.clip_by_global_norm(cfg_train.grad_clip)", "optax.clip(cfg_train.grad_clip)")],
+       "tests/test_optimizer.py"),
+    # sharding/data_parallel.py (ZeRO)
+    _m("zero_psum_to_pmean", "sharding/data_parallel.py",
+       [("return jax.lax.psum(g, dp)", "return jax.lax.pmean(g, dp)")],
+       "tests/test_zero.py", "-k", "losses_match and (stage1 or stage0)"),
+    _m("zero_no_scatter_slice", "sharding/data_parallel.py",
+       [("g = jax.lax.dynamic_slice_in_dim(g, jax.lax.axis_index(axes) * size, size, dim)",
+         "g = jax.lax.dynamic_slice_in_dim(g, 0, size, dim)")],
+       # Only expert weights are stored split (over the expert axis) yet have gradients split
+       # further (over data, from stage 2): test_zero's dense layouts never reach this line.
+       "tests/test_moe.py", "-k", "expert_parallel_training_matches_one_device and stage2"),
+    # model/speculative.py
+    _m("speculative_accept_swapped", "model/speculative.py",
+       [("accept_BxG = u_BxG * q_at_BxG <= p_at_BxG", "accept_BxG = u_BxG * p_at_BxG <= q_at_BxG")],
+       "tests/test_speculative.py"),
+    # model/kv_cache.py
+    _m("kv_cache_write_shifted", "model/kv_cache.py",
+       [("idx[slot_axis] = start_B[b]", "idx[slot_axis] = start_B[b] + 1")],
+       "tests/test_decode.py", "-k", "cache_writes or rows_at_different"),
+    # model/flash.py
+    _m("flash_no_acc_rescale", "model/flash.py",
+       [("acc * correction[..., None] + pv", "acc + pv")],
+       "tests/test_flash.py", "-k", "gqa_with_lengths or segment_ids_match"),
+    _m("flash_no_l_rescale", "model/flash.py",
+       [("l = l * correction + p.sum(axis=-1)", "l = l + p.sum(axis=-1)")],
+       "tests/test_flash.py", "-k", "gqa_with_lengths or segment_ids_match"),
+    _m("flash_scale", "model/flash.py",
+       [('preferred_element_type=jnp.float32) * (dh ** -0.5)',
+         'preferred_element_type=jnp.float32) * (dh ** 0.5)')],
+       "tests/test_flash.py", "-k", "gqa_with_lengths or segment_ids_match"),
+    # model/kernels.py
+    _m("pallas_always_falls_back", "model/kernels.py",
+       [("if _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
+         "                        one_segment_array=True):",
+         "if True or _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
+         "                        one_segment_array=True):")],
+       "tests/test_kernels.py", "-k", "jaxpr"),
+    _m("pallas_tpu_always_falls_back", "model/kernels.py",
+       [("if _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
+         "                        one_segment_array=False):",
+         "if True or _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
+         "                        one_segment_array=False):")],
+       "tests/test_kernels.py", "-k", "jaxpr"),
+    _m("pallas_falls_back_on_one_segment_array", "model/kernels.py",
+       [("return one_segment_array and q_segment_ids_BxT is not kv_segment_ids_BxS",
+         "return one_segment_array and q_segment_ids_BxT is not None")],
+       "tests/test_kernels.py", "-k", "jaxpr"),
+]
+
+
+def _tracked_files() -> list[str]:
+  out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                       cwd=ROOT, capture_output=True, check=True).stdout
+  return [p for p in out.decode().split("\0") if p and os.path.isfile(os.path.join(ROOT, p))]
+
+
+def _copy_repo(dst: str) -> None:
+  for rel in _tracked_files():
+    os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+    shutil.copy2(os.path.join(ROOT, rel), os.path.join(dst, rel))
+
+
+def mutate(source: str, m: Mutant) -> str:
+  for old, new in m.edits:
+    count = source.count(old)
+    if count != 1:
+      raise SystemExit(f"mutant {m.name}: {old!r} occurs {count} times in {m.path}, not once")
+    source = source.replace(old, new)
+  return source
+
+
+def _pytest(tests) -> list[str]:
+  return [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:xdist", "-p", "no:cacheprovider",
+          *tests]
+
+
+def run(mutants: list[Mutant], timeout: float = 900) -> int:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1")
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  killed = 0
+  start = time.time()
+  with tempfile.TemporaryDirectory(prefix="llmlab-mutants-") as tmp:
+    _copy_repo(tmp)
+    for m in mutants:  # check every mutation applies before running any
+      with open(os.path.join(tmp, m.path), encoding="utf-8") as f:
+        mutate(f.read(), m)
+    # A selection that fails unmutated would "kill" every mutant: each must pass first.
+    for tests in dict.fromkeys(m.tests for m in mutants):
+      t0 = time.time()
+      proc = subprocess.run(_pytest(tests), cwd=tmp, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+      print(f"{'baseline':>9}  {' '.join(tests):<60} {time.time() - t0:6.1f}s  "
+            f"{'passes' if proc.returncode == 0 else 'FAILS'}", flush=True)
+      if proc.returncode != 0:
+        print(proc.stdout[-3000:], flush=True)
+        raise SystemExit(f"the unmutated code fails {' '.join(tests)}: fix that first")
+    for m in mutants:
+      path = os.path.join(tmp, m.path)
+      with open(path, encoding="utf-8") as f:
+        original = f.read()
+      with open(path, "w", encoding="utf-8") as f:
+        f.write(mutate(original, m))
+      t0 = time.time()
+      try:
+        proc = subprocess.run(_pytest(m.tests), cwd=tmp, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        # 0: every selected test passed; 5: none was selected (a broken selection, not a kill).
+        verdict = {0: "survived", 5: "no tests"}.get(proc.returncode, "killed")
+        if proc.returncode not in (0, 1, 5):
+          verdict = f"error (pytest exit {proc.returncode})"
+        first_failure = next((line for line in proc.stdout.splitlines()
+                              if line.startswith("FAILED") or line.startswith("ERROR")), "")
+      except subprocess.TimeoutExpired:
+        verdict, first_failure = "killed (timeout)", ""
+      finally:
+        with open(path, "w", encoding="utf-8") as f:
+          f.write(original)
+      killed += verdict.startswith("killed")
+      print(f"{verdict:>9}  {m.name:<40} {time.time() - t0:6.1f}s  {first_failure[:110]}",
+            flush=True)
+  print(f"score: {killed}/{len(mutants)} killed in {time.time() - start:.0f}s", flush=True)
+  return 0 if killed == len(mutants) else 1
+
+
+def main(argv: list[str]) -> int:
+  if "--list" in argv:
+    for m in MUTANTS:
+      print(f"{m.name:<30} {m.path:<28} {' '.join(m.tests)}")
+    return 0
+  chosen = [m for m in MUTANTS if not argv or m.name in argv]
+  unknown = set(argv) - {m.name for m in MUTANTS}
+  if unknown:
+    raise SystemExit(f"unknown mutant(s) {sorted(unknown)}; see --list")
+  return run(chosen)
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
