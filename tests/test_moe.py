@@ -168,24 +168,22 @@ def test_mixing_dense_and_moe_layers_needs_unrolled_layers():
     ModelConfig(n_layers=4, moe=moe.MoEConfig(n_experts=4, every=2))
 
 
-def test_moe_training_logs_router_metrics_and_matches_on_an_expert_mesh(tmp_path, tiny_corpus):
-  """expert = 4 on 8 devices (experts stored split over the expert axis) gives the losses of plain
-  data parallelism (which tests/test_zero.py ties to one device); router losses, drop fraction
-  and expert shares are logged."""
+def test_moe_training_on_an_expert_mesh_logs_router_metrics(tmp_path, tiny_corpus):
+  """The training loop on expert = 4 of 8 devices (experts stored split over the expert axis)
+  logs the router losses, drop fraction and expert shares. (That the expert mesh trains as one
+  device does: test_expert_parallel_training_matches_one_device below.) Catches: metrics of an
+  MoE run not reaching metrics.jsonl, shares that do not sum to one, experts stored whole."""
   from tests.helpers import tiny_config
   from train import loop
   from train import metrics as metrics_lib
 
   moe_overrides = {"model.moe.n_experts": 4, "model.moe.top_k": 2, "train.steps": 3,
                    "checkpoint.every_steps": 3, "train.eval_every": 3}
-  loop.train(tiny_config(tiny_corpus, **moe_overrides, **{"sharding.mesh": {"data": 8}}),
-             str(tmp_path / "one"))
   import jax
   sharded = tiny_config(tiny_corpus, **moe_overrides, **{"sharding.mesh": {"data": 2, "expert": 4}})
   loop.train(sharded, str(tmp_path / "ep"))
-  a = metrics_lib.read_jsonl(str(tmp_path / "one" / "metrics.jsonl"))
   b = metrics_lib.read_jsonl(str(tmp_path / "ep" / "metrics.jsonl"))
-  np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], atol=1e-5)
+  assert [r["step"] for r in b if "loss" in r] == [1, 2, 3]
   last = b[-1]
   assert 0.0 < last["moe/load_balance_loss"] <= 4.0  # E sum f_i P_i lies in (0, E]; not >= 1
   assert sum(last[f"moe/expert_share/{i}"] for i in range(4)) == pytest.approx(1.0, abs=1e-5)
