@@ -15,6 +15,7 @@ on the unmutated code and must pass, so that a kill means the mutation was notic
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -200,7 +201,10 @@ def _pytest(tests) -> list[str]:
           *tests]
 
 
-def run(mutants: list[Mutant], timeout: float = 900) -> int:
+def run(mutants: list[Mutant], timeout: float = 900, out: str = "") -> int:
+  """Runs each mutant; prints a line each and the score; with `out`, also writes the record
+  (every mutant's verdict, killing test and time, the score) to out/results.json."""
+  records = []
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1")
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
@@ -243,9 +247,17 @@ def run(mutants: list[Mutant], timeout: float = 900) -> int:
         with open(path, "w", encoding="utf-8") as f:
           f.write(original)
       killed += verdict.startswith("killed")
+      records.append({"name": m.name, "path": m.path, "verdict": verdict,
+                      "first_failure": first_failure, "seconds": round(time.time() - t0, 1)})
       print(f"{verdict:>9}  {m.name:<40} {time.time() - t0:6.1f}s  {first_failure[:110]}",
             flush=True)
   print(f"score: {killed}/{len(mutants)} killed in {time.time() - start:.0f}s", flush=True)
+  if out:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+      json.dump({"killed": killed, "total": len(mutants), "seconds": round(time.time() - start),
+                 "date": time.strftime("%Y-%m-%d"), "host_cpus": os.cpu_count(),
+                 "mutants": records}, f, indent=2)
   return 0 if killed == len(mutants) else 1
 
 
@@ -258,7 +270,8 @@ def main(argv: list[str]) -> int:
   unknown = set(argv) - {m.name for m in MUTANTS}
   if unknown:
     raise SystemExit(f"unknown mutant(s) {sorted(unknown)}; see --list")
-  return run(chosen)
+  # The whole set is the project's score: recorded in results/mutants/ (the README cites it).
+  return run(chosen, out="" if argv else os.path.join(ROOT, "results", "mutants"))
 
 
 if __name__ == "__main__":
