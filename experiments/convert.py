@@ -123,6 +123,7 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
   from tokenizers import Tokenizer
 
   from model import interop, transformer
+  from model.config import count_params
   from model.interop import hf_tokenizer
   from train import checkpoint as ckpt_lib
   from train import config as config_lib
@@ -179,13 +180,14 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
     ckpt.close()
   config_lib.save(workdir, config)  # last: a workdir with config.json is a complete one
   return {"workdir": workdir, "model": "mixtral" if model_cfg.moe.enabled else "llama",
-          "params": transformer.param_count(params), "param_dtype": model_cfg.param_dtype,
+          "params": count_params(model_cfg)["total"], "param_dtype": model_cfg.param_dtype,
           "tokenizer": tok is not None, **tokens}
 
 
 def export_workdir(workdir: str, hf_dir: str, *, max_shard_bytes: Optional[int] = None) -> dict:
   """Writes the newest checkpoint of workdir as a Hugging Face directory; returns a summary."""
-  from model import interop, transformer
+  from model import interop
+  from model.config import count_params
   from train import checkpoint as ckpt_lib
   from train import tokenizer as tokenizer_lib
 
@@ -210,7 +212,7 @@ def export_workdir(workdir: str, hf_dir: str, *, max_shard_bytes: Optional[int] 
     if name != "config.json":  # the imported tokenizer files replace the generated ones
       shutil.copyfile(os.path.join(side, name), os.path.join(hf_dir, name))
   return {"hf_dir": hf_dir, "model": "mixtral" if model_cfg.moe.enabled else "llama",
-          "params": transformer.param_count(params), "files": sorted(os.listdir(hf_dir))}
+          "params": count_params(model_cfg)["total"], "files": sorted(os.listdir(hf_dir))}
 
 
 def main(argv):

@@ -136,14 +136,14 @@ def generate_timed(cfg, graphdef, params, prompt: list[int], n_new: int, repeats
   """(tokens, best seconds) of greedy cached generation of exactly n_new tokens at batch 1."""
   import jax
 
-  from model import decode, sampling
+  from model import generation, sampling
 
-  spec = decode.DecodeSpec(n_new, eot_id=-1, sampling=sampling.SamplingConfig(temperature=0.0))
-  fn = decode.make_generate(cfg, graphdef, spec)
-  args = (params, *decode.pad_prompts([prompt], 0), jax.random.split(jax.random.key(0), 1))
+  spec = generation.DecodeSpec(n_new, eot_id=-1, sampling=sampling.SamplingConfig(temperature=0.0))
+  fn = generation.make_generate(cfg, graphdef, spec)
+  args = (params, *generation.pad_prompts([prompt], 0), jax.random.split(jax.random.key(0), 1))
   out = jax.block_until_ready(fn(*args))  # compiles
   seconds = best_time(lambda: jax.block_until_ready(fn(*args)), repeats)
-  return decode.trim(out)[0], seconds
+  return generation.trim(out)[0], seconds
 
 
 def generate_uncached(graphdef, params, prompt: list[int], n_new: int,
@@ -271,7 +271,7 @@ def section_roofline(r: dict) -> dict:
     _, t_all = generate_timed(cfg, graphdef, params, prompt, n, FLAGS.repeats)
     _, t_first = generate_timed(cfg, graphdef, params, prompt, 1, FLAGS.repeats)
     step_s = (t_all - t_first) / (n - 1)  # the prefill and first sample cancel out
-    slots = len(prompt) + n  # decode.cache_length: every step reads all allocated slots
+    slots = len(prompt) + n  # generation.cache_length: every step reads all allocated slots
     weight_b = param_bytes(params)
     cache_b = kv_cache.bytes_per_sequence(cfg, slots)
     per_token = weight_b + cache_b
@@ -320,7 +320,7 @@ def section_speculative(r: dict) -> dict:
   import jax
   import numpy as np
 
-  from model import decode, sampling, speculative
+  from model import generation, sampling, speculative
   from train import tokenizer as tokenizer_lib
 
   tcfg, tdef, tparams, tok = load(FLAGS.target)
@@ -331,7 +331,7 @@ def section_speculative(r: dict) -> dict:
   prompts = encode_prompts(tok)
   n = FLAGS.new_tokens
   keys = [jax.random.split(jax.random.key(i), 1) for i in range(len(prompts))]
-  padded = [decode.pad_prompts([p], 0) for p in prompts]
+  padded = [generation.pad_prompts([p], 0) for p in prompts]
 
   def time_all(fn, *params):
     """Summed best times over the prompts, and the outputs."""
@@ -351,9 +351,9 @@ def section_speculative(r: dict) -> dict:
   for temp in map(float, FLAGS.temperatures):
     sc = sampling.SamplingConfig(temperature=temp)
     # eot = -1: never stop early, so every run makes exactly n tokens and times compare.
-    base = decode.make_generate(tcfg, tdef, decode.DecodeSpec(n, -1, sc))
+    base = generation.make_generate(tcfg, tdef, generation.DecodeSpec(n, -1, sc))
     base_outs, base_s = time_all(base, tparams)
-    draft_only = decode.make_generate(dcfg, ddef, decode.DecodeSpec(n, -1, sc))
+    draft_only = generation.make_generate(dcfg, ddef, generation.DecodeSpec(n, -1, sc))
     _, draft_s = time_all(draft_only, dparams)
     for gamma in gammas:
       fn = speculative.make_generate(

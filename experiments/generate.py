@@ -96,7 +96,7 @@ def run(
   them, if one did) and the statistics that main() prints."""
   import jax
 
-  from model import decode, sampling, speculative
+  from model import generation, sampling, speculative
   from train import tokenizer as tokenizer_lib
 
   sc = sampling.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -109,11 +109,11 @@ def run(
     raise ValueError(f"the prompt encodes to no token and the tokenizer of {workdir} starts a "
                      "text with none; give a non-empty --prompt")
   check_fits(cfg, workdir, len(ids), max_new_tokens)
-  prompts_1xT, lengths_1 = decode.pad_prompts([ids], eot)
+  prompts_1xT, lengths_1 = generation.pad_prompts([ids], eot)
   keys_1 = jax.random.split(jax.random.key(seed), 1)
 
   if draft_workdir is None:
-    fn = decode.make_generate(cfg, graphdef, decode.DecodeSpec(max_new_tokens, eot, sc))
+    fn = generation.make_generate(cfg, graphdef, generation.DecodeSpec(max_new_tokens, eot, sc))
     args = (params, prompts_1xT, lengths_1, keys_1)
   else:
     if gamma < 1:
@@ -139,7 +139,7 @@ def run(
   t0 = time.perf_counter()
   out = jax.block_until_ready(compiled(*args))
   seconds = time.perf_counter() - t0
-  new_ids = decode.trim(decode.Generated(out.tokens_BxN, out.lengths_B))[0]
+  new_ids = generation.trim(generation.Generated(out.tokens_BxN, out.lengths_B))[0]
   ended = bool(new_ids) and new_ids[-1] == eot
   continuation = tokenizer_lib.decode(tok, new_ids[:-1] if ended else new_ids)
   result = dict(

@@ -80,7 +80,7 @@ def _write_rows(cache: jax.Array, new: jax.Array, start_B: jax.Array, slot_axis:
   One dynamic_update_slice per row (a loop over rows when B > 1). Written as a scatter with
   per-row indices instead, XLA on CPU copies the whole cache at every step. The start is clamped
   so that the T slots fit (dynamic_update_slice semantics): callers allocate enough slots
-  (decode.cache_length).
+  (generation.cache_length).
   """
   kv = new.shape[0] // start_B.shape[0]
 

@@ -217,9 +217,10 @@ class Block(nnx.Module):
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT=None):
     return self.forward(x_BxTxD, positions_BxT, segment_ids_BxT)[0]
 
-  def decode(self, x_BxTxD, positions_BxT, k_BxSxKxDh, v_BxSxKxDh):
-    """The block over T new tokens with this layer's cache: (x, k cache, v cache)."""
-    a_BxTxD, k_BxSxKxDh, v_BxSxKxDh = self.attn.decode(
-        self.attn_norm(x_BxTxD), positions_BxT, k_BxSxKxDh, v_BxSxKxDh)
+  def decode(self, x_BxTxD, positions_BxT, k_BKxDhxS, v_BKxSxDh):
+    """The block over T new tokens with this layer's cache (laid out as model/kv_cache.py
+    says: keys (B*K, Dh, S), values (B*K, S, Dh)): (x, k cache, v cache)."""
+    a_BxTxD, k_BKxDhxS, v_BKxSxDh = self.attn.decode(
+        self.attn_norm(x_BxTxD), positions_BxT, k_BKxDhxS, v_BKxSxDh)
     x_BxTxD, _ = self.ffn(x_BxTxD + a_BxTxD)
-    return x_BxTxD, k_BxSxKxDh, v_BxSxKxDh
+    return x_BxTxD, k_BKxDhxS, v_BKxSxDh

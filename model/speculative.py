@@ -120,7 +120,7 @@ def make_generate(
 ) -> Callable[..., SpeculativeOutput]:
   """A jitted generate(target_params, draft_params, prompts_BxT, prompt_lengths_B, keys_B).
 
-  The prompts are right-padded (model/decode.pad_prompts). Each cache holds
+  The prompts are right-padded (model/generation.pad_prompts). Each cache holds
   T + max_new_tokens + gamma + 1 slots: the last round may score up to gamma positions past the
   last token kept.
   """

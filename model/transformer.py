@@ -257,7 +257,7 @@ def unstack_layers(
   For decoding. A scanned layer reads its weights out of the stacked (L, ...) arrays with a
   dynamic slice, and XLA on CPU materialises each slice: every decode step then writes and reads
   the weights a second time. Separate buffers are read in place (docs/inference.md has the
-  measured difference). Logits are unchanged (tests/test_decode.py).
+  measured difference). Logits are unchanged (tests/test_generation.py).
   """
   if not cfg.scan_layers:
     return cfg, abstract(cfg)[0], params
@@ -268,7 +268,3 @@ def unstack_layers(
   pure["blocks"] = {i: jax.tree.map(lambda x: x[i], stacked) for i in range(cfg.n_layers)}
   nnx.replace_by_pure_dict(state, pure)
   return flat_cfg, graphdef, state
-
-
-def param_count(params: nnx.State) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))

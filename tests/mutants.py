@@ -143,7 +143,7 @@ MUTANTS = [
     # model/kv_cache.py
     _m("kv_cache_write_shifted", "model/kv_cache.py",
        [("idx[slot_axis] = start_B[b]", "idx[slot_axis] = start_B[b] + 1")],
-       "tests/test_decode.py", "-k", "cache_writes or rows_at_different"),
+       "tests/test_generation.py", "-k", "cache_writes or rows_at_different"),
     # model/flash.py
     _m("flash_no_acc_rescale", "model/flash.py",
        [("acc * correction[..., None] + pv", "acc + pv")],

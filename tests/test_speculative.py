@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from model import decode, sampling, speculative, transformer
+from model import generation, sampling, speculative, transformer
 from model.config import ModelConfig
 
 
@@ -54,13 +54,13 @@ def test_greedy_speculative_equals_greedy_target_decoding():
   greedy = sampling.SamplingConfig(temperature=0.0)
   n_new, eot, gamma = 12, tcfg.vocab_size - 1, 3
   prompts = [[3, 1, 4, 1, 5], [7], [2, 7, 1]]  # different lengths; one of a single token
-  padded, lengths = decode.pad_prompts(prompts, 0)
+  padded, lengths = generation.pad_prompts(prompts, 0)
   keys = jax.random.split(jax.random.key(3), 3)
-  plain = decode.make_generate(tcfg, tdef, decode.DecodeSpec(n_new, eot, greedy))
+  plain = generation.make_generate(tcfg, tdef, generation.DecodeSpec(n_new, eot, greedy))
   spec = speculative.make_generate(
       tcfg, tdef, dcfg, ddef, speculative.SpeculativeSpec(gamma, n_new, eot, greedy))
   out = spec(tparams, dparams, padded, lengths, keys)
-  assert decode.trim(decode.Generated(out.tokens_BxN, out.lengths_B)) == decode.trim(
+  assert generation.trim(generation.Generated(out.tokens_BxN, out.lengths_B)) == generation.trim(
       plain(tparams, padded, lengths, keys))
   # The draft was partly accepted, and the rows advanced by different amounts.
   assert 0 < speculative.acceptance_rate(out) < 1
@@ -101,7 +101,7 @@ def test_sampled_speculative_preserves_the_target_distribution(gamma, sc):
   tdef, tparams = transformer.create(tcfg, jax.random.key(10))
   ddef, dparams = transformer.create(dcfg, jax.random.key(11))
   prompt = [1, 2, 3]
-  padded, lengths = decode.pad_prompts([prompt] * n, 0)
+  padded, lengths = generation.pad_prompts([prompt] * n, 0)
   keys = jax.random.split(jax.random.key(12), n)
   gen = speculative.make_generate(
       tcfg, tdef, dcfg, ddef, speculative.SpeculativeSpec(gamma, 2, eot_id=-1, sampling=sc))

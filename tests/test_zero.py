@@ -266,7 +266,7 @@ def test_a_stage_3_run_is_restored_and_sampled_in_its_own_layout(tmp_path):
   run stored them, and greedy decoding from them makes the tokens that the same parameters make
   on one device. Catches: a restore that needs the whole model on one device, or a sharded
   decode that computes something else."""
-  from model import decode, sampling
+  from model import generation, sampling
 
   run = _run("stage3")
   config = CONFIG.copy_and_resolve_references()
@@ -280,11 +280,11 @@ def test_a_stage_3_run_is_restored_and_sampled_in_its_own_layout(tmp_path):
   wq = params["blocks"]["attn"]["wq"]
   assert wq.sharding.spec == run.state["params"]["blocks"]["attn"]["wq"].sharding.spec
   assert wq.addressable_shards[0].data.shape[1] == cfg.d_model // 8
-  spec = decode.DecodeSpec(6, -1, sampling.SamplingConfig(temperature=0.0))
-  generate = decode.make_generate(cfg, graphdef, spec)
+  spec = generation.DecodeSpec(6, -1, sampling.SamplingConfig(temperature=0.0))
+  generate = generation.make_generate(cfg, graphdef, spec)
   prompts, lengths, keys = jnp.asarray(_batches()[0][:2, :5]), jnp.array([5, 3]), jax.random.split(
       jax.random.key(0), 2)
-  sharded = decode.trim(generate(params, prompts, lengths, keys))
-  single = decode.trim(generate(jax.device_put(jax.device_get(params), jax.devices()[0]),
+  sharded = generation.trim(generate(params, prompts, lengths, keys))
+  single = generation.trim(generate(jax.device_put(jax.device_get(params), jax.devices()[0]),
                                 prompts, lengths, keys))
   assert sharded == single

@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer
 
-from model import decode, sampling, transformer
+from model import generation, sampling, transformer
 from model.config import ModelConfig, count_params
 from sharding import mesh as mesh_lib
 from train import alignment_data as data_lib
@@ -154,9 +154,9 @@ def make_completer(policy: Policy, prompts: list[str], *, batch_size: int, max_n
         f"max_seq_len={cfg.max_seq_len}")
   n = len(prompts)
   batch_size = min(batch_size, n)
-  spec = decode.DecodeSpec(max_new_tokens, eot_id,
+  spec = generation.DecodeSpec(max_new_tokens, eot_id,
                            sampling.SamplingConfig(temperature=temperature))
-  generate = decode.make_generate(cfg, policy.graphdef, spec)
+  generate = generation.make_generate(cfg, policy.graphdef, spec)
   padded = list(prompts) + [prompts[0]] * (-n % batch_size)
   encoded = data_lib.encode_prompts(tok, padded, p_len)
 
@@ -164,7 +164,7 @@ def make_completer(policy: Policy, prompts: list[str], *, batch_size: int, max_n
     keys_N = jax.random.split(key, len(padded))
     out = []
     for i in range(0, len(padded), batch_size):
-      rows = decode.trim(generate(
+      rows = generation.trim(generate(
           params, jnp.asarray(encoded.tokens_NxP[i:i + batch_size]),
           jnp.asarray(encoded.lengths_N[i:i + batch_size]), keys_N[i:i + batch_size]))
       out += [rewards_lib.sample_of(tok, padded[i + j], ids, eot_id, "")

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from model import decode, sampling, transformer
+from model import generation, sampling, transformer
 from train import align_loop
 from train import alignment_data as data_lib
 from train import rewards as rewards_lib
@@ -213,9 +213,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
     raise ConfigError(f"prompts of {p_len} tokens plus grpo.max_new_tokens={g.max_new_tokens} "
                       f"exceed the model's max_seq_len={policy.model_cfg.max_seq_len}")
   prompts = data_lib.encode_prompts(policy.tok, [e.prompt for e in examples], p_len)
-  spec = decode.DecodeSpec(g.max_new_tokens, run.eot_id,
+  spec = generation.DecodeSpec(g.max_new_tokens, run.eot_id,
                            sampling.SamplingConfig(temperature=g.temperature))
-  generate = decode.make_generate(policy.model_cfg, policy.graphdef, spec)
+  generate = generation.make_generate(policy.model_cfg, policy.graphdef, spec)
   logps_fn = jax.jit(lambda p, i, tg: token_logps(policy.graphdef, p, i, tg, g.temperature)[0])
   n_rows = g.prompts_per_step * g.group_size
   t_len = p_len + g.max_new_tokens - 1
@@ -235,7 +235,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
     state = dict(state, rng=jax.random.key_data(key))
     out = generate(state["params"], jnp.asarray(prompts.tokens_NxP[idx]),
                    jnp.asarray(prompts.lengths_N[idx]), jax.random.split(sample_key, n_rows))
-    completions = decode.trim(out)
+    completions = generation.trim(out)
     samples = [rewards_lib.sample_of(policy.tok, examples[i].prompt, ids, run.eot_id,
                                      examples[i].answer) for i, ids in zip(idx, completions)]
     total_N, parts = rewards_lib.score(samples, weights)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model import decode, kv_cache, sampling, transformer
+from model import generation, kv_cache, sampling, transformer
 from model.config import ModelConfig
 
 
@@ -50,7 +50,7 @@ def test_rows_at_different_positions_match_their_own_forward():
   def run(params):
     full_BxTxV = transformer.apply(graphdef, params, tokens_BxT)
     cache = kv_cache.init(cfg, 2, 12)
-    _, cache = decode.prefill(graphdef, params, tokens_BxT[:, :8], lengths, cache)
+    _, cache = generation.prefill(graphdef, params, tokens_BxT[:, :8], lengths, cache)
     # Row 0 continues from position 3, row 1 from 7: row 0's padding slots get overwritten.
     logits_Bx1xV, _ = transformer.decode(graphdef, params, next_Bx1, lengths[:, None], cache)
     return full_BxTxV, logits_Bx1xV
@@ -98,13 +98,13 @@ def greedy_reference(graphdef, params, prompt, n_new):
 def test_greedy_generation_matches_uncached_greedy():
   cfg = small_cfg()
   graphdef, params = transformer.create(cfg, jax.random.key(0))
-  spec = decode.DecodeSpec(max_new_tokens=8, eot_id=cfg.vocab_size - 1,
+  spec = generation.DecodeSpec(max_new_tokens=8, eot_id=cfg.vocab_size - 1,
                            sampling=sampling.SamplingConfig(temperature=0.0))
   prompt = [5, 9, 2]
-  prompts, lengths = decode.pad_prompts([prompt], pad_id=0)
-  out = decode.make_generate(cfg, graphdef, spec)(params, prompts, lengths, jax.random.split(jax.random.key(0), 1))
+  prompts, lengths = generation.pad_prompts([prompt], pad_id=0)
+  out = generation.make_generate(cfg, graphdef, spec)(params, prompts, lengths, jax.random.split(jax.random.key(0), 1))
   expected = greedy_reference(graphdef, params, prompt, 8)
-  got = decode.trim(out)[0]
+  got = generation.trim(out)[0]
   assert got == expected[:len(got)]
   assert len(got) == 8 or got[-1] == spec.eot_id
 
@@ -114,27 +114,27 @@ def test_batch_of_different_lengths_equals_each_prompt_alone():
   # test, which compares batched greedy decoding with batched speculative decoding.
   cfg = small_cfg()
   graphdef, params = transformer.create(cfg, jax.random.key(0))
-  spec = decode.DecodeSpec(max_new_tokens=10, eot_id=cfg.vocab_size - 1,
+  spec = generation.DecodeSpec(max_new_tokens=10, eot_id=cfg.vocab_size - 1,
                            sampling=sampling.SamplingConfig(temperature=1.0))
-  generate = decode.make_generate(cfg, graphdef, spec)
+  generate = generation.make_generate(cfg, graphdef, spec)
   prompts = [[3, 1, 4, 1, 5, 9], [2], [6, 5, 3]]
   keys = jax.random.split(jax.random.key(7), 3)
-  batch = decode.trim(generate(params, *decode.pad_prompts(prompts, 0), keys))
+  batch = generation.trim(generate(params, *generation.pad_prompts(prompts, 0), keys))
   for i, p in enumerate(prompts):
     # Alone: a batch of one, padded to the same width so that it reuses one compilation.
-    alone_1xT = decode.pad_prompts([p + [0] * (6 - len(p))], 0)[0]
+    alone_1xT = generation.pad_prompts([p + [0] * (6 - len(p))], 0)[0]
     alone = generate(params, alone_1xT, jnp.array([len(p)]), keys[i:i + 1])
-    assert batch[i] == decode.trim(alone)[0]
+    assert batch[i] == generation.trim(alone)[0]
 
 
 def test_same_seed_same_output_other_seed_other_output():
   cfg = small_cfg()
   graphdef, params = transformer.create(cfg, jax.random.key(0))
-  spec = decode.DecodeSpec(max_new_tokens=12, eot_id=cfg.vocab_size - 1,
+  spec = generation.DecodeSpec(max_new_tokens=12, eot_id=cfg.vocab_size - 1,
                            sampling=sampling.SamplingConfig(temperature=1.0, top_k=20, top_p=0.9))
-  generate = decode.make_generate(cfg, graphdef, spec)
-  prompts, lengths = decode.pad_prompts([[1, 2, 3]] * 2, 0)
-  run = lambda seed: decode.trim(generate(params, prompts, lengths, jax.random.split(jax.random.key(seed), 2)))
+  generate = generation.make_generate(cfg, graphdef, spec)
+  prompts, lengths = generation.pad_prompts([[1, 2, 3]] * 2, 0)
+  run = lambda seed: generation.trim(generate(params, prompts, lengths, jax.random.split(jax.random.key(seed), 2)))
   assert run(0) == run(0)
   assert run(0) != run(1)
 
@@ -143,13 +143,13 @@ def test_generation_stops_at_end_of_text():
   cfg = small_cfg()
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   greedy = sampling.SamplingConfig(temperature=0.0)
-  prompts, lengths = decode.pad_prompts([[4, 4, 8]], 0)
+  prompts, lengths = generation.pad_prompts([[4, 4, 8]], 0)
   keys = jax.random.split(jax.random.key(0), 1)
-  free = decode.make_generate(cfg, graphdef, decode.DecodeSpec(8, eot_id=-1, sampling=greedy))
-  tokens = decode.trim(free(params, prompts, lengths, keys))[0]
+  free = generation.make_generate(cfg, graphdef, generation.DecodeSpec(8, eot_id=-1, sampling=greedy))
+  tokens = generation.trim(free(params, prompts, lengths, keys))[0]
   eot = tokens[3]  # pretend the 4th greedy token is end-of-text
-  stop = decode.make_generate(cfg, graphdef, decode.DecodeSpec(8, eot_id=eot, sampling=greedy))
-  stopped = decode.trim(stop(params, prompts, lengths, keys))[0]
+  stop = generation.make_generate(cfg, graphdef, generation.DecodeSpec(8, eot_id=eot, sampling=greedy))
+  stopped = generation.trim(stop(params, prompts, lengths, keys))[0]
   assert stopped == tokens[:tokens.index(eot) + 1]
 
 
