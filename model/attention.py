@@ -15,51 +15,14 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-# A large negative number rather than -inf: a fully masked row then gives a uniform softmax instead
-# of NaN, and exp(mask - max) underflows cleanly to 0.
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+from model import flash, kernels
+from model.masks import MASK_VALUE, make_mask
 
+# The dispatch table is built here from functions this module imports: flash and the kernels
+# never import attention back (the masks they share live in model.masks).
 AttentionFn = Callable[..., jax.Array]
-_IMPLEMENTATIONS: dict[str, AttentionFn] = {}
 
 
-def register(name: str) -> Callable[[AttentionFn], AttentionFn]:
-  """Registers an attention implementation under `name` (kernels plug in here)."""
-
-  def deco(fn: AttentionFn) -> AttentionFn:
-    _IMPLEMENTATIONS[name] = fn
-    return fn
-
-  return deco
-
-
-def make_mask(
-    t: int,
-    s: int,
-    *,
-    causal: bool,
-    q_positions_BxT: Optional[jax.Array] = None,
-    q_segment_ids_BxT: Optional[jax.Array] = None,
-    kv_segment_ids_BxS: Optional[jax.Array] = None,
-) -> Optional[jax.Array]:
-  """Boolean mask (B or 1, T, S), True where a query may attend to a key, or None for no mask.
-
-  Keys sit at positions 0..S-1. Queries sit at q_positions (default: the last T positions, so
-  that T == S is ordinary causal self-attention and T < S continues a cached prefix).
-  """
-  mask = None
-  if causal:
-    if q_positions_BxT is None:
-      q_positions_BxT = jnp.arange(s - t, s)[None, :]
-    kv_pos = jnp.arange(s)
-    mask = kv_pos[None, None, :] <= q_positions_BxT[:, :, None]
-  if q_segment_ids_BxT is not None:
-    seg = q_segment_ids_BxT[:, :, None] == kv_segment_ids_BxS[:, None, :]
-    mask = seg if mask is None else mask & seg
-  return mask
-
-
-@register("reference")
 def reference_attention(
     q_BxTxHxDh: jax.Array,
     k_BxSxKxDh: jax.Array,
@@ -89,20 +52,24 @@ def reference_attention(
 
 
 _loaded_backend: Optional[str] = None
+# Name -> implementation, filled from functions this module imports: this is the one dispatcher,
+# and flash and the kernels never import it back (the masks they share live in model.masks).
+_IMPLEMENTATIONS: dict[str, AttentionFn] = {}
 
 
 def _load_implementations() -> None:
-  """Imports the modules that register flash and the kernels this backend has, once.
+  """Fills the table with reference, flash and the kernels this backend has, once.
 
   Done at the first dispatch, not at import: asking JAX for its backend initialises it, and a
   multi-host program must call jax.distributed.initialize before that happens.
   """
   global _loaded_backend
   if _loaded_backend is None:
-    from model import flash, kernels  # noqa: F401  (they import this module: import them late)
-
-    _loaded_backend = jax.default_backend()
-    kernels.register_available(_loaded_backend)
+    backend = jax.default_backend()
+    _IMPLEMENTATIONS.update(
+        {"reference": reference_attention, "flash": flash.flash_attention,
+         **kernels.available(backend)})
+    _loaded_backend = backend
 
 
 def available_implementations() -> tuple[str, ...]:
@@ -117,8 +84,6 @@ def _auto(q_BxTxHxDh: jax.Array, q_segment_ids_BxT: Optional[jax.Array]) -> str:
   cuDNN where it takes the dtype and head dim, unless segment ids are given (it would need a
   dense (B, 1, T, S) mask: quadratic memory); the Pallas kernel on TPU; flash everywhere else.
   """
-  from model import kernels
-
   if "cudnn" in _IMPLEMENTATIONS and q_segment_ids_BxT is None and kernels.cudnn_supports(
       q_BxTxHxDh.dtype, q_BxTxHxDh.shape[-1]):
     return "cudnn"

@@ -38,7 +38,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from model.attention import MASK_VALUE, register
+from model.masks import MASK_VALUE
 
 # Measured on a 2-core CPU (B=1, H=4, Dh=64, n=2048, forward+backward): 256 x 128 tiles were the
 # fastest of 128..1024; larger tiles spill the caches, smaller ones pay more per-iteration overhead.
@@ -61,7 +61,6 @@ def round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
-@register("flash")
 def flash_attention(
     q_BxTxHxDh: jax.Array,
     k_BxSxKxDh: jax.Array,

@@ -6,9 +6,9 @@
 - "pallas": on GPU the Triton flash kernel (jax.experimental.pallas.ops.gpu.attention), on TPU the
   Mosaic flash kernel (jax.experimental.pallas.ops.tpu.flash_attention).
 
-`register_available(backend)` registers only what the backend has; model.attention calls it at the
-first dispatch rather than at import, because asking JAX for its backend initialises it, which must
-not happen before a multi-host program has called jax.distributed.initialize.
+`available(backend)` names only what the backend has; model.attention, the dispatcher, calls it at
+the first dispatch rather than at import, because asking JAX for its backend initialises it, which
+must not happen before a multi-host program has called jax.distributed.initialize.
 
 The kernels know less than `attention` promises, so each wrapper states what it does with the rest:
 - Causal masks in all three kernels are aligned top-left (query i sees keys 0..i), which equals our
@@ -30,14 +30,14 @@ The kernels know less than `attention` promises, so each wrapper states what it 
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from jax.extend import backend as jax_backend
 
-from model.attention import make_mask, register
 from model.flash import round_up, flash_attention
+from model.masks import make_mask
 
 
 def nvidia_compute_capability() -> Optional[tuple[int, int]]:
@@ -197,12 +197,12 @@ def pallas_tpu_attention(
   return to_heads_first(o_BxHxTxDh)[:, :t]
 
 
-def register_available(backend: str) -> None:
-  """Registers the kernels `backend` ("cpu", "gpu", "tpu") can run."""
+def available(backend: str) -> dict[str, Callable[..., jax.Array]]:
+  """Name -> kernel, for the kernels `backend` ("cpu", "gpu", "tpu") can run."""
   if backend == "gpu":
     cc = nvidia_compute_capability()
-    if cc is not None and cc >= (8, 0):
-      register("cudnn")(dot_product_attention)
-    register("pallas")(pallas_gpu_attention)
-  elif backend == "tpu":
-    register("pallas")(pallas_tpu_attention)
+    cudnn = {"cudnn": dot_product_attention} if cc is not None and cc >= (8, 0) else {}
+    return {**cudnn, "pallas": pallas_gpu_attention}
+  if backend == "tpu":
+    return {"pallas": pallas_tpu_attention}
+  return {}

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from model.attention import MASK_VALUE
 from model.config import ModelConfig
+from model.masks import MASK_VALUE
 
 
 class KVCache(NamedTuple):

@@ -39,15 +39,16 @@ def _m(name, path, edits, *tests):
 
 
 MUTANTS = [
-    # model/attention.py
-    _m("mask_strict", "model/attention.py",
+    # model/masks.py
+    _m("mask_strict", "model/masks.py",
        [("kv_pos[None, None, :] <= q_positions_BxT[:, :, None]",
          "kv_pos[None, None, :] < q_positions_BxT[:, :, None]")],
        "tests/test_model.py", "-k", "reference_attention_matches or future_tokens"),
-    _m("mask_swapped", "model/attention.py",
+    _m("mask_swapped", "model/masks.py",
        [("kv_pos[None, None, :] <= q_positions_BxT[:, :, None]",
          "q_positions_BxT[:, :, None] <= kv_pos[None, None, :]")],
        "tests/test_model.py", "-k", "reference_attention_matches or future_tokens"),
+    # model/attention.py
     _m("attention_scale", "model/attention.py",
        [("scores_BxKxGxTxS * (dh ** -0.5)", "scores_BxKxGxTxS * (dh ** 0.5)")],
        "tests/test_model.py", "-k", "reference_attention_matches"),

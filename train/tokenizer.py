@@ -27,9 +27,9 @@ from typing import Iterable, Iterator, Optional
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-EOT = "<|endoftext|>"
-PAD = "<|pad|>"
-SPECIAL_TOKENS = (EOT, PAD)
+# The token names live in model/ (model/interop needs them); re-exported here for every caller.
+from model.tokens import EOT, PAD, SPECIAL_TOKENS
+
 N_BYTES = 256
 FILENAME = "tokenizer.json"
 ROLES_FILENAME = "special_tokens.json"  # {"<|endoftext|>": "</s>", ...}: present only when renamed

@@ -1,6 +1,6 @@
 """The tokenizer side of a Hugging Face directory: special tokens and tokenizer_config.json.
 
-llmlab's tokenizers (train/tokenizer.py) name end-of-text "<|endoftext|>" and padding "<|pad|>".
+llmlab's tokenizers name end-of-text "<|endoftext|>" and padding "<|pad|>" (model/tokens.py).
 A Hugging Face tokenizer declares its own in tokenizer_config.json / special_tokens_map.json
 (eos_token, pad_token, ...) or as ids in config.json. On import llmlab's roles are mapped onto
 the declared tokens, never by adding tokens (which could overflow the embedding table):
@@ -28,7 +28,7 @@ from typing import Optional
 
 from tokenizers import Tokenizer
 
-from train import tokenizer as tokenizer_lib
+from model.tokens import EOT, PAD
 
 # Small files a Hugging Face directory keeps next to tokenizer.json; carried through unchanged.
 SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
@@ -105,8 +105,8 @@ def start_token(hf_dir: str, tok: Tokenizer) -> Optional[str]:
 def llmlab_roles(declared: dict[str, Optional[str]], tok: Tokenizer) -> tuple[Optional[str], str]:
   """(end-of-text token or None, padding token) for llmlab, by the rules in the docstring."""
   has = lambda t: t is not None and tok.token_to_id(t) is not None  # noqa: E731
-  eot = tokenizer_lib.EOT if has(tokenizer_lib.EOT) else declared.get("eos")
-  pad_choices = (tokenizer_lib.PAD, declared.get("pad"), declared.get("unk"), declared.get("bos"), eot)
+  eot = EOT if has(EOT) else declared.get("eos")
+  pad_choices = (PAD, declared.get("pad"), declared.get("unk"), declared.get("bos"), eot)
   pad = next((t for t in pad_choices if has(t)), None)
   if pad is None:
     pad = tok.id_to_token(0)  # a tokenizer with no special token at all: any id masks

@@ -1,0 +1,43 @@
+"""Attention masks: which keys each query may see, and the score a hidden key gets.
+
+Every attention implementation (model.attention's reference, model.flash, model.kernels, the
+decode path in model.kv_cache) masks the same way, so the rule lives here, below all of them:
+the implementations import it, and none imports another to get it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+# A large negative number rather than -inf: a fully masked row then gives a uniform softmax instead
+# of NaN, and exp(mask - max) underflows cleanly to 0.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def make_mask(
+    t: int,
+    s: int,
+    *,
+    causal: bool,
+    q_positions_BxT: Optional[jax.Array] = None,
+    q_segment_ids_BxT: Optional[jax.Array] = None,
+    kv_segment_ids_BxS: Optional[jax.Array] = None,
+) -> Optional[jax.Array]:
+  """Boolean mask (B or 1, T, S), True where a query may attend to a key, or None for no mask.
+
+  Keys sit at positions 0..S-1. Queries sit at q_positions (default: the last T positions, so
+  that T == S is ordinary causal self-attention and T < S continues a cached prefix).
+  """
+  mask = None
+  if causal:
+    if q_positions_BxT is None:
+      q_positions_BxT = jnp.arange(s - t, s)[None, :]
+    kv_pos = jnp.arange(s)
+    mask = kv_pos[None, None, :] <= q_positions_BxT[:, :, None]
+  if q_segment_ids_BxT is not None:
+    seg = q_segment_ids_BxT[:, :, None] == kv_segment_ids_BxS[:, None, :]
+    mask = seg if mask is None else mask & seg
+  return mask
