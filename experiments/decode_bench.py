@@ -34,6 +34,7 @@ from typing import Any, Callable
 from absl import flags
 
 from experiments import common
+from train import files
 
 FLAGS = flags.FLAGS
 
@@ -492,9 +493,7 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
       common.fail(e)
     results[name]["wall_seconds"] = time.perf_counter() - t0
-    with open(path + ".tmp", "w") as f:
-      json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
+    files.write_json_atomic(path, results, indent=2)
     plot(results, FLAGS.out)
     print(json.dumps({k: v for k, v in results[name].items() if k != "rows"}, default=str)[:2000],
           flush=True)

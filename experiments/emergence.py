@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from experiments import sweep as sweep_lib
+from train import files
 
 FLAGS = flags.FLAGS
 
@@ -82,10 +83,7 @@ def build_corpus(workdir: str, dcfg) -> str:
   docs = arith + code
   random.Random(f"docs:{dcfg.seed}").shuffle(docs)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    for text in docs:
-      f.write(json.dumps({"text": text}) + "\n")
-  os.replace(path + ".tmp", path)
+  files.write_jsonl_atomic(path, ({"text": text} for text in docs))
   return path
 
 

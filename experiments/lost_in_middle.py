@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from experiments import sweep as sweep_lib
+from train import files
 
 FLAGS = flags.FLAGS
 
@@ -81,10 +82,8 @@ def build_data(workdir: str, cfg) -> str:
         f"a training example has {max(lengths)} tokens, more than data.seq_len={seq_len}; "
         "lower task.k_max or task.questions, or raise data.seq_len")
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    for text, n in zip(texts, lengths):
-      f.write(json.dumps({"text": _pad_text(seq_len - n) + text}) + "\n")
-  os.replace(path + ".tmp", path)
+  files.write_jsonl_atomic(path, ({"text": _pad_text(seq_len - n) + text}
+                                  for text, n in zip(texts, lengths)))
   check = tokenizer_lib.encode(tok, _pad_text(seq_len - lengths[0]) + texts[0])
   assert len(check) == seq_len, "padding text did not encode to one token per pad"
   return path

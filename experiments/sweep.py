@@ -35,6 +35,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 
+from train import files  # json and os only: the sweep launcher stays free of jax
+
 LAUNCHERS = ("local", "print", "slurm")
 RESULT = "result.json"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,10 +141,7 @@ def pending(root: str, points: Sequence[Point]) -> list[Point]:
 def write_json(path: str, obj: Any) -> None:
   """Atomic: a crash leaves either the old file or the new one, never half of one."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
+  files.write_json_atomic(path, obj, indent=2, default=str)
 
 
 def shared_dir(root: str, config: ml_collections.ConfigDict) -> str:
@@ -269,9 +268,7 @@ def write_slurm(root: str, argv: Sequence[str], points: Sequence[Point], *, job_
       f'exec {command} --point="${{POINTS[$SLURM_ARRAY_TASK_ID]}}"',
   ]
   path = os.path.join(slurm_dir, "sweep.sbatch")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(path + ".tmp", path)
+  files.write_atomic(path, "\n".join(lines) + "\n")
   return path
 
 
@@ -299,10 +296,7 @@ def _log(message: str) -> None:
 
 def write_jsonl(path: str, rows: Sequence[dict]) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, default=str) + "\n")
-  os.replace(path + ".tmp", path)
+  files.write_jsonl_atomic(path, rows, default=str)
 
 
 def launch(

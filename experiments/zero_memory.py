@@ -32,6 +32,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
+from train import files
 
 FLAGS = flags.FLAGS
 
@@ -228,9 +229,7 @@ def table(results: dict) -> str:
 
 
 def _save(results: dict, path: str) -> None:
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_json_atomic(path, results, indent=2)
 
 
 def main(argv):

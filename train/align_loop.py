@@ -39,6 +39,7 @@ from model.config import ModelConfig, count_params
 from sharding import mesh as mesh_lib
 from train import alignment_data as data_lib
 from train import checkpoint as ckpt_lib
+from train import files
 from train import loop as loop_lib
 from train import metrics as metrics_lib
 from train import optimizer as optimizer_lib
@@ -266,10 +267,7 @@ class Run:
     record["model"] = self.policy.model_cfg.to_dict()
     record["stage"] = self.stage
     record["init_workdir"] = self.init_workdir
-    path = os.path.join(self.workdir, "config.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(record, f, indent=2)
-    os.replace(path + ".tmp", path)
+    files.write_json_atomic(os.path.join(self.workdir, "config.json"), record, indent=2)
 
   def loop(self, train_step: Callable[[int, dict], tuple[dict, dict]], *,
            stop_when: Optional[Callable[[dict], bool]] = None) -> dict[str, Any]:

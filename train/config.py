@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from model.config import ModelConfig
+from train import files
 
 
 class ConfigError(ValueError):
@@ -85,8 +86,4 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
-  path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(config.to_json(indent=2))
-  os.replace(tmp, path)
+  files.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))

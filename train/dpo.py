@@ -18,7 +18,6 @@ same loss.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from typing import Any, Callable, Optional
@@ -32,6 +31,7 @@ from flax import nnx
 from model import transformer
 from train import align_loop
 from train import alignment_data as data_lib
+from train import files
 from train import step as step_lib
 from train.config import ConfigError
 
@@ -226,10 +226,8 @@ def _stored_or_sampled_pairs(run: align_loop.Run, examples, d, seed: int) -> lis
     pairs = policy_pairs(run.policy, examples, tries=d.policy_tries, key=jax.random.key(seed),
                          batch_size=run.config.eval.batch_size,
                          max_new_tokens=run.config.eval.max_new_tokens)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      for p in pairs:
-        f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n")
-    os.replace(path + ".tmp", path)
+    files.write_jsonl_atomic(
+        path, ({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs))
   return data_lib.load_pairs(path, run.config.task, seed)
 
 

@@ -29,6 +29,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 # The token names live in model/ (model/interop needs them); re-exported here for every caller.
 from model.tokens import EOT, PAD, SPECIAL_TOKENS
+from train import files
 
 N_BYTES = 256
 FILENAME = "tokenizer.json"
@@ -104,10 +105,7 @@ def save_roles(tok: Tokenizer, workdir: str) -> None:
   r = _named(tok)
   if not r:
     return
-  path = os.path.join(workdir, ROLES_FILENAME)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(r, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_json_atomic(os.path.join(workdir, ROLES_FILENAME), r, indent=2)
 
 
 def load(workdir: str) -> Tokenizer:
