@@ -18,7 +18,6 @@ resumed run sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 from typing import NamedTuple, Sequence
@@ -26,12 +25,11 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
+from train import files
 from train import tokenizer as tokenizer_lib
 
 
-class DataError(ValueError):
-  """A data file or data setting that cannot be used; the message names it."""
-
+DataError = files.DataError  # the one of train.data too: a caller catches either name
 
 @dataclasses.dataclass(frozen=True)
 class Prompted:
@@ -55,24 +53,17 @@ def read_jsonl(path: str, fields: Sequence[str]) -> list[dict]:
   if not os.path.exists(path):
     raise DataError(f"{path}: no such file")
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise DataError(f"{path}:{n}: expected a JSON object with fields {list(fields)}")
-      for name in fields:
-        if name not in row:
-          raise DataError(f"{path}:{n}: missing field {name!r}")
-        if not isinstance(row[name], str):
-          raise DataError(f"{path}:{n}: field {name!r} must be a string, got {row[name]!r}")
-      if not row["prompt"]:
-        raise DataError(f"{path}:{n}: field 'prompt' is empty")
-      rows.append({name: row[name] for name in fields})
+  for n, row in files.iter_jsonl(path):
+    if not isinstance(row, dict):
+      raise DataError(f"{path}:{n}: expected a JSON object with fields {list(fields)}")
+    for name in fields:
+      if name not in row:
+        raise DataError(f"{path}:{n}: missing field {name!r}")
+      if not isinstance(row[name], str):
+        raise DataError(f"{path}:{n}: field {name!r} must be a string, got {row[name]!r}")
+    if not row["prompt"]:
+      raise DataError(f"{path}:{n}: field 'prompt' is empty")
+    rows.append({name: row[name] for name in fields})
   if not rows:
     raise DataError(f"{path}: holds no examples")
   return rows

@@ -24,14 +24,13 @@ import grain
 import numpy as np
 from tokenizers import Tokenizer
 
+from train import files as files_lib  # `files` is a parameter name here
 from train import tokenizer as tokenizer_lib
 
 VAL_PERCENT = 5  # share of documents held out for validation
 
 
-class DataError(ValueError):
-  """Bad data settings or files; the message names the setting to change."""
-
+DataError = files_lib.DataError  # re-exported: callers and tests catch data.DataError
 
 @dataclasses.dataclass(frozen=True)
 class Document:
@@ -80,17 +79,11 @@ def read_documents(files: Sequence[str], relative_to: Optional[str] = None) -> I
   for path in files:
     key = os.path.relpath(path, relative_to) if relative_to else path
     if path.endswith(".jsonl"):
-      with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-          if not line.strip():
-            continue
-          try:
-            record = json.loads(line)
-          except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix the file or drop it from data.paths")
-          if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f"{path}:{lineno}: line has no string field 'text'; fix the file or drop it from data.paths")
-          yield Document(f"{key}:{lineno}", record["text"])
+      bad_line = "not valid JSON ({msg}); fix the file or drop it from data.paths"
+      for lineno, record in files_lib.iter_jsonl(path, bad_line=bad_line):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+          raise DataError(f"{path}:{lineno}: line has no string field 'text'; fix the file or drop it from data.paths")
+        yield Document(f"{key}:{lineno}", record["text"])
     else:
       with open(path, encoding="utf-8", errors="replace") as f:
         yield Document(key, f.read())

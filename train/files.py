@@ -1,14 +1,47 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never half of one.
+"""The project's files: atomic writes, and JSONL reads whose errors name path:line.
 
-Written to PATH.tmp and renamed over PATH; os.replace is atomic on POSIX. Lives in train/
-because model/ and sharding/ never write files; train/ and experiments/ both import it.
+Writes go to PATH.tmp, renamed over PATH (os.replace is atomic on POSIX), so a crash leaves either
+the old file or the new one, never half of one. Lives in train/ because model/ and sharding/
+never touch files; train/ and experiments/ both import it, and it imports nothing heavy, so
+train/metrics.py can read its log without the data pipeline.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Iterator, Union
+
+
+class DataError(ValueError):
+  """A data file or data setting that cannot be used; the message names it (and the setting to
+  change, where there is one). train.data and train.alignment_data re-export it."""
+
+
+def iter_jsonl(path: str, *, bad_line: str = "not valid JSON ({msg})",
+               torn_tail_ok: bool = False) -> Iterator[tuple[int, Any]]:
+  """(line number from 1, parsed value) for each non-blank line of a JSONL file.
+
+  A line that is not JSON raises DataError "PATH:LINE: " + bad_line.format(msg=...). With
+  torn_tail_ok, such a line is skipped when no non-blank line follows it: a writer killed
+  mid-record (kill -9, preemption) leaves exactly one torn line, at the end.
+  """
+  torn = None  # the error of a bad line, raised only if another record follows it
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      if torn is not None:
+        raise torn
+      try:
+        value = json.loads(line)
+      except json.JSONDecodeError as e:
+        error = DataError(f"{path}:{n}: " + bad_line.format(msg=e.msg))
+        if not torn_tail_ok:
+          raise error from None
+        torn = error
+        continue
+      yield n, value
 
 
 def write_atomic(path: str, data: Union[str, bytes]) -> None:

@@ -9,6 +9,8 @@ from typing import Mapping
 
 import jax
 
+from train import files
+
 
 class MetricsWriter:
   """Writes only on process 0; every other process gets a writer that does nothing."""
@@ -70,19 +72,7 @@ def read_jsonl(path: str) -> list[dict]:
 
   A last line that is not JSON is skipped: a run killed mid-write (kill -9, preemption) leaves
   one torn line at the end, and the run it belongs to resumes from a checkpoint anyway. A bad
-  line anywhere else is corruption: ValueError naming path:line.
+  line anywhere else is corruption: DataError (a ValueError) naming path:line.
   """
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
-  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-  records = []
-  for i, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError as e:
-      if i == last:
-        break
-      raise ValueError(f"{path}:{i + 1}: not a JSON record ({e.msg})") from None
-  return records
+  return [record for _, record in
+          files.iter_jsonl(path, bad_line="not a JSON record ({msg})", torn_tail_ok=True)]
