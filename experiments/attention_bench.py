@@ -27,6 +27,7 @@ import time
 from absl import flags
 
 from experiments import common
+from train import plots
 
 FLAGS = flags.FLAGS
 
@@ -270,10 +271,7 @@ def main(argv):
 
 
 def _plot(results: dict, summary: dict, record: dict, out: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   title = (f"{record['device']} ({record['platform']}), B={record['batch']} H={record['heads']} "
            f"K={record['kv_heads']} Dh={record['head_dim']} {record['dtype']}"
@@ -298,9 +296,7 @@ def _plot(results: dict, summary: dict, record: dict, out: str) -> None:
   ax.set_title(title, fontsize=8)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, "memory.png"), dpi=120)
-  plt.close(fig)
+  plots.save(fig, os.path.join(out, "memory.png"), dpi=120)
 
   fig, ax = plt.subplots(figsize=(7, 5))
   for impl, points in results.items():
@@ -312,9 +308,7 @@ def _plot(results: dict, summary: dict, record: dict, out: str) -> None:
   ax.set_title(title, fontsize=8)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, "time.png"), dpi=120)
-  plt.close(fig)
+  plots.save(fig, os.path.join(out, "time.png"), dpi=120)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any, Callable
 from absl import flags
 
 from experiments import common
-from train import files
+from train import files, plots
 
 FLAGS = flags.FLAGS
 
@@ -393,10 +393,7 @@ def section_speculative(r: dict) -> dict:
 
 def plot(results: dict, out: str) -> None:
   """One PNG per section present in results."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   if "cache" in results:
     c = results["cache"]
@@ -404,9 +401,7 @@ def plot(results: dict, out: str) -> None:
     ax.bar(["no cache", "KV cache"], [c["uncached_tokens_per_s"], c["cached_tokens_per_s"]])
     ax.set_ylabel("tokens / s")
     ax.set_title(f"{c['new_tokens']} new tokens, batch 1: {c['speedup']:.1f}x")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "cache.png"), dpi=120)
-    plt.close(fig)
+    plots.save(fig, os.path.join(out, "cache.png"), dpi=120)
   if "heads" in results:
     rows = results["heads"]["rows"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
@@ -423,9 +418,7 @@ def plot(results: dict, out: str) -> None:
     a2.set_yscale("log")
     a1.legend(title="context", fontsize=7)
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "heads.png"), dpi=120)
-    plt.close(fig)
+    plots.save(fig, os.path.join(out, "heads.png"), dpi=120)
   if "roofline" in results and results["roofline"]["models"]:
     r = results["roofline"]
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -436,9 +429,7 @@ def plot(results: dict, out: str) -> None:
                  label=f"copy bandwidth ({k})")
     ax.set_ylabel("GB / s")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "roofline.png"), dpi=120)
-    plt.close(fig)
+    plots.save(fig, os.path.join(out, "roofline.png"), dpi=120)
   if "speculative" in results:
     rows = results["speculative"]["rows"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
@@ -459,9 +450,7 @@ def plot(results: dict, out: str) -> None:
     a2.axhline(1.0, color="gray", lw=0.5)
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "speculative.png"), dpi=120)
-    plt.close(fig)
+    plots.save(fig, os.path.join(out, "speculative.png"), dpi=120)
 
 
 SECTIONS = {"cache": section_cache, "heads": section_heads, "roofline": section_roofline,

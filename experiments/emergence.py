@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from experiments import sweep as sweep_lib
-from train import files
+from train import files, plots
 
 FLAGS = flags.FLAGS
 
@@ -178,10 +178,7 @@ def collect(root: str, points, cfg) -> list[dict]:
 
 
 def plot(rows: list[dict], out_dir: str) -> str:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   from matplotlib.ticker import NullFormatter
 
   titles = {"exact_match": "exact match (greedy)", "token_accuracy": "per-token accuracy",
@@ -205,10 +202,8 @@ def plot(rows: list[dict], out_dir: str) -> str:
   axes[0, 0].legend(fontsize=7)
   axes[0, 1].legend(fontsize=7)
   fig.suptitle("Held-out addition by model size (one point per size of the ladder)", fontsize=10)
-  fig.tight_layout()
   path = os.path.join(out_dir, "emergence.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.save(fig, path, dpi=110)
   return path
 
 

@@ -27,7 +27,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from experiments import sweep as sweep_lib
-from train import files
+from train import files, plots
 
 FLAGS = flags.FLAGS
 
@@ -169,10 +169,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def plot(rows: list[dict], out_dir: str, k_max_train: int) -> str:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   ks = sorted({r["k"] for r in rows})
@@ -189,10 +186,8 @@ def plot(rows: list[dict], out_dir: str, k_max_train: int) -> str:
   axes[0].set_ylabel("retrieval accuracy")
   axes[0].set_ylim(-0.02, 1.02)
   axes[1].legend(fontsize=8, title=f"dashed: k > {k_max_train} (unseen)", title_fontsize=7)
-  fig.tight_layout()
   path = os.path.join(out_dir, "lost_in_middle.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.save(fig, path, dpi=110)
   return path
 
 

@@ -16,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
+from train import plots
 
 FLAGS = flags.FLAGS
 
@@ -96,10 +97,7 @@ def summarise(name, config, workdir):
 
 
 def plot(results, out_dir):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   import numpy as np
 
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
@@ -118,8 +116,7 @@ def plot(results, out_dir):
                       extent=[moe["steps"][0], moe["steps"][-1], -0.5, share.shape[0] - 0.5])
   axes[2].set(xlabel="step", ylabel="expert", title="share of token assignments per expert")
   fig.colorbar(im, ax=axes[2])
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "moe_vs_dense.png"), dpi=110)
+  plots.save(fig, os.path.join(out_dir, "moe_vs_dense.png"), dpi=110)
 
 
 def main(argv):

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from experiments import sweep as sweep_lib
+from train import plots
 
 FLAGS = flags.FLAGS
 
@@ -121,10 +122,7 @@ def fit(rows: list[dict], cfg) -> dict:
 
 
 def plot(rows: list[dict], fits: dict, out_dir: str) -> list[str]:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   import numpy as np
   from matplotlib.ticker import NullFormatter
 
@@ -151,10 +149,8 @@ def plot(rows: list[dict], fits: dict, out_dir: str) -> list[str]:
   ax.set_ylabel("validation loss (nats/token)")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3, which="both")
-  fig.tight_layout()
   paths.append(os.path.join(out_dir, "loss_vs_flops.png"))
-  fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
+  plots.save(fig, paths[-1], dpi=110)
 
   budgets = sorted({r["budget"] for r in rows})
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -193,10 +189,8 @@ def plot(rows: list[dict], fits: dict, out_dir: str) -> list[str]:
   else:
     ax2.text(0.5, 0.5, fits.get("isoflop_skipped", ""), ha="center", wrap=True)
     ax2.set_axis_off()
-  fig.tight_layout()
   paths.append(os.path.join(out_dir, "isoflop.png"))
-  fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
+  plots.save(fig, paths[-1], dpi=110)
   return paths
 
 

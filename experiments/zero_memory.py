@@ -32,7 +32,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
-from train import files
+from train import files, plots
 
 FLAGS = flags.FLAGS
 
@@ -160,10 +160,7 @@ def largest_fit(probes: dict, run_probe, stage: int, n: int, budget: float) -> d
 
 
 def plot(results: dict, out_dir: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   runs = results["runs"]
   stages = sorted({r["stage"] for r in runs})
@@ -200,9 +197,7 @@ def plot(results: dict, out_dir: str) -> None:
     ax.legend(fontsize=8)
   else:
     ax.axis("off")
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "zero_memory.png"), dpi=110)
-  plt.close(fig)
+  plots.save(fig, os.path.join(out_dir, "zero_memory.png"), dpi=110)
 
 
 def table(results: dict) -> str:

@@ -43,6 +43,7 @@ from train import files
 from train import loop as loop_lib
 from train import metrics as metrics_lib
 from train import optimizer as optimizer_lib
+from train import plots
 from train import rewards as rewards_lib
 from train import step as step_lib
 from train import tokenizer as tokenizer_lib
@@ -385,10 +386,7 @@ def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "
 
 
 def _plot(records: list[dict], keys: list[str], path: str, title: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
 
   keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in records)]
   cols = min(3, max(1, len(keys)))
@@ -409,6 +407,4 @@ def _plot(records: list[dict], keys: list[str], path: str, title: str) -> None:
   for ax in list(axes.flat)[len(keys):]:
     ax.axis("off")
   fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=60)
-  plt.close(fig)
+  plots.save(fig, path, dpi=60)
