@@ -45,8 +45,6 @@ def preflight(
     needs[higher] = need_at(higher)
     if needs[higher] <= budget_gb * GB:
       raise MeshError(f"{head}; zero_stage={higher} needs {needs[higher] / GB:.3g} GB")
-  if 3 not in needs:
-    needs[3] = need
   hint = ""
   if state_bytes:
     # Estimate (not a measurement): at stage 3 the train state divides by the device count and

@@ -272,15 +272,17 @@ def check_memory(config: ml_collections.ConfigDict, build: Callable[[int], Shard
     return
   stage = config.sharding.get("zero_stage", 0)
 
+  built = {stage: build(stage)}  # the run's own stage; the others only when it does not fit
+
   def need_at(s: int) -> int:
-    run = build(s)
+    run = built[s] if s in built else build(s)
     batch = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                          abstract_batch, run.batch_sharding)
     return memory_lib.step_bytes(run.train_step.lower(run.abstract_state, batch).compile())
 
-  first = build(stage)
-  memory_lib.preflight(need_at, stage, budget, n_devices=mesh_lib.data_parallel_size(first.mesh),
-                       state_bytes=sum(zero.unpartitioned_bytes(first.abstract_state).values()))
+  own = built[stage]
+  memory_lib.preflight(need_at, stage, budget, n_devices=mesh_lib.data_parallel_size(own.mesh),
+                       state_bytes=sum(zero.unpartitioned_bytes(own.abstract_state).values()))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
