@@ -41,3 +41,24 @@ def make_mask(
     seg = q_segment_ids_BxT[:, :, None] == kv_segment_ids_BxS[:, None, :]
     mask = seg if mask is None else mask & seg
   return mask
+
+
+def packed_documents(
+    tokens_BxT: jax.Array, boundary_id: int, *, starts_after: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+  """(positions_BxT, segment_ids_BxT) of documents packed one after another into rows.
+
+  A document starts at each `boundary_id` token (the end-of-text that llmlab's own documents
+  follow, or an imported tokenizer's BOS), or right after it with starts_after (an imported
+  tokenizer without BOS, whose documents follow end-of-text directly). Segment ids count the
+  starts so far, so attention with them never crosses into another document; positions restart at
+  0 at every start, so a document sees the positions it would see alone. A row that begins inside
+  a document keeps positions 0, 1, ... for that part.
+  """
+  t = tokens_BxT.shape[1]
+  at_BxT = tokens_BxT == boundary_id
+  starts_BxT = jnp.pad(at_BxT[:, :-1], ((0, 0), (1, 0))) if starts_after else at_BxT
+  segment_ids_BxT = jnp.cumsum(starts_BxT, axis=1, dtype=jnp.int32)
+  idx_T = jnp.arange(t, dtype=jnp.int32)
+  last_start_BxT = jax.lax.cummax(jnp.where(starts_BxT, idx_T, 0), axis=1)
+  return idx_T - last_start_BxT, segment_ids_BxT

@@ -165,3 +165,41 @@ def test_tiny_model_overfits_one_batch():
     params, opt, loss = step(params, opt)
     first = loss if first is None else first
   assert first > 3.5 and loss < 0.1, (first, loss)
+
+
+# --- packed documents -------------------------------------------------------------------------
+
+def test_packed_documents_restart_positions_and_count_segments():
+  """Catches a position that does not restart at a boundary (or restarts one token late), and a
+  segment id that changes after the boundary token instead of at it (or before it, starts_after)."""
+  from model.masks import packed_documents
+  row = jnp.array([[5, 6, 0, 7, 8, 9, 0, 4]])  # 0 is the boundary
+  positions, segments = packed_documents(row, 0)
+  np.testing.assert_array_equal(positions, [[0, 1, 0, 1, 2, 3, 0, 1]])
+  np.testing.assert_array_equal(segments, [[0, 0, 1, 1, 1, 1, 2, 2]])
+  positions, segments = packed_documents(row, 0, starts_after=True)
+  np.testing.assert_array_equal(positions, [[0, 1, 2, 0, 1, 2, 3, 0]])
+  np.testing.assert_array_equal(segments, [[0, 0, 0, 1, 1, 1, 1, 2]])
+
+
+@pytest.mark.parametrize("impl", ["reference", "flash"])
+def test_a_packed_document_has_the_logits_it_has_alone(impl):
+  """Document B's logits after document A in one row equal B's logits alone, with every
+  attention implementation that runs on CPU; without the document layout they differ (so the
+  comparison can fail). Catches segment ids or positions not reaching attention and RoPE."""
+  from train import step as step_lib
+  assert impl in attn_lib.available_implementations()
+  cfg = dataclasses.replace(CFG, attention_impl=impl)
+  graphdef, params = transformer.create(cfg, jax.random.key(3))
+  eot = 0
+  a = jax.random.randint(jax.random.key(4), (1, 7), 1, CFG.vocab_size)
+  b = jax.random.randint(jax.random.key(5), (1, 6), 1, CFG.vocab_size)
+  alone = jnp.concatenate([jnp.array([[eot]]), b], axis=1)  # B as it starts: after end-of-text
+  packed = jnp.concatenate([a, alone], axis=1)
+  documents = (eot, False)
+  logits_alone = transformer.apply(graphdef, params, alone, *step_lib.document_layout(alone, documents))
+  logits_packed = transformer.apply(graphdef, params, packed,
+                                    *step_lib.document_layout(packed, documents))
+  np.testing.assert_allclose(logits_packed[:, a.shape[1]:], logits_alone, atol=1e-5, rtol=1e-5)
+  leaky = transformer.apply(graphdef, params, packed)[:, a.shape[1]:]
+  assert float(jnp.max(jnp.abs(leaky - logits_alone))) > 1e-2

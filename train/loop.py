@@ -227,13 +227,14 @@ def build_sharded_training(
 
 def make_sharded_training(
     model_cfg: ModelConfig, t: ml_collections.ConfigDict, mesh: Mesh, zero_stage: int, *,
-    pad_id: int,
+    pad_id: int, documents: step_lib.Documents = None,
 ) -> ShardedTraining:
   """Pretraining's sharded training: a fresh model (init takes a PRNG key), lm_loss on rows
-  (B, L+1) of tokens, MoE router losses weighted as model_cfg.moe says."""
+  (B, L+1) of tokens (packed documents isolated as `documents` says), MoE router losses weighted
+  as model_cfg.moe says."""
   graphdef, _ = transformer.abstract(model_cfg)
   loss_fn = step_lib.lm_loss(
-      graphdef, pad_id, (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight))
+      graphdef, pad_id, (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight), documents)
   return build_sharded_training(
       graphdef, lambda key: transformer.create(model_cfg, key)[1], jax.random.key(t.seed),
       loss_fn, optimizer_lib.make(t, t.steps),
@@ -296,8 +297,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   t = config.train
   mesh = mesh_lib.make_mesh(config.sharding.mesh)
   validate_sharding(config, model_cfg, mesh)
-  check_memory(  # pad_id changes no byte of the step
-      config, lambda stage: make_sharded_training(model_cfg, t, mesh, stage, pad_id=-1),
+  check_memory(  # pad_id changes no byte of the step; the document mask adds a few
+      config, lambda stage: make_sharded_training(
+          model_cfg, t, mesh, stage, pad_id=-1, documents=(-1, False)),
       jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len + 1), np.int32))
 
   os.makedirs(workdir, exist_ok=True)
@@ -317,12 +319,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         f"the tokenizer in {workdir} has {tok.get_vocab_size()} tokens but model.vocab_size="
         f"{model_cfg.vocab_size}; raise model.vocab_size or use a new --workdir")
   pad_id = tokenizer_lib.special_id(tok, tokenizer_lib.PAD)
+  documents = tokenizer_lib.document_boundary(tok)  # packed documents never attend to each other
   if jax.process_index() == 0:
     config_lib.save(workdir, config)
 
   # Model and optimizer state, initialised directly in its sharded layout.
   run = make_sharded_training(
-      model_cfg, t, mesh, config.sharding.get("zero_stage", 0), pad_id=pad_id)
+      model_cfg, t, mesh, config.sharding.get("zero_stage", 0), pad_id=pad_id,
+      documents=documents)
   batch_sharding = run.batch_sharding
 
   ckpt = ckpt_lib.Checkpointer(
@@ -345,7 +349,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   train_step = run.train_step
   eval_step = jax.jit(
-      step_lib.make_eval_step(run.graphdef, pad_id=pad_id),
+      step_lib.make_eval_step(run.graphdef, pad_id=pad_id, documents=documents),
       in_shardings=(run.shardings.params, batch_sharding))
   val_batches = data_lib.eval_batches(corpus.val_NxL1, t.batch_size, t.eval_batches)
 

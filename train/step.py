@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from model import transformer
+from model import masks, transformer
 from sharding import data_parallel as dp_lib
 
 TrainState = dict[str, Any]
@@ -48,10 +48,24 @@ def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: int
   return jnp.sum(ce_BxT * mask_BxT), jnp.sum(mask_BxT)
 
 
-def loss_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int):
+# How packed documents are delimited in a row: (boundary token id, whether a document starts
+# right after it rather than at it); see model.masks.packed_documents. None: the row is one text.
+Documents = Optional[tuple[int, bool]]
+
+
+def document_layout(inputs_BxT: jax.Array, documents: Documents):
+  """(positions, segment ids) for the model: each document attends only to itself and sees
+  positions from 0, as it would alone; (None, None) when the rows are not packed documents."""
+  if documents is None:
+    return None, None
+  boundary_id, starts_after = documents
+  return masks.packed_documents(inputs_BxT, boundary_id, starts_after=starts_after)
+
+
+def loss_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int, documents: Documents = None):
   """(cross-entropy sum, token count) of next-token prediction on a batch of rows."""
   inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
-  logits = transformer.apply(graphdef, params, inputs)
+  logits = transformer.apply(graphdef, params, inputs, *document_layout(inputs, documents))
   return token_loss_sums(logits, targets, pad_id)
 
 
@@ -73,12 +87,16 @@ def router_terms(stats, n: jax.Array, aux_weights: tuple[float, float]):
   return n * (aux_weights[0] * lb + aux_weights[1] * z), sums
 
 
-def lm_loss(graphdef, pad_id: int, aux_weights: tuple[float, float] = (0.0, 0.0)) -> LossFn:
-  """Pretraining: next-token cross-entropy over rows (B, L+1), plus the router losses."""
+def lm_loss(graphdef, pad_id: int, aux_weights: tuple[float, float] = (0.0, 0.0),
+            documents: Documents = None) -> LossFn:
+  """Pretraining: next-token cross-entropy over rows (B, L+1), plus the router losses. With
+  `documents`, the documents packed into a row are isolated (document_layout)."""
 
   def loss(params, batch_BxL1, use=None):
     inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
-    logits, stats = transformer.apply_with_aux(graphdef, params, inputs, use=use)
+    positions, segment_ids = document_layout(inputs, documents)
+    logits, stats = transformer.apply_with_aux(
+        graphdef, params, inputs, positions, segment_ids, use=use)
     ce_sum, n = token_loss_sums(logits, targets, pad_id)
     aux, sums = router_terms(stats, n, aux_weights)
     return ce_sum + aux, n, {"loss": ce_sum, **sums}
@@ -166,10 +184,10 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(graphdef, *, pad_id: int):
-  """eval_step(params, batch) -> (loss sum, token count)."""
+def make_eval_step(graphdef, *, pad_id: int, documents: Documents = None):
+  """eval_step(params, batch) -> (loss sum, token count); documents as in lm_loss."""
 
   def eval_step(params, batch_BxL1):
-    return loss_sums(graphdef, params, batch_BxL1, pad_id)
+    return loss_sums(graphdef, params, batch_BxL1, pad_id, documents)
 
   return eval_step

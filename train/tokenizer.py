@@ -131,6 +131,14 @@ def start_ids(tok: Tokenizer) -> list[int]:
   return [tok.token_to_id(bos)] if bos != NO_BOS else []
 
 
+def document_boundary(tok: Tokenizer) -> tuple[int, bool]:
+  """(token id, starts_after) delimiting documents packed by train/data.py (see
+  model.masks.packed_documents): a document starts at its start token (llmlab's end-of-text, an
+  imported BOS), or right after end-of-text for an imported tokenizer that has no BOS."""
+  start = start_ids(tok)
+  return (start[0], False) if start else (special_id(tok, EOT), True)
+
+
 def special_id(tok: Tokenizer, token: str) -> int:
   """The id of the token playing `token` (EOT or PAD), by the tokenizer's roles."""
   if token == BOS:
