@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from model.moe import MoEConfig
+from model.rope import RopeScaling
 
 ATTENTION_IMPLS = ("reference", "flash", "cudnn", "pallas", "auto")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -39,6 +40,9 @@ class ModelConfig:
   d_ff: int = 384
   max_seq_len: int = 256
   rope_theta: float = 10000.0
+  rope_scaling: RopeScaling = RopeScaling()  # kind none | llama3 | yarn (model/rope.py)
+  d_head: int = 0  # width of each head; 0 = d_model / n_heads (Qwen3 decouples the two)
+  qk_norm: bool = False  # RMSNorm over each query and key head before RoPE (Qwen3, Gemma 3)
   norm_eps: float = 1e-5
   tie_embeddings: bool = True
   attention_impl: str = "reference"
@@ -54,6 +58,8 @@ class ModelConfig:
   def __post_init__(self):
     if isinstance(self.moe, dict):  # from a config file or config.json
       object.__setattr__(self, "moe", MoEConfig.from_dict(self.moe))
+    if isinstance(self.rope_scaling, dict):
+      object.__setattr__(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling))
     positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len")
     for name in positive:
       value = getattr(self, name)
@@ -62,16 +68,19 @@ class ModelConfig:
     for name in ("rope_theta", "norm_eps", "init_std"):
       if not getattr(self, name) > 0:
         raise ValueError(f"model.{name} must be positive, got {getattr(self, name)!r}")
-    if self.d_model % self.n_heads:
+    if not isinstance(self.d_head, int) or isinstance(self.d_head, bool) or self.d_head < 0:
+      raise ValueError(f"model.d_head must be >= 0 (0 = d_model / n_heads), got {self.d_head!r}")
+    if not self.d_head and self.d_model % self.n_heads:
       raise ValueError(
-          f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+          f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads} "
+          "(or set model.d_head)")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(
           f"model.n_heads={self.n_heads} must be divisible by model.n_kv_heads={self.n_kv_heads} "
           "(1 = MQA, n_heads = MHA, a divisor in between = GQA)")
-    if (self.d_model // self.n_heads) % 2:
-      raise ValueError(
-          f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even for RoPE")
+    if self.head_dim % 2:
+      raise ValueError(f"the head width {self.head_dim} (model.d_head, or model.d_model / "
+                       "model.n_heads) must be even for RoPE")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(
           f"model.attention_impl={self.attention_impl!r} is unknown; allowed: {', '.join(ATTENTION_IMPLS)}")
@@ -111,7 +120,7 @@ class ModelConfig:
 
   @property
   def head_dim(self) -> int:
-    return self.d_model // self.n_heads
+    return self.d_head or self.d_model // self.n_heads
 
   @property
   def compute_dtype(self) -> Any:
@@ -149,7 +158,9 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
   n_moe = cfg.n_moe_layers
   expert = 3 * d * cfg.d_expert
   router = d * cfg.moe.n_experts
-  layers_common = cfg.n_layers * (attn + 2 * d) + d  # attention, two norms per layer, final norm
+  qk_norms = 2 * dh if cfg.qk_norm else 0
+  # attention, two norms (and the query and key norms) per layer, final norm
+  layers_common = cfg.n_layers * (attn + 2 * d + qk_norms) + d
   body = layers_common + (cfg.n_layers - n_moe) * dense_mlp + n_moe * (router + cfg.moe.n_experts * expert)
   active = layers_common + (cfg.n_layers - n_moe) * dense_mlp + n_moe * (router + cfg.moe.top_k * expert)
   embed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)

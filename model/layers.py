@@ -18,6 +18,7 @@ from model import kv_cache
 from model import moe as moe_lib
 from model.attention import attention
 from model.config import ModelConfig
+from model.rope import rope
 
 
 def make_param(
@@ -44,35 +45,22 @@ def make_param(
 
 
 class RMSNorm(nnx.Module):
-  """x / sqrt(mean(x^2) + eps) * scale, computed in float32."""
+  """x / sqrt(mean(x^2) + eps) * scale over the last axis, computed in float32.
 
-  def __init__(self, cfg: ModelConfig, *, n_stack: Optional[int] = None):
+  Over d_model by default; QK-norm normalises each head over its head_dim (axis "head_dim").
+  """
+
+  def __init__(self, cfg: ModelConfig, *, n_stack: Optional[int] = None,
+               width: Optional[int] = None, axis: str = "norm"):
     self.eps = cfg.norm_eps
     self.scale = make_param(
-        None, (cfg.d_model,), ("norm",), std=None, dtype=cfg.weight_dtype, n_stack=n_stack,
-        weight_decay=False)
+        None, (width or cfg.d_model,), (axis,), std=None, dtype=cfg.weight_dtype,
+        n_stack=n_stack, weight_decay=False)
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     x = x_BxTxD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
     return (x * self.scale[...].astype(jnp.float32)).astype(x_BxTxD.dtype)
-
-
-def rope(x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding, half-split layout: dimension i pairs with i + Dh/2.
-
-  This is the layout of Hugging Face's Llama (rotate_half), so converted checkpoints need no
-  permutation of the projection weights.
-  """
-  dh = x_BxTxNxDh.shape[-1]
-  inv_freq = theta ** (-jnp.arange(0, dh // 2, dtype=jnp.float32) * 2.0 / dh)
-  angles_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
-  cos = jnp.cos(angles_BxTxF)[:, :, None, :]
-  sin = jnp.sin(angles_BxTxF)[:, :, None, :]
-  x = x_BxTxNxDh.astype(jnp.float32)
-  x1, x2 = x[..., : dh // 2], x[..., dh // 2:]
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BxTxNxDh.dtype)
 
 
 class Attention(nnx.Module):
@@ -87,6 +75,9 @@ class Attention(nnx.Module):
     self.wk = make_param(rngs.params(), (d, k, dh), ("embed", "kv_heads", "head_dim"), std=cfg.init_std, **p)
     self.wv = make_param(rngs.params(), (d, k, dh), ("embed", "kv_heads", "head_dim"), std=cfg.init_std, **p)
     self.wo = make_param(rngs.params(), (h, dh, d), ("heads", "head_dim", "embed"), std=out_std, **p)
+    if cfg.qk_norm:  # one scale over head_dim, shared by every head (as Qwen3's q_norm, k_norm)
+      self.q_norm = RMSNorm(cfg, n_stack=n_stack, width=dh, axis="head_dim")
+      self.k_norm = RMSNorm(cfg, n_stack=n_stack, width=dh, axis="head_dim")
 
   def project_qkv(self, x_BxTxD: jax.Array, positions_BxT: jax.Array):
     """Queries, keys and values for x, with RoPE applied to q and k."""
@@ -95,8 +86,10 @@ class Attention(nnx.Module):
     q_BxTxHxDh = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))
     k_BxTxKxDh = jnp.einsum("btd,dhk->bthk", x, self.wk[...].astype(dt))
     v_BxTxKxDh = jnp.einsum("btd,dhk->bthk", x, self.wv[...].astype(dt))
-    q_BxTxHxDh = rope(q_BxTxHxDh, positions_BxT, self.cfg.rope_theta)
-    k_BxTxKxDh = rope(k_BxTxKxDh, positions_BxT, self.cfg.rope_theta)
+    if self.cfg.qk_norm:
+      q_BxTxHxDh, k_BxTxKxDh = self.q_norm(q_BxTxHxDh), self.k_norm(k_BxTxKxDh)
+    q_BxTxHxDh = rope(q_BxTxHxDh, positions_BxT, self.cfg.rope_theta, self.cfg.rope_scaling)
+    k_BxTxKxDh = rope(k_BxTxKxDh, positions_BxT, self.cfg.rope_theta, self.cfg.rope_scaling)
     return q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh
 
   def project_out(self, o_BxTxHxDh: jax.Array) -> jax.Array:

@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers", reason=_NEED)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from model import interop, transformer  # noqa: E402
@@ -49,6 +50,8 @@ def _save_hf(path, kind="llama", dtype=None, max_shard_size=None, **overrides):
   torch.manual_seed(0)
   if kind == "llama":
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**LLAMA, **overrides}))
+  elif kind == "qwen3":
+    model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**{**LLAMA, **overrides}))
   else:
     model = transformers.MixtralForCausalLM(transformers.MixtralConfig(**{**MIXTRAL, **overrides}))
   model = _perturbed(model)
@@ -194,15 +197,19 @@ def test_unscanned_layout_round_trips(llama_dirs, tmp_path):
 BASE = dict(LLAMA, model_type="llama", architectures=["LlamaForCausalLM"], num_attention_heads=4)
 REFUSED = {
     "hidden_act": dict(hidden_act="gelu"),
-    "rope_scaling": dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
-    "rope_parameters.rope_type": dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}),
+    "rope_scaling.rope_type": dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    "rope_parameters.rope_type": dict(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4}),
+    "rope_parameters.original_max_position_embeddings": dict(
+        rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 500.0}),
     "attention_bias": dict(attention_bias=True),
     "mlp_bias": dict(mlp_bias=True),
-    "head_dim": dict(head_dim=16),
+    "head_dim": dict(head_dim=7.5),
     "model_type": dict(model_type="gpt2"),
     "architectures": dict(architectures=["LlamaForSequenceClassification"]),
     "sliding_window": dict(model_type="mixtral", architectures=["MixtralForCausalLM"],
                            sliding_window=16),
+    "use_sliding_window": dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"],
+                               use_sliding_window=True, sliding_window=16),
     "vocab_size": dict(vocab_size=None),
 }
 
@@ -220,6 +227,55 @@ def test_settings_that_do_not_change_the_function_are_accepted():
       BASE, model_type="mixtral", architectures=["MixtralForCausalLM"], sliding_window=64,
       router_jitter_noise=0.1, attention_dropout=0.1, pretraining_tp=2, head_dim=8))
   assert cfg.moe.n_experts == 8 and cfg.head_dim == 8
+
+
+# Families and RoPE scalings beyond Llama 2: tiny random models built by transformers. The test
+# sequence (12 tokens) is longer than the original context (4), so every band of the scaled
+# frequencies is exercised (head_dim 8 and theta 500: wavelengths 6.3, 30, 140 and 660 tokens).
+FAMILIES = {
+    "llama3.1": ("llama", dict(VARIANTS["gqa_tied"], rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16})),
+    "yarn": ("llama", dict(VARIANTS["gqa_tied"], rope_scaling={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16})),
+    "qwen3": ("qwen3", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                            tie_word_embeddings=True)),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_llama3_yarn_and_qwen3_logits_equal_transformers_and_round_trip(family, tmp_path):
+  """Import gives transformers' logits; without the family's feature (the RoPE scaling, or
+  Qwen3's QK-norm) they differ, so the comparison can fail; export reproduces every tensor and a
+  config transformers reads back to the same model. Catches a wrong band of llama3 frequencies, a
+  yarn ramp or attention factor off, and QK-norm applied after RoPE or over the wrong axis."""
+  import dataclasses
+
+  from model.rope import RopeScaling
+  kind, overrides = FAMILIES[family]
+  src = _save_hf(tmp_path / "hf", kind=kind, **overrides)
+  cfg, params = interop.load_hf(src)
+  tokens = _tokens(cfg.vocab_size)
+  ours = _llmlab_logits(cfg, params, tokens)
+  np.testing.assert_allclose(ours, _hf_logits(src, tokens), atol=TOL, rtol=0)
+  if kind == "qwen3":
+    assert cfg.qk_norm and cfg.head_dim == 16 != cfg.d_model // cfg.n_heads
+    lacking = dataclasses.replace(cfg, qk_norm=False)
+    pure = nnx.to_pure_dict(params)
+    for name in ("q_norm", "k_norm"):
+      del pure["blocks"]["attn"][name]
+    _, plain = transformer.abstract(lacking)
+    nnx.replace_by_pure_dict(plain, pure)
+    other = _llmlab_logits(lacking, plain, tokens)
+  else:
+    assert cfg.rope_scaling.kind == overrides["rope_scaling"]["rope_type"]
+    other = _llmlab_logits(dataclasses.replace(cfg, rope_scaling=RopeScaling()), params, tokens)
+  assert np.max(np.abs(other - ours)) > 1e-3
+  interop.save_hf(str(tmp_path / "out"), cfg, params)
+  _assert_same_tensors(_tensors(src), _tensors(tmp_path / "out"))
+  again, _ = interop.load_hf(str(tmp_path / "out"))
+  assert again == cfg
+  np.testing.assert_allclose(_hf_logits(str(tmp_path / "out"), tokens), ours, atol=TOL, rtol=0)
 
 
 def test_transformers4_config_fields_are_read():
@@ -409,7 +465,6 @@ def test_imported_greedy_generation_equals_transformers(llama_dirs, mixtral_dir,
 
 def test_llmlab_model_exports_with_equal_logits_and_its_token_ids(tmp_path):
   """Export alone (no import before it): a freshly initialised llmlab model and its tokenizer."""
-  from flax import nnx
 
   from model.config import ModelConfig
   from train import tokenizer as tokenizer_lib

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from model.layers import rope
+from model.rope import rope
 
 
 def _numpy_rope(x_BxTxNxDh, positions_BxT, theta):

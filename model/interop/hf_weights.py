@@ -1,4 +1,4 @@
-"""Tensor names and layouts: Hugging Face Llama / Mixtral state dict <-> llmlab parameters.
+"""Tensor names and layouts: Hugging Face Llama / Mixtral / Qwen3 state dict <-> llmlab parameters.
 
 A torch Linear stores its weight as (out, in) and computes x @ W^T; llmlab stores (in..., out...)
 with the heads split out, e.g. wq (D, H, Dh) and wo (H, Dh, D). Every matrix therefore converts as
@@ -57,6 +57,10 @@ ATTENTION = (
     Spec(("attn", "wo"), "self_attn.o_proj.weight", 2),
     Spec(("mlp_norm", "scale"), "post_attention_layernorm.weight", None),
 )
+QK_NORM = (  # Qwen3: one RMSNorm scale over head_dim for the queries, one for the keys
+    Spec(("attn", "q_norm", "scale"), "self_attn.q_norm.weight", None),
+    Spec(("attn", "k_norm", "scale"), "self_attn.k_norm.weight", None),
+)
 DENSE_MLP = (
     Spec(("mlp", "w_gate"), "mlp.gate_proj.weight", 1),
     Spec(("mlp", "w_up"), "mlp.up_proj.weight", 1),
@@ -113,12 +117,13 @@ def _layer_prefix(i: int) -> str:
 
 
 def _block_specs(cfg: ModelConfig) -> tuple[Spec, ...]:
+  attention = ATTENTION + (QK_NORM if cfg.qk_norm else ())
   if not cfg.moe.enabled:
-    return ATTENTION + DENSE_MLP
+    return attention + DENSE_MLP
   if cfg.moe.every != 1:
     raise InteropError(
         f"model.moe.every={cfg.moe.every} has no Mixtral equivalent: Mixtral makes every layer MoE")
-  return ATTENTION + (MOE_ROUTER,) + MOE_EXPERTS
+  return attention + (MOE_ROUTER,) + MOE_EXPERTS
 
 
 def _layer_paths(cfg: ModelConfig, i: int, spec: Spec) -> tuple:
