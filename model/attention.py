@@ -32,8 +32,10 @@ def reference_attention(
     q_positions_BxT: Optional[jax.Array] = None,
     q_segment_ids_BxT: Optional[jax.Array] = None,
     kv_segment_ids_BxS: Optional[jax.Array] = None,
+    window: int = 0,
 ) -> jax.Array:
-  """Plain attention that materialises the (T, S) score matrix: the ground truth."""
+  """Plain attention that materialises the (T, S) score matrix: the ground truth. window > 0:
+  sliding-window attention (model.masks.make_mask)."""
   b, t, h, dh = q_BxTxHxDh.shape
   s, kv = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
   g = h // kv
@@ -43,7 +45,7 @@ def reference_attention(
   scores_BxKxGxTxS = scores_BxKxGxTxS * (dh ** -0.5)
   mask = make_mask(
       t, s, causal=causal, q_positions_BxT=q_positions_BxT,
-      q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
+      q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS, window=window)
   if mask is not None:
     scores_BxKxGxTxS = jnp.where(mask[:, None, None, :, :], scores_BxKxGxTxS, MASK_VALUE)
   probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1)  # float32 whatever the compute dtype
@@ -78,12 +80,14 @@ def available_implementations() -> tuple[str, ...]:
   return tuple(sorted(_IMPLEMENTATIONS))
 
 
-def _auto(q_BxTxHxDh: jax.Array, q_segment_ids_BxT: Optional[jax.Array]) -> str:
+def _auto(q_BxTxHxDh: jax.Array, q_segment_ids_BxT: Optional[jax.Array], window: int) -> str:
   """The fastest implementation available here for these inputs; never one that would fail.
 
   cuDNN where it takes the dtype and head dim, unless segment ids are given (it would need a
   dense (B, 1, T, S) mask: quadratic memory); the Pallas kernel on TPU; flash everywhere else.
   """
+  if window:  # the kernels' wrappers take no window
+    return "flash"
   if "cudnn" in _IMPLEMENTATIONS and q_segment_ids_BxT is None and kernels.cudnn_supports(
       q_BxTxHxDh.dtype, q_BxTxHxDh.shape[-1]):
     return "cudnn"
@@ -102,20 +106,26 @@ def attention(
     q_positions_BxT: Optional[jax.Array] = None,
     q_segment_ids_BxT: Optional[jax.Array] = None,
     kv_segment_ids_BxS: Optional[jax.Array] = None,
+    window: int = 0,
 ) -> jax.Array:
-  """Dispatches to the named implementation; returns (B, T, H, Dh) in the dtype of q."""
+  """Dispatches to the named implementation; returns (B, T, H, Dh) in the dtype of q.
+  window > 0: sliding-window attention (reference and flash; auto picks flash)."""
   h, kv = q_BxTxHxDh.shape[2], k_BxSxKxDh.shape[2]
   if h % kv:
     raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({kv})")
   _load_implementations()
   if implementation == "auto":
-    implementation = _auto(q_BxTxHxDh, q_segment_ids_BxT)
+    implementation = _auto(q_BxTxHxDh, q_segment_ids_BxT, window)
   fn = _IMPLEMENTATIONS.get(implementation)
   if fn is None:
     raise ValueError(
         f"attention implementation {implementation!r} is not available on backend "
         f"{_loaded_backend!r}; available here: {', '.join(available_implementations())}, auto "
         "(set model.attention_impl)")
+  if window and implementation not in ("reference", "flash"):
+    raise ValueError(f"attention implementation {implementation!r} has no sliding window; use "
+                     "flash, reference or auto (model.attention_impl)")
+  window_kw = {"window": window} if window else {}
   return fn(
       q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
-      q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
+      q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS, **window_kw)

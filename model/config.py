@@ -43,6 +43,9 @@ class ModelConfig:
   rope_scaling: RopeScaling = RopeScaling()  # kind none | llama3 | yarn (model/rope.py)
   d_head: int = 0  # width of each head; 0 = d_model / n_heads (Qwen3 decouples the two)
   qk_norm: bool = False  # RMSNorm over each query and key head before RoPE (Qwen3, Gemma 3)
+  # Sliding-window attention (Mistral): each token sees itself and the sliding_window - 1 tokens
+  # before it; 0 = the whole causal prefix.
+  sliding_window: int = 0
   norm_eps: float = 1e-5
   tie_embeddings: bool = True
   attention_impl: str = "reference"
@@ -81,6 +84,13 @@ class ModelConfig:
     if self.head_dim % 2:
       raise ValueError(f"the head width {self.head_dim} (model.d_head, or model.d_model / "
                        "model.n_heads) must be even for RoPE")
+    if not isinstance(self.sliding_window, int) or isinstance(self.sliding_window, bool) or self.sliding_window < 0:
+      raise ValueError(
+          f"model.sliding_window must be >= 0 (0 = off), got {self.sliding_window!r}")
+    if self.sliding_window and self.attention_impl in ("cudnn", "pallas"):
+      raise ValueError(
+          f"model.attention_impl={self.attention_impl} has no sliding window; use flash, "
+          "reference or auto with model.sliding_window")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(
           f"model.attention_impl={self.attention_impl!r} is unknown; allowed: {', '.join(ATTENTION_IMPLS)}")

@@ -55,6 +55,7 @@ class _Plan(NamedTuple):
   block_k: int
   kv_len: int  # S before padding; keys at or past it are padding and always masked
   kv_padded: bool
+  window: int = 0  # sliding window: a query at p sees keys p - window + 1..p; 0 = all
 
 
 def round_up(n: int, m: int) -> int:
@@ -70,6 +71,7 @@ def flash_attention(
     q_positions_BxT: Optional[jax.Array] = None,
     q_segment_ids_BxT: Optional[jax.Array] = None,
     kv_segment_ids_BxS: Optional[jax.Array] = None,
+    window: int = 0,
     block_q: int = DEFAULT_BLOCK_Q,
     block_k: int = DEFAULT_BLOCK_K,
 ) -> jax.Array:
@@ -83,7 +85,9 @@ def flash_attention(
   g = h // kv
   bq, bk = min(block_q, t), min(block_k, s)
   tp, sp = round_up(t, bq), round_up(s, bk)
-  plan = _Plan(causal=causal, block_q=bq, block_k=bk, kv_len=s, kv_padded=sp != s)
+  if window and not causal:
+    raise ValueError("a sliding window needs causal attention")
+  plan = _Plan(causal=causal, block_q=bq, block_k=bk, kv_len=s, kv_padded=sp != s, window=window)
 
   q_BxKxTxGxDh = q_BxTxHxDh.reshape(b, t, kv, g, dh).transpose(0, 2, 1, 3, 4)
   k_BxKxSxDh = k_BxSxKxDh.transpose(0, 2, 1, 3)
@@ -117,12 +121,24 @@ def _key_block_ends(plan: _Plan, positions_PxT: Optional[jax.Array], n_q: int, n
   return jnp.clip(last_pos_Q // plan.block_k + 1, 0, n_k).astype(jnp.int32)
 
 
+def _key_block_starts(plan: _Plan, positions_PxT: Optional[jax.Array], n_q: int) -> jax.Array:
+  """lo[i]: with a sliding window, query block i needs no key block before lo[i] (every key there
+  is more than `window` behind the block's first query); 0 otherwise. The backward pass visits
+  those tiles anyway, where the mask makes them exact zeros."""
+  if positions_PxT is None or not plan.window:
+    return jnp.zeros((n_q,), jnp.int32)
+  first_pos_Q = positions_PxT.reshape(positions_PxT.shape[0], n_q, plan.block_q).min(axis=(0, 2))
+  return jnp.maximum(first_pos_Q - plan.window + 1, 0) // plan.block_k
+
+
 def _tile_mask(plan, positions_Pxq, q_seg_Bxq, kv_seg_Bxc, kv_start) -> Optional[jax.Array]:
   """Boolean (B or 1, 1, q, 1, c) mask of one tile, broadcast over K and G; None if all visible."""
   kv_idx_c = kv_start + jnp.arange(plan.block_k)
   mask = None
   if plan.causal:
     mask = kv_idx_c[None, None, :] <= positions_Pxq[:, :, None]
+    if plan.window:
+      mask = mask & (kv_idx_c[None, None, :] > positions_Pxq[:, :, None] - plan.window)
   if plan.kv_padded:
     valid = (kv_idx_c < plan.kv_len)[None, None, :]
     mask = valid if mask is None else mask & valid
@@ -171,6 +187,7 @@ def _forward(plan: _Plan, q, k, v, positions, q_seg, kv_seg):
   bq, bk = plan.block_q, plan.block_k
   n_q, n_k = tp // bq, k.shape[2] // bk
   hi_Q = _key_block_ends(plan, positions, n_q, n_k)
+  lo_Q = _key_block_starts(plan, positions, n_q)
 
   def q_block(i, carry):
     o_buf, lse_buf = carry
@@ -194,7 +211,7 @@ def _forward(plan: _Plan, q, k, v, positions, q_seg, kv_seg):
     stats = (jnp.full((b, kv, bq, g), -jnp.inf, jnp.float32), jnp.zeros((b, kv, bq, g), jnp.float32),
              jnp.zeros((b, kv, bq, g, dh), jnp.float32))
     stats = tuple(_varying(x, vma) for x in stats)
-    m, l, acc = jax.lax.fori_loop(0, hi_Q[i], k_block, stats)
+    m, l, acc = jax.lax.fori_loop(lo_Q[i], jnp.maximum(hi_Q[i], lo_Q[i]), k_block, stats)
     seen = l > 0  # False only for rows whose every key block was skipped
     o_tile = acc / jnp.where(seen, l, 1.0)[..., None]
     lse_tile = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)  # inf: P = 0 in bwd

@@ -118,8 +118,10 @@ def attend(
     k_BKxDhxS: jax.Array,
     v_BKxSxDh: jax.Array,
     q_positions_BxT: jax.Array,
+    window: int = 0,
 ) -> jax.Array:
   """Causal attention of T queries at q_positions over all S cache slots: (B, T, H, Dh).
+  window > 0: a query at p sees slots p - window + 1..p only (sliding-window attention).
 
   The same maths as model/attention.reference_attention (float32 softmax, slot s visible to a
   query at position p iff s <= p, G = H / K query heads per cache head), on this layout: the
@@ -135,6 +137,8 @@ def attend(
       "nqd,nds->nqs", q_BKxTGxDh, k_BKxDhxS, preferred_element_type=jnp.float32)
   scores_BxKxTxGxS = scores_BKxTGxS.reshape(b, kv, t, g, s) * (dh ** -0.5)
   visible_BxTxS = jnp.arange(s)[None, None, :] <= q_positions_BxT[:, :, None]
+  if window:
+    visible_BxTxS = visible_BxTxS & (jnp.arange(s)[None, None, :] > q_positions_BxT[:, :, None] - window)
   scores_BxKxTxGxS = jnp.where(visible_BxTxS[:, None, :, None, :], scores_BxKxTxGxS, MASK_VALUE)
   probs_BKxTGxS = jax.nn.softmax(scores_BxKxTxGxS, axis=-1).reshape(b * kv, t * g, s)
   out_BKxTGxDh = jnp.einsum("nqs,nsd->nqd", probs_BKxTGxS.astype(v_BKxSxDh.dtype), v_BKxSxDh)

@@ -105,7 +105,8 @@ class Attention(nnx.Module):
     q, k, v = self.project_qkv(x_BxTxD, positions_BxT)
     o_BxTxHxDh = attention(
         q, k, v, implementation=self.cfg.attention_impl, causal=True,
-        q_segment_ids_BxT=segment_ids_BxT, kv_segment_ids_BxS=segment_ids_BxT)
+        q_segment_ids_BxT=segment_ids_BxT, kv_segment_ids_BxS=segment_ids_BxT,
+        window=self.cfg.sliding_window)
     return self.project_out(o_BxTxHxDh)
 
   def decode(
@@ -126,7 +127,7 @@ class Attention(nnx.Module):
     q, k_new, v_new = self.project_qkv(x_BxTxD, positions_BxT)
     k_BKxDhxS = kv_cache.write_keys(k_BKxDhxS, k_new, positions_BxT[:, 0])
     v_BKxSxDh = kv_cache.write_values(v_BKxSxDh, v_new, positions_BxT[:, 0])
-    o_BxTxHxDh = kv_cache.attend(q, k_BKxDhxS, v_BKxSxDh, positions_BxT)
+    o_BxTxHxDh = kv_cache.attend(q, k_BKxDhxS, v_BKxSxDh, positions_BxT, self.cfg.sliding_window)
     return self.project_out(o_BxTxHxDh), k_BKxDhxS, v_BKxSxDh
 
 

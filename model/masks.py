@@ -25,11 +25,13 @@ def make_mask(
     q_positions_BxT: Optional[jax.Array] = None,
     q_segment_ids_BxT: Optional[jax.Array] = None,
     kv_segment_ids_BxS: Optional[jax.Array] = None,
+    window: int = 0,
 ) -> Optional[jax.Array]:
   """Boolean mask (B or 1, T, S), True where a query may attend to a key, or None for no mask.
 
   Keys sit at positions 0..S-1. Queries sit at q_positions (default: the last T positions, so
-  that T == S is ordinary causal self-attention and T < S continues a cached prefix).
+  that T == S is ordinary causal self-attention and T < S continues a cached prefix). window > 0
+  (sliding-window attention, causal only): a query at p sees the `window` keys p - window + 1..p.
   """
   mask = None
   if causal:
@@ -37,6 +39,8 @@ def make_mask(
       q_positions_BxT = jnp.arange(s - t, s)[None, :]
     kv_pos = jnp.arange(s)
     mask = kv_pos[None, None, :] <= q_positions_BxT[:, :, None]
+    if window:
+      mask = mask & (kv_pos[None, None, :] > q_positions_BxT[:, :, None] - window)
   if q_segment_ids_BxT is not None:
     seg = q_segment_ids_BxT[:, :, None] == kv_segment_ids_BxS[:, None, :]
     mask = seg if mask is None else mask & seg

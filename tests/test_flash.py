@@ -95,6 +95,22 @@ def test_segment_ids_match_reference():
                                   block_k=16, masks=dict(q_segment_ids_BxT=seg, kv_segment_ids_BxS=seg))
 
 
+def test_sliding_window_with_segments_matches_reference_and_skips_blocks():
+  """Window 13 over 70 tokens in blocks of 8 (forward and backward, with packed segments): a
+  window off by one, or a skipped key block the window still reaches, breaks the match; the
+  window must also change the result, so the comparison can fail."""
+  seg = _packed_segments(np.random.default_rng(2), 2, 70)
+  masks = dict(q_segment_ids_BxT=seg, kv_segment_ids_BxS=seg, window=13)
+  _assert_flash_matches_reference(2, 70, 70, 2, 2, 8, jnp.float32, causal=True, block_q=8,
+                                  block_k=8, masks=masks)
+  plan = flash._Plan(causal=True, block_q=8, block_k=8, kv_len=70, kv_padded=True, window=13)
+  starts = flash._key_block_starts(plan, jnp.arange(72)[None], 9)
+  np.testing.assert_array_equal(starts, [0, 0, 0, 1, 2, 3, 4, 5, 6])  # (8i - 12) // 8
+  q = jnp.asarray(np.random.default_rng(3).standard_normal((1, 40, 2, 8)), jnp.float32)
+  k = v = q
+  assert not np.allclose(reference_attention(q, k, v, window=13), reference_attention(q, k, v))
+
+
 def test_q_positions_decoding_against_a_cache_matches_reference():
   # Two sequences filled to different depths of a 70-slot cache, 3 new tokens each.
   positions = jnp.asarray([[9, 10, 11], [60, 61, 62]], jnp.int32)

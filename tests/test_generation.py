@@ -17,10 +17,18 @@ def small_cfg(**kw) -> ModelConfig:
   return ModelConfig(**base)
 
 
-@pytest.mark.parametrize("n_kv_heads,scan", [(4, True), (2, True), (1, True), (2, False)],
-                         ids=["mha", "gqa", "mqa", "gqa-noscan"])
-def test_prefill_plus_decode_steps_match_full_forward(n_kv_heads, scan):
-  cfg = small_cfg(n_kv_heads=n_kv_heads, scan_layers=scan)
+# Sliding window 4 < the 12 tokens (the cache must mask what the window drops), with QK-norm and
+# yarn-scaled RoPE on the same path.
+VARIANTS = dict(sliding_window=4, qk_norm=True,
+                rope_scaling=dict(kind="yarn", factor=4.0, original_max_seq_len=8))
+
+
+@pytest.mark.parametrize("n_kv_heads,scan,variants",
+                         [(4, True, {}), (2, True, {}), (1, True, {}), (2, False, {}),
+                          (2, True, VARIANTS)],
+                         ids=["mha", "gqa", "mqa", "gqa-noscan", "window-qknorm-yarn"])
+def test_prefill_plus_decode_steps_match_full_forward(n_kv_heads, scan, variants):
+  cfg = small_cfg(n_kv_heads=n_kv_heads, scan_layers=scan, **variants)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   tokens_BxT = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
   full_BxTxV = jax.jit(lambda p, t: transformer.apply(graphdef, p, t))(params, tokens_BxT)

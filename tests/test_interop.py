@@ -52,6 +52,8 @@ def _save_hf(path, kind="llama", dtype=None, max_shard_size=None, **overrides):
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**LLAMA, **overrides}))
   elif kind == "qwen3":
     model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**{**LLAMA, **overrides}))
+  elif kind == "mistral":
+    model = transformers.MistralForCausalLM(transformers.MistralConfig(**{**LLAMA, **overrides}))
   else:
     model = transformers.MixtralForCausalLM(transformers.MixtralConfig(**{**MIXTRAL, **overrides}))
   model = _perturbed(model)
@@ -206,10 +208,12 @@ REFUSED = {
     "head_dim": dict(head_dim=7.5),
     "model_type": dict(model_type="gpt2"),
     "architectures": dict(architectures=["LlamaForSequenceClassification"]),
-    "sliding_window": dict(model_type="mixtral", architectures=["MixtralForCausalLM"],
-                           sliding_window=16),
+    "sliding_window": dict(model_type="mistral", architectures=["MistralForCausalLM"],
+                           sliding_window=-3),
     "use_sliding_window": dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"],
                                use_sliding_window=True, sliding_window=16),
+    "layer_types": dict(layer_types=["full_attention", "sliding_attention"], sliding_window=16,
+                        model_type="mistral", architectures=["MistralForCausalLM"]),
     "vocab_size": dict(vocab_size=None),
 }
 
@@ -240,13 +244,14 @@ FAMILIES = {
         "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16})),
     "qwen3": ("qwen3", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                             tie_word_embeddings=True)),
+    "mistral": ("mistral", dict(VARIANTS["gqa_tied"], sliding_window=5)),  # window < 12 tokens
 }
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_llama3_yarn_and_qwen3_logits_equal_transformers_and_round_trip(family, tmp_path):
-  """Import gives transformers' logits; without the family's feature (the RoPE scaling, or
-  Qwen3's QK-norm) they differ, so the comparison can fail; export reproduces every tensor and a
+def test_llama3_yarn_qwen3_mistral_logits_equal_transformers_and_round_trip(family, tmp_path):
+  """Import gives transformers' logits; without the family's feature (the RoPE scaling, Qwen3's
+  QK-norm, Mistral's sliding window) they differ, so the comparison can fail; export reproduces every tensor and a
   config transformers reads back to the same model. Catches a wrong band of llama3 frequencies, a
   yarn ramp or attention factor off, and QK-norm applied after RoPE or over the wrong axis."""
   import dataclasses
@@ -267,6 +272,9 @@ def test_llama3_yarn_and_qwen3_logits_equal_transformers_and_round_trip(family, 
     _, plain = transformer.abstract(lacking)
     nnx.replace_by_pure_dict(plain, pure)
     other = _llmlab_logits(lacking, plain, tokens)
+  elif kind == "mistral":
+    assert cfg.sliding_window == 5
+    other = _llmlab_logits(dataclasses.replace(cfg, sliding_window=0), params, tokens)
   else:
     assert cfg.rope_scaling.kind == overrides["rope_scaling"]["rope_type"]
     other = _llmlab_logits(dataclasses.replace(cfg, rope_scaling=RopeScaling()), params, tokens)

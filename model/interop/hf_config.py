@@ -24,11 +24,12 @@ from model.config import ModelConfig
 from model.moe import MoEConfig
 from model.rope import RopeScaling
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                 "mixtral": "MixtralForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # transformers' defaults for fields a config.json may leave out.
 _DEFAULTS = {
     "llama": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 2048},
+    "mistral": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 4096 * 32},
     "mixtral": {"rope_theta": 1e6, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096 * 32},
     "qwen3": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
               "head_dim": 128},
@@ -194,16 +195,19 @@ def to_model_config(hf: dict, *, param_dtype: str = "float32", dtype: str = "flo
   d_head = 0 if head_dim is None or (d % h == 0 and head_dim == d // h) else head_dim
   max_pos = hf.get("max_position_embeddings") or defaults["max_position_embeddings"]
   window = hf.get("sliding_window")
-  if model_type == "qwen3" and not hf.get("use_sliding_window", False):
-    window = None  # Qwen3 ignores sliding_window unless use_sliding_window says otherwise
-  if window is not None and window < max_pos:
-    field = "use_sliding_window with sliding_window" if model_type == "qwen3" else "sliding_window"
-    raise _refuse(field, window,
-                  f"llmlab has no sliding-window attention and max_position_embeddings="
-                  f"{max_pos} is longer")
+  if model_type == "qwen3" and hf.get("use_sliding_window", False):
+    # Qwen3's window acts on the layers from max_window_layers on: a per-layer pattern.
+    raise _refuse("use_sliding_window", True,
+                  "Qwen3 mixes windowed and full layers, and llmlab's window is one for all layers")
+  if model_type == "qwen3" or model_type == "llama" or window is None or window >= max_pos:
+    window = 0  # Qwen3 and Llama ignore sliding_window; a window as long as the context is none
+  if not isinstance(window, int) or window < 0:
+    raise _refuse("sliding_window", window, "expected a non-negative integer")
   layer_types = hf.get("layer_types")
-  if layer_types and set(layer_types) != {"full_attention"}:
-    raise _refuse("layer_types", sorted(set(layer_types)), "llmlab's layers all attend fully")
+  if layer_types and set(layer_types) != {"full_attention"} and not (
+      window and set(layer_types) == {"sliding_attention"}):
+    raise _refuse("layer_types", sorted(set(layer_types)),
+                  "llmlab's layers attend all in the same way (model.sliding_window)")
   moe = MoEConfig()
   if model_type == "mixtral":
     # Mixtral's MoE: every layer, softmax over all experts, top-k renormalised, no token
@@ -218,7 +222,7 @@ def to_model_config(hf: dict, *, param_dtype: str = "float32", dtype: str = "flo
         vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"], n_heads=h,
         n_kv_heads=hf.get("num_key_value_heads") or h, d_ff=hf["intermediate_size"],
         max_seq_len=max_pos, rope_theta=theta, rope_scaling=scaling, d_head=d_head,
-        qk_norm=model_type == "qwen3",
+        qk_norm=model_type == "qwen3", sliding_window=window,
         norm_eps=float(hf.get("rms_norm_eps", defaults["rms_norm_eps"])),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), dtype=dtype,
         param_dtype=param_dtype, scan_layers=scan_layers,
@@ -231,11 +235,14 @@ def to_model_config(hf: dict, *, param_dtype: str = "float32", dtype: str = "flo
 
 def model_type_of(cfg: ModelConfig) -> str:
   """The Hugging Face family that computes what cfg computes: Mixtral for MoE, Qwen3 for
-  QK-norm, Llama otherwise."""
-  if cfg.moe.enabled and cfg.qk_norm:
-    raise InteropError("model.moe with model.qk_norm has no Hugging Face family llmlab exports "
-                       "(Mixtral has no QK-norm, Qwen3 no experts)")
-  return "mixtral" if cfg.moe.enabled else "qwen3" if cfg.qk_norm else "llama"
+  QK-norm, Mistral for a sliding window, Llama otherwise."""
+  if cfg.qk_norm and (cfg.moe.enabled or cfg.sliding_window):
+    raise InteropError("model.qk_norm with model.moe or model.sliding_window has no Hugging Face "
+                       "family llmlab exports (Qwen3 has QK-norm but no experts and no window "
+                       "on every layer)")
+  if cfg.moe.enabled:
+    return "mixtral"
+  return "qwen3" if cfg.qk_norm else "mistral" if cfg.sliding_window else "llama"
 
 
 def from_model_config(cfg: ModelConfig, *, dtype: str, base: Optional[dict] = None) -> dict:
@@ -274,8 +281,10 @@ def from_model_config(cfg: ModelConfig, *, dtype: str, base: Optional[dict] = No
         "num_local_experts": cfg.moe.n_experts,
         "num_experts_per_tok": cfg.moe.top_k,
         "router_aux_loss_coef": cfg.moe.aux_loss_weight,
-        "sliding_window": None,
+        "sliding_window": cfg.sliding_window or None,
     })
+  elif model_type == "mistral":
+    out["sliding_window"] = cfg.sliding_window
   else:
     out.update({"attention_bias": False})
     if model_type == "llama":
