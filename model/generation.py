@@ -68,9 +68,12 @@ def prefill(
   return jnp.take_along_axis(logits_BxTxV, last_Bx1x1, axis=1)[:, 0], cache
 
 
-def cache_length(prompt_len: int, max_new_tokens: int) -> int:
-  """Slots needed: the last token fed sits at position prompt_len + max_new_tokens - 2."""
-  return prompt_len + max_new_tokens
+def cache_length(prompt_len: int, max_new_tokens: int, window: int = 0) -> int:
+  """Slots needed: the last token fed sits at position prompt_len + max_new_tokens - 2. With a
+  sliding window W the cache is a ring of W + prompt_len - 1 slots (model/kv_cache.py), however
+  many tokens are generated."""
+  full = prompt_len + max_new_tokens
+  return min(full, window + prompt_len - 1) if window else full
 
 
 def make_generate(
@@ -85,7 +88,7 @@ def make_generate(
 
   def generate(params, prompts_BxT, prompt_lengths_B, keys_B) -> Generated:
     b, t = prompts_BxT.shape
-    cache = kv_cache.init(cfg, b, cache_length(t, n_new))
+    cache = kv_cache.init(cfg, b, cache_length(t, n_new, cfg.sliding_window))
     logits_BxV, cache = prefill(graphdef, params, prompts_BxT, prompt_lengths_B, cache)
     tok_B = sampling.sample(step_keys(keys_B, 0), logits_BxV, spec.sampling)
     out_BxN = jnp.full((b, n_new), spec.eot_id, jnp.int32).at[:, 0].set(tok_B)

@@ -11,13 +11,20 @@ cost whole-cache copies at every layer of every step: with the (B, S, K, Dh) of
 model/attention.py it transposes the cache before multiplying, and with separate B and K axes
 it fuses the in-place update into the matmul as a second, copied version of the cache.
 
-A token at position p writes slot p; a query at position p attends to slots 0..p, so slots past a
-row's current length are never read before they are written again. That makes two things free:
+A token at position p writes slot p mod S; a query at position p attends to the slots holding
+positions 0..p (p - W + 1..p with a sliding window of W), so slots past a row's current length
+are never read before they are written again. That makes three things free:
   - prompts of different lengths share one batch (right-padded; the padding's slots are masked,
     then overwritten by the first generated tokens);
   - rollback (speculative decoding) is only moving a row's length back: the rejected tokens'
-    slots are stale but masked, and the next accepted token overwrites them.
-The cache therefore stores no lengths; the decode loops keep each row's position themselves.
+    slots are stale but masked, and the next accepted token overwrites them;
+  - with a sliding window the cache is a ring buffer: S = W + T - 1 slots serve any length when
+    at most T tokens are written at once (the prompt, in generation), because a write of T
+    tokens overwrites only positions that every query of the chunk sees outside its window.
+Which position a slot holds follows from the chunk's last position (slot_positions), so the
+cache stores no lengths; the decode loops keep each row's position themselves. A write of T
+tokens must not wrap past slot S - 1 (generation's prefill starts at slot 0, later writes are one
+token), and a cache without a window needs a slot for every position.
 
 Size per sequence: 2 (k and v) * layers * n_kv_heads * head_dim * length * bytes per element, so
 GQA and MQA shrink it by n_heads / n_kv_heads against MHA.
@@ -100,17 +107,27 @@ def _write_rows(cache: jax.Array, new: jax.Array, start_B: jax.Array, slot_axis:
 
 
 def write_keys(k_BKxDhxS: jax.Array, new_BxTxKxDh: jax.Array, start_B: jax.Array) -> jax.Array:
-  """Writes row b's T new keys into slots start_B[b].. of one layer's keys, in place."""
+  """Writes row b's T new keys (positions start_B[b]..) into their slots of one layer's keys,
+  in place."""
   b, t, kv, dh = new_BxTxKxDh.shape
   new_BKxDhxT = new_BxTxKxDh.transpose(0, 2, 3, 1).reshape(b * kv, dh, t)
-  return _write_rows(k_BKxDhxS, new_BKxDhxT.astype(k_BKxDhxS.dtype), start_B, slot_axis=2)
+  slots_B = start_B % k_BKxDhxS.shape[2]
+  return _write_rows(k_BKxDhxS, new_BKxDhxT.astype(k_BKxDhxS.dtype), slots_B, slot_axis=2)
 
 
 def write_values(v_BKxSxDh: jax.Array, new_BxTxKxDh: jax.Array, start_B: jax.Array) -> jax.Array:
-  """Writes row b's T new values into slots start_B[b].. of one layer's values, in place."""
+  """Writes row b's T new values (positions start_B[b]..) into their slots, in place."""
   b, t, kv, dh = new_BxTxKxDh.shape
   new_BKxTxDh = new_BxTxKxDh.transpose(0, 2, 1, 3).reshape(b * kv, t, dh)
-  return _write_rows(v_BKxSxDh, new_BKxTxDh.astype(v_BKxSxDh.dtype), start_B, slot_axis=1)
+  slots_B = start_B % v_BKxSxDh.shape[1]
+  return _write_rows(v_BKxSxDh, new_BKxTxDh.astype(v_BKxSxDh.dtype), slots_B, slot_axis=1)
+
+
+def slot_positions(q_positions_BxT: jax.Array, s: int) -> jax.Array:
+  """(B, S): the position each slot holds once the chunk at q_positions is written: the newest
+  position p' <= the chunk's last with p' = slot mod S (negative: never written)."""
+  last_Bx1 = jnp.max(q_positions_BxT, axis=1, keepdims=True)
+  return last_Bx1 - (last_Bx1 - jnp.arange(s)[None, :]) % s
 
 
 def attend(
@@ -136,9 +153,11 @@ def attend(
   scores_BKxTGxS = jnp.einsum(
       "nqd,nds->nqs", q_BKxTGxDh, k_BKxDhxS, preferred_element_type=jnp.float32)
   scores_BxKxTxGxS = scores_BKxTGxS.reshape(b, kv, t, g, s) * (dh ** -0.5)
-  visible_BxTxS = jnp.arange(s)[None, None, :] <= q_positions_BxT[:, :, None]
+  held_Bx1xS = slot_positions(q_positions_BxT, s)[:, None, :]
+  q_BxTx1 = q_positions_BxT[:, :, None]
+  visible_BxTxS = (held_Bx1xS <= q_BxTx1) & (held_Bx1xS >= 0)
   if window:
-    visible_BxTxS = visible_BxTxS & (jnp.arange(s)[None, None, :] > q_positions_BxT[:, :, None] - window)
+    visible_BxTxS = visible_BxTxS & (held_Bx1xS > q_BxTx1 - window)
   scores_BxKxTxGxS = jnp.where(visible_BxTxS[:, None, :, None, :], scores_BxKxTxGxS, MASK_VALUE)
   probs_BKxTGxS = jax.nn.softmax(scores_BxKxTxGxS, axis=-1).reshape(b * kv, t * g, s)
   out_BKxTGxDh = jnp.einsum("nqs,nsd->nqd", probs_BKxTGxS.astype(v_BKxSxDh.dtype), v_BKxSxDh)

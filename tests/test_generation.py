@@ -47,6 +47,28 @@ def test_prefill_plus_decode_steps_match_full_forward(n_kv_heads, scan, variants
   np.testing.assert_allclose(cached_BxTxV, full_BxTxV, atol=1e-5, rtol=0)
 
 
+def test_sliding_window_ring_cache_matches_full_forward_and_stays_constant():
+  """A window of 4 decoded through a ring of 4 + 5 - 1 = 8 slots for 12 tokens: the logits of the
+  full forward pass. Catches a slot not taken modulo the ring, a slot read as the wrong position,
+  and a ring too small for the prompt; the ring's size does not grow with the tokens generated."""
+  cfg = small_cfg(sliding_window=4)
+  graphdef, params = transformer.create(cfg, jax.random.key(0))
+  tokens_BxT = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
+  full_BxTxV = transformer.apply(graphdef, params, tokens_BxT)
+  n_prompt = 5
+  slots = generation.cache_length(n_prompt, 7, cfg.sliding_window)
+  assert slots == 8 == generation.cache_length(n_prompt, 1000, cfg.sliding_window)
+  cache = kv_cache.init(cfg, 2, slots)
+  step = jax.jit(lambda p, t, q, c: transformer.decode(graphdef, p, t, q, c))
+  pos = jnp.broadcast_to(jnp.arange(n_prompt)[None], (2, n_prompt))
+  logits, cache = step(params, tokens_BxT[:, :n_prompt], pos, cache)
+  pieces = [logits]
+  for i in range(n_prompt, 12):
+    logits, cache = step(params, tokens_BxT[:, i:i + 1], jnp.full((2, 1), i, jnp.int32), cache)
+    pieces.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full_BxTxV, atol=1e-5, rtol=0)
+
+
 def test_rows_at_different_positions_match_their_own_forward():
   cfg = small_cfg()
   graphdef, params = transformer.create(cfg, jax.random.key(0))
