@@ -46,6 +46,11 @@ class ModelConfig:
   # Sliding-window attention (Mistral): each token sees itself and the sliding_window - 1 tokens
   # before it; 0 = the whole causal prefix.
   sliding_window: int = 0
+  # Multi-head latent attention (DeepSeek-V2, model/mla.py): keys and values from a latent of
+  # kv_lora_rank dims per token, the only thing decoding caches, plus a decoupled RoPE key of
+  # qk_rope_head_dim dims shared by the heads. 0 = ordinary attention (MHA / GQA / MQA).
+  kv_lora_rank: int = 0
+  qk_rope_head_dim: int = 0
   norm_eps: float = 1e-5
   tie_embeddings: bool = True
   attention_impl: str = "reference"
@@ -87,6 +92,24 @@ class ModelConfig:
     if not isinstance(self.sliding_window, int) or isinstance(self.sliding_window, bool) or self.sliding_window < 0:
       raise ValueError(
           f"model.sliding_window must be >= 0 (0 = off), got {self.sliding_window!r}")
+    for name in ("kv_lora_rank", "qk_rope_head_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"model.{name} must be >= 0, got {value!r}")
+    if self.kv_lora_rank:
+      dr = self.qk_rope_head_dim
+      if not (dr > 0 and dr % 2 == 0 and dr < self.head_dim):
+        raise ValueError(
+            f"model.qk_rope_head_dim={dr} must be even, positive and below the head width "
+            f"{self.head_dim} with latent attention (model.kv_lora_rank={self.kv_lora_rank})")
+      if self.n_kv_heads != self.n_heads:
+        raise ValueError(
+            f"latent attention has a key and value per head: set model.n_kv_heads="
+            f"{self.n_heads} (= model.n_heads), not {self.n_kv_heads}")
+      if self.qk_norm:
+        raise ValueError("model.qk_norm with latent attention (model.kv_lora_rank) is not built")
+    elif self.qk_rope_head_dim:
+      raise ValueError("model.qk_rope_head_dim needs latent attention: set model.kv_lora_rank")
     if self.sliding_window and self.attention_impl in ("cudnn", "pallas"):
       raise ValueError(
           f"model.attention_impl={self.attention_impl} has no sliding window; use flash, "
@@ -164,6 +187,9 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
   """
   d, f, dh = cfg.d_model, cfg.d_ff, cfg.head_dim
   attn = d * cfg.n_heads * dh * 2 + d * cfg.n_kv_heads * dh * 2  # wq, wo, wk, wv
+  if cfg.kv_lora_rank:  # wq, wo; w_dkv, kv_norm, w_uk, w_uv, w_kr (model/mla.py)
+    dc, dr, h = cfg.kv_lora_rank, cfg.qk_rope_head_dim, cfg.n_heads
+    attn = d * h * dh * 2 + d * dc + dc + dc * h * (dh - dr) + dc * h * dh + d * dr
   dense_mlp = 3 * d * f
   n_moe = cfg.n_moe_layers
   expert = 3 * d * cfg.d_expert

@@ -63,10 +63,18 @@ class KVCache(NamedTuple):
 
 def init(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
   """A zeroed cache for `batch` sequences of up to `max_len` tokens, in the compute dtype,
-  laid out like the model's layers (stacked with scan_layers, else one buffer per layer)."""
+  laid out like the model's layers (stacked with scan_layers, else one buffer per layer).
+
+  Latent attention (model/mla.py) caches one (Dc + Dr) vector per token in the keys' buffer,
+  laid out (B, Dc + Dr, S) like one key head, and nothing in the values' (zero-width) buffer.
+  """
   dtype = cfg.compute_dtype if dtype is None else dtype
-  k_shape = (batch * cfg.n_kv_heads, cfg.head_dim, max_len)
-  v_shape = (batch * cfg.n_kv_heads, max_len, cfg.head_dim)
+  if cfg.kv_lora_rank:
+    k_shape = (batch, cfg.kv_lora_rank + cfg.qk_rope_head_dim, max_len)
+    v_shape = (batch, max_len, 0)
+  else:
+    k_shape = (batch * cfg.n_kv_heads, cfg.head_dim, max_len)
+    v_shape = (batch * cfg.n_kv_heads, max_len, cfg.head_dim)
   if cfg.scan_layers:
     return KVCache(jnp.zeros((cfg.n_layers, *k_shape), dtype),
                    jnp.zeros((cfg.n_layers, *v_shape), dtype))
@@ -75,9 +83,12 @@ def init(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCac
 
 
 def bytes_per_sequence(cfg: ModelConfig, length: int, dtype: Any = None) -> int:
-  """2 * layers * n_kv_heads * head_dim * length * bytes per element."""
+  """2 * layers * n_kv_heads * head_dim * length * bytes per element; with latent attention
+  layers * (kv_lora_rank + qk_rope_head_dim) * length * bytes per element."""
   dtype = cfg.compute_dtype if dtype is None else dtype
   itemsize = np.dtype(dtype).itemsize
+  if cfg.kv_lora_rank:
+    return cfg.n_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * length * itemsize
   return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * length * itemsize
 
 
@@ -130,6 +141,34 @@ def slot_positions(q_positions_BxT: jax.Array, s: int) -> jax.Array:
   return last_Bx1 - (last_Bx1 - jnp.arange(s)[None, :]) % s
 
 
+def _visible(q_positions_BxT: jax.Array, s: int, window: int) -> jax.Array:
+  """(B, T, S): slot visible to each query (causal, within the window, ever written)."""
+  held_Bx1xS = slot_positions(q_positions_BxT, s)[:, None, :]
+  q_BxTx1 = q_positions_BxT[:, :, None]
+  visible_BxTxS = (held_Bx1xS <= q_BxTx1) & (held_Bx1xS >= 0)
+  if window:
+    visible_BxTxS = visible_BxTxS & (held_Bx1xS > q_BxTx1 - window)
+  return visible_BxTxS
+
+
+def attend_latent(q_BxTxHxC: jax.Array, latents_BxCxS: jax.Array, q_positions_BxT: jax.Array,
+                  n_value: int, *, scale: float, window: int = 0) -> jax.Array:
+  """Latent attention's decode (model/mla.py): each of the H query heads, mapped into latent
+  space (C = Dc + Dr), against every cached latent; returns the softmax-weighted sum of the first
+  n_value (= Dc) latent dims, (B, T, H, Dc). The H heads and T queries are the rows of one matmul
+  per batch row, over the cache as it lies in memory."""
+  b, t, h, c = q_BxTxHxC.shape
+  s = latents_BxCxS.shape[-1]
+  scores_BxTHxS = jnp.einsum("bqc,bcs->bqs", q_BxTxHxC.reshape(b, t * h, c), latents_BxCxS,
+                             preferred_element_type=jnp.float32) * scale
+  visible_BxTx1xS = _visible(q_positions_BxT, s, window)[:, :, None, :]
+  scores_BxTxHxS = jnp.where(visible_BxTx1xS, scores_BxTHxS.reshape(b, t, h, s), MASK_VALUE)
+  probs_BxTHxS = jax.nn.softmax(scores_BxTxHxS, axis=-1).reshape(b, t * h, s)
+  out_BxTHxDc = jnp.einsum("bqs,bcs->bqc", probs_BxTHxS.astype(latents_BxCxS.dtype),
+                           latents_BxCxS[:, :n_value])
+  return out_BxTHxDc.reshape(b, t, h, n_value)
+
+
 def attend(
     q_BxTxHxDh: jax.Array,
     k_BKxDhxS: jax.Array,
@@ -153,11 +192,7 @@ def attend(
   scores_BKxTGxS = jnp.einsum(
       "nqd,nds->nqs", q_BKxTGxDh, k_BKxDhxS, preferred_element_type=jnp.float32)
   scores_BxKxTxGxS = scores_BKxTGxS.reshape(b, kv, t, g, s) * (dh ** -0.5)
-  held_Bx1xS = slot_positions(q_positions_BxT, s)[:, None, :]
-  q_BxTx1 = q_positions_BxT[:, :, None]
-  visible_BxTxS = (held_Bx1xS <= q_BxTx1) & (held_Bx1xS >= 0)
-  if window:
-    visible_BxTxS = visible_BxTxS & (held_Bx1xS > q_BxTx1 - window)
+  visible_BxTxS = _visible(q_positions_BxT, s, window)
   scores_BxKxTxGxS = jnp.where(visible_BxTxS[:, None, :, None, :], scores_BxKxTxGxS, MASK_VALUE)
   probs_BKxTGxS = jax.nn.softmax(scores_BxKxTxGxS, axis=-1).reshape(b * kv, t * g, s)
   out_BKxTGxDh = jnp.einsum("nqs,nsd->nqd", probs_BKxTGxS.astype(v_BKxSxDh.dtype), v_BKxSxDh)

@@ -1,8 +1,7 @@
-"""The pieces of a decoder block: RMSNorm, RoPE, grouped-query attention, SwiGLU or MoE.
+"""The pieces of a decoder block: grouped-query attention (or latent attention, model/mla.py),
+SwiGLU or MoE, each after an RMSNorm (model/primitives.py).
 
-Every parameter is an nnx.Param carrying `logical_axes`, a tuple of names (vocab, embed, heads,
-kv_heads, head_dim, mlp, norm, layers) that sharding/ maps onto mesh axes; the model never names a
-mesh axis. A block built with n_stack = L holds each parameter with a leading `layers` axis of size
+Parameters carry logical axis names (model/primitives.py make_param). A block built with n_stack = L holds each parameter with a leading `layers` axis of size
 L, so the Transformer can run all its layers as one lax.scan over one compiled body.
 """
 
@@ -18,49 +17,9 @@ from model import kv_cache
 from model import moe as moe_lib
 from model.attention import attention
 from model.config import ModelConfig
+from model.mla import LatentAttention
+from model.primitives import RMSNorm, make_param
 from model.rope import rope
-
-
-def make_param(
-    key: jax.Array,
-    shape: tuple[int, ...],
-    axes: tuple[str, ...],
-    *,
-    std: Optional[float],
-    dtype,
-    n_stack: Optional[int] = None,
-    weight_decay: bool = True,
-) -> nnx.Param:
-  """A parameter drawn from N(0, std^2) (or ones when std is None).
-
-  Its metadata carries the logical axis names and whether AdamW decays it.
-  """
-  if n_stack is not None:
-    shape, axes = (n_stack, *shape), ("layers", *axes)
-  if std is None:
-    value = jnp.ones(shape, dtype)
-  else:
-    value = (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-  return nnx.Param(value, logical_axes=axes, weight_decay=weight_decay)
-
-
-class RMSNorm(nnx.Module):
-  """x / sqrt(mean(x^2) + eps) * scale over the last axis, computed in float32.
-
-  Over d_model by default; QK-norm normalises each head over its head_dim (axis "head_dim").
-  """
-
-  def __init__(self, cfg: ModelConfig, *, n_stack: Optional[int] = None,
-               width: Optional[int] = None, axis: str = "norm"):
-    self.eps = cfg.norm_eps
-    self.scale = make_param(
-        None, (width or cfg.d_model,), (axis,), std=None, dtype=cfg.weight_dtype,
-        n_stack=n_stack, weight_decay=False)
-
-  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-    x = x_BxTxD.astype(jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-    return (x * self.scale[...].astype(jnp.float32)).astype(x_BxTxD.dtype)
 
 
 class Attention(nnx.Module):
@@ -188,7 +147,8 @@ class Block(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, n_stack: Optional[int] = None,
                moe: bool = False):
     self.attn_norm = RMSNorm(cfg, n_stack=n_stack)
-    self.attn = Attention(cfg, rngs, n_stack=n_stack)
+    attention_cls = LatentAttention if cfg.kv_lora_rank else Attention
+    self.attn = attention_cls(cfg, rngs, n_stack=n_stack)
     self.mlp_norm = RMSNorm(cfg, n_stack=n_stack)
     self.mlp = MoEFFN(cfg, rngs, n_stack=n_stack) if moe else SwiGLU(cfg, rngs, n_stack=n_stack)
 

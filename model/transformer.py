@@ -12,7 +12,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from model.config import ModelConfig
 from model.kv_cache import KVCache
-from model.layers import Block, RMSNorm, make_param
+from model.layers import Block
+from model.primitives import RMSNorm, make_param
 
 _REMAT = {
     "full": None,  # save nothing inside a layer, recompute it all in the backward pass

@@ -37,6 +37,7 @@ PARTITIONED: rules_lib.Rules = {
     **rules_lib.TENSOR_PARALLEL,
     "embed": BATCH_AXES,
     "norm": BATCH_AXES,
+    "latent": BATCH_AXES,  # latent attention's up-projections have no embed axis
 }
 WHOLE: rules_lib.Rules = rules_lib.TENSOR_PARALLEL  # whole on every data-parallel device
 

@@ -21,12 +21,16 @@ def small_cfg(**kw) -> ModelConfig:
 # yarn-scaled RoPE on the same path.
 VARIANTS = dict(sliding_window=4, qk_norm=True,
                 rope_scaling=dict(kind="yarn", factor=4.0, original_max_seq_len=8))
+# Latent attention decodes by absorbed matrices over cached latents (model/mla.py), a different
+# computation from the training forward's explicit keys and values: equal logits check the
+# absorption (a W_uk or W_uv used untransposed, RoPE on the wrong dims, a wrong score scale).
+MLA = dict(kv_lora_rank=12, qk_rope_head_dim=4, sliding_window=6)
 
 
 @pytest.mark.parametrize("n_kv_heads,scan,variants",
                          [(4, True, {}), (2, True, {}), (1, True, {}), (2, False, {}),
-                          (2, True, VARIANTS)],
-                         ids=["mha", "gqa", "mqa", "gqa-noscan", "window-qknorm-yarn"])
+                          (2, True, VARIANTS), (4, True, MLA)],
+                         ids=["mha", "gqa", "mqa", "gqa-noscan", "window-qknorm-yarn", "mla-window"])
 def test_prefill_plus_decode_steps_match_full_forward(n_kv_heads, scan, variants):
   cfg = small_cfg(n_kv_heads=n_kv_heads, scan_layers=scan, **variants)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
@@ -96,6 +100,9 @@ def test_cache_bytes_follow_the_formula_and_shrink_by_heads_over_kv_heads():
   assert cache.nbytes == 3 * kv_cache.bytes_per_sequence(mha, 20)
   assert kv_cache.bytes_per_sequence(mha, 20) == 2 * 2 * 4 * 8 * 20 * 4
   assert kv_cache.bytes_per_sequence(mha, 20) == 4 * kv_cache.bytes_per_sequence(mqa, 20)
+  mla = small_cfg(n_kv_heads=4, kv_lora_rank=12, qk_rope_head_dim=4)  # (12 + 4) per token and layer
+  assert kv_cache.init(mla, 3, 20).nbytes == 3 * kv_cache.bytes_per_sequence(mla, 20)
+  assert kv_cache.bytes_per_sequence(mla, 20) == 2 * (12 + 4) * 20 * 4
 
 
 def test_cache_writes_each_row_at_its_own_slots():

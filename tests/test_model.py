@@ -102,9 +102,11 @@ def test_gradient_of_early_logit_ignores_future_tokens():
   assert np.abs(g[0, :5]).max() > 0.0
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_parameter_count_matches_config_arithmetic(tie):
-  cfg = dataclasses.replace(CFG, tie_embeddings=tie)
+@pytest.mark.parametrize("tie,variant", [
+    (True, {}), (False, {}), (True, dict(qk_norm=True, d_head=6)),
+    (True, dict(n_kv_heads=4, kv_lora_rank=12, qk_rope_head_dim=4))], ids=["tied", "untied", "qknorm-dhead", "mla"])
+def test_parameter_count_matches_config_arithmetic(tie, variant):
+  cfg = dataclasses.replace(CFG, tie_embeddings=tie, **variant)
   _, params = transformer.create(cfg, jax.random.key(0))
   assert sum(x.size for x in jax.tree.leaves(params)) == count_params(cfg)["total"]
 

@@ -236,6 +236,9 @@ def to_model_config(hf: dict, *, param_dtype: str = "float32", dtype: str = "flo
 def model_type_of(cfg: ModelConfig) -> str:
   """The Hugging Face family that computes what cfg computes: Mixtral for MoE, Qwen3 for
   QK-norm, Mistral for a sliding window, Llama otherwise."""
+  if cfg.kv_lora_rank:
+    raise InteropError("model.kv_lora_rank (latent attention) has no Hugging Face family llmlab "
+                       "exports")
   if cfg.qk_norm and (cfg.moe.enabled or cfg.sliding_window):
     raise InteropError("model.qk_norm with model.moe or model.sliding_window has no Hugging Face "
                        "family llmlab exports (Qwen3 has QK-norm but no experts and no window "
