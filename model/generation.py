@@ -56,24 +56,35 @@ def prefill(
     prompts_BxT: jax.Array,
     prompt_lengths_B: jax.Array,
     cache: kv_cache.KVCache,
+    chunk: int = 0,
 ) -> tuple[jax.Array, kv_cache.KVCache]:
-  """Runs the right-padded prompts through the model, filling the cache.
+  """Runs the right-padded prompts through the model, filling the cache, `chunk` tokens at a time
+  (0: all at once); a sliding window's ring cache needs chunks of at most the window (see
+  cache_length).
 
   Returns each row's logits at its last prompt token (B, V) float32 and the cache.
   """
   b, t = prompts_BxT.shape
-  positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
-  logits_BxTxV, cache = transformer.decode(graphdef, params, prompts_BxT, positions_BxT, cache)
+  chunk = chunk or t
+  pieces = []
+  for start in range(0, t, chunk):
+    n = min(chunk, t - start)
+    positions_BxN = jnp.broadcast_to(jnp.arange(start, start + n, dtype=jnp.int32)[None], (b, n))
+    logits_BxNxV, cache = transformer.decode(
+        graphdef, params, prompts_BxT[:, start:start + n], positions_BxN, cache)
+    pieces.append(logits_BxNxV)
+  logits_BxTxV = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
   last_Bx1x1 = (prompt_lengths_B - 1)[:, None, None]
   return jnp.take_along_axis(logits_BxTxV, last_Bx1x1, axis=1)[:, 0], cache
 
 
 def cache_length(prompt_len: int, max_new_tokens: int, window: int = 0) -> int:
   """Slots needed: the last token fed sits at position prompt_len + max_new_tokens - 2. With a
-  sliding window W the cache is a ring of W + prompt_len - 1 slots (model/kv_cache.py), however
-  many tokens are generated."""
+  sliding window W the cache is a ring of 2 W slots however long the prompt and the generation:
+  it must hold W plus the largest write, W prompt tokens at a time (model/kv_cache.py), and being
+  a multiple of W no prompt chunk wraps past its end."""
   full = prompt_len + max_new_tokens
-  return min(full, window + prompt_len - 1) if window else full
+  return min(full, 2 * window) if window else full
 
 
 def make_generate(
@@ -89,7 +100,8 @@ def make_generate(
   def generate(params, prompts_BxT, prompt_lengths_B, keys_B) -> Generated:
     b, t = prompts_BxT.shape
     cache = kv_cache.init(cfg, b, cache_length(t, n_new, cfg.sliding_window))
-    logits_BxV, cache = prefill(graphdef, params, prompts_BxT, prompt_lengths_B, cache)
+    logits_BxV, cache = prefill(graphdef, params, prompts_BxT, prompt_lengths_B, cache,
+                                chunk=cfg.sliding_window)
     tok_B = sampling.sample(step_keys(keys_B, 0), logits_BxV, spec.sampling)
     out_BxN = jnp.full((b, n_new), spec.eot_id, jnp.int32).at[:, 0].set(tok_B)
     done_B = tok_B == spec.eot_id

@@ -18,13 +18,14 @@ are never read before they are written again. That makes three things free:
     then overwritten by the first generated tokens);
   - rollback (speculative decoding) is only moving a row's length back: the rejected tokens'
     slots are stale but masked, and the next accepted token overwrites them;
-  - with a sliding window the cache is a ring buffer: S = W + T - 1 slots serve any length when
-    at most T tokens are written at once (the prompt, in generation), because a write of T
-    tokens overwrites only positions that every query of the chunk sees outside its window.
+  - with a sliding window the cache is a ring buffer: S >= W + T - 1 slots serve any length when
+    at most T tokens are written at once, because a write of T tokens overwrites only positions
+    that every query of the chunk sees outside its window (generation: T = W, S = 2 W).
 Which position a slot holds follows from the chunk's last position (slot_positions), so the
 cache stores no lengths; the decode loops keep each row's position themselves. A write of T
-tokens must not wrap past slot S - 1 (generation's prefill starts at slot 0, later writes are one
-token), and a cache without a window needs a slot for every position.
+tokens must not wrap past slot S - 1 (generation's prefill chunks start at multiples of W, and S
+is one; later writes are one token), and a cache without a window needs a slot for every
+position.
 
 Size per sequence: 2 (k and v) * layers * n_kv_heads * head_dim * length * bytes per element, so
 GQA and MQA shrink it by n_heads / n_kv_heads against MHA.

@@ -52,21 +52,24 @@ def test_prefill_plus_decode_steps_match_full_forward(n_kv_heads, scan, variants
 
 
 def test_sliding_window_ring_cache_matches_full_forward_and_stays_constant():
-  """A window of 4 decoded through a ring of 4 + 5 - 1 = 8 slots for 12 tokens: the logits of the
-  full forward pass. Catches a slot not taken modulo the ring, a slot read as the wrong position,
-  and a ring too small for the prompt; the ring's size does not grow with the tokens generated."""
+  """A window of 4 decoded through a ring of 2 * 4 = 8 slots for 12 tokens, the 5-token
+  prompt prefilled 4 tokens at a time: the logits of the full forward pass. Catches a slot not
+  taken modulo the ring, a slot read as the wrong position, and a ring too small for a chunk; the
+  ring's size grows neither with the prompt nor with the tokens generated."""
   cfg = small_cfg(sliding_window=4)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   tokens_BxT = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
   full_BxTxV = transformer.apply(graphdef, params, tokens_BxT)
   n_prompt = 5
   slots = generation.cache_length(n_prompt, 7, cfg.sliding_window)
-  assert slots == 8 == generation.cache_length(n_prompt, 1000, cfg.sliding_window)
+  assert slots == 8 == generation.cache_length(500, 1000, cfg.sliding_window)
   cache = kv_cache.init(cfg, 2, slots)
   step = jax.jit(lambda p, t, q, c: transformer.decode(graphdef, p, t, q, c))
-  pos = jnp.broadcast_to(jnp.arange(n_prompt)[None], (2, n_prompt))
-  logits, cache = step(params, tokens_BxT[:, :n_prompt], pos, cache)
-  pieces = [logits]
+  pieces = []
+  for start, n in ((0, 4), (4, 1)):  # prefill's chunks of the window
+    pos = jnp.broadcast_to(jnp.arange(start, start + n)[None], (2, n))
+    logits, cache = step(params, tokens_BxT[:, start:start + n], pos, cache)
+    pieces.append(logits)
   for i in range(n_prompt, 12):
     logits, cache = step(params, tokens_BxT[:, i:i + 1], jnp.full((2, 1), i, jnp.int32), cache)
     pieces.append(logits)
@@ -132,12 +135,15 @@ def greedy_reference(graphdef, params, prompt, n_new):
   return buf[0, len(prompt):].tolist()
 
 
-def test_greedy_generation_matches_uncached_greedy():
-  cfg = small_cfg()
+@pytest.mark.parametrize("window", [0, 3], ids=["full", "window-ring"])
+def test_greedy_generation_matches_uncached_greedy(window):
+  """window 3: a 7-token prompt prefilled 3 at a time into a ring of 6 slots, 8 tokens decoded
+  (catches a prompt chunk that wraps past the ring's end)."""
+  cfg = small_cfg(sliding_window=window)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   spec = generation.DecodeSpec(max_new_tokens=8, eot_id=cfg.vocab_size - 1,
                            sampling=sampling.SamplingConfig(temperature=0.0))
-  prompt = [5, 9, 2]
+  prompt = [5, 9, 2, 7, 1, 3, 8] if window else [5, 9, 2]
   prompts, lengths = generation.pad_prompts([prompt], pad_id=0)
   out = generation.make_generate(cfg, graphdef, spec)(params, prompts, lengths, jax.random.split(jax.random.key(0), 1))
   expected = greedy_reference(graphdef, params, prompt, 8)
