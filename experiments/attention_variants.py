@@ -112,12 +112,12 @@ def decode_speed(workdir: str, context: int, new_tokens: int) -> dict:
     return best
 
   t_one, t_many = timed(1), timed(new_tokens)
-  slots = generation.cache_length(context, new_tokens, cfg.sliding_window)
+  cache = kv_cache.init(cfg, 1, generation.cache_length(context, new_tokens), ring=True)
   # None when the decode steps' time is below the timer's resolution (too few --new_tokens).
   tps = (new_tokens - 1) / (t_many - t_one) if t_many > t_one else None
   return {"context": context, "new_tokens": new_tokens, "decode_tokens_per_sec": tps,
           "prefill_and_one_token_s": t_one, "prefill_and_all_tokens_s": t_many,
-          "cache_slots": slots, "cache_bytes": kv_cache.init(cfg, 1, slots).nbytes}
+          "cache_slots": cache.max_len, "cache_bytes": cache.nbytes}
 
 
 def summarise(config, model_cfg, workdir: str) -> dict:

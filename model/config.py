@@ -46,6 +46,9 @@ class ModelConfig:
   # Sliding-window attention (Mistral): each token sees itself and the sliding_window - 1 tokens
   # before it; 0 = the whole causal prefix.
   sliding_window: int = 0
+  # With a sliding window: every global_every-th layer attends to the whole prefix instead
+  # (Gemma 2: 2, Gemma 3: 6, i.e. five local layers to one global); 0 = every layer local.
+  global_every: int = 0
   # Multi-head latent attention (DeepSeek-V2, model/mla.py): keys and values from a latent of
   # kv_lora_rank dims per token, the only thing decoding caches, plus a decoupled RoPE key of
   # qk_rope_head_dim dims shared by the heads. 0 = ordinary attention (MHA / GQA / MQA).
@@ -92,6 +95,15 @@ class ModelConfig:
     if not isinstance(self.sliding_window, int) or isinstance(self.sliding_window, bool) or self.sliding_window < 0:
       raise ValueError(
           f"model.sliding_window must be >= 0 (0 = off), got {self.sliding_window!r}")
+    if not isinstance(self.global_every, int) or isinstance(self.global_every, bool) or self.global_every < 0:
+      raise ValueError(f"model.global_every must be >= 0 (0 = off), got {self.global_every!r}")
+    if self.global_every and not self.sliding_window:
+      raise ValueError("model.global_every mixes local and global layers: set model.sliding_window")
+    if self.global_every and self.scan_layers:
+      # Scanned layers share one compiled body, so they cannot differ in their window.
+      raise ValueError(
+          f"model.global_every={self.global_every} mixes windowed and global layers: set "
+          "model.scan_layers=False")
     for name in ("kv_lora_rank", "qk_rope_head_dim"):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -142,6 +154,12 @@ class ModelConfig:
   @property
   def d_expert(self) -> int:
     return self.moe.d_expert or self.d_ff
+
+  def layer_window(self, layer: int) -> int:
+    """Layer `layer`'s sliding window (0: it attends to the whole prefix)."""
+    if self.global_every and (layer + 1) % self.global_every == 0:
+      return 0
+    return self.sliding_window
 
   def is_moe_layer(self, layer: int) -> bool:
     """Layers every-1, 2*every-1, ... are MoE layers (all of them with every = 1)."""

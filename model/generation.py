@@ -78,13 +78,11 @@ def prefill(
   return jnp.take_along_axis(logits_BxTxV, last_Bx1x1, axis=1)[:, 0], cache
 
 
-def cache_length(prompt_len: int, max_new_tokens: int, window: int = 0) -> int:
-  """Slots needed: the last token fed sits at position prompt_len + max_new_tokens - 2. With a
-  sliding window W the cache is a ring of 2 W slots however long the prompt and the generation:
-  it must hold W plus the largest write, W prompt tokens at a time (model/kv_cache.py), and being
-  a multiple of W no prompt chunk wraps past its end."""
-  full = prompt_len + max_new_tokens
-  return min(full, 2 * window) if window else full
+def cache_length(prompt_len: int, max_new_tokens: int) -> int:
+  """Slots needed: the last token fed sits at position prompt_len + max_new_tokens - 2. A layer
+  with a sliding window W holds a ring of kv_cache.ring_slots(W) = 2 W slots instead, however long
+  the prompt and the generation, since prefill writes W tokens at a time."""
+  return prompt_len + max_new_tokens
 
 
 def make_generate(
@@ -99,7 +97,7 @@ def make_generate(
 
   def generate(params, prompts_BxT, prompt_lengths_B, keys_B) -> Generated:
     b, t = prompts_BxT.shape
-    cache = kv_cache.init(cfg, b, cache_length(t, n_new, cfg.sliding_window))
+    cache = kv_cache.init(cfg, b, cache_length(t, n_new), ring=True)
     logits_BxV, cache = prefill(graphdef, params, prompts_BxT, prompt_lengths_B, cache,
                                 chunk=cfg.sliding_window)
     tok_B = sampling.sample(step_keys(keys_B, 0), logits_BxV, spec.sampling)

@@ -55,32 +55,48 @@ class KVCache(NamedTuple):
 
   @property
   def max_len(self) -> int:
-    return jax.tree.leaves(self.v_LxBKxSxDh)[0].shape[-2]
+    """Slots of the largest layer (a sliding window's ring layers may hold fewer)."""
+    return max(v.shape[-2] for v in jax.tree.leaves(self.v_LxBKxSxDh))
 
   @property
   def nbytes(self) -> int:
     return int(sum(x.nbytes for x in jax.tree.leaves(self)))
 
 
-def init(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+def ring_slots(window: int) -> int:
+  """Slots of a sliding window's ring when prompts are written `window` tokens at a time (model/
+  generation.py): the window plus the largest write, rounded up to a multiple of the write so that
+  no write wraps past the end."""
+  return 2 * window
+
+
+def init(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None, *,
+         ring: bool = False) -> KVCache:
   """A zeroed cache for `batch` sequences of up to `max_len` tokens, in the compute dtype,
   laid out like the model's layers (stacked with scan_layers, else one buffer per layer).
+
+  ring: each layer with a sliding window gets min(max_len, ring_slots(window)) slots instead,
+  for callers that write at most `window` tokens at a time (generation); layers that attend
+  globally (model.global_every) keep max_len.
 
   Latent attention (model/mla.py) caches one (Dc + Dr) vector per token in the keys' buffer,
   laid out (B, Dc + Dr, S) like one key head, and nothing in the values' (zero-width) buffer.
   """
   dtype = cfg.compute_dtype if dtype is None else dtype
-  if cfg.kv_lora_rank:
-    k_shape = (batch, cfg.kv_lora_rank + cfg.qk_rope_head_dim, max_len)
-    v_shape = (batch, max_len, 0)
-  else:
-    k_shape = (batch * cfg.n_kv_heads, cfg.head_dim, max_len)
-    v_shape = (batch * cfg.n_kv_heads, max_len, cfg.head_dim)
-  if cfg.scan_layers:
+
+  def shapes(window: int):
+    s = min(max_len, ring_slots(window)) if ring and window else max_len
+    if cfg.kv_lora_rank:
+      return (batch, cfg.kv_lora_rank + cfg.qk_rope_head_dim, s), (batch, s, 0)
+    return (batch * cfg.n_kv_heads, cfg.head_dim, s), (batch * cfg.n_kv_heads, s, cfg.head_dim)
+
+  if cfg.scan_layers:  # one window for every layer (config.py refuses a pattern here)
+    k_shape, v_shape = shapes(cfg.sliding_window)
     return KVCache(jnp.zeros((cfg.n_layers, *k_shape), dtype),
                    jnp.zeros((cfg.n_layers, *v_shape), dtype))
-  return KVCache(tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.n_layers)),
-                 tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.n_layers)))
+  per_layer = [shapes(cfg.layer_window(i)) for i in range(cfg.n_layers)]
+  return KVCache(tuple(jnp.zeros(k, dtype) for k, _ in per_layer),
+                 tuple(jnp.zeros(v, dtype) for _, v in per_layer))
 
 
 def bytes_per_sequence(cfg: ModelConfig, length: int, dtype: Any = None) -> int:

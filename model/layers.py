@@ -7,6 +7,7 @@ L, so the Transformer can run all its layers as one lax.scan over one compiled b
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import jax
@@ -142,13 +143,20 @@ class MoEFFN(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm decoder block: x + attn(norm(x)), then + ffn(norm(x)), the FFN dense or MoE."""
+  """Pre-norm decoder block: x + attn(norm(x)), then + ffn(norm(x)), the FFN dense or MoE.
+
+  layer: which layer this block is, when blocks are built one by one: its attention takes that
+  layer's window (ModelConfig.layer_window). A stacked block (n_stack) has every layer's window.
+  """
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, n_stack: Optional[int] = None,
-               moe: bool = False):
+               moe: bool = False, layer: Optional[int] = None):
     self.attn_norm = RMSNorm(cfg, n_stack=n_stack)
     attention_cls = LatentAttention if cfg.kv_lora_rank else Attention
-    self.attn = attention_cls(cfg, rngs, n_stack=n_stack)
+    attn_cfg = cfg
+    if layer is not None and cfg.global_every:
+      attn_cfg = dataclasses.replace(cfg, sliding_window=cfg.layer_window(layer), global_every=0)
+    self.attn = attention_cls(attn_cfg, rngs, n_stack=n_stack)
     self.mlp_norm = RMSNorm(cfg, n_stack=n_stack)
     self.mlp = MoEFFN(cfg, rngs, n_stack=n_stack) if moe else SwiGLU(cfg, rngs, n_stack=n_stack)
 

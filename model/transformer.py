@@ -73,7 +73,7 @@ class Transformer(nnx.Module):
       self.blocks = Block(cfg, rngs, n_stack=cfg.n_layers, moe=cfg.moe.enabled)
     else:
       self.blocks = nnx.List(
-          [Block(cfg, rngs, moe=cfg.is_moe_layer(i)) for i in range(cfg.n_layers)])
+          [Block(cfg, rngs, moe=cfg.is_moe_layer(i), layer=i) for i in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg)
     if not cfg.tie_embeddings:
       self.lm_head = make_param(

@@ -23,6 +23,13 @@ from tests.helpers import ROOT, tiny_config
     ("dtype", "float16", "model.dtype=float16 needs loss scaling"),
     ("param_dtype", "int8", "model.param_dtype='int8' is unknown"),
     ("remat", "sometimes", "model.remat='sometimes' is unknown"),
+    ("sliding_window", -1, "model.sliding_window must be >= 0"),
+    ("global_every", 2, "model.global_every mixes local and global layers: set model.sliding_window"),
+    ("kv_lora_rank", 16, "model.qk_rope_head_dim=0 must be even, positive"),
+    ("qk_rope_head_dim", 4, "model.qk_rope_head_dim needs latent attention"),
+    ("rope_scaling", {"kind": "ntk"}, "model.rope_scaling.kind='ntk' is unknown"),
+    ("rope_scaling", {"kind": "llama3", "factor": 8.0}, "original_max_seq_len=0 must be the positive"),
+    ("d_head", 7, "the head width 7"),
 ])
 def test_model_config_rejects_impossible_values(field, value, needle):
   kwargs = dict(d_model=32, n_heads=4, n_kv_heads=2)

@@ -29,8 +29,10 @@ MLA = dict(kv_lora_rank=12, qk_rope_head_dim=4, sliding_window=6)
 
 @pytest.mark.parametrize("n_kv_heads,scan,variants",
                          [(4, True, {}), (2, True, {}), (1, True, {}), (2, False, {}),
-                          (2, True, VARIANTS), (4, True, MLA)],
-                         ids=["mha", "gqa", "mqa", "gqa-noscan", "window-qknorm-yarn", "mla-window"])
+                          (2, True, VARIANTS), (4, True, MLA),
+                          (2, False, dict(sliding_window=3, global_every=2))],
+                         ids=["mha", "gqa", "mqa", "gqa-noscan", "window-qknorm-yarn", "mla-window",
+                              "local-global"])
 def test_prefill_plus_decode_steps_match_full_forward(n_kv_heads, scan, variants):
   cfg = small_cfg(n_kv_heads=n_kv_heads, scan_layers=scan, **variants)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
@@ -61,9 +63,8 @@ def test_sliding_window_ring_cache_matches_full_forward_and_stays_constant():
   tokens_BxT = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
   full_BxTxV = transformer.apply(graphdef, params, tokens_BxT)
   n_prompt = 5
-  slots = generation.cache_length(n_prompt, 7, cfg.sliding_window)
-  assert slots == 8 == generation.cache_length(500, 1000, cfg.sliding_window)
-  cache = kv_cache.init(cfg, 2, slots)
+  cache = kv_cache.init(cfg, 2, generation.cache_length(n_prompt, 7), ring=True)
+  assert cache.max_len == 8 == kv_cache.init(cfg, 2, generation.cache_length(500, 1000), ring=True).max_len
   step = jax.jit(lambda p, t, q, c: transformer.decode(graphdef, p, t, q, c))
   pieces = []
   for start, n in ((0, 4), (4, 1)):  # prefill's chunks of the window
@@ -135,11 +136,15 @@ def greedy_reference(graphdef, params, prompt, n_new):
   return buf[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("window", [0, 3], ids=["full", "window-ring"])
-def test_greedy_generation_matches_uncached_greedy(window):
+@pytest.mark.parametrize("variant", [{}, dict(sliding_window=3),
+                                     dict(sliding_window=3, global_every=2, scan_layers=False)],
+                         ids=["full", "window-ring", "local-global"])
+def test_greedy_generation_matches_uncached_greedy(variant):
   """window 3: a 7-token prompt prefilled 3 at a time into a ring of 6 slots, 8 tokens decoded
-  (catches a prompt chunk that wraps past the ring's end)."""
-  cfg = small_cfg(sliding_window=window)
+  (catches a prompt chunk that wraps past the ring's end); local-global: layer 0 windowed with
+  its ring, layer 1 global with every slot."""
+  cfg = small_cfg(**variant)
+  window = cfg.sliding_window
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   spec = generation.DecodeSpec(max_new_tokens=8, eot_id=cfg.vocab_size - 1,
                            sampling=sampling.SamplingConfig(temperature=0.0))

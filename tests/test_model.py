@@ -184,6 +184,21 @@ def test_packed_documents_restart_positions_and_count_segments():
   np.testing.assert_array_equal(segments, [[0, 0, 0, 1, 1, 1, 1, 2]])
 
 
+def test_local_global_pattern_makes_every_second_layer_global():
+  """With global_every=2 the second layer sees the whole prefix: the logits differ from every
+  layer windowed and from none windowed (same weights), so the pattern reaches the layers; and a
+  scanned model, whose layers share one body, refuses the pattern in one line."""
+  base = dataclasses.replace(CFG, scan_layers=False, sliding_window=3)
+  tokens = _tokens()
+  graphdef, params = transformer.create(dataclasses.replace(base, global_every=2), jax.random.key(0))
+  mixed = transformer.apply(graphdef, params, tokens)
+  for other in (base, dataclasses.replace(base, sliding_window=0)):
+    other_def, _ = transformer.abstract(other)
+    assert float(jnp.max(jnp.abs(transformer.apply(other_def, params, tokens) - mixed))) > 1e-4
+  with pytest.raises(ValueError, match="set model.scan_layers=False"):
+    dataclasses.replace(base, global_every=2, scan_layers=True)
+
+
 @pytest.mark.parametrize("impl", ["reference", "flash"])
 def test_a_packed_document_has_the_logits_it_has_alone(impl):
   """Document B's logits after document A in one row equal B's logits alone, with every

@@ -239,6 +239,9 @@ def model_type_of(cfg: ModelConfig) -> str:
   if cfg.kv_lora_rank:
     raise InteropError("model.kv_lora_rank (latent attention) has no Hugging Face family llmlab "
                        "exports")
+  if cfg.global_every:
+    raise InteropError("model.global_every (local and global layers) has no Hugging Face family "
+                       "llmlab exports")
   if cfg.qk_norm and (cfg.moe.enabled or cfg.sliding_window):
     raise InteropError("model.qk_norm with model.moe or model.sliding_window has no Hugging Face "
                        "family llmlab exports (Qwen3 has QK-norm but no experts and no window "
