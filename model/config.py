@@ -44,7 +44,8 @@ class ModelConfig:
   attention_impl: str = "reference"
   # Mixed precision: matmuls and activations in `dtype`, while parameters (the optimizer's master
   # copy) and Adam's moments stay in param_dtype; norms, softmax and the loss are float32 always.
-  dtype: str = "auto"  # compute dtype: auto | float32 | bfloat16 (auto: see COMPUTE_DTYPES)
+  # compute dtype: auto | float32 | bfloat16; auto = bfloat16 matmuls on GPU/TPU, float32 on CPU
+  dtype: str = "auto"
   param_dtype: str = "float32"  # storage dtype of the parameters
   scan_layers: bool = True  # one compiled layer body, applied with lax.scan
   remat: str = "none"  # rematerialisation policy of each layer: none | full | dots

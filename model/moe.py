@@ -43,12 +43,12 @@ DISPATCHES = ("capacity", "dropless")
 class MoEConfig:
   """n_experts = 0 means a dense model. every = k makes every k-th layer an MoE layer."""
 
-  n_experts: int = 0
+  n_experts: int = 0  # 0 = dense; e.g. 8 for a Mixtral-style MoE
   top_k: int = 2
-  every: int = 1
+  every: int = 1  # every k-th layer is MoE
   d_expert: int = 0  # hidden width of each expert; 0 = model.d_ff
   capacity_factor: float = 1.25
-  dispatch: str = "dropless"
+  dispatch: str = "dropless"  # or "capacity" (see the module docstring)
   aux_loss_weight: float = 1e-2
   z_loss_weight: float = 1e-3
 
