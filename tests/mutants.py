@@ -158,16 +158,10 @@ MUTANTS = [
        "tests/test_flash.py", "-k", "gqa_with_lengths or segment_ids_match"),
     # model/kernels.py
     _m("pallas_always_falls_back", "model/kernels.py",
-       [("if _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
-         "                        one_segment_array=True):",
-         "if True or _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
-         "                        one_segment_array=True):")],
+       [("if _pallas_falls_back(q_BxTxHxDh.shape[1]", "if True or _pallas_falls_back(q_BxTxHxDh.shape[1]")],
        "tests/test_kernels.py", "-k", "jaxpr"),
-    _m("pallas_tpu_always_falls_back", "model/kernels.py",
-       [("if _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
-         "                        one_segment_array=False):",
-         "if True or _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
-         "                        one_segment_array=False):")],
+    _m("pallas_tpu_falls_back_on_two_segment_arrays", "model/kernels.py",
+       [("@_falls_back_to_flash(one_segment_array=False)", "@_falls_back_to_flash(one_segment_array=True)")],
        "tests/test_kernels.py", "-k", "jaxpr"),
     _m("pallas_falls_back_on_one_segment_array", "model/kernels.py",
        [("return one_segment_array and q_segment_ids_BxT is not kv_segment_ids_BxS",
