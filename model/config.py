@@ -23,6 +23,15 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
 
 
+def _from_fields(cls, d: dict, section: str):
+  """cls(**d), where a key that is not a field of cls is a ValueError naming the section."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - names)
+  if unknown:
+    raise ValueError(f"unknown {section} setting(s) {unknown}; allowed: {sorted(names)}")
+  return cls(**d)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Shape and numerics of the model.
@@ -54,7 +63,7 @@ class ModelConfig:
 
   def __post_init__(self):
     if isinstance(self.moe, dict):  # from a config file or config.json
-      object.__setattr__(self, "moe", MoEConfig.from_dict(self.moe))
+      object.__setattr__(self, "moe", _from_fields(MoEConfig, self.moe, "model.moe"))
     positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len")
     for name in positive:
       value = getattr(self, name)
@@ -127,12 +136,8 @@ class ModelConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "ModelConfig":
-    """Builds a config from a mapping, rejecting keys that are not fields."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"unknown model setting(s) {unknown}; allowed: {sorted(names)}")
-    return cls(**d)
+    """Builds a config from a mapping (moe a nested one), rejecting keys that are not fields."""
+    return _from_fields(cls, d, "model")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)  # nested: moe becomes a dict

@@ -77,14 +77,6 @@ class MoEConfig:
   def enabled(self) -> bool:
     return self.n_experts > 0
 
-  @classmethod
-  def from_dict(cls, d: dict) -> "MoEConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"unknown model.moe setting(s) {unknown}; allowed: {sorted(names)}")
-    return cls(**d)
-
 
 class Routing(NamedTuple):
   """The router's decision for N tokens."""
