@@ -5,13 +5,10 @@
       [--config=experiments/configs/dpo.py] [--config.dpo.loss_type=ipo --config.dpo.beta=0.5]
       [--config.data.train_path=pairs.jsonl --config.data.eval_path=heldout.jsonl]
 
-Rerunning the same command resumes from the newest checkpoint. Writes metrics.jsonl, TensorBoard
-files, results.json and curves.png into the workdir (and results.json + curves.png into
---results_dir when given).
+Rerunning the same command resumes the run; experiments/align_cli.py lists what it writes.
 """
 
 from experiments import align_cli
 
 if __name__ == "__main__":
-  align_cli.run(
-      "dpo", "Workdir of the starting policy, which is also the frozen reference.")
+  align_cli.run("dpo")

@@ -6,13 +6,10 @@
 
 Without --init_workdir a fresh model (config.model) with a byte-level tokenizer is trained.
 
-Rerunning the same command resumes from the newest checkpoint. Writes metrics.jsonl, TensorBoard
-files, results.json and curves.png into the workdir (and results.json + curves.png into
---results_dir when given).
+Rerunning the same command resumes the run; experiments/align_cli.py lists what it writes.
 """
 
 from experiments import align_cli
 
 if __name__ == "__main__":
-  align_cli.run(
-      "sft", "Workdir to start from (pretraining or another stage); empty = a fresh model.")
+  align_cli.run("sft")
