@@ -30,3 +30,10 @@ def shrink_to_smoke_test(run: ml_collections.ConfigDict) -> None:
   run.data.vocab_size = 300
   run.train.update(steps=2, batch_size=8, warmup_steps=1, eval_batches=1)
   run.checkpoint.every_steps = 2
+
+
+def launch_section(job_name: str, time_limit: str) -> ml_collections.ConfigDict:
+  """launch.*: a study's Slurm job array (experiments/sweep.py), one task per run on 2 CPUs for
+  at most time_limit ("HH:MM:SS")."""
+  return ml_collections.ConfigDict(
+      {"job_name": job_name, "slurm_options": ("--cpus-per-task=2", f"--time={time_limit}")})

@@ -43,18 +43,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval.batch_size = 50
   c.eval.seed = 1
 
-  c.launch = ml_collections.ConfigDict(
-      {"job_name": "llmlab-emergence", "slurm_options": ("--cpus-per-task=2", "--time=01:00:00")})
+  c.launch = configs.launch_section("llmlab-emergence", "01:00:00")
 
   if preset == "tiny":
     configs.shrink_to_smoke_test(b)
     b.data.seq_len = 32
     c.models = ((1, 16), (2, 16))
-    c.data.digits = (1, 2)
-    c.data.problems_per_digit = 200
-    c.data.stdlib_fraction = 0.2
-    c.eval.problems_per_digit = 8
-    c.eval.batch_size = 8
+    c.data.update(digits=(1, 2), problems_per_digit=200, stdlib_fraction=0.2)
+    c.eval.update(problems_per_digit=8, batch_size=8)
   elif preset:
     raise ValueError(f"unknown preset {preset!r}; allowed: tiny")
   return c

@@ -43,20 +43,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.seed = 0
 
-  c.launch = ml_collections.ConfigDict(
-      {"job_name": "llmlab-lost-in-middle", "slurm_options": ("--cpus-per-task=2", "--time=01:00:00")})
+  c.launch = configs.launch_section("llmlab-lost-in-middle", "01:00:00")
 
   if preset == "tiny":
     configs.shrink_to_smoke_test(b)
-    c.model = (1, 16)
-    c.head_dim = 16
-    c.task.k_max = 4
-    c.task.questions = 2
-    c.task.examples = 200
-    c.eval.ks = (2, 5)
-    c.eval.positions = 2
-    c.eval.examples = 4
-    c.eval.batch_size = 8
+    c.update(model=(1, 16), head_dim=16)
+    c.task.update(k_max=4, questions=2, examples=200)
+    c.eval.update(ks=(2, 5), positions=2, examples=4, batch_size=8)
   elif preset:
     raise ValueError(f"unknown preset {preset!r}; allowed: tiny")
   return c

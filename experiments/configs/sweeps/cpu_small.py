@@ -12,6 +12,7 @@ Chinchilla's 20: the isoFLOP profiles need their minima inside them.
 
 import ml_collections
 
+import experiments.configs as configs
 from experiments.configs import default
 
 
@@ -49,6 +50,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.fit.level = 0.9
   c.fit.seed = 0
 
-  c.launch = ml_collections.ConfigDict(
-      {"job_name": "llmlab-scaling", "slurm_options": ("--cpus-per-task=2", "--time=02:00:00")})
+  c.launch = configs.launch_section("llmlab-scaling", "02:00:00")
   return c
