@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from model import fields
 from model.moe import MoEConfig
 
 ATTENTION_IMPLS = ("reference", "flash", "cudnn", "pallas", "auto")
@@ -21,15 +22,6 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 # 5-bit exponent underflows small gradients unless the loss is scaled, which llmlab does not do.
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
-
-
-def _from_fields(cls, d: dict, section: str):
-  """cls(**d), where a key that is not a field of cls is a ValueError naming the section."""
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - names)
-  if unknown:
-    raise ValueError(f"unknown {section} setting(s) {unknown}; allowed: {sorted(names)}")
-  return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +55,7 @@ class ModelConfig:
 
   def __post_init__(self):
     if isinstance(self.moe, dict):  # from a config file or config.json
-      object.__setattr__(self, "moe", _from_fields(MoEConfig, self.moe, "model.moe"))
+      object.__setattr__(self, "moe", MoEConfig.from_dict(self.moe))
     positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len")
     for name in positive:
       value = getattr(self, name)
@@ -137,7 +129,7 @@ class ModelConfig:
   @classmethod
   def from_dict(cls, d: dict) -> "ModelConfig":
     """Builds a config from a mapping (moe a nested one), rejecting keys that are not fields."""
-    return _from_fields(cls, d, "model")
+    return fields.from_dict(cls, d, "model")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)  # nested: moe becomes a dict

@@ -36,6 +36,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from model import fields
+
 DISPATCHES = ("capacity", "dropless")
 
 
@@ -76,6 +78,10 @@ class MoEConfig:
   @property
   def enabled(self) -> bool:
     return self.n_experts > 0
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "MoEConfig":
+    return fields.from_dict(cls, d, "model.moe")
 
 
 class Routing(NamedTuple):
