@@ -71,6 +71,10 @@ MUTANTS = [
          lm_loss_without_router_terms=[
              ('return ce_sum + aux, n, {"loss": ce_sum, **sums}',
               'return ce_sum, n, {"loss": ce_sum, **sums}')]),
+    *_in("train/step.py", ("tests/test_step.py", "-k", "token_logps"),
+         token_logps_temperature_inverted=[
+             ("logits_BxTxV.astype(jnp.float32) / temperature",
+              "logits_BxTxV.astype(jnp.float32) * temperature")]),
     *_in("train/dpo.py", ("tests/test_dpo.py", "-k", "not precomputed and not sequence_logp"),
          dpo_margin_reversed=[
              ("h_B = chosen_ratio_B - rejected_ratio_B",
