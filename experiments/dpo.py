@@ -5,29 +5,10 @@
       [--config=experiments/configs/dpo.py] [--config.dpo.loss_type=ipo --config.dpo.beta=0.5]
       [--config.data.train_path=pairs.jsonl --config.data.eval_path=heldout.jsonl]
 
-Rerunning the same command resumes from the newest checkpoint. Writes metrics.jsonl, TensorBoard
-files, results.json and curves.png into the workdir (and results.json + curves.png into
---results_dir when given).
+Rerunning the same command resumes the run; experiments/align_cli.py lists what it writes.
 """
 
-from absl import flags
-
-from experiments import common
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
-  common.define_stage_flags(
-      "dpo", "Workdir of the starting policy, which is also the frozen reference.")
-
-
-def main(argv):
-  del argv
-  common.run_stage("dpo")
-
+from experiments import align_cli
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  align_cli.run("dpo")

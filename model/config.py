@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from model import fields
 from model.moe import MoEConfig
 from model.rope import RopeScaling
 
@@ -59,7 +60,8 @@ class ModelConfig:
   attention_impl: str = "reference"
   # Mixed precision: matmuls and activations in `dtype`, while parameters (the optimizer's master
   # copy) and Adam's moments stay in param_dtype; norms, softmax and the loss are float32 always.
-  dtype: str = "auto"  # compute dtype: auto | float32 | bfloat16 (auto: see COMPUTE_DTYPES)
+  # compute dtype: auto | float32 | bfloat16; auto = bfloat16 matmuls on GPU/TPU, float32 on CPU
+  dtype: str = "auto"
   param_dtype: str = "float32"  # storage dtype of the parameters
   scan_layers: bool = True  # one compiled layer body, applied with lax.scan
   remat: str = "none"  # rematerialisation policy of each layer: none | full | dots
@@ -186,12 +188,8 @@ class ModelConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "ModelConfig":
-    """Builds a config from a mapping, rejecting keys that are not fields."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"unknown model setting(s) {unknown}; allowed: {sorted(names)}")
-    return cls(**d)
+    """Builds a config from a mapping (moe a nested one), rejecting keys that are not fields."""
+    return fields.from_dict(cls, d, "model")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)  # nested: moe becomes a dict

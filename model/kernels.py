@@ -105,6 +105,31 @@ def _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_
   return one_segment_array and q_segment_ids_BxT is not kv_segment_ids_BxS
 
 
+def _falls_back_to_flash(*, one_segment_array: bool):
+  """Turns a Pallas kernel's call, kernel(q, k, v, causal, q_segment_ids_BxT, kv_segment_ids_BxS,
+  **options), into an attention function with model.attention's keywords: a call the kernel
+  cannot express (_pallas_falls_back) runs flash instead, whose masks are general."""
+
+  def wrap(kernel):
+    def attention_fn(q_BxTxHxDh: jax.Array, k_BxSxKxDh: jax.Array, v_BxSxKxDh: jax.Array, *,
+                     causal: bool = True, q_positions_BxT: Optional[jax.Array] = None,
+                     q_segment_ids_BxT: Optional[jax.Array] = None,
+                     kv_segment_ids_BxS: Optional[jax.Array] = None, **options) -> jax.Array:
+      if _pallas_falls_back(q_BxTxHxDh.shape[1], k_BxSxKxDh.shape[1], q_positions_BxT,
+                            q_segment_ids_BxT, kv_segment_ids_BxS,
+                            one_segment_array=one_segment_array):
+        return flash_attention(
+            q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
+            q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
+      return kernel(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal, q_segment_ids_BxT,
+                    kv_segment_ids_BxS, **options)
+
+    attention_fn.__name__, attention_fn.__doc__ = kernel.__name__, kernel.__doc__
+    return attention_fn
+
+  return wrap
+
+
 def _pad_with_segments(x_BxTxNxDh, seg_BxT, length: int, pad_id):
   t = x_BxTxNxDh.shape[1]
   x = jnp.pad(x_BxTxNxDh, ((0, 0), (0, length - t), (0, 0), (0, 0)))
@@ -121,80 +146,60 @@ def _padded_segments(q_segment_ids_BxT, kv_segment_ids_BxS, b: int, t: int, s: i
   return q_seg, kv_seg, jnp.minimum(q_seg.min(), kv_seg.min()) - 1
 
 
-def pallas_gpu_attention(
-    q_BxTxHxDh: jax.Array,
-    k_BxSxKxDh: jax.Array,
-    v_BxSxKxDh: jax.Array,
-    *,
-    causal: bool = True,
-    q_positions_BxT: Optional[jax.Array] = None,
-    q_segment_ids_BxT: Optional[jax.Array] = None,
-    kv_segment_ids_BxS: Optional[jax.Array] = None,
-    interpret: bool = False,
-) -> jax.Array:
+def _kernel_inputs(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_segment_ids_BxT, kv_segment_ids_BxS,
+                   length: int):
+  """What both Pallas kernels take (L = length, whole blocks): (q, k, v) (B, L, H, Dh) each, K/V
+  repeated to the H query heads, and the segment ids (B, L) of each side, the padding with an id
+  of its own; (None, None) for the segment ids when there are none and nothing was padded."""
+  b, t, h, _ = q_BxTxHxDh.shape
+  s, kv = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
+  q_seg_BxL = kv_seg_BxL = None
+  if length != t or q_segment_ids_BxT is not None:
+    q_seg, kv_seg, pad_id = _padded_segments(q_segment_ids_BxT, kv_segment_ids_BxS, b, t, s)
+    q_BxTxHxDh, q_seg_BxL = _pad_with_segments(q_BxTxHxDh, q_seg, length, pad_id)
+    k_BxSxKxDh, kv_seg_BxL = _pad_with_segments(k_BxSxKxDh, kv_seg, length, pad_id)
+    v_BxSxKxDh = jnp.pad(v_BxSxKxDh, ((0, 0), (0, length - s), (0, 0), (0, 0)))
+  # The kernels need H == K (see the module docstring).
+  k_BxLxHxDh = jnp.repeat(k_BxSxKxDh, h // kv, axis=2)
+  v_BxLxHxDh = jnp.repeat(v_BxSxKxDh, h // kv, axis=2)
+  return q_BxTxHxDh, k_BxLxHxDh, v_BxLxHxDh, q_seg_BxL, kv_seg_BxL
+
+
+@_falls_back_to_flash(one_segment_array=True)
+def pallas_gpu_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal, q_segment_ids_BxT,
+                         kv_segment_ids_BxS, interpret: bool = False) -> jax.Array:
   """The Pallas Triton flash kernel; interpret=True runs it on CPU (tests)."""
   from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
 
-  b, t, h, dh = q_BxTxHxDh.shape
-  s, kv = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
-  if _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,
-                        one_segment_array=True):
-    return flash_attention(
-        q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
-        q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
-  blocks = pallas_gpu.BlockSizes.get_default()
+  t, dh = q_BxTxHxDh.shape[1], q_BxTxHxDh.shape[3]
   # The forward kernel tiles by 128 and the backward by 32, each clipped to the length: a length of
   # at most 128 needs a multiple of 32, a longer one a multiple of 128.
   length = round_up(t, 32) if t <= 128 else round_up(t, 128)
-  segments = None
-  if length != t or q_segment_ids_BxT is not None:
-    seg, _, pad_id = _padded_segments(q_segment_ids_BxT, kv_segment_ids_BxS, b, t, s)
-    q_BxTxHxDh, segments = _pad_with_segments(q_BxTxHxDh, seg, length, pad_id)
-    k_BxSxKxDh = jnp.pad(k_BxSxKxDh, ((0, 0), (0, length - s), (0, 0), (0, 0)))
-    v_BxSxKxDh = jnp.pad(v_BxSxKxDh, ((0, 0), (0, length - s), (0, 0), (0, 0)))
-  k_BxSxHxDh = jnp.repeat(k_BxSxKxDh, h // kv, axis=2)  # kernel needs H == K; see module docstring
-  v_BxSxHxDh = jnp.repeat(v_BxSxKxDh, h // kv, axis=2)
-  o = pallas_gpu.mha(
-      q_BxTxHxDh, k_BxSxHxDh, v_BxSxHxDh, segments, sm_scale=dh ** -0.5, causal=causal,
-      block_sizes=blocks, interpret=interpret)
-  return o[:, :t]
+  # One segment array for both sides: _pallas_falls_back let only calls with one through.
+  q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, segments_BxL, _ = _kernel_inputs(
+      q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_segment_ids_BxT, kv_segment_ids_BxS, length)
+  o_BxLxHxDh = pallas_gpu.mha(
+      q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, segments_BxL, sm_scale=dh ** -0.5, causal=causal,
+      block_sizes=pallas_gpu.BlockSizes.get_default(), interpret=interpret)
+  return o_BxLxHxDh[:, :t]
 
 
-def pallas_tpu_attention(
-    q_BxTxHxDh: jax.Array,
-    k_BxSxKxDh: jax.Array,
-    v_BxSxKxDh: jax.Array,
-    *,
-    causal: bool = True,
-    q_positions_BxT: Optional[jax.Array] = None,
-    q_segment_ids_BxT: Optional[jax.Array] = None,
-    kv_segment_ids_BxS: Optional[jax.Array] = None,
-) -> jax.Array:
+@_falls_back_to_flash(one_segment_array=False)
+def pallas_tpu_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal, q_segment_ids_BxT,
+                         kv_segment_ids_BxS) -> jax.Array:
   """The Pallas TPU flash kernel (runs on CPU under pltpu.force_tpu_interpret_mode())."""
   from jax.experimental.pallas.ops.tpu import flash_attention as pallas_tpu
 
-  b, t, h, dh = q_BxTxHxDh.shape
-  s, kv = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
-  if _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,
-                        one_segment_array=False):
-    return flash_attention(
-        q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
-        q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
+  t, dh = q_BxTxHxDh.shape[1], q_BxTxHxDh.shape[3]
   length = round_up(t, 128)  # the kernel's default tiles are 128 along both sequences
-  segments = None
-  if length != t or q_segment_ids_BxT is not None:
-    q_seg, kv_seg, pad_id = _padded_segments(q_segment_ids_BxT, kv_segment_ids_BxS, b, t, s)
-    q_BxTxHxDh, q_seg = _pad_with_segments(q_BxTxHxDh, q_seg, length, pad_id)
-    k_BxSxKxDh, kv_seg = _pad_with_segments(k_BxSxKxDh, kv_seg, length, pad_id)
-    v_BxSxKxDh = jnp.pad(v_BxSxKxDh, ((0, 0), (0, length - s), (0, 0), (0, 0)))
-    segments = pallas_tpu.SegmentIds(q=q_seg, kv=kv_seg)
+  q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, q_seg_BxL, kv_seg_BxL = _kernel_inputs(
+      q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_segment_ids_BxT, kv_segment_ids_BxS, length)
+  segments = None if q_seg_BxL is None else pallas_tpu.SegmentIds(q=q_seg_BxL, kv=kv_seg_BxL)
   to_heads_first = functools.partial(jnp.transpose, axes=(0, 2, 1, 3))
-  k_BxHxSxDh = to_heads_first(jnp.repeat(k_BxSxKxDh, h // kv, axis=2))  # kernel needs H == K
-  v_BxHxSxDh = to_heads_first(jnp.repeat(v_BxSxKxDh, h // kv, axis=2))
-  o_BxHxTxDh = pallas_tpu.flash_attention(
-      to_heads_first(q_BxTxHxDh), k_BxHxSxDh, v_BxHxSxDh, segment_ids=segments, causal=causal,
-      sm_scale=dh ** -0.5)
-  return to_heads_first(o_BxHxTxDh)[:, :t]
+  o_BxHxLxDh = pallas_tpu.flash_attention(
+      to_heads_first(q_BxLxHxDh), to_heads_first(k_BxLxHxDh), to_heads_first(v_BxLxHxDh),
+      segment_ids=segments, causal=causal, sm_scale=dh ** -0.5)
+  return to_heads_first(o_BxHxLxDh)[:, :t]
 
 
 def available(backend: str) -> dict[str, Callable[..., jax.Array]]:

@@ -36,6 +36,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from model import fields
+
 DISPATCHES = ("capacity", "dropless")
 
 
@@ -43,12 +45,12 @@ DISPATCHES = ("capacity", "dropless")
 class MoEConfig:
   """n_experts = 0 means a dense model. every = k makes every k-th layer an MoE layer."""
 
-  n_experts: int = 0
+  n_experts: int = 0  # 0 = dense; e.g. 8 for a Mixtral-style MoE
   top_k: int = 2
-  every: int = 1
+  every: int = 1  # every k-th layer is MoE
   d_expert: int = 0  # hidden width of each expert; 0 = model.d_ff
   capacity_factor: float = 1.25
-  dispatch: str = "dropless"
+  dispatch: str = "dropless"  # or "capacity" (see the module docstring)
   aux_loss_weight: float = 1e-2
   z_loss_weight: float = 1e-3
 
@@ -79,11 +81,7 @@ class MoEConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "MoEConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"unknown model.moe setting(s) {unknown}; allowed: {sorted(names)}")
-    return cls(**d)
+    return fields.from_dict(cls, d, "model.moe")
 
 
 class Routing(NamedTuple):

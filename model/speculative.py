@@ -34,22 +34,24 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import kv_cache, sampling, transformer
+from model import generation, kv_cache, sampling, transformer
 from model.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class SpeculativeSpec:
+  """The static shape of one speculative call: gamma draft tokens per round, and the fields of
+  generation.DecodeSpec, which checks them."""
+
   gamma: int
   max_new_tokens: int
   eot_id: int
   sampling: sampling.SamplingConfig = sampling.SamplingConfig()
 
   def __post_init__(self):
+    generation.DecodeSpec(self.max_new_tokens, self.eot_id, self.sampling)
     if self.gamma < 1:
       raise ValueError(f"gamma must be >= 1, got {self.gamma}")
-    if self.max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 class SpeculativeOutput(NamedTuple):

@@ -211,15 +211,11 @@ def abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
   return jax.eval_shape(lambda: create(cfg, jax.random.key(0)))
 
 
-def apply(
-    graphdef: nnx.GraphDef,
-    params: nnx.State,
-    tokens_BxT: jax.Array,
-    positions_BxT: Optional[jax.Array] = None,
-    segment_ids_BxT: Optional[jax.Array] = None,
-) -> jax.Array:
-  """Pure forward pass: logits (B, T, V) from params."""
-  return nnx.merge(graphdef, params)(tokens_BxT, positions_BxT, segment_ids_BxT)
+def apply(graphdef: nnx.GraphDef, params: nnx.State, tokens_BxT: jax.Array,
+          positions_BxT: Optional[jax.Array] = None,
+          segment_ids_BxT: Optional[jax.Array] = None) -> jax.Array:
+  """Pure forward pass: logits (B, T, V) from params (apply_with_aux without the statistics)."""
+  return apply_with_aux(graphdef, params, tokens_BxT, positions_BxT, segment_ids_BxT)[0]
 
 
 def decode(

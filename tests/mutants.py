@@ -34,145 +34,122 @@ class Mutant:
   tests: tuple[str, ...]  # pytest arguments: test files and -k selections
 
 
-def _m(name, path, edits, *tests):
-  return Mutant(name, path, tuple(edits), tuple(tests))
+def _in(path: str, tests: tuple[str, ...], **edits_by_name) -> list[Mutant]:
+  """The mutations of one source file, checked by one test selection: name=[(old, new), ...]."""
+  return [Mutant(name, path, tuple(edits), tests) for name, edits in edits_by_name.items()]
 
 
 MUTANTS = [
-    # model/masks.py
-    _m("mask_strict", "model/masks.py",
-       [("kv_pos[None, None, :] <= q_positions_BxT[:, :, None]",
-         "kv_pos[None, None, :] < q_positions_BxT[:, :, None]")],
-       "tests/test_model.py", "-k", "reference_attention_matches or future_tokens"),
-    _m("mask_swapped", "model/masks.py",
-       [("kv_pos[None, None, :] <= q_positions_BxT[:, :, None]",
-         "q_positions_BxT[:, :, None] <= kv_pos[None, None, :]")],
-       "tests/test_model.py", "-k", "reference_attention_matches or future_tokens"),
-    # model/attention.py
-    _m("attention_scale", "model/attention.py",
-       [("scores_BxKxGxTxS * (dh ** -0.5)", "scores_BxKxGxTxS * (dh ** 0.5)")],
-       "tests/test_model.py", "-k", "reference_attention_matches"),
-    # model/layers.py
-    _m("rope_sign", "model/layers.py",
-       [("[x1 * cos - x2 * sin, x2 * cos + x1 * sin]", "[x1 * cos + x2 * sin, x2 * cos - x1 * sin]")],
-       "tests/test_layers.py"),
-    _m("rope_halves_swapped", "model/layers.py",
-       [("[x1 * cos - x2 * sin, x2 * cos + x1 * sin]", "[x2 * cos + x1 * sin, x1 * cos - x2 * sin]")],
-       "tests/test_layers.py"),
-    _m("rope_frequencies", "model/layers.py",
-       [("theta ** (-jnp.arange(0, dh // 2", "theta ** (jnp.arange(0, dh // 2")],
-       "tests/test_layers.py"),
-    # train/step.py
-    _m("ce_padding_mask", "train/step.py",
-       [("mask_BxT = targets_BxT != pad_id", "mask_BxT = targets_BxT == pad_id")],
-       "tests/test_step.py", "-k", "loss_sums or router"),
-    _m("router_terms_dropped", "train/step.py",
-       [("return n * (aux_weights[0] * lb + aux_weights[1] * z), sums",
-         "return jnp.zeros(()), sums")],
-       "tests/test_step.py", "-k", "loss_sums or router"),
-    _m("router_terms_weights_swapped", "train/step.py",
-       [("return n * (aux_weights[0] * lb + aux_weights[1] * z), sums",
-         "return n * (aux_weights[1] * lb + aux_weights[0] * z), sums")],
-       "tests/test_step.py", "-k", "loss_sums or router"),
-    _m("lm_loss_without_router_terms", "train/step.py",
-       [("return ce_sum + aux, n, {\"loss\": ce_sum, **sums}", "return ce_sum, n, {\"loss\": ce_sum, **sums}")],
-       "tests/test_step.py", "-k", "loss_sums or router"),
-    # train/dpo.py
-    _m("dpo_margin_reversed", "train/dpo.py",
-       [("h_B = chosen_ratio_B - rejected_ratio_B", "h_B = rejected_ratio_B - chosen_ratio_B")],
-       "tests/test_dpo.py", "-k", "not precomputed and not sequence_logp"),
-    _m("dpo_sigmoid_sign", "train/dpo.py",
-       [("loss_B = -jax.nn.log_sigmoid(beta * h_B)", "loss_B = -jax.nn.log_sigmoid(-beta * h_B)")],
-       "tests/test_dpo.py", "-k", "not precomputed and not sequence_logp"),
-    # train/grpo.py
-    _m("grpo_min_to_max", "train/grpo.py",
-       [("-jnp.minimum(unclipped_NxT, clipped_NxT)", "-jnp.maximum(unclipped_NxT, clipped_NxT)")],
-       "tests/test_grpo.py", "-k", "not mu_1"),
-    _m("grpo_clip_bounds_swapped", "train/grpo.py",
-       [("jnp.clip(ratio_NxT, 1.0 - epsilon, 1.0 + epsilon_high)",
-         "jnp.clip(ratio_NxT, 1.0 - epsilon_high, 1.0 + epsilon)")],
-       "tests/test_grpo.py", "-k", "not mu_1"),
-    _m("grpo_k3_reversed", "train/grpo.py",
-       [("log_ratio = ref_logp_NxT - logp_NxT", "log_ratio = logp_NxT - ref_logp_NxT")],
-       "tests/test_grpo.py", "-k", "not mu_1"),
-    # model/moe.py
-    _m("load_balance_no_e", "model/moe.py",
-       [("p_E = jnp.mean(r.probs_NxE, axis=0)\n  return n_experts * jnp.sum(f_E * p_E)",
-         "p_E = jnp.mean(r.probs_NxE, axis=0)\n  return jnp.sum(f_E * p_E)")],
-       "tests/test_moe.py", "-k", "load_balance or z_loss or priority or router_stats"),
-    _m("load_balance_stats_no_e", "model/moe.py",
-       [("MoEStats(n_experts * jnp.sum(f_E * p_E)", "MoEStats(jnp.sum(f_E * p_E)")],
-       "tests/test_moe.py", "-k", "load_balance or z_loss or priority or router_stats"),
-    _m("capacity_token_major", "model/moe.py",
-       [("expert_A = r.expert_NxK.T.reshape(-1)", "expert_A = r.expert_NxK.reshape(-1)"),
-        ("jnp.tile(jnp.arange(n), k), r.weight_NxK.T.reshape(-1)",
-         "jnp.repeat(jnp.arange(n), k), r.weight_NxK.reshape(-1)")],
-       "tests/test_moe.py", "-k", "load_balance or z_loss or priority or router_stats"),
-    # train/optimizer.py
-    _m("decay_mask_removed", "train/optimizer.py",
-       [("weight_decay=cfg_train.weight_decay,\n                  mask=decay_mask),",
-         "weight_decay=cfg_train.weight_decay),")],
-       "tests/test_optimizer.py"),
-    # (Flipping the metadata's default alone is an equivalent mutant: make_param always sets it.)
-    _m("decay_mask_inverted", "train/optimizer.py",
-       [('v.replace(v.get_metadata().get("weight_decay", True))',
-         'v.replace(not v.get_metadata().get("weight_decay", True))')],
-       "tests/test_optimizer.py"),
-    _m("warmup_off_by_one", "train/optimizer.py",
-       [("warmup_steps=warmup,", "warmup_steps=warmup + 1,")],
-       "tests/test_optimizer.py"),
-    _m("cosine_end_value", "train/optimizer.py",
-       [("end_value=lr / 10)", "end_value=0.0)")],
-       "tests/test_optimizer.py"),
-    _m("clip_per_element", "train/optimizer.py",
-       [("optax.clip_by_global_norm(cfg_train.grad_clip)", "optax.clip(cfg_train.grad_clip)")],
-       "tests/test_optimizer.py"),
-    # sharding/data_parallel.py (ZeRO)
-    _m("zero_psum_to_pmean", "sharding/data_parallel.py",
-       [("return jax.lax.psum(g, dp)", "return jax.lax.pmean(g, dp)")],
-       "tests/test_zero.py", "-k", "losses_match and (stage1 or stage0)"),
-    _m("zero_no_scatter_slice", "sharding/data_parallel.py",
-       [("g = jax.lax.dynamic_slice_in_dim(g, jax.lax.axis_index(axes) * size, size, dim)",
-         "g = jax.lax.dynamic_slice_in_dim(g, 0, size, dim)")],
-       # Only expert weights are stored split (over the expert axis) yet have gradients split
-       # further (over data, from stage 2): test_zero's dense layouts never reach this line.
-       "tests/test_moe.py", "-k", "expert_parallel_training_matches_one_device and stage2"),
-    # model/speculative.py
-    _m("speculative_accept_swapped", "model/speculative.py",
-       [("accept_BxG = u_BxG * q_at_BxG <= p_at_BxG", "accept_BxG = u_BxG * p_at_BxG <= q_at_BxG")],
-       "tests/test_speculative.py"),
-    # model/kv_cache.py
-    _m("kv_cache_write_shifted", "model/kv_cache.py",
-       [("idx[slot_axis] = start_B[b]", "idx[slot_axis] = start_B[b] + 1")],
-       "tests/test_generation.py", "-k", "cache_writes or rows_at_different"),
-    # model/flash.py
-    _m("flash_no_acc_rescale", "model/flash.py",
-       [("acc * correction[..., None] + pv", "acc + pv")],
-       "tests/test_flash.py", "-k", "gqa_with_lengths or segment_ids_match"),
-    _m("flash_no_l_rescale", "model/flash.py",
-       [("l = l * correction + p.sum(axis=-1)", "l = l + p.sum(axis=-1)")],
-       "tests/test_flash.py", "-k", "gqa_with_lengths or segment_ids_match"),
-    _m("flash_scale", "model/flash.py",
-       [('preferred_element_type=jnp.float32) * (dh ** -0.5)',
-         'preferred_element_type=jnp.float32) * (dh ** 0.5)')],
-       "tests/test_flash.py", "-k", "gqa_with_lengths or segment_ids_match"),
-    # model/kernels.py
-    _m("pallas_always_falls_back", "model/kernels.py",
-       [("if _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
-         "                        one_segment_array=True):",
-         "if True or _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
-         "                        one_segment_array=True):")],
-       "tests/test_kernels.py", "-k", "jaxpr"),
-    _m("pallas_tpu_always_falls_back", "model/kernels.py",
-       [("if _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
-         "                        one_segment_array=False):",
-         "if True or _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,\n"
-         "                        one_segment_array=False):")],
-       "tests/test_kernels.py", "-k", "jaxpr"),
-    _m("pallas_falls_back_on_one_segment_array", "model/kernels.py",
-       [("return one_segment_array and q_segment_ids_BxT is not kv_segment_ids_BxS",
-         "return one_segment_array and q_segment_ids_BxT is not None")],
-       "tests/test_kernels.py", "-k", "jaxpr"),
+    *_in("model/masks.py",
+         ("tests/test_model.py", "-k", "reference_attention_matches or future_tokens"),
+         mask_strict=[
+             ("kv_pos[None, None, :] <= q_positions_BxT[:, :, None]",
+              "kv_pos[None, None, :] < q_positions_BxT[:, :, None]")],
+         mask_swapped=[
+             ("kv_pos[None, None, :] <= q_positions_BxT[:, :, None]",
+              "q_positions_BxT[:, :, None] <= kv_pos[None, None, :]")]),
+    *_in("model/attention.py", ("tests/test_model.py", "-k", "reference_attention_matches"),
+         attention_scale=[("scores_BxKxGxTxS * (dh ** -0.5)", "scores_BxKxGxTxS * (dh ** 0.5)")]),
+    *_in("model/layers.py", ("tests/test_layers.py",),
+         rope_sign=[
+             ("[x1 * cos - x2 * sin, x2 * cos + x1 * sin]",
+              "[x1 * cos + x2 * sin, x2 * cos - x1 * sin]")],
+         rope_halves_swapped=[
+             ("[x1 * cos - x2 * sin, x2 * cos + x1 * sin]",
+              "[x2 * cos + x1 * sin, x1 * cos - x2 * sin]")],
+         rope_frequencies=[
+             ("theta ** (-jnp.arange(0, dh // 2", "theta ** (jnp.arange(0, dh // 2")]),
+    *_in("train/step.py", ("tests/test_step.py", "-k", "loss_sums or router"),
+         ce_padding_mask=[
+             ("mask_BxT = targets_BxT != pad_id", "mask_BxT = targets_BxT == pad_id")],
+         router_terms_dropped=[
+             ("return n * (aux_weights[0] * lb + aux_weights[1] * z), sums",
+              "return jnp.zeros(()), sums")],
+         router_terms_weights_swapped=[
+             ("return n * (aux_weights[0] * lb + aux_weights[1] * z), sums",
+              "return n * (aux_weights[1] * lb + aux_weights[0] * z), sums")],
+         lm_loss_without_router_terms=[
+             ('return ce_sum + aux, n, {"loss": ce_sum, **sums}',
+              'return ce_sum, n, {"loss": ce_sum, **sums}')]),
+    *_in("train/step.py", ("tests/test_step.py", "-k", "token_logps"),
+         token_logps_temperature_inverted=[
+             ("logits_BxTxV.astype(jnp.float32) / temperature",
+              "logits_BxTxV.astype(jnp.float32) * temperature")]),
+    *_in("train/dpo.py", ("tests/test_dpo.py", "-k", "not precomputed and not sequence_logp"),
+         dpo_margin_reversed=[
+             ("h_B = chosen_ratio_B - rejected_ratio_B",
+              "h_B = rejected_ratio_B - chosen_ratio_B")],
+         dpo_sigmoid_sign=[
+             ("loss_B = -jax.nn.log_sigmoid(beta * h_B)",
+              "loss_B = -jax.nn.log_sigmoid(-beta * h_B)")]),
+    *_in("train/grpo.py", ("tests/test_grpo.py", "-k", "not mu_1"),
+         grpo_min_to_max=[
+             ("-jnp.minimum(unclipped_NxT, clipped_NxT)",
+              "-jnp.maximum(unclipped_NxT, clipped_NxT)")],
+         grpo_clip_bounds_swapped=[
+             ("jnp.clip(ratio_NxT, 1.0 - epsilon, 1.0 + epsilon_high)",
+              "jnp.clip(ratio_NxT, 1.0 - epsilon_high, 1.0 + epsilon)")],
+         grpo_k3_reversed=[
+             ("log_ratio = ref_logp_NxT - logp_NxT", "log_ratio = logp_NxT - ref_logp_NxT")]),
+    *_in("model/moe.py",
+         ("tests/test_moe.py", "-k", "load_balance or z_loss or priority or router_stats"),
+         load_balance_no_e=[
+             ("p_E = jnp.mean(r.probs_NxE, axis=0)\n  return n_experts * jnp.sum(f_E * p_E)",
+              "p_E = jnp.mean(r.probs_NxE, axis=0)\n  return jnp.sum(f_E * p_E)")],
+         load_balance_stats_no_e=[
+             ("MoEStats(n_experts * jnp.sum(f_E * p_E)", "MoEStats(jnp.sum(f_E * p_E)")],
+         capacity_token_major=[
+             ("expert_A = r.expert_NxK.T.reshape(-1)", "expert_A = r.expert_NxK.reshape(-1)"),
+             ("jnp.tile(jnp.arange(n), k), r.weight_NxK.T.reshape(-1)",
+              "jnp.repeat(jnp.arange(n), k), r.weight_NxK.reshape(-1)")]),
+    *_in("train/optimizer.py", ("tests/test_optimizer.py",),
+         decay_mask_removed=[
+             ("weight_decay=cfg_train.weight_decay,\n                  mask=decay_mask),",
+              "weight_decay=cfg_train.weight_decay),")],
+         # (Flipping the metadata's default alone is an equivalent mutant: make_param always
+         # sets it.)
+         decay_mask_inverted=[
+             ('v.replace(v.get_metadata().get("weight_decay", True))',
+              'v.replace(not v.get_metadata().get("weight_decay", True))')],
+         warmup_off_by_one=[("warmup_steps=warmup,", "warmup_steps=warmup + 1,")],
+         cosine_end_value=[("end_value=lr / 10)", "end_value=0.0)")],
+         clip_per_element=[
+             ("optax.clip_by_global_norm(cfg_train.grad_clip)",
+              "optax.clip(cfg_train.grad_clip)")]),
+    *_in("sharding/data_parallel.py",
+         ("tests/test_zero.py", "-k", "losses_match and (stage1 or stage0)"),
+         zero_psum_to_pmean=[("return jax.lax.psum(g, dp)", "return jax.lax.pmean(g, dp)")]),
+    # Only expert weights are stored split (over the expert axis) yet have gradients split further
+    # (over data, from stage 2): test_zero's dense layouts never reach this line.
+    *_in("sharding/data_parallel.py",
+         ("tests/test_moe.py", "-k", "expert_parallel_training_matches_one_device and stage2"),
+         zero_no_scatter_slice=[
+             ("g = jax.lax.dynamic_slice_in_dim(g, jax.lax.axis_index(axes) * size, size, dim)",
+              "g = jax.lax.dynamic_slice_in_dim(g, 0, size, dim)")]),
+    *_in("model/speculative.py", ("tests/test_speculative.py",),
+         speculative_accept_swapped=[
+             ("accept_BxG = u_BxG * q_at_BxG <= p_at_BxG",
+              "accept_BxG = u_BxG * p_at_BxG <= q_at_BxG")]),
+    *_in("model/kv_cache.py",
+         ("tests/test_generation.py", "-k", "cache_writes or rows_at_different"),
+         kv_cache_write_shifted=[
+             ("idx[slot_axis] = start_B[b]", "idx[slot_axis] = start_B[b] + 1")]),
+    *_in("model/flash.py", ("tests/test_flash.py", "-k", "gqa_with_lengths or segment_ids_match"),
+         flash_no_acc_rescale=[("acc * correction[..., None] + pv", "acc + pv")],
+         flash_no_l_rescale=[("l = l * correction + p.sum(axis=-1)", "l = l + p.sum(axis=-1)")],
+         flash_scale=[
+             ("preferred_element_type=jnp.float32) * (dh ** -0.5)",
+              "preferred_element_type=jnp.float32) * (dh ** 0.5)")]),
+    *_in("model/kernels.py", ("tests/test_kernels.py", "-k", "jaxpr"),
+         pallas_always_falls_back=[
+             ("if _pallas_falls_back(q_BxTxHxDh.shape[1]",
+              "if True or _pallas_falls_back(q_BxTxHxDh.shape[1]")],
+         pallas_tpu_falls_back_on_two_segment_arrays=[
+             ("@_falls_back_to_flash(one_segment_array=False)",
+              "@_falls_back_to_flash(one_segment_array=True)")],
+         pallas_falls_back_on_one_segment_array=[
+             ("return one_segment_array and q_segment_ids_BxT is not kv_segment_ids_BxS",
+              "return one_segment_array and q_segment_ids_BxT is not None")]),
 ]
 
 

@@ -104,6 +104,32 @@ def test_token_loss_sums_count_and_sum_only_non_padding_targets():
   assert float(ce_sum) == pytest.approx(-np.log(0.25) - np.log(0.1), rel=1e-6)
 
 
+def test_token_logps_equal_the_tempered_log_softmax_at_the_targets_and_its_gradient():
+  """token_logps, the one log-probability of every objective, against log_softmax + gather, at
+  temperature 1 and 0.7, from bfloat16 logits too (it computes in float32).
+
+  Catches: the temperature dropped or multiplied, the logsumexp over the wrong axis."""
+  from train import step as step_lib
+
+  logits = jax.random.normal(jax.random.key(0), (2, 5, 11)) * 3.0
+  targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
+
+  def expected(x, temperature):
+    logp = jax.nn.log_softmax(x.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+  for temperature in (1.0, 0.7):
+    got = step_lib.token_logps(logits, targets, temperature)
+    assert got.dtype == jnp.float32 and got.shape == (2, 5)
+    np.testing.assert_allclose(got, expected(logits, temperature), rtol=1e-6, atol=1e-6)
+    grad = jax.grad(lambda x: step_lib.token_logps(x, targets, temperature).sum())(logits)
+    want = jax.grad(lambda x: expected(x, temperature).sum())(logits)
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
+  half = logits.astype(jnp.bfloat16)
+  np.testing.assert_allclose(step_lib.token_logps(half, targets), expected(half, 1.0), rtol=1e-6,
+                             atol=1e-6)
+
+
 def test_router_terms_add_the_weighted_layer_mean_losses_times_the_count():
   """n (w_lb mean(lb) + w_z mean(z)) over the MoE layers.
 

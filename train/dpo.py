@@ -46,8 +46,7 @@ def sequence_logps_aux(graphdef: nnx.GraphDef, params: nnx.State, inputs_BxT: ja
   """(sum over completion tokens of log pi(target | prefix) (B,) float32, the router statistics
   of an MoE model or None). use: the train step's parameter hook (transformer.ParamUse)."""
   logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_BxT, use=use)
-  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-  logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  logp_BxT = step_lib.token_logps(logits_BxTxV, targets_BxT)
   return jnp.sum(logp_BxT * mask_BxT, axis=-1), stats
 
 

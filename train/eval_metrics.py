@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model import transformer
+from train import step as step_lib
 
 
 def exact_match(prediction: str, answer: str, normalise: Callable[[str], str] = str.strip) -> bool:
@@ -112,10 +113,9 @@ def _teacher_forced(graphdef, params, tokens_BxW, lengths_B, answer_len_B):
   w = tokens_BxW.shape[1]
   positions, segments = _positions_and_segments(lengths_B, w)
   logits = transformer.apply(graphdef, params, tokens_BxW[:, :-1], positions[:, :-1], segments[:, :-1])
-  logp_BxTxV = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
   targets_BxT = tokens_BxW[:, 1:]
-  logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], -1)[..., 0]
-  correct_BxT = jnp.argmax(logp_BxTxV, -1) == targets_BxT
+  logp_BxT = step_lib.token_logps(logits, targets_BxT)
+  correct_BxT = jnp.argmax(logits.astype(jnp.float32), -1) == targets_BxT
   # Answers are the last answer_len tokens of each row: target columns [W - 1 - len, W - 1).
   col_T = jnp.arange(w - 1)
   in_answer_BxT = col_T[None] >= (w - 1 - answer_len_B)[:, None]

@@ -51,8 +51,8 @@ def group_advantages(rewards_PxG: jax.Array, *, scale_rewards: str, eps: float =
   return centred_PxG / (jnp.std(rewards_PxG, axis=1, keepdims=True) + eps)
 
 
-def token_logps_aux(graphdef: nnx.GraphDef, params: nnx.State, inputs_NxT: jax.Array,
-                    targets_NxT: jax.Array, temperature: float = 1.0, use=None):
+def logps_and_entropy(graphdef: nnx.GraphDef, params: nnx.State, inputs_NxT: jax.Array,
+                      targets_NxT: jax.Array, temperature: float = 1.0, use=None):
   """(log pi(target), entropy of pi) per position, (N, T) each, pi = softmax(logits / temperature),
   and the router statistics of an MoE model (None for a dense one).
 
@@ -60,16 +60,11 @@ def token_logps_aux(graphdef: nnx.GraphDef, params: nnx.State, inputs_NxT: jax.A
   completions were really drawn from. use: the train step's parameter hook.
   """
   logits_NxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_NxT, use=use)
-  logp_NxTxV = jax.nn.log_softmax(logits_NxTxV.astype(jnp.float32) / temperature, axis=-1)
-  logp_NxT = jnp.take_along_axis(logp_NxTxV, targets_NxT[..., None], axis=-1)[..., 0]
-  entropy_NxT = -jnp.sum(jnp.exp(logp_NxTxV) * logp_NxTxV, axis=-1)
+  logp_NxT = step_lib.token_logps(logits_NxTxV, targets_NxT, temperature)
+  # The entropy (a metric only) is the one use that needs the whole distribution.
+  all_logp_NxTxV = jax.nn.log_softmax(logits_NxTxV.astype(jnp.float32) / temperature, axis=-1)
+  entropy_NxT = -jnp.sum(jnp.exp(all_logp_NxTxV) * all_logp_NxTxV, axis=-1)
   return logp_NxT, entropy_NxT, stats
-
-
-def token_logps(graphdef: nnx.GraphDef, params: nnx.State, inputs_NxT: jax.Array,
-                targets_NxT: jax.Array, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """(log pi(target), entropy of pi) per position, (N, T) each: token_logps_aux without stats."""
-  return token_logps_aux(graphdef, params, inputs_NxT, targets_NxT, temperature)[:2]
 
 
 def k3_kl(logp_NxT: jax.Array, ref_logp_NxT: jax.Array) -> jax.Array:
@@ -143,7 +138,7 @@ def loss(graphdef: nnx.GraphDef, g: ml_collections.ConfigDict,
 
   def loss_fn(params, batch, use=None):
     mask_NxT = batch["mask"]
-    logp_NxT, entropy_NxT, stats = token_logps_aux(
+    logp_NxT, entropy_NxT, stats = logps_and_entropy(
         graphdef, params, batch["inputs"], batch["targets"], g.temperature, use=use)
     total, n, sums = grpo_loss_sums(
         logp_NxT, batch.get("old_logp"), batch.get("ref_logp"), batch["advantages"], mask_NxT,
@@ -216,7 +211,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
   spec = generation.DecodeSpec(g.max_new_tokens, run.eot_id,
                            sampling.SamplingConfig(temperature=g.temperature))
   generate = generation.make_generate(policy.model_cfg, policy.graphdef, spec)
-  logps_fn = jax.jit(lambda p, i, tg: token_logps(policy.graphdef, p, i, tg, g.temperature)[0])
+  logps_fn = jax.jit(
+      lambda p, i, tg: logps_and_entropy(policy.graphdef, p, i, tg, g.temperature)[0])
   n_rows = g.prompts_per_step * g.group_size
   t_len = p_len + g.max_new_tokens - 1
   tokens = np.zeros((n_rows, t_len), np.int32)

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
 from model import transformer
@@ -22,14 +21,6 @@ from train import align_loop
 from train import alignment_data as data_lib
 from train import step as step_lib
 from train.config import ConfigError
-
-
-def completion_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
-                         mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(sum of cross-entropy over masked-in targets, their count)."""
-  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxTxV.astype(jnp.float32), targets_BxT)
-  return jnp.sum(ce_BxT * mask_BxT), jnp.sum(mask_BxT)
 
 
 def loss(graphdef: nnx.GraphDef, aux_weights: tuple[float, float] = (0.0, 0.0)) -> step_lib.LossFn:
@@ -41,7 +32,9 @@ def loss(graphdef: nnx.GraphDef, aux_weights: tuple[float, float] = (0.0, 0.0)) 
 
   def loss_fn(params, batch, use=None):
     logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, batch["inputs"], use=use)
-    total, n = completion_loss_sums(logits_BxTxV, batch["targets"], batch["mask"])
+    mask_BxT = batch["mask"]
+    total = -jnp.sum(step_lib.token_logps(logits_BxTxV, batch["targets"]) * mask_BxT)
+    n = jnp.sum(mask_BxT)
     aux, sums = step_lib.router_terms(stats, n, aux_weights)
     return total + aux, n, {"loss": total, **sums}
 

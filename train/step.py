@@ -41,10 +41,23 @@ def init_state(params: nnx.State, tx: optax.GradientTransformation, seed: int) -
   }
 
 
+def token_logps(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+                temperature: float = 1.0) -> jax.Array:
+  """log softmax(logits / temperature)[target] per position, (B, T) float32: the one token
+  log-probability of every objective (cross-entropy is its negative).
+
+  Computed as the target's logit minus the logsumexp over the vocabulary, so that no (B, T, V)
+  log-softmax is kept beyond the logits themselves.
+  """
+  z_BxTxV = logits_BxTxV.astype(jnp.float32) / temperature
+  target_BxT = jnp.take_along_axis(z_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  return target_BxT - jax.nn.logsumexp(z_BxTxV, axis=-1)
+
+
 def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: int):
   """(sum of next-token cross-entropy over non-padding targets, number of such targets)."""
   mask_BxT = targets_BxT != pad_id
-  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV.astype(jnp.float32), targets_BxT)
+  ce_BxT = -token_logps(logits_BxTxV, targets_BxT)
   return jnp.sum(ce_BxT * mask_BxT), jnp.sum(mask_BxT)
 
 

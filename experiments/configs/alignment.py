@@ -5,6 +5,8 @@ The stage configs (sft.py, dpo.py, grpo.py) start from base() and add their own 
 
 import ml_collections
 
+from experiments.configs import default
+
 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -28,17 +30,13 @@ def base() -> ml_collections.ConfigDict:
   c.data.train_path = ""
   c.data.eval_path = ""  # {"prompt", "answer"} per line: held-out exact match
 
-  c.train = ml_collections.ConfigDict()
-  c.train.steps = 300
-  c.train.batch_size = 64
-  c.train.lr = 1e-3
-  c.train.warmup_steps = 20
-  c.train.grad_accum = 1  # micro-batches per step; the update equals the whole batch's
-  c.train.weight_decay = 0.0
-  c.train.grad_clip = 1.0
-  c.train.seed = 0
-  c.train.log_every = 5
-  c.train.eval_every = 50
+  # Training, sharding (where the train state lives; any mesh and stage resume any checkpoint of
+  # the same run) and checkpoints are pretraining's sections (default.py explains each), except:
+  pretraining = default.get_config()
+  c.train = pretraining.train
+  c.train.update(steps=300, batch_size=64, lr=1e-3, warmup_steps=20, weight_decay=0.0,
+                 log_every=5, eval_every=50)
+  del c.train.eval_batches  # evaluation is the exact match below, not held-out loss
 
   # Held-out exact match, greedy decoding.
   c.eval = ml_collections.ConfigDict()
@@ -46,17 +44,7 @@ def base() -> ml_collections.ConfigDict:
   c.eval.batch_size = 250
   c.eval.max_new_tokens = 8
 
-  # Where the train state lives, as in pretraining (experiments/configs/default.py): mesh axis
-  # sizes (one -1 takes the remaining devices) and the ZeRO stage (sharding/zero.py). Any mesh and
-  # stage resume any checkpoint of the same run.
-  c.sharding = ml_collections.ConfigDict()
-  c.sharding.mesh = {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1}
-  c.sharding.zero_stage = 0
-  c.sharding.device_memory_gb = 0.0  # GB per device; > 0 checks the compiled step first
-
-  c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every_steps = 50
-  c.checkpoint.keep = 2
-  # A run whose checkpoints are all unreadable stops with an error; True starts it over.
-  c.checkpoint.restart_if_unreadable = False
+  c.sharding = pretraining.sharding
+  c.checkpoint = pretraining.checkpoint
+  c.checkpoint.update(every_steps=50, keep=2)
   return c

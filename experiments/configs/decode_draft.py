@@ -9,25 +9,12 @@ experiments/decode_bench.py's docstring shows.
 
 import ml_collections
 
-from experiments.configs import default
+from experiments.configs import decode_target
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = default.get_config()
-  c.data.seq_len = 512
-  c.model.d_model = 256
-  c.model.n_layers = 2
-  c.model.n_heads = 4
-  c.model.n_kv_heads = 1
-  c.model.d_ff = 768
-  # The target's schedule and batches (same seed, so the same data order): the draft sees the
-  # same tokens and differs only in size.
-  c.train.steps = 60
-  c.train.batch_size = 4
-  c.train.lr = 3e-3
-  c.train.warmup_steps = 10
-  c.train.log_every = 5
-  c.train.eval_every = 30
-  c.train.eval_batches = 4
-  c.checkpoint.every_steps = 20
+  # The target's data, schedule and batches (same seed, so the same data order): the draft sees
+  # the same tokens and differs only in size.
+  c = decode_target.get_config()
+  c.model.update(d_model=256, n_layers=2, n_heads=4, n_kv_heads=1, d_ff=768)
   return c

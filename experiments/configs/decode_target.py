@@ -15,17 +15,8 @@ from experiments.configs import default
 def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.data.seq_len = 512
-  c.model.d_model = 512
-  c.model.n_layers = 8
-  c.model.n_heads = 8
-  c.model.n_kv_heads = 2
-  c.model.d_ff = 1536
-  c.train.steps = 60
-  c.train.batch_size = 4
-  c.train.lr = 3e-3
-  c.train.warmup_steps = 10
-  c.train.log_every = 5
-  c.train.eval_every = 30
-  c.train.eval_batches = 4
+  c.model.update(d_model=512, n_layers=8, n_heads=8, n_kv_heads=2, d_ff=1536)
+  c.train.update(steps=60, batch_size=4, warmup_steps=10, log_every=5, eval_every=30,
+                 eval_batches=4)
   c.checkpoint.every_steps = 20
   return c

@@ -5,6 +5,8 @@ Override any field from the command line, e.g. --config.model.n_layers=6 --confi
 
 import ml_collections
 
+from experiments.configs import model_section
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -14,32 +16,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 256
   c.data.vocab_size = 2048
 
-  c.model = ml_collections.ConfigDict()
-  c.model.vocab_size = c.data.get_ref("vocab_size")  # the embedding table follows the tokenizer
-  c.model.d_model = 192
-  c.model.n_layers = 4
-  c.model.n_heads = 6
-  c.model.n_kv_heads = 2  # GQA: 3 query heads share each key/value head
-  c.model.d_ff = 512
-  c.model.max_seq_len = c.data.get_ref("seq_len")
-  c.model.rope_theta = 10000.0
-  c.model.norm_eps = 1e-5
-  c.model.tie_embeddings = True
-  c.model.attention_impl = "reference"
-  c.model.dtype = "auto"  # bfloat16 matmuls on GPU/TPU, float32 on CPU; parameters stay float32
-  c.model.param_dtype = "float32"
-  c.model.scan_layers = True
-  c.model.remat = "none"
-  c.model.init_std = 0.02
-  c.model.moe = ml_collections.ConfigDict()
-  c.model.moe.n_experts = 0  # 0 = dense; e.g. 8 for a Mixtral-style MoE
-  c.model.moe.top_k = 2
-  c.model.moe.every = 1  # every k-th layer is MoE
-  c.model.moe.d_expert = 0  # expert hidden width; 0 = model.d_ff
-  c.model.moe.capacity_factor = 1.25
-  c.model.moe.dispatch = "dropless"  # or "capacity"
-  c.model.moe.aux_loss_weight = 1e-2
-  c.model.moe.z_loss_weight = 1e-3
+  # Every model setting is ModelConfig's (model/config.py documents each), except:
+  c.model = model_section(
+      vocab_size=c.data.get_ref("vocab_size"),  # the embedding table follows the tokenizer
+      max_seq_len=c.data.get_ref("seq_len"),
+      d_model=192, n_heads=6, d_ff=512,
+      n_kv_heads=2,  # GQA: 3 query heads share each key/value head
+  )
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 400
@@ -48,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.warmup_steps = 50
   c.train.weight_decay = 0.1
   c.train.grad_clip = 1.0
-  c.train.grad_accum = 1
+  c.train.grad_accum = 1  # micro-batches per step; the update equals the whole batch's
   c.train.seed = 0
   c.train.log_every = 10
   c.train.eval_every = 80

@@ -18,7 +18,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.steps = 300
   c.train.lr = 3e-4  # a tenth of SFT's: DPO adjusts a trained policy
   c.train.warmup_steps = 10
-  c.train.eval_every = 50
 
   c.dpo = ml_collections.ConfigDict()
   c.dpo.loss_type = "sigmoid"  # sigmoid | ipo | hinge | robust

@@ -8,6 +8,7 @@ addition, evaluated on held-out problems of 1 to 3 digits (~15 minutes on 2 busy
 
 import ml_collections
 
+import experiments.configs as configs
 from experiments.configs import default
 
 
@@ -18,15 +19,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   b = default.get_config()
   b.data.seq_len = 64  # problems are ~10 tokens; short rows keep small models cheap
   b.data.vocab_size = 512
-  b.train.steps = 1500
-  b.train.batch_size = 32
-  b.train.lr = 3e-3
-  b.train.warmup_steps = 30
-  b.train.log_every = 50
+  b.train.update(steps=1500, batch_size=32, warmup_steps=30, log_every=50, eval_batches=16)
   b.train.eval_every = 10**9  # only the final step
-  b.train.eval_batches = 16
-  b.checkpoint.every_steps = 200
-  b.checkpoint.keep = 2
+  b.checkpoint.update(every_steps=200, keep=2)
   c.base = b
   c.models = ((1, 16), (1, 32), (2, 32), (2, 48), (2, 64))  # (n_layers, d_model): 3k to 107k
   c.head_dim = 16
@@ -48,24 +43,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval.batch_size = 50
   c.eval.seed = 1
 
-  c.launch = ml_collections.ConfigDict()
-  c.launch.job_name = "llmlab-emergence"
-  c.launch.slurm_options = ("--cpus-per-task=2", "--time=01:00:00")
+  c.launch = configs.launch_section("llmlab-emergence", "01:00:00")
 
   if preset == "tiny":
+    configs.shrink_to_smoke_test(b)
     b.data.seq_len = 32
-    b.data.vocab_size = 300
-    b.train.steps = 2
-    b.train.batch_size = 8
-    b.train.warmup_steps = 1
-    b.train.eval_batches = 1
-    b.checkpoint.every_steps = 2
     c.models = ((1, 16), (2, 16))
-    c.data.digits = (1, 2)
-    c.data.problems_per_digit = 200
-    c.data.stdlib_fraction = 0.2
-    c.eval.problems_per_digit = 8
-    c.eval.batch_size = 8
+    c.data.update(digits=(1, 2), problems_per_digit=200, stdlib_fraction=0.2)
+    c.eval.update(problems_per_digit=8, batch_size=8)
   elif preset:
     raise ValueError(f"unknown preset {preset!r}; allowed: tiny")
   return c

@@ -17,9 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 55-59% at steps 50-100), then rises as it decays; 3e-5 (300 steps) dipped less (63%) and
   # ended lower (72.8%).
   c.train.lr = 1e-4
-  c.train.warmup_steps = 30
-  c.train.eval_every = 50
-  c.train.log_every = 1
+  c.train.update(warmup_steps=30, log_every=1)
 
   c.grpo = ml_collections.ConfigDict()
   c.grpo.prompts_per_step = 16

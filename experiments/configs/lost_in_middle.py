@@ -9,6 +9,7 @@ position for k up to 20 pairs (trained on 2 to 12), with the query after the pai
 
 import ml_collections
 
+import experiments.configs as configs
 from experiments.configs import default
 
 
@@ -20,14 +21,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   b.data.seq_len = 48  # 20 pairs with the query before and after fit: 2 * 20 + 7 tokens
   b.data.vocab_size = 512  # room for every " 37" and "81" as one token
   b.train.steps = 6000  # ~192k examples: 4000 steps of a smaller model left it at 1/k (docs/studies.md)
-  b.train.batch_size = 32
-  b.train.lr = 3e-3
-  b.train.warmup_steps = 30
-  b.train.log_every = 25
-  b.train.eval_every = 10**9
-  b.train.eval_batches = 8
-  b.checkpoint.every_steps = 500
-  b.checkpoint.keep = 2
+  b.train.update(batch_size=32, warmup_steps=30, log_every=25, eval_every=10**9)
+  b.checkpoint.update(every_steps=500, keep=2)
   c.base = b
   c.model = (2, 64)  # (n_layers, d_model): attention needs two layers to look a key up
   c.head_dim = 32  # two wide heads per layer: a key match is one query-key product
@@ -48,27 +43,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.seed = 0
 
-  c.launch = ml_collections.ConfigDict()
-  c.launch.job_name = "llmlab-lost-in-middle"
-  c.launch.slurm_options = ("--cpus-per-task=2", "--time=01:00:00")
+  c.launch = configs.launch_section("llmlab-lost-in-middle", "01:00:00")
 
   if preset == "tiny":
-    b.data.seq_len = 48
-    b.data.vocab_size = 300
-    b.train.steps = 2
-    b.train.batch_size = 8
-    b.train.warmup_steps = 1
-    b.train.eval_batches = 1
-    b.checkpoint.every_steps = 2
-    c.model = (1, 16)
-    c.head_dim = 16
-    c.task.k_max = 4
-    c.task.questions = 2
-    c.task.examples = 200
-    c.eval.ks = (2, 5)
-    c.eval.positions = 2
-    c.eval.examples = 4
-    c.eval.batch_size = 8
+    configs.shrink_to_smoke_test(b)
+    c.update(model=(1, 16), head_dim=16)
+    c.task.update(k_max=4, questions=2, examples=200)
+    c.eval.update(ks=(2, 5), positions=2, examples=4, batch_size=8)
   elif preset:
     raise ValueError(f"unknown preset {preset!r}; allowed: tiny")
   return c

@@ -13,23 +13,11 @@ from experiments.configs import default
 def get_config():
   c = default.get_config()
   c.data.seq_len = 128
-  c.data.vocab_size = 2048
-  c.model.d_model = 128
-  c.model.n_layers = 4
-  c.model.n_heads = 4
-  c.model.n_kv_heads = 2
-  c.model.d_ff = 512
+  c.model.update(d_model=128, n_heads=4, d_ff=512)
   c.model.moe.n_experts = 8  # the MoE arm; experiments/moe_vs_dense.py sets 0 for the dense arm
   c.model.moe.top_k = 2
   c.model.moe.d_expert = 256  # 2 experts x 256 = the dense d_ff of 512
   c.model.moe.dispatch = "capacity"
-  c.model.moe.capacity_factor = 1.25
-  c.train.steps = 300
-  c.train.batch_size = 16
-  c.train.lr = 3e-3
-  c.train.warmup_steps = 40
-  c.train.log_every = 10
-  c.train.eval_every = 50
-  c.train.eval_batches = 8
+  c.train.update(steps=300, warmup_steps=40, eval_every=50)
   c.checkpoint.every_steps = 100
   return c

@@ -7,23 +7,18 @@ The model is used only without --init_workdir (with it, the init_workdir's model
 
 import ml_collections
 
-from experiments.configs import alignment
+from experiments.configs import alignment, model_section
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = alignment.base()
 
-  c.model = ml_collections.ConfigDict()
-  c.model.d_model = 128
-  c.model.n_layers = 4
-  c.model.n_heads = 4
-  c.model.n_kv_heads = 2
-  c.model.d_ff = 384
-  c.model.max_seq_len = 32  # prompt "99+99=" (6) + eval.max_new_tokens (8) fits with room
+  # A fresh model: ModelConfig's defaults (model/config.py), except
+  c.model = model_section(
+      max_seq_len=32)  # prompt "99+99=" (6) + eval.max_new_tokens (8) fits with room
+  del c.model.vocab_size  # the embedding follows the tokenizer (train/align_loop.py)
 
-  c.train.steps = 2000
-  c.train.lr = 3e-3
-  c.train.warmup_steps = 50
+  c.train.update(steps=2000, lr=3e-3, warmup_steps=50)
 
   # Stop at the first evaluation with at least this held-out accuracy: the chain wants a policy
   # that solves some problems but not all, so that DPO and GRPO have something left to learn

@@ -8,20 +8,9 @@ from experiments.configs import default
 
 def get_config():
   c = default.get_config()
-  c.data.seq_len = 32
-  c.data.vocab_size = 300
-  c.model.d_model = 32
-  c.model.n_layers = 2
-  c.model.n_heads = 4
-  c.model.n_kv_heads = 2
-  c.model.d_ff = 64
-  c.train.steps = 6
-  c.train.batch_size = 8
-  c.train.lr = 1e-2
-  c.train.warmup_steps = 2
-  c.train.log_every = 1
-  c.train.eval_every = 3
-  c.train.eval_batches = 2
-  c.checkpoint.every_steps = 3
-  c.checkpoint.keep = 5
+  c.data.update(seq_len=32, vocab_size=300)
+  c.model.update(d_model=32, n_layers=2, n_heads=4, d_ff=64)
+  c.train.update(steps=6, batch_size=8, lr=1e-2, warmup_steps=2, log_every=1, eval_every=3,
+                 eval_batches=2)
+  c.checkpoint.update(every_steps=3, keep=5)
   return c

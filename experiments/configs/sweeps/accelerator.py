@@ -19,13 +19,12 @@ from experiments.configs.sweeps import cpu_small
 def get_config() -> ml_collections.ConfigDict:
   c = cpu_small.get_config()
   b = c.base
-  b.data.seq_len = 1024
-  b.data.vocab_size = 16384
+  b.data.update(seq_len=1024, vocab_size=16384)
   b.model.dtype = "bfloat16"  # parameters stay float32; matmuls run in bfloat16
   b.model.attention_impl = "auto"  # cuDNN / Pallas flash attention where available
-  b.train.batch_size = 64  # 65k tokens per step
-  b.train.lr = 1e-3
-  b.train.eval_batches = 64
+  b.train.update(
+      batch_size=64,  # 65k tokens per step
+      lr=1e-3, eval_batches=64)
   b.checkpoint.every_steps = 1000
   # (n_layers, d_model) with 64-wide heads: non-embedding N from 3.4M to 218M, ~1.5x apart.
   c.models = ((4, 256), (5, 320), (6, 384), (7, 448), (8, 512), (9, 576), (10, 640), (11, 704),

@@ -12,6 +12,7 @@ Chinchilla's 20: the isoFLOP profiles need their minima inside them.
 
 import ml_collections
 
+import experiments.configs as configs
 from experiments.configs import default
 
 
@@ -20,13 +21,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.data.seq_len = 128
   c.data.vocab_size = 512  # a small vocabulary keeps the embedding from dominating tiny models
-  c.train.batch_size = 16
-  c.train.lr = 3e-3
   c.train.log_every = 50
   c.train.eval_every = 10**9  # the final step is always evaluated; nothing in between is needed
   c.train.eval_batches = 32  # 65k held-out tokens: the loss differences we fit are ~0.05 nats
-  c.checkpoint.every_steps = 250
-  c.checkpoint.keep = 2
+  c.checkpoint.update(every_steps=250, keep=2)
   return c
 
 
@@ -52,7 +50,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.fit.level = 0.9
   c.fit.seed = 0
 
-  c.launch = ml_collections.ConfigDict()
-  c.launch.job_name = "llmlab-scaling"
-  c.launch.slurm_options = ("--cpus-per-task=2", "--time=02:00:00")
+  c.launch = configs.launch_section("llmlab-scaling", "02:00:00")
   return c

@@ -13,9 +13,7 @@ from experiments.configs.sweeps import cpu_small
 def get_config() -> ml_collections.ConfigDict:
   c = cpu_small.get_config()
   b = tiny.get_config()  # seq_len 32, vocab 300, batch 8
-  b.train.eval_every = 10**9
-  b.train.log_every = 1
-  b.train.eval_batches = 1
+  b.train.update(eval_every=10**9, eval_batches=1)
   b.checkpoint.every_steps = 2
   c.base = b
   c.models = ((1, 16),)  # N = 3.4k
