@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from model import fields
+
 ROPE_SCALINGS = ("none", "llama3", "yarn")
 
 
@@ -70,11 +72,7 @@ class RopeScaling:
 
   @classmethod
   def from_dict(cls, d: dict) -> "RopeScaling":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"unknown model.rope_scaling setting(s) {unknown}; allowed: {sorted(names)}")
-    return cls(**d)
+    return fields.from_dict(cls, d, "model.rope_scaling")
 
 
 def _llama3(inv_freq_F: np.ndarray, s: RopeScaling) -> np.ndarray:
