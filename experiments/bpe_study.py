@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import random
 import sys
 import sysconfig
@@ -62,17 +63,21 @@ def define_flags() -> None:
 
 
 def source_files(paths: str, seed: int) -> list[str]:
-  """The .py files (the standard library's when paths is empty), in a seeded order: a cap then
-  takes files from every package, not the alphabetically first ones."""
-  from train import data as data_lib
-
+  """The .py files (the standard library's when paths is empty: the files of train/data.py
+  stdlib_files, listed here so that this study does not import grain), in a seeded order: a cap
+  then takes files from every package, not the alphabetically first ones."""
   if paths:
-    out = sorted({f for p in data_lib.parse_paths(paths) for f in glob.glob(p, recursive=True)
+    out = sorted({f for p in paths.split(",") if p.strip()
+                  for f in glob.glob(os.path.expanduser(p.strip()), recursive=True)
                   if f.endswith(".py") and os.path.isfile(f)})
     if not out:
       raise ValueError(f"config.paths={paths!r} matches no .py file")
   else:
-    out = data_lib.stdlib_files()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(sysconfig.get_paths()["stdlib"]):
+      dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "__pycache__"))
+      out.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(".py"))
+    out.sort()
   random.Random(f"files:{seed}").shuffle(out)
   return out
 
@@ -330,7 +335,10 @@ def report(cfg, workdir: str, points, out_dir: str) -> dict:
       for r in rows if r["corpus"] == kind} for kind in cfg.corpora}
   first = rows[0] if rows else None
   summary = {
-      "study": "bpe", "machine": sweep_lib.machine_info(), "points": len(rows),
+      "study": "bpe", "points": len(rows),
+      # Not sweep.machine_info(): that imports jax, which this study never uses.
+      "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                  "processor": platform.processor() or platform.machine()},
       "settings": {"train_chars": cfg.train_chars, "test_chars": cfg.test_chars,
                    "test_percent": cfg.test_percent, "multi_piece": cfg.multi_piece,
                    "paths": cfg.paths or "the standard library", "seed": cfg.seed,
@@ -367,7 +375,8 @@ def main(argv):
     summary = report(cfg, FLAGS.workdir, points, FLAGS.out)
   except (ValueError, FileNotFoundError) as e:
     common.fail(e)
-  print(common.format_summary({k: summary[k] for k in ("points", "by_corpus")}))
+  print(common.format_summary({k: summary[k] for k in ("points", "by_corpus")}),
+        file=sys.stderr if FLAGS.launcher == "print" else sys.stdout)  # stdout: commands only
 
 
 if __name__ == "__main__":
