@@ -354,3 +354,42 @@ def machine_info() -> dict:
   return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
           "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
           "devices": [d.device_kind for d in jax.devices()][:1] + [f"x{jax.device_count()}"]}
+
+
+def launch_records(
+    root: str, points: Sequence[Point], compute: Callable[[Point], dict], *, launcher: str,
+    point: str, argv: Sequence[str], job_name: str, slurm_options: Sequence[str] = (),
+    log: Optional[Callable[[str], None]] = None,
+) -> bool:
+  """launch() for points that are a computation, not a training run (experiments.bpe_study,
+  attention_scale): compute(point) returns the point's record, written atomically to
+  ROOT/points/NAME/result.json, so a point is done exactly as a trained one is and the print and
+  slurm launchers, pending() and collect() treat both alike. True when every point is done."""
+  log = log or _log
+  if launcher not in LAUNCHERS:
+    raise ValueError(f"--launcher={launcher!r} is unknown; allowed: {', '.join(LAUNCHERS)}")
+  names = [p.name for p in points]
+  if len(set(names)) != len(names):
+    raise ValueError("two points of the study have the same name; remove the duplicate")
+  os.makedirs(root, exist_ok=True)
+  if point:
+    todo = [find_point(points, point)]
+  else:
+    todo = pending(root, points) if launcher == "local" else []
+  for i, p in enumerate(todo):
+    if load_result(root, p.name) is not None:
+      continue
+    log(f"[{i + 1}/{len(todo)} to run, {len(points)} in the study] {p.name}")
+    start = time.perf_counter()
+    record = {"name": p.name, "meta": p.meta, **compute(p)}
+    record["wall_s"] = record.get("wall_s", time.perf_counter() - start)
+    write_json(os.path.join(point_dir(root, p.name), RESULT), record)
+  if point:
+    return False
+  todo = pending(root, points)
+  if launcher == "print" and todo:
+    print_commands(argv, todo)
+  elif launcher == "slurm" and todo:
+    path = write_slurm(root, argv, todo, job_name=job_name, options=slurm_options)
+    log(f"wrote {path} ({len(todo)} tasks); submit it with: sbatch {path}")
+  return not todo

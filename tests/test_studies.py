@@ -86,3 +86,100 @@ def test_lost_in_middle_end_to_end_and_from_an_init_workdir(tmp_path):
                      f"--workdir={tmp_path / 'eval'}", f"--init_workdir={run}")
   assert again.returncode == 0, again.stderr[-2000:]
   assert _rows(tmp_path / "eval" / "results.jsonl") == rows
+
+
+def test_study_attention_with_the_scale_is_the_models_own_attention():
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from experiments import attention_scale
+  from experiments.configs import attention_scale as config
+  from model import layers
+
+  tcfg = config.get_config("tiny").train
+  cfg = attention_scale.model_config(tcfg, 16)
+  base = layers.Attention(cfg, nnx.Rngs(params=jax.random.key(0)))
+  x_BxTxD = jax.random.normal(jax.random.key(1), (2, tcfg.seq_len, cfg.d_model))
+  positions_BxT = jnp.broadcast_to(jnp.arange(tcfg.seq_len)[None], (2, tcfg.seq_len))
+  expected = base(x_BxTxD, positions_BxT)
+  study = attention_scale.study_attention_class()
+  # The copy-for-study with the scale is the model's attention, and the scale reaches the scores.
+  assert jnp.allclose(study(base, 16 ** -0.5)(x_BxTxD, positions_BxT), expected, atol=1e-5)
+  assert not jnp.allclose(study(base, 1.0)(x_BxTxD, positions_BxT), expected, atol=1e-3)
+  graphdef, params = attention_scale.build_model(tcfg, 16, scaled=False, seed=0)
+  assert all(type(b.attn) is study and b.attn.scale == 1.0 for b in nnx.merge(graphdef, params).blocks)
+
+
+def test_attention_scale_end_to_end_restarts_and_the_unscaled_softmax_saturates(tmp_path):
+  args = ["--config=experiments/configs/attention_scale.py:tiny", f"--workdir={tmp_path}",
+          f"--out={tmp_path / 'out'}"]
+  printed = run_script("experiments.attention_scale", *args, "--launcher=print")
+  assert printed.returncode == 0, printed.stderr[-2000:]
+  assert len(printed.stdout.splitlines()) == 4 and "--point=init-16-" in printed.stdout
+  out = run_script("experiments.attention_scale", *args)
+  assert out.returncode == 0, out.stderr[-2000:]
+  summary = json.load(open(tmp_path / "out" / "results.json"))
+  small, large = summary["init"]["16"], summary["init"]["256"]
+  for d_k, r in ((16, small), (256, large)):  # Vaswani et al.: var(q.k) = d_k for unit variances
+    assert abs(r["unscaled"]["var_qk"] / d_k - 1) < 0.2 and abs(r["scaled"]["var_scores"] - 1) < 0.2
+  # With the scale the softmax looks the same at every d_k; without it, it collapses onto one key
+  # and the gradient reaching the scores shrinks.
+  assert abs(small["scaled"]["entropy"] - large["scaled"]["entropy"]) < 0.3
+  assert large["unscaled"]["entropy"] < 0.5 * large["scaled"]["entropy"]
+  assert large["unscaled"]["saturated_share"] > 0.3 and large["scaled"]["saturated_share"] == 0
+  assert large["unscaled"]["grad_scores_norm_median"] < 0.5 * small["unscaled"]["grad_scores_norm_median"]
+  assert set(summary["train"]) == {"16-scaled", "16-unscaled"}
+  assert all(np.isfinite(r["val_loss_mean"]) and r["val_loss_mean"] > 0 for r in summary["train"].values())
+  assert (tmp_path / "out" / "attention_scale.png").exists()
+  again = run_script("experiments.attention_scale", *args, "--launcher=print")
+  assert again.returncode == 0 and again.stdout == ""  # every point done: nothing handed out
+
+
+def test_bpe_study_end_to_end_compresses_more_with_a_larger_vocabulary(tmp_path):
+  from experiments import bpe_study
+  from experiments.configs import bpe
+
+  out = run_script("experiments.bpe_study", "--config=experiments/configs/bpe.py:tiny",
+                   f"--workdir={tmp_path}", f"--out={tmp_path / 'out'}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  summary = json.load(open(tmp_path / "out" / "results.json"))
+  for kind in ("code", "prose"):
+    by_vocab = summary["by_corpus"][kind]
+    assert by_vocab["256"]["bytes_per_token"] == 1.0  # the bytes alone: no merges
+    assert by_vocab["512"]["bytes_per_token"] > 1.3
+    assert by_vocab["512"]["multi_piece_share"] < by_vocab["256"]["multi_piece_share"]
+    assert by_vocab["512"]["unicode_round_trips"] == 5 * 10
+  assert (tmp_path / "out" / "bpe.png").exists()
+  assert sweep.pending(str(tmp_path), bpe_study.make_points(bpe.get_config("tiny"))) == []
+
+
+def test_bpe_unicode_check_fails_on_a_tokenizer_with_unknown_tokens():
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  import pytest
+
+  from experiments import bpe_study
+
+  samples = bpe_study.unicode_samples(3, 20, seed=0)
+  vocab = {c: i for i, c in enumerate(["[UNK]"] + [chr(c) for c in range(32, 127)])}
+  lossy = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
+  lossy.pre_tokenizer = pre_tokenizers.Whitespace()
+  with pytest.raises(AssertionError):
+    bpe_study.check_no_unknown(lossy, samples)
+
+
+def test_bpe_prose_is_docstrings_and_comments_without_code():
+  from experiments import bpe_study
+
+  source = ('"""Module doc."""\n\nimport os  # why os\n\n\ndef f(x):\n  """Adds one.\n\n  More.\n  """\n'
+            '  # first line\n  # second line\n  return x + 1\n')
+  prose = bpe_study.prose_of(source)
+  assert prose == "Module doc.\n\nwhy os\n\nAdds one.\n\nMore.\n\nfirst line second line"
+  assert bpe_study.prose_of("def broken(:\n") == ""
+
+
+def test_bpe_study_reads_the_same_stdlib_files_as_the_default_corpus():
+  from experiments import bpe_study
+  from train import data
+
+  assert sorted(bpe_study.source_files("", seed=0)) == data.stdlib_files()

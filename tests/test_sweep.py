@@ -130,3 +130,22 @@ def test_collect_leaves_out_runs_of_other_settings(tmp_path, tiny_corpus):
   for name in (points[0].name, "p9-deadbeef"):
     sweep.write_json(os.path.join(sweep.point_dir(root, name), sweep.RESULT), {"name": name})
   assert [r["name"] for r in sweep.collect(root, points)] == [points[0].name]
+
+
+def test_launch_records_computes_each_point_once_and_hands_out_the_pending(tmp_path, capsys):
+  points = [sweep.Point(f"p{i}-abc", {}, {"i": i}) for i in range(3)]
+  root, calls = str(tmp_path), []
+
+  def compute(p):
+    calls.append(p.name)
+    return {"square": p.meta["i"] ** 2}
+
+  kw = dict(argv=_argv(), job_name="t", log=lambda _: None)
+  assert not sweep.launch_records(root, points, compute, launcher="local", point="p1-abc", **kw)
+  assert sweep.load_result(root, "p1-abc")["square"] == 1 and calls == ["p1-abc"]
+  assert not sweep.launch_records(root, points, compute, launcher="print", point="", **kw)
+  printed = capsys.readouterr().out.splitlines()
+  assert [line.rsplit("--point=", 1)[1] for line in printed] == ["p0-abc", "p2-abc"]
+  assert sweep.launch_records(root, points, compute, launcher="local", point="", **kw)
+  assert calls == ["p1-abc", "p0-abc", "p2-abc"]  # the finished point was not computed again
+  assert [r["square"] for r in sweep.collect(root, points)] == [0, 1, 4]
