@@ -71,6 +71,10 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   with open(path, encoding="utf-8") as f:
     saved = json.load(f)
   new = json.loads(config.to_json())
+  # The model as ModelConfig resolves it, defaults filled in: a workdir saved before a field
+  # existed (or by a config that left it out) resumes when the field is at its default.
+  saved["model"], new["model"] = (
+      json.loads(json.dumps(ModelConfig.from_dict(m).to_dict())) for m in (saved["model"], new["model"]))
   diffs = []
   for key in FROZEN_KEYS:
     old_v, new_v = _lookup(saved, key), _lookup(new, key)
