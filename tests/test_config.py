@@ -1,8 +1,8 @@
 """ModelConfig and experiment-config validation: each impossible setting names its field."""
 
 import glob
-import json
 import importlib
+import json
 import os
 
 import ml_collections
