@@ -136,8 +136,28 @@ class Hooks:
   stop_when: Callable[[dict], bool] = lambda record: False
 
 
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  """Trace steps first to last (the loop's step numbers, from 1) with the JAX profiler into
+  logdir: a TensorBoard profile directory with a Perfetto trace beside it."""
+
+  first: int
+  last: int
+  logdir: str
+
+  def __post_init__(self):
+    if not 1 <= self.first <= self.last:
+      raise ValueError(f"profile steps {self.first}:{self.last}: expected 1 <= first <= last")
+
+
+def profile_in(workdir: str, steps: Optional[tuple[int, int]]) -> Optional[Profile]:
+  """Steps (first, last) traced into <workdir>/profile; None when steps is None."""
+  return None if steps is None else Profile(*steps, os.path.join(workdir, "profile"))
+
+
 def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any], tuple[Any, Any]],
-              hooks: Hooks) -> tuple[Any, int, Optional[str], bool]:
+              hooks: Hooks, profile: Optional[Profile] = None,
+              ) -> tuple[Any, int, Optional[str], bool]:
   """The one training loop: train_step(step index, state) -> (state, metrics) from `start` until
   `last`. Returns (state, final step, what stopped it early: a signal's name, "another process"
   or None, whether hooks.stop_when did).
@@ -146,28 +166,42 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
   reads them, unless hooks.read_now says now. A checkpoint is saved where hooks.must_save says, at
   the last step, on an early stop, and at the step boundary after SIGTERM / SIGINT on any process
   (all processes stop at the same step). A state with NaN or Inf is never saved: NonFiniteLoss.
+  profile: the steps of it that run here are traced (a resumed run's trace starts at its first
+  step when that is inside the range); the trace ends once the last traced step has finished.
   """
   pending = None  # (step, metrics) dispatched but not yet reported
   step, signalled, early = start, None, False
+  tracing = False
   with StopFlag() as stop:
-    while step < last and signalled is None and not early:
-      state, metrics = train_step(step, state)
-      step += 1
+    try:
+      while step < last and signalled is None and not early:
+        if profile and not tracing and profile.first <= step + 1 <= profile.last:
+          jax.profiler.start_trace(profile.logdir)
+          tracing = True
+        state, metrics = train_step(step, state)
+        step += 1
+        if tracing and step >= profile.last:
+          jax.block_until_ready((state, metrics))  # the trace holds the whole of the last step
+          jax.profiler.stop_trace()
+          tracing = False
+        if pending is not None:
+          hooks.report(*pending, state)
+        pending = (step, metrics)
+        if _any_process(stop.signum is not None):
+          signalled = (signal.Signals(stop.signum).name if stop.signum is not None
+                       else "another process")
+        must_save = hooks.must_save(step) or step == last or signalled is not None
+        if must_save or hooks.read_now(step):
+          early = bool(hooks.stop_when(hooks.report(*pending, state)))
+          pending = None
+        if must_save or early:
+          check_finite_state(step, state)
+          hooks.save(step, state, early)
       if pending is not None:
         hooks.report(*pending, state)
-      pending = (step, metrics)
-      if _any_process(stop.signum is not None):
-        signalled = (signal.Signals(stop.signum).name if stop.signum is not None
-                     else "another process")
-      must_save = hooks.must_save(step) or step == last or signalled is not None
-      if must_save or hooks.read_now(step):
-        early = bool(hooks.stop_when(hooks.report(*pending, state)))
-        pending = None
-      if must_save or early:
-        check_finite_state(step, state)
-        hooks.save(step, state, early)
-    if pending is not None:
-      hooks.report(*pending, state)
+    finally:
+      if tracing:  # stopped (or failed) inside the range: keep what was traced
+        jax.profiler.stop_trace()
   return state, step, signalled, early
 
 
@@ -285,8 +319,11 @@ def check_memory(config: ml_collections.ConfigDict, build: Callable[[int], Shard
                        state_bytes=sum(zero.unpartitioned_bytes(own.abstract_state).values()))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str,
+          profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`. Returns a summary of the final step.
+
+  profile_steps: (first, last) steps traced into <workdir>/profile (see Profile), or None.
 
   config.sharding.mesh and config.sharding.zero_stage say where the state lives; any mesh and
   stage resume any checkpoint of the same model.
@@ -420,7 +457,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       must_save=lambda step: step % config.checkpoint.every_steps == 0,
       read_now=lambda step: step % t.eval_every == 0)
   try:
-    state, step, signalled, _ = run_steps(state, start, t.steps, train_step_at, hooks)
+    state, step, signalled, _ = run_steps(state, start, t.steps, train_step_at, hooks,
+                                          profile_in(workdir, profile_steps))
     if signalled is not None:
       summary["stopped_by_signal"] = signalled
       if is_main:
