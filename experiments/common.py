@@ -148,8 +148,10 @@ _TYPE_NAMES = {int: "an int", float: "a float", bool: "a bool (true or false)", 
 
 
 def _config_flags(flag_values) -> dict:
-  from ml_collections.config_flags import config_flags
-
+  try:
+    from ml_collections.config_flags import config_flags
+  except ImportError:  # a script without config files, where ml_collections is not installed
+    return {}
   return {name: flag_values[name] for name in flag_values
           if config_flags.is_config_flag(flag_values[name])}
 
@@ -200,9 +202,9 @@ def _explain_override(argv: list[str], flag_values) -> Optional[str]:
   does not parse as the setting's type; None when every override is fine."""
   import difflib
 
-  from ml_collections.config_flags import config_path
-
   for name, flag in _config_flags(flag_values).items():
+    from ml_collections.config_flags import config_path
+
     config = _load_config(flag, argv)
     if config is None:
       continue
