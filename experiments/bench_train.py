@@ -82,25 +82,28 @@ def llmlab_bench(dims: Dims, dtype: str, attention_impl: str, **model_overrides)
       vocab_size=dims.vocab_size, d_model=dims.d_model, n_layers=dims.n_layers,
       n_heads=dims.n_heads, n_kv_heads=dims.n_heads, d_ff=dims.d_ff, max_seq_len=dims.seq_len,
       dtype=dtype, attention_impl=attention_impl, **model_overrides)
-  train_cfg = _TrainSettings(lr=1e-3, warmup_steps=10, weight_decay=0.1, grad_clip=1.0)
-  tx = optimizer_lib.make(train_cfg, 1000)
+  t = TrainSettings()
+  tx = optimizer_lib.make(t, t.steps)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   step = jax.jit(step_lib.make_train_step(
       step_lib.lm_loss(graphdef, -1), tx, grad_accum=1,
-      lr_schedule=optimizer_lib.schedule(1e-3, 10, 1000)), donate_argnums=0)
+      lr_schedule=optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps)), donate_argnums=0)
   return Bench(step, step_lib.init_state(params, tx, 0), _batch(dims),
                flops_per_token(cfg, dims.seq_len))
 
 
 @dataclasses.dataclass(frozen=True)
-class _TrainSettings:
-  """The train.* settings optimizer.make reads (a ConfigDict elsewhere; this script does not
-  need ml_collections, so that experiments.accelerator runs where it is not installed)."""
+class TrainSettings:
+  """The train.* settings the optimizer and the sharded step read (a ConfigDict elsewhere; this
+  script does not need ml_collections, so experiments.accelerator runs where it is missing)."""
 
-  lr: float
-  warmup_steps: int
-  weight_decay: float
-  grad_clip: float
+  lr: float = 1e-3
+  warmup_steps: int = 10
+  weight_decay: float = 0.1
+  grad_clip: float = 1.0
+  steps: int = 1000
+  seed: int = 0
+  grad_accum: int = 1
 
 
 def peer_bench(dims: Dims, dtype: str) -> Bench:
@@ -162,7 +165,8 @@ def summarise(bench: Bench, times: list[float], dims: Dims, peak: float) -> dict
 
 
 def measure(dims: Dims, variants: tuple[str, ...], steps: int, *, on_cpu: bool,
-            profile: Optional[tuple[int, int]] = None, logdir: str = "") -> dict:
+            profile: Optional[tuple[int, int]] = None, logdir: str = "",
+            peak_n: Optional[int] = None, peak_seconds: float = 3.0) -> dict:
   """The measured peak and every variant's step, timed alternately in this process."""
   import jax
   import jax.numpy as jnp
@@ -171,7 +175,8 @@ def measure(dims: Dims, variants: tuple[str, ...], steps: int, *, on_cpu: bool,
 
   dtype = "float32" if on_cpu else "bfloat16"
   peak_dtype = jnp.float32 if on_cpu else jnp.bfloat16
-  peak = mfu_lib.measure_matmul_peak(peak_dtype, n=2048 if on_cpu else 8192, seconds=3.0)
+  peak = mfu_lib.measure_matmul_peak(peak_dtype, n=peak_n or (2048 if on_cpu else 8192),
+                                     seconds=peak_seconds)
   builders = {
       "llmlab": lambda: llmlab_bench(dims, dtype, "reference" if on_cpu else "auto"),
       "peer": lambda: peer_bench(dims, dtype),
