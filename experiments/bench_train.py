@@ -44,6 +44,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("d_ff", 0, "Feed-forward width; 0: 4 x d_model.")
   flags.DEFINE_integer("vocab_size", 4096, "Vocabulary size.")
   flags.DEFINE_enum("variant", "both", VARIANTS, "llmlab's step, the peer's, or both alternating.")
+  flags.DEFINE_string("attention_impl", "auto", "llmlab's model.attention_impl (auto: flash on CPU).")
+  flags.DEFINE_bool("scan_layers", False, "llmlab's model.scan_layers: on a CPU the unscanned "
+                    "layers are faster (XLA copies the scan's stacked slices; docs/training.md).")
   flags.DEFINE_string("out", "results/bench_train", "Output directory for results.json.")
   common.define_profile_steps_flag()
 
@@ -166,7 +169,8 @@ def summarise(bench: Bench, times: list[float], dims: Dims, peak: float) -> dict
 
 def measure(dims: Dims, variants: tuple[str, ...], steps: int, *, on_cpu: bool,
             profile: Optional[tuple[int, int]] = None, logdir: str = "",
-            peak_n: Optional[int] = None, peak_seconds: float = 3.0) -> dict:
+            peak_n: Optional[int] = None, peak_seconds: float = 3.0,
+            attention_impl: str = "auto", scan_layers: bool = True) -> dict:
   """The measured peak and every variant's step, timed alternately in this process."""
   import jax
   import jax.numpy as jnp
@@ -178,7 +182,7 @@ def measure(dims: Dims, variants: tuple[str, ...], steps: int, *, on_cpu: bool,
   peak = mfu_lib.measure_matmul_peak(peak_dtype, n=peak_n or (2048 if on_cpu else 8192),
                                      seconds=peak_seconds)
   builders = {
-      "llmlab": lambda: llmlab_bench(dims, dtype, "reference" if on_cpu else "auto"),
+      "llmlab": lambda: llmlab_bench(dims, dtype, attention_impl, scan_layers=scan_layers),
       "peer": lambda: peer_bench(dims, dtype),
   }
   benches = {name: builders[name]() for name in variants}
@@ -189,6 +193,7 @@ def measure(dims: Dims, variants: tuple[str, ...], steps: int, *, on_cpu: bool,
   result = {
       "device": str(device.device_kind), "platform": device.platform, "compute_dtype": dtype,
       "dims": dataclasses.asdict(dims), "measured_matmul_peak_flops": peak,
+      "llmlab_model": {"attention_impl": attention_impl, "scan_layers": scan_layers},
       "peak_dtype": jnp.dtype(peak_dtype).name,
       "variants": {name: summarise(benches[name], times[name], dims, peak) for name in variants},
   }
@@ -215,7 +220,8 @@ def main(argv):
   variants = ("llmlab", "peer") if FLAGS.variant == "both" else (FLAGS.variant,)
   try:
     result = measure(dims, variants, FLAGS.steps, on_cpu=jax.devices()[0].platform == "cpu",
-                     profile=common.profile_steps(), logdir=os.path.join(FLAGS.out, "profile"))
+                     profile=common.profile_steps(), logdir=os.path.join(FLAGS.out, "profile"),
+                     attention_impl=FLAGS.attention_impl, scan_layers=FLAGS.scan_layers)
   except ValueError as e:
     common.fail(e)
   os.makedirs(FLAGS.out, exist_ok=True)
