@@ -43,6 +43,47 @@ def make_param(
   return nnx.Param(value, logical_axes=axes, weight_decay=weight_decay)
 
 
+@jax.custom_vjp
+def dense(x_NxD: jax.Array, w_DxF: jax.Array) -> jax.Array:
+  """x @ w, differentiated so that the weight gradient relays out the smaller operand.
+
+  The weight gradient sum_n x[n, d] g[n, f] contracts the rows, the major axis of both operands;
+  the matmul needs one of them transposed. Autodiff's rule makes the cotangent g the left
+  operand and transposes it; with F = 4 D (the FFN's up and gate projections) that copies four
+  times the bytes of transposing x, and XLA on CPU fuses the elementwise backward (silu's
+  derivative) into that transposed copy, reading in a cache-hostile order. Here the smaller of
+  x and g is the one transposed. Same products and sums: bit-identical results on CPU
+  (tests/test_layers.py), the SwiGLU forward+backward 1.8x faster at the benchmark's shape.
+  """
+  return x_NxD @ w_DxF
+
+
+def _dense_fwd(x_NxD, w_DxF):
+  return x_NxD @ w_DxF, (x_NxD, w_DxF)
+
+
+def _dense_bwd(res, g_NxF):
+  x_NxD, w_DxF = res
+  rows = (((0,), (0,)), ((), ()))
+  dx_NxD = jax.lax.dot_general(g_NxF, w_DxF, (((1,), (1,)), ((), ())))
+  if x_NxD.shape[1] <= g_NxF.shape[1]:
+    dw_DxF = jax.lax.dot_general(x_NxD, g_NxF, rows)
+  else:
+    dw_DxF = jax.lax.dot_general(g_NxF, x_NxD, rows).T
+  return dx_NxD, dw_DxF.astype(w_DxF.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def project(x_BxTxD: jax.Array, w_DxO: jax.Array) -> jax.Array:
+  """x (B, T, D) times w (D, *out): (B, T, *out), through dense()."""
+  b, t, d = x_BxTxD.shape
+  out = w_DxO.shape[1:]
+  y = dense(x_BxTxD.reshape(b * t, d), w_DxO.reshape(d, -1))
+  return y.reshape(b, t, *out)
+
+
 class RMSNorm(nnx.Module):
   """x / sqrt(mean(x^2) + eps) * scale, computed in float32."""
 
@@ -92,16 +133,18 @@ class Attention(nnx.Module):
     """Queries, keys and values for x, with RoPE applied to q and k."""
     dt = self.cfg.compute_dtype
     x = x_BxTxD.astype(dt)
-    q_BxTxHxDh = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))
-    k_BxTxKxDh = jnp.einsum("btd,dhk->bthk", x, self.wk[...].astype(dt))
-    v_BxTxKxDh = jnp.einsum("btd,dhk->bthk", x, self.wv[...].astype(dt))
+    q_BxTxHxDh = project(x, self.wq[...].astype(dt))
+    k_BxTxKxDh = project(x, self.wk[...].astype(dt))
+    v_BxTxKxDh = project(x, self.wv[...].astype(dt))
     q_BxTxHxDh = rope(q_BxTxHxDh, positions_BxT, self.cfg.rope_theta)
     k_BxTxKxDh = rope(k_BxTxKxDh, positions_BxT, self.cfg.rope_theta)
     return q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh
 
   def project_out(self, o_BxTxHxDh: jax.Array) -> jax.Array:
     dt = self.cfg.compute_dtype
-    return jnp.einsum("bthk,hkd->btd", o_BxTxHxDh.astype(dt), self.wo[...].astype(dt))
+    b, t, h, dh = o_BxTxHxDh.shape
+    return project(o_BxTxHxDh.astype(dt).reshape(b, t, h * dh),
+                   self.wo[...].astype(dt).reshape(h * dh, -1))
 
   def __call__(
       self,
@@ -152,9 +195,9 @@ class SwiGLU(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     dt = self.cfg.compute_dtype
     x = x_BxTxD.astype(dt)
-    gate_BxTxF = jnp.einsum("btd,df->btf", x, self.w_gate[...].astype(dt))
-    up_BxTxF = jnp.einsum("btd,df->btf", x, self.w_up[...].astype(dt))
-    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF, self.w_down[...].astype(dt))
+    gate_BxTxF = project(x, self.w_gate[...].astype(dt))
+    up_BxTxF = project(x, self.w_up[...].astype(dt))
+    return project(jax.nn.silu(gate_BxTxF) * up_BxTxF, self.w_down[...].astype(dt))
 
 
 class MoEFFN(nnx.Module):
