@@ -44,7 +44,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("d_ff", 0, "Feed-forward width; 0: 4 x d_model.")
   flags.DEFINE_integer("vocab_size", 4096, "Vocabulary size.")
   flags.DEFINE_enum("variant", "both", VARIANTS, "llmlab's step, the peer's, or both alternating.")
-  flags.DEFINE_string("attention_impl", "auto", "llmlab's model.attention_impl (auto: flash on CPU).")
+  flags.DEFINE_string("attention_impl", "auto",
+                      "llmlab's model.attention_impl (auto: flash on CPU).")
   flags.DEFINE_bool("scan_layers", False, "llmlab's model.scan_layers: on a CPU the unscanned "
                     "layers are faster (XLA copies the scan's stacked slices; docs/training.md).")
   flags.DEFINE_string("out", "results/bench_train", "Output directory for results.json.")

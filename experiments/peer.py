@@ -31,7 +31,8 @@ class PeerConfig:
 def flops_per_token(cfg: PeerConfig) -> float:
   """6 N over the matmul weights a token touches (4 D^2 + 2 D F per layer, plus the tied head)
   and the causal attention term, counted as model/config.flops_per_token counts llmlab's."""
-  n = cfg.n_layers * (4 * cfg.d_model**2 + 2 * cfg.d_model * cfg.d_ff) + cfg.vocab_size * cfg.d_model
+  per_layer = 4 * cfg.d_model**2 + 2 * cfg.d_model * cfg.d_ff
+  n = cfg.n_layers * per_layer + cfg.vocab_size * cfg.d_model
   attn = 12 * cfg.n_layers * cfg.d_model * cfg.seq_len / 2
   return 6.0 * n + attn
 
@@ -53,7 +54,8 @@ class _Block(nn.Module):
     scores_BxHxLxL = jnp.where(causal_LxL, scores_BxHxLxL, jnp.finfo(scores_BxHxLxL.dtype).min)
     probs = jax.nn.softmax(scores_BxHxLxL.astype(jnp.float32), axis=-1).astype(dt)
     o_BxLxHxDh = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    x_BxLxD = x_BxLxD + nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=False, dtype=dt)(o_BxLxHxDh)
+    out = nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=False, dtype=dt)
+    x_BxLxD = x_BxLxD + out(o_BxLxHxDh)
     h_BxLxD = nn.LayerNorm(dtype=dt)(x_BxLxD)
     h_BxLxF = nn.gelu(nn.Dense(c.d_ff, use_bias=False, dtype=dt)(h_BxLxD))
     return x_BxLxD + nn.Dense(c.d_model, use_bias=False, dtype=dt)(h_BxLxF)

@@ -37,7 +37,8 @@ from train import step as step_lib
 from train import tokenizer as tokenizer_lib
 # Re-exported: the sharded step is built in its own module (it needs no data pipeline, so
 # experiments.accelerator can compile it where grain is not installed).
-from train.sharded import ShardedTraining, build_sharded_training, make_sharded_training  # noqa: F401
+from train.sharded import (  # noqa: F401
+    ShardedTraining, build_sharded_training, make_sharded_training)
 
 
 class NonFiniteLoss(RuntimeError):
