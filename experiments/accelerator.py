@@ -57,7 +57,7 @@ def sizes(smoke: bool) -> dict[str, Any]:
         "train_steps": 1, "peak_n": 128, "peak_seconds": 0.1,
         "attention": dict(ns=[128], batch=1, heads=2, kv_heads=2, head_dim=16, reps=1),
         "decode": dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64, vocab=128,
-                       batch=1, context=32, steps=16, repeats=2, bandwidth_bytes=1 << 22),
+                       batch=1, context=32, steps=256, repeats=3, bandwidth_bytes=1 << 22),
         # Stages 0 and 3 only: the same code path as all four, at half the compile time.
         "zero": dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, vocab=128, batch=2, seq_len=16,
                      stages=(0, 3)),
@@ -131,6 +131,8 @@ def section_decode(s: dict, on_cpu: bool) -> dict:
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   step_s, cache_bytes = decode_bench.step_seconds(
       cfg, graphdef, params, d["batch"], d["context"], d["steps"], d["repeats"])
+  if step_s <= 0:  # (t(1 + steps) - t(1)) / steps: noise larger than the steps' time
+    raise ValueError(f"decode steps too short to time ({step_s:.3g} s); raise the step count")
   weight_bytes = decode_bench.param_bytes(params)
   bandwidth = decode_bench.measure_bandwidth(d["bandwidth_bytes"], max(d["repeats"], 3))
   per_step = weight_bytes + cache_bytes  # every step reads the weights and the whole cache
