@@ -1,4 +1,4 @@
-"""What every experiment script shares: process set-up and one-line error reporting."""
+"""What every experiment script shares: process set-up, one-line error reporting, profiling flags."""
 
 from __future__ import annotations
 
