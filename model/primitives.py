@@ -1,5 +1,5 @@
-"""The two building blocks every layer module uses: a parameter carrying its logical axes, and
-RMSNorm.
+"""The building blocks every layer module uses: a parameter carrying its logical axes, RMSNorm,
+and the projection x @ w with a weight gradient laid out for speed (dense, project).
 
 Every parameter is an nnx.Param carrying `logical_axes`, a tuple of names (vocab, embed, heads,
 kv_heads, head_dim, latent, mlp, norm, layers) that sharding/ maps onto mesh axes; the model never
@@ -57,3 +57,44 @@ class RMSNorm(nnx.Module):
     x = x_BxTxD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
     return (x * self.scale[...].astype(jnp.float32)).astype(x_BxTxD.dtype)
+
+
+@jax.custom_vjp
+def dense(x_NxD: jax.Array, w_DxF: jax.Array) -> jax.Array:
+  """x @ w, differentiated so that the weight gradient relays out the smaller operand.
+
+  The weight gradient sum_n x[n, d] g[n, f] contracts the rows, the major axis of both operands;
+  the matmul needs one of them transposed. Autodiff's rule makes the cotangent g the left
+  operand and transposes it; with F = 4 D (the FFN's up and gate projections) that copies four
+  times the bytes of transposing x, and XLA on CPU fuses the elementwise backward (silu's
+  derivative) into that transposed copy, reading in a cache-hostile order. Here the smaller of
+  x and g is the one transposed. Same products and sums: bit-identical results on CPU
+  (tests/test_layers.py), the SwiGLU forward+backward 1.8x faster at the benchmark's shape.
+  """
+  return x_NxD @ w_DxF
+
+
+def _dense_fwd(x_NxD, w_DxF):
+  return x_NxD @ w_DxF, (x_NxD, w_DxF)
+
+
+def _dense_bwd(res, g_NxF):
+  x_NxD, w_DxF = res
+  rows = (((0,), (0,)), ((), ()))
+  dx_NxD = jax.lax.dot_general(g_NxF, w_DxF, (((1,), (1,)), ((), ())))
+  if x_NxD.shape[1] <= g_NxF.shape[1]:
+    dw_DxF = jax.lax.dot_general(x_NxD, g_NxF, rows)
+  else:
+    dw_DxF = jax.lax.dot_general(g_NxF, x_NxD, rows).T
+  return dx_NxD, dw_DxF.astype(w_DxF.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def project(x_BxTxD: jax.Array, w_DxO: jax.Array) -> jax.Array:
+  """x (B, T, D) times w (D, *out): (B, T, *out), through dense()."""
+  b, t, d = x_BxTxD.shape
+  out = w_DxO.shape[1:]
+  y = dense(x_BxTxD.reshape(b * t, d), w_DxO.reshape(d, -1))
+  return y.reshape(b, t, *out)

@@ -117,6 +117,7 @@ def _parse(*args: str) -> flags.FlagValues:
     config_flags.DEFINE_config_file(
         "config", os.path.join(ROOT, "experiments", "configs", "tiny.py"), "", flag_values=fv)
     flags.DEFINE_string("workdir", None, "", flag_values=fv)
+    common.define_profile_steps_flag(fv)
 
   common.define(define_flags, argv)
   common.parse_flags(argv, fv)
@@ -133,6 +134,8 @@ def _parse(*args: str) -> flags.FlagValues:
     (("--config.train.lr=fast",), "config.train.lr=fast: expected a float"),
     (("--workdirr=x",), "unknown flag --workdirr (did you mean --workdir?)"),
     (("--config=/no/such.py",), "--config=/no/such.py: no such config file"),
+    (("--profile_steps=5:2",), "flag --profile_steps=5:2: expected A:B with 1 <= A <= B"),
+    (("--profile_steps=abc",), "flag --profile_steps=abc: expected A:B, two step numbers"),
 ])
 def test_command_line_errors_are_one_line_naming_the_setting(args, line):
   """Catches: an unknown --config key, a mistyped value or a misspelt flag raising inside

@@ -183,3 +183,33 @@ def test_bpe_study_reads_the_same_stdlib_files_as_the_default_corpus():
   from train import data
 
   assert sorted(bpe_study.source_files("", seed=0)) == data.stdlib_files()
+def test_accelerator_smoke_runs_every_section_without_grain_or_ml_collections(tmp_path):
+  """Catches: a section that raises (it would be recorded under errors, not in sections), a
+  results.json missing a number the docs quote, and an import of grain, ml_collections or
+  tokenizers creeping into the script's path (a device machine has none of them)."""
+  import subprocess
+  import sys
+
+  from tests.helpers import ROOT, script_env
+
+  launcher = (
+      "import runpy, sys\n"
+      "for name in ('grain', 'ml_collections', 'tokenizers'):\n"
+      "  sys.modules[name] = None  # importing it now raises ImportError\n"
+      f"sys.argv = ['accelerator', '--smoke', '--out={tmp_path}']\n"
+      "runpy.run_module('experiments.accelerator', run_name='__main__')\n")
+  done = subprocess.run([sys.executable, "-c", launcher], cwd=ROOT, env=script_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  result = json.load(open(tmp_path / "results.json"))
+  assert result["errors"] == {} and set(result["sections"]) == {"train_step", "attention",
+                                                                "decode", "zero"}
+  train = result["sections"]["train_step"]
+  assert train["variants"]["llmlab"]["ratio_to_measured_peak"] > 0
+  assert train["variants"]["llmlab"]["tokens_per_sec"] > 0 and train["llmlab_over_peer_flops"] > 0
+  timed = {r["implementation"] for r in result["sections"]["attention"]["rows"] if "time_s" in r}
+  assert {"reference", "flash"} <= timed
+  decode = result["sections"]["decode"]
+  assert decode["tokens_per_s"] > 0 and decode["bound_tokens_per_s"] > 0
+  assert [r["stage"] for r in result["sections"]["zero"]["stages"]] == [0, 3]  # --smoke's
+  assert all(r["compiled"]["peak"] > 0 for r in result["sections"]["zero"]["stages"])

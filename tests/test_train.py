@@ -147,11 +147,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_corpus
   assert summary["start_step"] == 3
 
 
-def test_finished_run_extends_when_steps_grow(tmp_path, tiny_corpus):
+def test_finished_run_extends_when_steps_grow_and_traces_the_profiled_steps(tmp_path, tiny_corpus):
+  """Also catches: --profile_steps not reaching the loop, or a range that starts before the
+  resumed run's first step never starting the trace (no trace file)."""
   wd = str(tmp_path / "run")
   loop.train(tiny_config(tiny_corpus), wd)
-  summary = loop.train(tiny_config(tiny_corpus, **{"train.steps": 9}), wd)
+  assert not os.path.exists(os.path.join(wd, "profile"))
+  summary = loop.train(tiny_config(tiny_corpus, **{"train.steps": 9}), wd, profile_steps=(2, 7))
   assert summary["start_step"] == 6 and summary["final_step"] == 9
+  assert glob.glob(os.path.join(wd, "profile", "plugins", "profile", "*", "*.xplane.pb"))
   assert set(metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))[-1]) >= {
       "step", "loss", "lr", "grad_norm", "tokens_seen", "eval_loss"}
 

@@ -198,8 +198,11 @@ class Run:
   step of the stage's loss and the state (fresh or resumed) in its layout."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, init_workdir: str, *,
-               stage: str, total_updates: int, batch_rows: Optional[int] = None):
-    """batch_rows: the rows of one step's batch where that is not train.batch_size (GRPO's)."""
+               stage: str, total_updates: int, batch_rows: Optional[int] = None,
+               profile_steps: Optional[tuple[int, int]] = None):
+    """batch_rows: the rows of one step's batch where that is not train.batch_size (GRPO's).
+    profile_steps: (first, last) steps traced into <workdir>/profile, or None."""
+    self.profile = loop_lib.profile_in(workdir, profile_steps)
     check_common(config)
     # Data files are read first, so that a malformed one fails before anything compiles.
     heldout = data_lib.load_examples(config.data.eval_path, config.task, "heldout")
@@ -332,7 +335,7 @@ class Run:
         stop_when=lambda r: "eval/accuracy" in r and stop_when is not None and stop_when(r))
     try:
       self.state, step, signalled, _ = loop_lib.run_steps(
-          self.state, self.start_step, last, timed_step, hooks)
+          self.state, self.start_step, last, timed_step, hooks, self.profile)
       if signalled is not None:
         summary["stopped_by_signal"] = signalled
     finally:

@@ -248,7 +248,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"dpo.label_smoothing must be in [0, 0.5), got {d.label_smoothing!r}")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
+          profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) DPO in `workdir`, starting from (and referenced to) init_workdir."""
   validate(config)
   if not init_workdir:
@@ -258,7 +259,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
     examples = data_lib.load_examples(config.data.train_path, config.task, "train")
   else:
     pairs = data_lib.load_pairs(config.data.train_path, config.task, t.seed)
-  run = align_loop.Run(config, workdir, init_workdir, stage="dpo", total_updates=t.steps)
+  run = align_loop.Run(config, workdir, init_workdir, stage="dpo", total_updates=t.steps,
+                       profile_steps=profile_steps)
   tok = run.policy.tok
   if d.rejected == "policy":
     pairs = _stored_or_sampled_pairs(run, examples, d, t.seed)

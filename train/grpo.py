@@ -193,7 +193,8 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, float]:
     raise ConfigError(str(e)) from None
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
+          profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) GRPO in `workdir`, starting from (and referenced to) init_workdir."""
   weights = validate(config)
   if not init_workdir:
@@ -201,7 +202,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) ->
   g, t = config.grpo, config.train
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
   run = align_loop.Run(config, workdir, init_workdir, stage="grpo", total_updates=t.steps * g.mu,
-                       batch_rows=g.prompts_per_step * g.group_size)
+                       batch_rows=g.prompts_per_step * g.group_size, profile_steps=profile_steps)
   policy = run.policy
   p_len = data_lib.prompt_length(policy.tok, [e.prompt for e in examples])
   if p_len + g.max_new_tokens > policy.model_cfg.max_seq_len:

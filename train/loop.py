@@ -19,17 +19,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
-from model import transformer
 from model.config import ModelConfig, count_params, flops_per_token
-from sharding import data_parallel as data_parallel_lib
 from sharding import memory as memory_lib
 from sharding import mesh as mesh_lib
-from sharding import rules as rules_lib
 from sharding import validate as validate_lib
 from sharding import zero
 from train import checkpoint as ckpt_lib
@@ -37,9 +33,12 @@ from train import config as config_lib
 from train import data as data_lib
 from train import metrics as metrics_lib
 from train import mfu as mfu_lib
-from train import optimizer as optimizer_lib
 from train import step as step_lib
 from train import tokenizer as tokenizer_lib
+# Re-exported: the sharded step is built in its own module (it needs no data pipeline, so
+# experiments.accelerator can compile it where grain is not installed).
+from train.sharded import (  # noqa: F401
+    ShardedTraining, build_sharded_training, make_sharded_training)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -136,8 +135,28 @@ class Hooks:
   stop_when: Callable[[dict], bool] = lambda record: False
 
 
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  """Trace steps first to last (the loop's step numbers, from 1) with the JAX profiler into
+  logdir: a TensorBoard profile directory with a Perfetto trace beside it."""
+
+  first: int
+  last: int
+  logdir: str
+
+  def __post_init__(self):
+    if not 1 <= self.first <= self.last:
+      raise ValueError(f"profile steps {self.first}:{self.last}: expected 1 <= first <= last")
+
+
+def profile_in(workdir: str, steps: Optional[tuple[int, int]]) -> Optional[Profile]:
+  """Steps (first, last) traced into <workdir>/profile; None when steps is None."""
+  return None if steps is None else Profile(*steps, os.path.join(workdir, "profile"))
+
+
 def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any], tuple[Any, Any]],
-              hooks: Hooks) -> tuple[Any, int, Optional[str], bool]:
+              hooks: Hooks, profile: Optional[Profile] = None,
+              ) -> tuple[Any, int, Optional[str], bool]:
   """The one training loop: train_step(step index, state) -> (state, metrics) from `start` until
   `last`. Returns (state, final step, what stopped it early: a signal's name, "another process"
   or None, whether hooks.stop_when did).
@@ -146,100 +165,43 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
   reads them, unless hooks.read_now says now. A checkpoint is saved where hooks.must_save says, at
   the last step, on an early stop, and at the step boundary after SIGTERM / SIGINT on any process
   (all processes stop at the same step). A state with NaN or Inf is never saved: NonFiniteLoss.
+  profile: the steps of it that run here are traced (a resumed run's trace starts at its first
+  step when that is inside the range); the trace ends once the last traced step has finished.
   """
   pending = None  # (step, metrics) dispatched but not yet reported
   step, signalled, early = start, None, False
+  tracing = False
   with StopFlag() as stop:
-    while step < last and signalled is None and not early:
-      state, metrics = train_step(step, state)
-      step += 1
+    try:
+      while step < last and signalled is None and not early:
+        if profile and not tracing and profile.first <= step + 1 <= profile.last:
+          jax.profiler.start_trace(profile.logdir)
+          tracing = True
+        state, metrics = train_step(step, state)
+        step += 1
+        if tracing and step >= profile.last:
+          jax.block_until_ready((state, metrics))  # the trace holds the whole of the last step
+          jax.profiler.stop_trace()
+          tracing = False
+        if pending is not None:
+          hooks.report(*pending, state)
+        pending = (step, metrics)
+        if _any_process(stop.signum is not None):
+          signalled = (signal.Signals(stop.signum).name if stop.signum is not None
+                       else "another process")
+        must_save = hooks.must_save(step) or step == last or signalled is not None
+        if must_save or hooks.read_now(step):
+          early = bool(hooks.stop_when(hooks.report(*pending, state)))
+          pending = None
+        if must_save or early:
+          check_finite_state(step, state)
+          hooks.save(step, state, early)
       if pending is not None:
         hooks.report(*pending, state)
-      pending = (step, metrics)
-      if _any_process(stop.signum is not None):
-        signalled = (signal.Signals(stop.signum).name if stop.signum is not None
-                     else "another process")
-      must_save = hooks.must_save(step) or step == last or signalled is not None
-      if must_save or hooks.read_now(step):
-        early = bool(hooks.stop_when(hooks.report(*pending, state)))
-        pending = None
-      if must_save or early:
-        check_finite_state(step, state)
-        hooks.save(step, state, early)
-    if pending is not None:
-      hooks.report(*pending, state)
+    finally:
+      if tracing:  # stopped (or failed) inside the range: keep what was traced
+        jax.profiler.stop_trace()
   return state, step, signalled, early
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardedTraining:
-  """The train state's layout on a mesh and the jitted functions that create and step it."""
-
-  mesh: Mesh
-  zero_stage: int
-  graphdef: Any
-  abstract_state: Any  # TrainState of ShapeDtypeStructs carrying their shardings
-  shardings: zero.StateShardings
-  batch_sharding: Any  # NamedSharding of every batch leaf, or a tree of them like the batch
-  init: Callable[[Any], step_lib.TrainState]  # init_arg -> state, created sharded
-  train_step: Callable  # (state, batch) -> (state, metrics); donates the state
-
-
-def build_sharded_training(
-    graphdef: Any, init_params: Callable[[Any], Any], init_arg: Any, loss_fn: step_lib.LossFn,
-    tx: optax.GradientTransformation, *, lr_schedule: Callable[[jax.Array], jax.Array],
-    grad_accum: int, seed: int, mesh: Mesh, zero_stage: int, abstract_batch: Any = None,
-) -> ShardedTraining:
-  """Any objective's training on a mesh: the ZeRO stage's layout (sharding/zero.py) applied to
-  the train state, and train/step.py's one step over loss_fn with that layout.
-
-  init_params(init_arg) -> params: a fresh model from a PRNG key (pretraining) or a copy of the
-  starting checkpoint's parameters (SFT, DPO, GRPO); init(init_arg) then creates the whole state
-  directly in its sharded layout (no device holds it whole unless the layout says so).
-  abstract_batch: the batch's tree of ShapeDtypeStructs (rows first); its rows are split over the
-  data-parallel axes. None: any batch, every leaf split the same way. The step takes explicit
-  input and output shardings and donates the state.
-  """
-
-  def init_fn(arg):
-    return step_lib.init_state(init_params(arg), tx, seed)
-
-  abstract_state = jax.eval_shape(init_fn, init_arg)
-  shardings = zero.state_shardings(abstract_state, zero_stage, mesh)
-  abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-      shardings.state)
-  batch_sharding = rules_lib.batch_shardings(mesh, abstract_batch)
-  step = step_lib.make_train_step(
-      loss_fn, tx, grad_accum=grad_accum, lr_schedule=lr_schedule,
-      data_parallel=functools.partial(
-          data_parallel_lib.data_parallel, mesh=mesh, param_sharding=shardings.params,
-          grad_sharding=shardings.grads),
-      update_sharding=shardings.updates)
-  return ShardedTraining(
-      mesh=mesh, zero_stage=zero_stage, graphdef=graphdef, abstract_state=abstract_state,
-      shardings=shardings, batch_sharding=batch_sharding,
-      init=jax.jit(init_fn, out_shardings=shardings.state),
-      train_step=jax.jit(
-          step, in_shardings=(shardings.state, batch_sharding),
-          out_shardings=(shardings.state, rules_lib.replicated(mesh)), donate_argnums=0))
-
-
-def make_sharded_training(
-    model_cfg: ModelConfig, t: ml_collections.ConfigDict, mesh: Mesh, zero_stage: int, *,
-    pad_id: int, documents: step_lib.Documents = None,
-) -> ShardedTraining:
-  """Pretraining's sharded training: a fresh model (init takes a PRNG key), lm_loss on rows
-  (B, L+1) of tokens (packed documents isolated as `documents` says), MoE router losses weighted
-  as model_cfg.moe says."""
-  graphdef, _ = transformer.abstract(model_cfg)
-  loss_fn = step_lib.lm_loss(
-      graphdef, pad_id, (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight), documents)
-  return build_sharded_training(
-      graphdef, lambda key: transformer.create(model_cfg, key)[1], jax.random.key(t.seed),
-      loss_fn, optimizer_lib.make(t, t.steps),
-      lr_schedule=optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps), grad_accum=t.grad_accum,
-      seed=t.seed, mesh=mesh, zero_stage=zero_stage)
 
 
 def validate_sharding(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh, *,
@@ -286,8 +248,11 @@ def check_memory(config: ml_collections.ConfigDict, build: Callable[[int], Shard
                        state_bytes=sum(zero.unpartitioned_bytes(own.abstract_state).values()))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str,
+          profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`. Returns a summary of the final step.
+
+  profile_steps: (first, last) steps traced into <workdir>/profile (see Profile), or None.
 
   config.sharding.mesh and config.sharding.zero_stage say where the state lives; any mesh and
   stage resume any checkpoint of the same model.
@@ -424,7 +389,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       must_save=lambda step: step % config.checkpoint.every_steps == 0,
       read_now=lambda step: step % t.eval_every == 0)
   try:
-    state, step, signalled, _ = run_steps(state, start, t.steps, train_step_at, hooks)
+    state, step, signalled, _ = run_steps(state, start, t.steps, train_step_at, hooks,
+                                          profile_in(workdir, profile_steps))
     if signalled is not None:
       summary["stopped_by_signal"] = signalled
       if is_main:

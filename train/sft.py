@@ -8,7 +8,7 @@ held-out accuracy reaches sft.stop_accuracy, leaving DPO and GRPO something to i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -55,12 +55,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"sft.stop_accuracy must be in (0, 1] (1 = never stop early), got {config.sft.stop_accuracy!r}")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "") -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "",
+          profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) SFT in `workdir`; returns the summary of the run."""
   validate(config)
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
   run = align_loop.Run(config, workdir, init_workdir, stage="sft",
-                       total_updates=config.train.steps)
+                       total_updates=config.train.steps, profile_steps=profile_steps)
   p_ids, c_ids = data_lib.token_ids(run.policy.tok, [e.prompt for e in examples],
                                     [e.answer for e in examples])
   length = data_lib.needed_length(p_ids, c_ids)
