@@ -10,7 +10,15 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
-  c.data.paths = ""  # comma-separated files or globs (.txt, .jsonl); empty = the stdlib corpus
+  # Comma-separated files or globs (.txt, .jsonl, .jsonl.gz, .parquet); empty = the stdlib corpus.
+  c.data.paths = ""
+  # A mixture instead of data.paths: [{"paths": "a/*.jsonl", "weight": 0.7}, {"paths": ...}, ...],
+  # each source sampled in proportion to its weight (docs/data.md). Empty = data.paths alone.
+  c.data.sources = []
+  c.data.text_field = "text"  # the field of a .jsonl line, the column of a .parquet file
+  # Where the token shards go (experiments.prepare_data, or the first training run, writes them);
+  # empty = <workdir>/data. A folder on a shared filesystem serves every run and every host.
+  c.data.prepared = ""
   c.data.seq_len = 256
   c.data.vocab_size = 2048
 
