@@ -156,6 +156,7 @@ class Prepared:
   sources: tuple[Source, ...]
   folders: tuple[str, ...]  # one shard folder per source
   manifests: tuple[dict, ...]
+  written: tuple[bool, ...]  # per source: tokenized now (False: its shards were reused)
 
 
 def prepare(workdir: str, settings: Settings, *, progress: bool = True,
@@ -175,10 +176,11 @@ def prepare(workdir: str, settings: Settings, *, progress: bool = True,
   root = data_dir(workdir, settings)
   tok = _tokenizer(workdir, root, sources, files, settings)
   tok_sha = shards_lib.tokenizer_sha256(tok)
-  folders, manifests = [], []
+  folders, manifests, written = [], [], []
   for source, fs in zip(sources, files):
     folder = source_folder(root, source, settings.text_field)
     manifest = shards_lib.read_manifest(folder)
+    written.append(manifest is None)
     if manifest is None:
       where = (f"{source.setting}={','.join(source.patterns)!r}" if source.patterns
                else f"the default corpus ({documents_lib.stdlib_root()})")
@@ -200,7 +202,7 @@ def prepare(workdir: str, settings: Settings, *, progress: bool = True,
           "to another folder")
     folders.append(folder)
     manifests.append(manifest)
-  return Prepared(tok, tuple(sources), tuple(folders), tuple(manifests))
+  return Prepared(tok, tuple(sources), tuple(folders), tuple(manifests), tuple(written))
 
 
 @dataclasses.dataclass(frozen=True)

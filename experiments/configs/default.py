@@ -12,9 +12,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # Comma-separated files or globs (.txt, .jsonl, .jsonl.gz, .parquet); empty = the stdlib corpus.
   c.data.paths = ""
-  # A mixture instead of data.paths: [{"paths": "a/*.jsonl", "weight": 0.7}, {"paths": ...}, ...],
-  # each source sampled in proportion to its weight (docs/data.md). Empty = data.paths alone.
-  c.data.sources = []
+  # A mixture instead of data.paths: a tuple of {"paths": globs, "weight": > 0}, each source
+  # sampled in proportion to its weight; () = data.paths alone. Set it in a config file, or on the
+  # command line as a Python literal (docs/data.md):
+  #   --config.data.sources='({"paths": "a/*.jsonl", "weight": 0.7}, {"paths": "b/*.txt", "weight": 0.3})'
+  c.data.sources = ()
   c.data.text_field = "text"  # the field of a .jsonl line, the column of a .parquet file
   # Where the token shards go (experiments.prepare_data, or the first training run, writes them);
   # empty = <workdir>/data. A folder on a shared filesystem serves every run and every host.
