@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 COUNTS = "unigram_counts.npy"
 SPLITS = ("train", "val")
-MAX_SHARD_TOKENS = 1 << 27  # 256 MiB of uint16 tokens per file
+MAX_SHARD_TOKENS = 1 << 26  # 128 MiB of uint16 tokens per file
 ENCODE_CHUNK_DOCS = 256  # documents per encode_batch call (tokenizers spreads one over its threads)
 
 
