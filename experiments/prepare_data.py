@@ -36,7 +36,8 @@ def prepare(config, workdir: str) -> dict:
   prepared = data_lib.prepare(workdir, data_lib.Settings.of(config.data))
   seconds = time.perf_counter() - start
   tokens = sum(m["splits"][s]["tokens"] for m in prepared.manifests for s in ("train", "val"))
-  return {"folders": list(prepared.folders), "written": list(prepared.written), "seconds": round(seconds, 2), "tokens": tokens,
+  return {"folders": list(prepared.folders), "written": list(prepared.written),
+          "seconds": round(seconds, 2), "tokens": tokens,
           "tokens_per_sec": round(tokens / max(seconds, 1e-9)),
           "train_tokens": [m["splits"]["train"]["tokens"] for m in prepared.manifests],
           "val_tokens": [m["splits"]["val"]["tokens"] for m in prepared.manifests],

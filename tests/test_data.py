@@ -259,3 +259,15 @@ def test_unsupported_file_type_is_refused(tmp_path):
   (tmp_path / "a.csv").write_text("x,y")
   with pytest.raises(data_lib.DataError, match="is not .txt"):
     _corpus(tmp_path / "w", str(tmp_path / "a.csv"))
+
+
+def test_prepare_data_writes_once_and_a_second_call_reuses(tmp_path, tiny_corpus):
+  from experiments import prepare_data
+
+  config = tiny_config(tiny_corpus)
+  first = prepare_data.prepare(config, str(tmp_path / "run"))
+  again = prepare_data.prepare(config, str(tmp_path / "run"))
+  assert first["written"] == [True] and again["written"] == [False]
+  assert first["tokens"] == again["tokens"] == sum(first["train_tokens"] + first["val_tokens"])
+  [folder] = first["folders"]
+  assert folder.startswith(str(tmp_path / "run" / "data" / "src-"))

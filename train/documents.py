@@ -94,8 +94,8 @@ def _check_readable(path: str, setting: str) -> None:
       with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
         f.read(1)
   except Exception as e:  # noqa: BLE001 - OSError, gzip.BadGzipFile, pyarrow's errors
-    raise DataError(f"{setting}: {path!r} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                    "fix the file or drop it") from None
+    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise DataError(f"{setting}: {path!r} cannot be read ({why}); fix the file or drop it") from None
 
 
 def _jsonl_lines(path: str) -> Iterator[tuple[int, str]]:
@@ -129,7 +129,8 @@ def _parquet_documents(path: str, key: str, column: str) -> Iterator[Document]:
   try:
     pf = pq.ParquetFile(path)
   except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
-    raise DataError(f"{path}: not a readable parquet file ({e}); fix it or drop it from data.paths") from None
+    raise DataError(
+        f"{path}: not a readable parquet file ({e}); fix it or drop it from data.paths") from None
   if column not in pf.schema_arrow.names:
     raise DataError(f"{path}: no column {column!r} (columns: {', '.join(pf.schema_arrow.names)}); "
                     "set data.text_field")
@@ -156,5 +157,6 @@ def read_documents(files: Sequence[str], relative_to: Optional[str] = None,
         with open(path, encoding="utf-8", errors="replace") as f:
           text = f.read()
       except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e.strerror}); fix it or drop it from data.paths") from None
+        raise DataError(
+            f"{path}: cannot be read ({e.strerror}); fix it or drop it from data.paths") from None
       yield Document(key, text)
