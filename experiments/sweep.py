@@ -3,7 +3,7 @@
 A study (experiments/scaling.py, emergence.py, lost_in_middle.py) turns its config into Points,
 each a name and the overrides of one run. Layout of a sweep's workdir:
 
-  ROOT/shared/HASH/            tokenizer and token cache, trained once, copied into every point
+  ROOT/shared/HASH/            tokenizer and token shards, made once, copied / linked into every point
   ROOT/points/NAME/            a normal training workdir (config.json, checkpoints, metrics.jsonl)
   ROOT/points/NAME/result.json the done record, written atomically when the run has finished
 
