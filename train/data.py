@@ -110,14 +110,21 @@ def data_dir(workdir: str, settings: Settings) -> str:
 
 def _split_texts(source: Source, files: Sequence[str], text_field: str,
                  bar: Optional[tqdm] = None) -> Iterator[tuple[str, str]]:
-  """(split, text) of every non-blank document, file by file; bar advances by each file's bytes."""
+  """(split, text) of every non-blank document, file by file. bar counts the files' bytes: it
+  advances by each document's characters (an estimate: JSON escapes and gzip change the bytes),
+  never past the file's size, and catches up at the end of the file."""
   relative_to = documents_lib.stdlib_root() if not source.patterns else None
   for path in files:
+    left = os.path.getsize(path)
     for doc in documents_lib.read_documents([path], relative_to, text_field):
+      if bar is not None and left:
+        step = min(len(doc.text), left)
+        bar.update(step)
+        left -= step
       if doc.text.strip():
         yield documents_lib.split_of(doc.key), doc.text
     if bar is not None:
-      bar.update(os.path.getsize(path))
+      bar.update(left)
 
 
 def _tokenizer_sample(sources: Sequence[Source], files: Sequence[Sequence[str]],
