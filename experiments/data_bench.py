@@ -105,10 +105,8 @@ def phase_prepare(root: str, size_mb: int) -> dict:
   config = _config(root, size_mb)
   settings = data_lib.Settings.of(config.data)
   workdir = os.path.join(root, f"prepare-{size_mb}")
-  sources = data_lib.sources_of(settings)
   t0 = time.perf_counter()
-  data_lib._tokenizer(workdir, data_lib.data_dir(workdir, settings), sources,
-                      data_lib.check_sources(settings), settings)
+  data_lib.tokenizer_for(workdir, settings)
   t1 = time.perf_counter()
   prepared = data_lib.prepare(workdir, settings)
   t2 = time.perf_counter()

@@ -140,11 +140,13 @@ def _tokenizer_sample(sources: Sequence[Source], files: Sequence[Sequence[str]],
         yield text
 
 
-def _tokenizer(workdir: str, folder: str, sources, files, settings: Settings) -> Tokenizer:
-  """The run's tokenizer: the workdir's; else the one the shard folder was prepared with (a new
-  run on shared shards adopts it); else one trained on a sample of the training text."""
+def tokenizer_for(workdir: str, settings: Settings) -> Tokenizer:
+  """The run's tokenizer: the workdir's; else the one its shard folder was prepared with (a new
+  run on shared shards adopts it); else one trained on a sample of the training text. Saved in
+  the workdir (and the shard folder) when it was not there."""
   if os.path.exists(os.path.join(workdir, tokenizer_lib.FILENAME)):
     return tokenizer_lib.load(workdir)
+  sources, files, folder = sources_of(settings), check_sources(settings), data_dir(workdir, settings)
   os.makedirs(workdir, exist_ok=True)
   if os.path.exists(os.path.join(folder, tokenizer_lib.FILENAME)):
     tok = tokenizer_lib.load(folder)
@@ -181,7 +183,7 @@ def prepare(workdir: str, settings: Settings, *, progress: bool = True,
   sources = sources_of(settings)
   files = check_sources(settings)
   root = data_dir(workdir, settings)
-  tok = _tokenizer(workdir, root, sources, files, settings)
+  tok = tokenizer_for(workdir, settings)
   tok_sha = shards_lib.tokenizer_sha256(tok)
   folders, manifests, written = [], [], []
   for source, fs in zip(sources, files):
