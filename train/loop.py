@@ -378,7 +378,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   peak = mfu_lib.peak_flops() * jax.device_count()
   writer = metrics_lib.MetricsWriter(workdir)
   is_main = jax.process_index() == 0
-  lo, hi = local_rows(batch_sharding, (t.batch_size, config.data.seq_len + 1))  # this process's
+  lo, hi = local_rows(batch_sharding, (t.batch_size, config.data.seq_len + 1))  # what it reads
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
   summary: dict[str, Any] = {"start_step": start, "params": count_params(model_cfg),
                              "unigram_entropy": corpus.unigram_entropy,
