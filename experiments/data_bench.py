@@ -21,6 +21,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -44,12 +45,17 @@ def define_flags() -> None:
   flags.DEFINE_integer("size_mb", 0, "Internal: the child's corpus size.")
 
 
-def rss_mb() -> float:
+def rss_mb() -> dict[str, float]:
+  """VmRSS and its parts: RssAnon (the process's own memory) and RssFile (pages of mapped files,
+  here mostly the shards' pages that reads touched: the kernel's page cache, clean, dropped under
+  memory pressure, shared by every process of the host)."""
+  out = {}
   with open("/proc/self/status", encoding="ascii") as f:
     for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) / 1024
-  return float("nan")
+      name = line.split(":")[0]
+      if name in ("VmRSS", "RssAnon", "RssFile"):
+        out[name] = int(line.split()[1]) / 1024
+  return out
 
 
 def peak_rss_mb() -> float:
@@ -125,7 +131,7 @@ def phase_train(root: str, size_mb: int, steps: int) -> dict:
   from train import loop
   from train import metrics as metrics_lib
 
-  samples = []  # (time, MB)
+  samples = []  # (time, {VmRSS, RssAnon, RssFile} in MB)
   stop = threading.Event()
 
   def sample():
@@ -138,6 +144,7 @@ def phase_train(root: str, size_mb: int, steps: int) -> dict:
   config.train.eval_every = steps
   config.checkpoint.every_steps = steps
   workdir = os.path.join(root, f"train-{size_mb}")
+  shutil.rmtree(workdir, ignore_errors=True)  # a fresh run, not the resumption of a finished one
   thread = threading.Thread(target=sample, daemon=True)
   before = rss_mb()
   thread.start()
@@ -148,14 +155,17 @@ def phase_train(root: str, size_mb: int, steps: int) -> dict:
     thread.join()
   records = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
-  def rss_at(t: float) -> float:
-    earlier = [mb for when, mb in samples if when <= t]
-    return round(earlier[-1] if earlier else samples[0][1], 1)
+  def at(t: float, name: str) -> float:
+    earlier = [mb[name] for when, mb in samples if when <= t]
+    return round(earlier[-1] if earlier else samples[0][1][name], 1)
 
-  by_step = {r["step"]: rss_at(r["time"]) for r in records}
-  return {"steps": summary["final_step"], "rss_before_mb": round(before, 1),
-          "peak_rss_mb": round(max(mb for _, mb in samples), 1),
-          "rss_by_step_mb": by_step, "final_loss": summary["loss"]}
+  out = {"steps": summary["final_step"], "rows_read_per_step": summary["rows_read_per_step"],
+         "final_loss": summary["loss"]}
+  for name, key in (("VmRSS", "rss"), ("RssAnon", "rss_anon"), ("RssFile", "rss_file")):
+    out[f"{key}_before_mb"] = round(before[name], 1)
+    out[f"peak_{key}_mb"] = round(max(mb[name] for _, mb in samples), 1)
+    out[f"{key}_by_step_mb"] = {r["step"]: at(r["time"], name) for r in records}
+  return out
 
 
 def _child(phase: str, size_mb: int) -> dict:
@@ -177,6 +187,8 @@ def plot(results: list[dict], path: str) -> None:
   corpus = [r["prepare"]["corpus_bytes"] / MB for r in results]
   a.plot(corpus, corpus, "k:", label="corpus size")
   a.plot(corpus, [r["train"]["peak_rss_mb"] for r in results], "o-", label="training: peak RSS")
+  a.plot(corpus, [r["train"]["peak_rss_anon_mb"] for r in results], "^-",
+         label="training: peak RssAnon (own memory)")
   a.plot(corpus, [r["prepare"]["peak_rss_mb"] for r in results], "s-", label="prepare: peak RSS")
   a.set_xscale("log")
   a.set_yscale("log")
@@ -184,11 +196,13 @@ def plot(results: list[dict], path: str) -> None:
   a.set_ylabel("MB")
   a.legend()
   for r in results:
-    by_step = r["train"]["rss_by_step_mb"]  # keys are strings once read back from JSON
-    steps = sorted(int(s) for s in by_step)
-    b.plot(steps, [by_step[str(s)] for s in steps], label=f"{r['size_mb']} MB corpus")
+    for key, style in (("rss", "-"), ("rss_anon", "--")):
+      by_step = r["train"][f"{key}_by_step_mb"]  # keys are strings once read back from JSON
+      steps = sorted(int(s) for s in by_step)
+      b.plot(steps, [by_step[str(s)] for s in steps], style,
+             label=f"{r['size_mb']} MB: {'RSS' if key == 'rss' else 'RssAnon'}")
   b.set_xlabel("step")
-  b.set_ylabel("training RSS (MB)")
+  b.set_ylabel("training memory (MB)")
   b.legend()
   plots.save(fig, path, dpi=120)
 
@@ -203,12 +217,20 @@ def main(argv):
     return
   os.makedirs(FLAGS.root, exist_ok=True)
   os.makedirs(FLAGS.out, exist_ok=True)
-  results = []
+  results, earlier = [], {}
+  path = os.path.join(FLAGS.out, "results.json")
+  if os.path.exists(path):  # a rerun reuses the shards: keep the numbers of their preparation
+    with open(path) as f:
+      earlier = {r["size_mb"]: r for r in json.load(f)["results"] if r["prepare"]["written"]}
   for size in sorted(int(s) for s in FLAGS.sizes_mb):
     t0 = time.perf_counter()
     write_corpus(os.path.join(FLAGS.root, f"corpus-{size}"), size)
-    entry = {"size_mb": size, "generate_seconds": round(time.perf_counter() - t0, 1),
-             "prepare": _child("prepare", size), "train": _child("train", size)}
+    generated = round(time.perf_counter() - t0, 1)
+    prepare = _child("prepare", size)
+    if not prepare["written"] and size in earlier:
+      prepare, generated = earlier[size]["prepare"], earlier[size]["generate_seconds"]
+    entry = {"size_mb": size, "generate_seconds": generated, "prepare": prepare,
+             "train": _child("train", size)}
     results.append(entry)
     print(json.dumps({k: v for k, v in entry.items()}, default=str)[:400], flush=True)
     out = {"corpus": "synthetic: the Python standard library's .py files as .jsonl documents, "

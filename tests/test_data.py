@@ -4,6 +4,7 @@ mixtures), each process's rows, and bad inputs."""
 import gzip
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -116,6 +117,12 @@ def test_a_killed_preparation_leaves_no_folder_that_looks_complete(tmp_path, tin
   monkeypatch.undo()
   prepared, _ = _corpus(tmp_path, tiny_corpus)
   assert prepared.written == (True,)
+  # What a kill -9 leaves (its process gone): removed by the next preparation of that source.
+  [folder] = prepared.folders
+  os.makedirs(folder + ".tmp-4194305")  # above any Linux pid_max: no such process
+  shutil.rmtree(folder)
+  _corpus(tmp_path, tiny_corpus)
+  assert sorted(os.listdir(tmp_path / "data")) == sorted(["tokenizer.json", os.path.basename(folder)])
 
 
 def test_same_seed_gives_same_batches_and_epochs_reshuffle():

@@ -19,6 +19,7 @@ is tokens [r * (L+1), (r+1) * (L+1)), and each shard's last incomplete row is dr
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -119,6 +120,7 @@ def write_source(
   recorded with their sizes and sha256. A split with no documents when the other has some (a tiny
   corpus hashing entirely into validation) is swapped, so that training always has the text.
   """
+  _remove_abandoned(folder)
   tmp = f"{folder}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -164,6 +166,17 @@ def write_source(
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return manifest
+
+
+def _remove_abandoned(folder: str) -> None:
+  """Deletes FOLDER.tmp-PID left by a preparation that was killed (its PID is not running here)."""
+  for tmp in glob.glob(glob.escape(folder) + ".tmp-*"):
+    try:
+      os.kill(int(tmp.rsplit("-", 1)[1]), 0)
+    except ProcessLookupError:
+      shutil.rmtree(tmp, ignore_errors=True)
+    except (ValueError, PermissionError):  # not our name, or another user's live process
+      pass
 
 
 def read_manifest(folder: str) -> Optional[dict]:
