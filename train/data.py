@@ -84,8 +84,8 @@ def source_files(source: Source) -> list[str]:
   """The source's files, each checked readable (DataError naming the source otherwise)."""
   if not source.patterns:
     return stdlib_files()
-  return documents_lib.resolve_files(source.patterns, f"{source.setting}.paths"
-                                     if source.setting != "data.paths" else source.setting)
+  setting = source.setting if source.setting == "data.paths" else source.setting + ".paths"
+  return documents_lib.resolve_files(source.patterns, setting)
 
 
 def check_sources(settings: Settings) -> list[list[str]]:
@@ -97,8 +97,9 @@ def check_sources(settings: Settings) -> list[list[str]]:
 def source_folder(root: str, source: Source, text_field: str) -> str:
   """root/<name>: one folder per source, named after what selects its text, so that runs on the
   same text share one preparation and a run on other text never reads it."""
-  if not source.patterns:
-    return os.path.join(root, "stdlib")
+  if not source.patterns:  # one interpreter's standard library is not another's
+    root_hash = hashlib.sha1(documents_lib.stdlib_root().encode()).hexdigest()[:8]
+    return os.path.join(root, f"stdlib-{root_hash}")
   key = json.dumps([sorted(os.path.abspath(os.path.expanduser(p)) for p in source.patterns),
                     text_field])
   return os.path.join(root, "src-" + hashlib.sha1(key.encode()).hexdigest()[:12])
