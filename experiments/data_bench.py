@@ -217,12 +217,15 @@ def main(argv):
     return
   os.makedirs(FLAGS.root, exist_ok=True)
   os.makedirs(FLAGS.out, exist_ok=True)
+  sizes = sorted(int(s) for s in FLAGS.sizes_mb)
   results, earlier = [], {}
   path = os.path.join(FLAGS.out, "results.json")
   if os.path.exists(path):  # a rerun reuses the shards: keep the numbers of their preparation
     with open(path) as f:
-      earlier = {r["size_mb"]: r for r in json.load(f)["results"] if r["prepare"]["written"]}
-  for size in sorted(int(s) for s in FLAGS.sizes_mb):
+      old = json.load(f)["results"]
+    earlier = {r["size_mb"]: r for r in old if r["prepare"]["written"]}
+    results = [r for r in old if r["size_mb"] not in sizes]  # sizes not run now stay as they were
+  for size in sizes:
     t0 = time.perf_counter()
     write_corpus(os.path.join(FLAGS.root, f"corpus-{size}"), size)
     generated = round(time.perf_counter() - t0, 1)
@@ -231,7 +234,7 @@ def main(argv):
       prepare, generated = earlier[size]["prepare"], earlier[size]["generate_seconds"]
     entry = {"size_mb": size, "generate_seconds": generated, "prepare": prepare,
              "train": _child("train", size)}
-    results.append(entry)
+    results = sorted(results + [entry], key=lambda r: r["size_mb"])
     print(json.dumps({k: v for k, v in entry.items()}, default=str)[:400], flush=True)
     out = {"corpus": "synthetic: the Python standard library's .py files as .jsonl documents, "
                      "reshuffled (seeded) and repeated to each size",
