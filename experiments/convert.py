@@ -119,7 +119,6 @@ def workdir_config(model_cfg: ModelConfig, tok: Optional[Tokenizer],
 def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = None,
                    seq_len: int = 256) -> dict:
   """Writes an llmlab workdir holding the Hugging Face model in hf_dir; returns a summary."""
-  import numpy as np
   from tokenizers import Tokenizer
 
   from model import interop, transformer
@@ -169,8 +168,8 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
   graphdef, _ = transformer.abstract(model_cfg)
   tx = optimizer_lib.make(config.train, config.train.steps)
   state = step_lib.init_state(params, tx, config.train.seed)
-  rows = np.zeros((config.train.batch_size, config.data.seq_len + 1), np.int32)
-  data_state = data_lib.train_iterator(rows, config.train.batch_size, config.train.seed).get_state()
+  data_state = data_lib.train_iterator(
+      [config.train.batch_size], [1.0], config.train.batch_size, config.train.seed).get_state()
   ckpt = ckpt_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       every_steps=config.checkpoint.every_steps)

@@ -3,7 +3,7 @@
 A study (experiments/scaling.py, emergence.py, lost_in_middle.py) turns its config into Points,
 each a name and the overrides of one run. Layout of a sweep's workdir:
 
-  ROOT/shared/HASH/            tokenizer and token cache, trained once, copied into every point
+  ROOT/shared/HASH/            tokenizer and token shards, made once, copied / linked into every point
   ROOT/points/NAME/            a normal training workdir (config.json, checkpoints, metrics.jsonl)
   ROOT/points/NAME/result.json the done record, written atomically when the run has finished
 
@@ -146,7 +146,8 @@ def write_json(path: str, obj: Any) -> None:
 
 def shared_dir(root: str, config: ml_collections.ConfigDict) -> str:
   """ROOT/shared/<hash of the corpus and vocabulary size>: runs on other data get their own."""
-  key = json.dumps([config.data.paths, config.data.vocab_size], default=str)
+  key = json.dumps([config.data.paths, config.data.vocab_size, config.data.get("sources", None) or [],
+                    config.data.get("text_field", "text")], default=str)
   return os.path.join(root, "shared", hashlib.sha1(key.encode()).hexdigest()[:8])
 
 
@@ -159,13 +160,14 @@ def prepare_shared(root: str, config: ml_collections.ConfigDict) -> str:
   from train import data as data_lib
 
   shared = shared_dir(root, config)
-  d = config.data
-  data_lib.prepare(shared, d.paths, d.seq_len, d.vocab_size, 1)
+  data_lib.prepare(shared, data_lib.Settings.of(config.data), progress=False)
   return shared
 
 
 def seed_workdir(shared: str, workdir: str) -> None:
-  """Copies the shared tokenizer into a point's workdir and links the token cache beside it."""
+  """Copies the shared tokenizer into a point's workdir and links the token shards beside it
+  (each source folder's files, its manifest last, so a half-linked folder never looks complete)."""
+  from train import shards as shards_lib
   from train import tokenizer as tokenizer_lib
 
   os.makedirs(os.path.join(workdir, "data"), exist_ok=True)
@@ -175,12 +177,18 @@ def seed_workdir(shared: str, workdir: str) -> None:
     os.replace(dst + ".tmp", dst)
   src_data = os.path.join(shared, "data")
   for name in sorted(os.listdir(src_data)) if os.path.isdir(src_data) else []:
-    target = os.path.join(workdir, "data", name)
-    if name.endswith(".npz") and not os.path.exists(target):
+    src, target = os.path.join(src_data, name), os.path.join(workdir, "data", name)
+    if shards_lib.read_manifest(src) is None or shards_lib.read_manifest(target) is not None:
+      continue
+    os.makedirs(target, exist_ok=True)
+    names = sorted(os.listdir(src), key=lambda n: n == shards_lib.MANIFEST)
+    for file in names:
       try:
-        os.link(os.path.join(src_data, name), target)
+        os.link(os.path.join(src, file), os.path.join(target, file))
+      except FileExistsError:
+        pass
       except OSError:  # another filesystem: copy instead
-        shutil.copyfile(os.path.join(src_data, name), target)
+        shutil.copyfile(os.path.join(src, file), os.path.join(target, file))
 
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict]

@@ -152,3 +152,14 @@ def test_overrides_of_the_default_config_still_apply():
   """Catches: the error handling hiding overrides from a config flag left at its default."""
   fv = _parse("--config.train.steps=3", "--workdir=w")
   assert fv.config.train.steps == 3 and fv.workdir == "w"
+
+
+def test_a_mixture_is_given_on_the_command_line_as_a_tuple_literal():
+  """docs/data.md's command line: data.sources is a tuple, so ml_collections parses a Python
+  literal for it (a list field could not be overridden at all), and validate checks weights."""
+  fv = _parse('--config.data.sources=({"paths": "a/*.txt", "weight": 0.7}, {"paths": "b.jsonl"})')
+  assert fv.config.data.sources == ({"paths": "a/*.txt", "weight": 0.7}, {"paths": "b.jsonl"})
+  config_lib.validate(fv.config)
+  fv.config.data.sources = ({"paths": "a/*.txt", "weight": -1},)
+  with pytest.raises(config_lib.ConfigError, match=r"^data.sources\[0\].weight=-1 must be a positive"):
+    config_lib.validate(fv.config)

@@ -1,11 +1,28 @@
-"""The data pipeline: splits, packing, determinism, iterator-state restore, and bad inputs."""
+"""The data pipeline: splits, formats, token shards, the index pipeline (determinism, state,
+mixtures), each process's rows, and bad inputs."""
 
+import gzip
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 
+from tests.helpers import tiny_config
+from train import config as config_lib
 from train import data as data_lib
+from train import documents as documents_lib
+from train import shards as shards_lib
+
+
+def _settings(paths, vocab_size=300, **kw) -> data_lib.Settings:
+  return data_lib.Settings(paths=paths, vocab_size=vocab_size, **kw)
+
+
+def _corpus(workdir, paths, seq_len=16, vocab_size=300, batch_size=2, **kw):
+  prepared = data_lib.prepare(str(workdir), _settings(paths, vocab_size, **kw), progress=False)
+  return prepared, data_lib.open_corpus(prepared, seq_len, batch_size)
 
 
 def test_default_corpus_split_is_deterministic_and_nonempty():
@@ -25,80 +42,239 @@ def test_pack_cuts_rows_of_seq_len_plus_one():
 
 
 def test_prepare_reads_txt_and_jsonl_and_appends_end_of_text(tmp_path, tiny_corpus):
-  tok, corpus = data_lib.prepare(str(tmp_path), tiny_corpus, seq_len=16, vocab_size=300, batch_size=4)
-  eot = tok.token_to_id("<|endoftext|>")
-  assert corpus.train_NxL1.shape[1] == 17
-  assert (corpus.train_NxL1 == eot).sum() >= 1
-  assert len(corpus.val_NxL1) >= 1
+  prepared, corpus = _corpus(tmp_path, tiny_corpus, batch_size=4)
+  eot = prepared.tokenizer.token_to_id("<|endoftext|>")
+  rows = corpus.train_rows.read(np.arange(corpus.train_rows.n_rows))
+  assert rows.shape[1] == 17 and (rows == eot).sum() >= 1
+  assert corpus.val.n_rows >= 1
   assert (tmp_path / "tokenizer.json").exists()
 
 
+def test_shard_rows_equal_the_in_memory_packing_of_the_same_documents(tmp_path, tiny_corpus):
+  """Catches: an off-by-one in cutting rows at read time, tokens lost or repeated where a shard
+  ends, rows read from anything but a memory map (the corpus held in RAM)."""
+  files = documents_lib.resolve_files(documents_lib.parse_paths(tiny_corpus))
+  prepared, _ = _corpus(tmp_path / "one", tiny_corpus, seq_len=7)
+  train_docs = [d.text for d in documents_lib.read_documents(files)
+                if d.text.strip() and data_lib._split_of(d.key) == "train"]
+  tok = data_lib.tokenizer_lib.load(str(tmp_path / "one"))
+  stream = data_lib.tokenize(train_docs, tok)
+  whole = shards_lib.open_split(prepared.folders[0], prepared.manifests[0], "train", 8)
+  [(tokens, _, _)] = whole.pieces  # one shard: its rows are exactly the old packing
+  assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16
+  np.testing.assert_array_equal(whole.read(np.arange(whole.n_rows)), data_lib.pack(stream, 7))
+
+  # Shards of 100 tokens: every shard's rows are its own packing, its tail dropped; the shards
+  # together hold the stream, token for token.
+  prepared = data_lib.prepare(str(tmp_path / "one"), _settings(tiny_corpus, prepared=str(
+      tmp_path / "small")), progress=False, max_shard_tokens=100)
+  manifest, folder = prepared.manifests[0], prepared.folders[0]
+  shards = [np.load(os.path.join(folder, s["file"])) for s in manifest["splits"]["train"]["shards"]]
+  assert len(shards) > 3 and all(len(s) == 100 for s in shards[:-1])
+  np.testing.assert_array_equal(np.concatenate(shards), stream)
+  rows = shards_lib.open_split(folder, manifest, "train", 8)
+  expected = np.concatenate([data_lib.pack(s.astype(np.int32), 7) for s in shards])
+  np.testing.assert_array_equal(rows.read(np.arange(rows.n_rows)), expected)
+  assert manifest["splits"]["train"]["tokens"] == len(stream)
+  assert manifest["tokenizer_sha256"] == shards_lib.tokenizer_sha256(tok)
+  assert [f["path"] for f in manifest["files"]] == [os.path.abspath(f) for f in files]
+
+
+def test_token_ids_past_uint16_are_stored_as_uint32(tmp_path):
+  """Catches: ids of a vocabulary over 65,536 wrapping around in a uint16 shard."""
+  assert shards_lib.token_dtype(1 << 16) == np.uint16
+  assert shards_lib.token_dtype((1 << 16) + 1) == np.uint32
+  writer = shards_lib._SplitWriter(str(tmp_path), "train", shards_lib.token_dtype(70_001), 10, 70_001)
+  writer.add(np.array([70_000, 3, 65_536]), 1)
+  writer.close()
+  np.testing.assert_array_equal(np.load(tmp_path / "train-00000.npy"), [70_000, 3, 65_536])
+
+
+def test_shards_of_another_tokenizer_are_refused_and_a_new_run_adopts_the_shared_one(
+    tmp_path, tiny_corpus):
+  shared = str(tmp_path / "shared")
+  first, _ = _corpus(tmp_path / "a", tiny_corpus, prepared=shared)
+  adopted, _ = _corpus(tmp_path / "b", tiny_corpus, prepared=shared)  # no tokenizer of its own
+  assert adopted.written == (False,)
+  assert shards_lib.tokenizer_sha256(adopted.tokenizer) == shards_lib.tokenizer_sha256(first.tokenizer)
+  other = data_lib.tokenizer_lib.train_bpe(["something else entirely " * 20], 280)
+  os.makedirs(tmp_path / "c")
+  data_lib.tokenizer_lib.save(other, str(tmp_path / "c"))
+  with pytest.raises(data_lib.DataError, match=r"^\S+/shared/src-\w+ holds shards made with another "
+                                              r"tokenizer than .*/c/tokenizer.json; delete"):
+    _corpus(tmp_path / "c", tiny_corpus, prepared=shared)
+
+
+def test_a_killed_preparation_leaves_no_folder_that_looks_complete(tmp_path, tiny_corpus,
+                                                                   monkeypatch):
+  def killed(path):
+    raise KeyboardInterrupt  # as a kill between the last shard and the manifest
+
+  monkeypatch.setattr(shards_lib, "file_record", killed)
+  with pytest.raises(KeyboardInterrupt):
+    _corpus(tmp_path, tiny_corpus)
+  assert [n for n in os.listdir(tmp_path / "data") if n != "tokenizer.json"] == []
+  monkeypatch.undo()
+  prepared, _ = _corpus(tmp_path, tiny_corpus)
+  assert prepared.written == (True,)
+  # What a kill -9 leaves (its process gone): removed by the next preparation of that source.
+  [folder] = prepared.folders
+  os.makedirs(folder + ".tmp-4194305")  # above any Linux pid_max: no such process
+  shutil.rmtree(folder)
+  _corpus(tmp_path, tiny_corpus)
+  assert sorted(os.listdir(tmp_path / "data")) == sorted(["tokenizer.json", os.path.basename(folder)])
+
+
 def test_same_seed_gives_same_batches_and_epochs_reshuffle():
-  rows = np.arange(40, dtype=np.int32).reshape(10, 4)
-  a = data_lib.train_iterator(rows, batch_size=2, seed=7)
-  b = data_lib.train_iterator(rows, batch_size=2, seed=7)
+  a = data_lib.train_iterator([10], [1.0], batch_size=2, seed=7)
+  b = data_lib.train_iterator([10], [1.0], batch_size=2, seed=7)
   first = [next(a) for _ in range(10)]
   for x in first:
     np.testing.assert_array_equal(x, next(b))
-  epoch1 = np.concatenate(first[:5])[:, 0]
-  epoch2 = np.concatenate(first[5:])[:, 0]
-  assert sorted(epoch1) == sorted(epoch2) == list(range(0, 40, 4))
+  epoch1, epoch2 = np.concatenate(first[:5]), np.concatenate(first[5:])
+  assert sorted(epoch1) == sorted(epoch2) == list(range(10))
   assert list(epoch1) != list(epoch2)
 
 
-def test_iterator_state_restores_the_exact_position():
-  rows = np.arange(60, dtype=np.int32).reshape(15, 4)
-  it = data_lib.train_iterator(rows, batch_size=3, seed=1)
+def test_iterator_state_restores_the_exact_position_of_a_mixture():
+  it = data_lib.train_iterator([15, 7], [0.6, 0.4], batch_size=3, seed=1)
   for _ in range(7):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(6)]
-  fresh = data_lib.train_iterator(rows, batch_size=3, seed=1)
+  fresh = data_lib.train_iterator([15, 7], [0.6, 0.4], batch_size=3, seed=1)
   fresh.set_state(json.loads(json.dumps(state)))  # as stored in a checkpoint
   for e in expected:
     np.testing.assert_array_equal(next(fresh), e)
 
 
-def test_processes_read_disjoint_shards():
-  rows = np.arange(32, dtype=np.int32).reshape(8, 4)
-  seen = []
-  for process in range(2):
-    it = data_lib.train_iterator(rows, 2, 0, process, 2)
-    seen.append(set(np.concatenate([next(it) for _ in range(2)])[:, 0]))
-  assert not seen[0] & seen[1]
-  assert len(seen[0] | seen[1]) == 8
+def test_mixture_draws_each_source_in_proportion_to_its_weight():
+  """Catches: weights ignored or applied to the wrong source, a source exhausted (not repeated)."""
+  n_rows, weights = [50, 30, 7], [0.5, 0.3, 0.2]
+  it = data_lib.train_iterator(n_rows, weights, batch_size=10, seed=0)
+  ids = np.concatenate([next(it) for _ in range(200)])
+  source = np.searchsorted(np.cumsum(n_rows), ids, side="right")
+  shares = np.bincount(source, minlength=3) / len(ids)
+  np.testing.assert_allclose(shares, weights, atol=0.01)
+  assert set(ids[source == 2]) == set(range(80, 87))  # the small source wraps around
+
+
+def test_each_process_reads_only_its_rows_and_together_the_global_batch(tmp_path, tiny_corpus):
+  """Two processes of 4 devices each (the 8 CPU devices split in halves, as their
+  addressable_devices_indices_map would be): their row ranges are disjoint, cover the batch, and
+  the rows they read from the shards make up the global batch."""
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  _, corpus = _corpus(tmp_path, tiny_corpus)
+  rows = corpus.train_rows
+  ids_B = next(data_lib.train_iterator([rows.n_rows], [1.0], batch_size=8, seed=3))
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  index_map = NamedSharding(mesh, PartitionSpec("data")).devices_indices_map((8, rows.row_len))
+  per_process = []
+  for devices in (jax.devices()[:4], jax.devices()[4:8]):
+    lo, hi = data_lib.row_range([index_map[d] for d in devices], 8)
+    per_process.append((lo, hi, rows.read(ids_B[lo:hi])))
+  (lo0, hi0, rows0), (lo1, hi1, rows1) = per_process
+  assert (lo0, hi0, lo1, hi1) == (0, 4, 4, 8)
+  np.testing.assert_array_equal(np.concatenate([rows0, rows1]), rows.read(ids_B))
+
+
+def test_eval_batches_are_the_same_every_time_and_wrap_a_small_split():
+  a = data_lib.eval_indices(5, 4, 3)
+  assert [list(x) for x in a] == [[0, 1, 2, 3], [4, 0, 1, 2], [3, 4, 0, 1]]
+
+
+def _gz(path, lines):
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    f.write("".join(lines))
+
+
+def test_jsonl_gz_and_parquet_read_the_documents_of_jsonl(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  texts = ["first document", "second, with ünïcode", "", "fourth"]
+  (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  _gz(tmp_path / "a.jsonl.gz", [json.dumps({"text": t}) + "\n" for t in texts])
+  pq.write_table(pa.table({"body": texts, "id": list(range(4))}), tmp_path / "a.parquet",
+                 row_group_size=2)
+  read = lambda name, field="text": [  # noqa: E731
+      d.text for d in documents_lib.read_documents([str(tmp_path / name)], text_field=field)]
+  assert read("a.jsonl") == read("a.jsonl.gz") == read("a.parquet", "body") == texts
+  with pytest.raises(data_lib.DataError, match=r"a.parquet: no column 'text' \(columns: body, id\); "
+                                              "set data.text_field"):
+    read("a.parquet")
+
+
+def test_bad_gzip_line_names_file_and_line(tmp_path):
+  _gz(tmp_path / "c.jsonl.gz", ['{"text": "ok"}\n', '{"text": "cut\n'])
+  with pytest.raises(data_lib.DataError, match=r"c.jsonl.gz:2: not valid JSON"):
+    list(documents_lib.read_documents([str(tmp_path / "c.jsonl.gz")]))
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("weight", r"^data.sources\[1\].weight=0 must be a positive number$"),
+    ("empty", r"^data.sources\[1\].paths: every file it names is empty \(.*empty.txt\); add text"),
+    ("unreadable", r"^data.sources\[1\].paths: '.*broken.jsonl.gz' cannot be read \(.*\); fix"),
+])
+def test_bad_mixture_source_is_one_line_before_anything_is_written(tmp_path, tiny_corpus, case,
+                                                                   needle):
+  from train import loop
+
+  (tmp_path / "empty.txt").write_text("")
+  (tmp_path / "broken.jsonl.gz").write_bytes(b"not gzip at all")
+  second = {"weight": {"paths": tiny_corpus, "weight": 0}, "empty": {"paths": str(tmp_path / "empty.txt")},
+            "unreadable": {"paths": str(tmp_path / "broken.jsonl.gz"), "weight": 1}}[case]
+  config = tiny_config("", **{"data.sources": ({"paths": tiny_corpus, "weight": 1}, second)})
+  with pytest.raises((config_lib.ConfigError, data_lib.DataError), match=needle) as e:
+    loop.train(config, str(tmp_path / "run"))
+  assert "\n" not in str(e.value)
+  assert not (tmp_path / "run").exists()
 
 
 def test_path_matching_nothing_names_the_setting(tmp_path):
   with pytest.raises(data_lib.DataError, match=r"data.paths: '.*nothing\*.txt' matches no file"):
-    data_lib.prepare(str(tmp_path / "w"), str(tmp_path / "nothing*.txt"), 16, 300, 2)
+    _corpus(tmp_path / "w", str(tmp_path / "nothing*.txt"))
 
 
 def test_empty_corpus_is_refused(tmp_path):
   (tmp_path / "a.txt").write_text("   \n")
   with pytest.raises(data_lib.DataError, match="the corpus has no text"):
-    data_lib.prepare(str(tmp_path / "w"), str(tmp_path / "a.txt"), 16, 300, 2)
+    _corpus(tmp_path / "w", str(tmp_path / "a.txt"))
 
 
 def test_corpus_smaller_than_one_batch_is_refused(tmp_path):
-  (tmp_path / "a.txt").write_text("just a few words of text here")
+  (tmp_path / "a.txt").write_text("just a few words of text here " * 20)
   with pytest.raises(data_lib.DataError, match=r"fewer than one batch \(train.batch_size=64\)"):
-    data_lib.prepare(str(tmp_path / "w"), str(tmp_path / "a.txt"), 16, 300, 64)
+    _corpus(tmp_path / "w", str(tmp_path / "a.txt"), batch_size=64)
 
 
 def test_jsonl_line_without_text_names_file_and_line(tmp_path):
   p = tmp_path / "c.jsonl"
   p.write_text('{"text": "ok"}\n{"body": "no text here"}\n')
   with pytest.raises(data_lib.DataError, match=r"c.jsonl:2: line has no string field 'text'"):
-    data_lib.prepare(str(tmp_path / "w"), str(p), 16, 300, 2)
+    _corpus(tmp_path / "w", str(p))
 
 
 def test_vocab_size_below_bytes_plus_specials_is_refused(tmp_path, tiny_corpus):
   with pytest.raises(data_lib.DataError, match="data.vocab_size=100 is too small"):
-    data_lib.prepare(str(tmp_path / "w"), tiny_corpus, 16, 100, 2)
+    _corpus(tmp_path / "w", tiny_corpus, vocab_size=100)
 
 
 def test_unsupported_file_type_is_refused(tmp_path):
   (tmp_path / "a.csv").write_text("x,y")
-  with pytest.raises(data_lib.DataError, match="neither .txt"):
-    data_lib.prepare(str(tmp_path / "w"), str(tmp_path / "a.csv"), 16, 300, 2)
+  with pytest.raises(data_lib.DataError, match="is not .txt"):
+    _corpus(tmp_path / "w", str(tmp_path / "a.csv"))
+
+
+def test_prepare_data_writes_once_and_a_second_call_reuses(tmp_path, tiny_corpus):
+  from experiments import prepare_data
+
+  config = tiny_config(tiny_corpus)
+  first = prepare_data.prepare(config, str(tmp_path / "run"))
+  again = prepare_data.prepare(config, str(tmp_path / "run"))
+  assert first["written"] == [True] and again["written"] == [False]
+  assert first["tokens"] == again["tokens"] == sum(first["train_tokens"] + first["val_tokens"])
+  [folder] = first["folders"]
+  assert folder.startswith(str(tmp_path / "run" / "data" / "src-"))

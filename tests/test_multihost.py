@@ -114,7 +114,11 @@ def test_two_processes_give_the_losses_of_one_process_with_8_devices(runs):
 
 
 def test_only_process_0_writes_logs_and_the_progress_bar(runs):
-  assert json.loads(runs.out[0].strip().splitlines()[-1])["final_step"] == STEPS
+  summary = json.loads(runs.out[0].strip().splitlines()[-1])
+  assert summary["final_step"] == STEPS
+  # Each process read only its half of every batch from the shards (train/loop.rows_batch), and
+  # the losses above still equal one process's: the halves make up the global batch.
+  assert summary["rows_read_per_step"] == tiny_config("").train.batch_size // 2
   # gloo's C++ library announces its connections on stdout ("[Gloo] Rank 7 is connected to 7 peer
   # ranks. ..."), from several threads, so one announcement can be split across lines; nothing
   # else may come from process 1.

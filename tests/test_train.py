@@ -27,8 +27,12 @@ def _steps(workdir) -> list[int]:
 
 
 def test_resume_after_kill_9_gives_bit_identical_losses(tmp_path, tiny_corpus):
+  """A mixture of two sources read from prepared shards: catches a mixture position or a shard
+  read that the checkpoint does not restore exactly."""
+  txt, jsonl = tiny_corpus.split(",")
+  mixture = f'({{"paths": "{txt}", "weight": 0.7}}, {{"paths": "{jsonl}", "weight": 0.3}})'
   overrides = ("--config.train.steps=40", "--config.checkpoint.every_steps=4",
-               "--config.train.eval_every=1000")
+               "--config.train.eval_every=1000", f"--config.data.sources={mixture}")
   ref = tmp_path / "ref"
   done = run_script("experiments.train", *train_args(ref, tiny_corpus, *overrides))
   assert done.returncode == 0, done.stderr[-2000:]
@@ -49,6 +53,7 @@ def test_resume_after_kill_9_gives_bit_identical_losses(tmp_path, tiny_corpus):
   assert again.returncode == 0, again.stderr[-2000:]
   assert _losses(run) == _losses(ref)  # bit-identical floats, every step 1..40
   assert len(_losses(ref)) == 40
+  assert len(os.listdir(run / "data")) == 3  # the tokenizer and one shard folder per source
 
 
 def test_sigterm_finishes_the_step_saves_and_exits_0(tmp_path, tiny_corpus):

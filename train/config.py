@@ -1,6 +1,7 @@
 """Validation of the experiment config tree (ml_collections), once, before anything compiles.
 
-The config tree: model.* (ModelConfig fields), data.{paths, seq_len, vocab_size},
+The config tree: model.* (ModelConfig fields), data.{paths, sources, text_field, prepared, seq_len,
+vocab_size},
 train.{steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, grad_accum, seed, log_every,
 eval_every, eval_batches}, checkpoint.{every_steps, keep, restart_if_unreadable}, sharding.{mesh}.
 """
@@ -39,6 +40,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   for name in ("seq_len", "vocab_size"):
     if not d[name] > 0:
       raise ConfigError(f"data.{name} must be positive, got {d[name]!r}")
+  _check_sources(d.get("sources", None) or [])
   if d.seq_len > model_cfg.max_seq_len:
     raise ConfigError(
         f"data.seq_len={d.seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}; "
@@ -50,6 +52,22 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     if not c[name] > 0:
       raise ConfigError(f"checkpoint.{name} must be positive, got {c[name]!r}")
   return model_cfg
+
+
+def _check_sources(sources) -> None:
+  """data.sources: a list of {"paths": globs, "weight": > 0}; the files are checked later, by
+  train/data.check_sources (still before anything compiles)."""
+  if isinstance(sources, (str, dict)) or not hasattr(sources, "__len__"):
+    raise ConfigError(f"data.sources must be a list of {{'paths': ..., 'weight': ...}}, got {sources!r}")
+  for i, s in enumerate(sources):
+    if not hasattr(s, "get") or not s.get("paths"):
+      raise ConfigError(f"data.sources[{i}] must be a dict with non-empty 'paths', got {s!r}")
+    extra = sorted(set(s.keys()) - {"paths", "weight"})
+    if extra:
+      raise ConfigError(f"data.sources[{i}] has unknown keys {extra}; a source has 'paths' and 'weight'")
+    w = s.get("weight", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+      raise ConfigError(f"data.sources[{i}].weight={w!r} must be a positive number")
 
 
 # Settings that fix the shape of a run's saved state and data: a workdir trained with one value

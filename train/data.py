@@ -1,229 +1,324 @@
-"""Corpus -> tokens -> packed sequences -> shuffled batches, as a grain pipeline.
+"""Corpus -> token shards on disk -> batches of row indices -> each process's own rows.
 
-The pipeline: documents (the default corpus or the user's files) are tokenized, each followed by
-end-of-text, concatenated and split into rows of seq_len + 1 tokens (inputs are row[:-1], targets
-row[1:]). Training batches come from a grain MapDataset over those rows: sharded by JAX process,
-shuffled with a seed (a fresh order every epoch), repeated and batched. Its iterator state is a
-small dict saved in every checkpoint, so a resumed run sees exactly the batches it would have.
+prepare() trains (or reuses) the tokenizer and tokenizes every source once into memory-mappable
+shards (train/shards.py), in data.prepared or <workdir>/data. open_corpus() maps them as rows of
+seq_len + 1 tokens (inputs row[:-1], targets row[1:]); nothing of the corpus is loaded.
 
-Default corpus: the Python standard library of the running interpreter (no download). Files go to
-train or validation by a hash of their path, so the split never changes between runs.
+Batches are a grain pipeline over row INDICES, not rows: per source, the range of its row numbers,
+shuffled with the seed (a fresh permutation every epoch) and repeated; the sources mixed by their
+weights (grain's MapDataset.mix); then batched to the global batch size. Every process runs the
+same index pipeline, so the global batch is a function of the step alone, the iterator state saved
+in each checkpoint is the same on every process, and a checkpoint resumes on any number of
+processes. Each process then reads from the shards only the rows its own devices hold (row_range).
+
+Documents go to train or validation by a hash of their key (train/documents.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
-import sysconfig
-from typing import Iterable, Optional, Sequence
+import shutil
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import grain
 import numpy as np
 from tokenizers import Tokenizer
+from tqdm import tqdm
 
-from train import files as files_lib  # `files` is a parameter name here
+from train import documents as documents_lib
+from train import files as files_lib
+from train import shards as shards_lib
 from train import tokenizer as tokenizer_lib
 
-VAL_PERCENT = 5  # share of documents held out for validation
-
-
 DataError = files_lib.DataError  # re-exported: callers and tests catch data.DataError
+# Re-exported: the default corpus and the split are used by the studies too.
+Document = documents_lib.Document
+VAL_PERCENT = documents_lib.VAL_PERCENT
+_split_of = documents_lib.split_of
+stdlib_files = documents_lib.stdlib_files
+parse_paths = documents_lib.parse_paths
+
+# The tokenizer learns its merges from at most this many characters of training text (the first
+# documents of each source, an equal share each): BPE on a whole 1 GB corpus would take longer
+# than tokenizing it, and its merges would barely change. The standard library (32 MB) fits whole.
+TOKENIZER_SAMPLE_CHARS = 64_000_000
+
 
 @dataclasses.dataclass(frozen=True)
-class Document:
-  key: str  # stable identity (path, or path:line), hashed for the train/validation split
-  text: str
+class Source:
+  setting: str  # the config field naming it, for errors: "data.paths", "data.sources[1]"
+  patterns: tuple[str, ...]  # globs; () = the default corpus
+  weight: float = 1.0
 
 
-def _split_of(key: str) -> str:
-  h = int(hashlib.sha1(key.encode()).hexdigest(), 16)
-  return "val" if h % 100 < VAL_PERCENT else "train"
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The data.* settings that choose the text and where its shards live."""
+
+  paths: Any = ""  # comma-separated globs, or a list; "" = the standard library
+  sources: tuple = ()  # ({"paths": ..., "weight": ...}, ...); () = the one source data.paths
+  text_field: str = "text"  # the field of a .jsonl line, the column of a .parquet file
+  prepared: str = ""  # the shard folder; "" = <workdir>/data
+  vocab_size: int = 2048
+
+  @staticmethod
+  def of(data_cfg: Any) -> "Settings":
+    get = data_cfg.get
+    return Settings(paths=get("paths", ""), sources=tuple(get("sources", None) or ()),
+                    text_field=get("text_field", "text") or "text",
+                    prepared=get("prepared", "") or "", vocab_size=get("vocab_size", 2048))
 
 
-def stdlib_files() -> list[str]:
-  """The .py files of this interpreter's standard library, site-packages excluded, sorted."""
-  root = sysconfig.get_paths()["stdlib"]
-  out = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "__pycache__"))
-    out.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(".py"))
-  return sorted(out)
+def sources_of(settings: Settings) -> list[Source]:
+  """The sources to mix; their weights are checked by train/config.validate."""
+  if not settings.sources:
+    return [Source("data.paths", tuple(parse_paths(settings.paths)))]
+  return [Source(f"data.sources[{i}]", tuple(parse_paths(s["paths"])), float(s.get("weight", 1.0)))
+          for i, s in enumerate(settings.sources)]
 
 
-def parse_paths(paths) -> list[str]:
-  """data.paths as a list of globs: accepts a comma-separated string or a sequence."""
-  if isinstance(paths, str):
-    paths = [p for p in paths.split(",")]
-  return [p.strip() for p in paths if p and p.strip()]
+def source_files(source: Source) -> list[str]:
+  """The source's files, each checked readable (DataError naming the source otherwise)."""
+  if not source.patterns:
+    return stdlib_files()
+  setting = source.setting if source.setting == "data.paths" else source.setting + ".paths"
+  return documents_lib.resolve_files(source.patterns, setting)
 
 
-def resolve_files(patterns: Sequence[str]) -> list[str]:
-  files = []
-  for pattern in patterns:
-    matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-    matched = [m for m in matched if os.path.isfile(m)]
-    if not matched:
-      raise DataError(f"data.paths: {pattern!r} matches no file")
-    for m in matched:
-      if not m.endswith((".txt", ".jsonl")):
-        raise DataError(f"data.paths: {m!r} is neither .txt (one document) nor .jsonl (a 'text' per line)")
-    files.extend(matched)
-  return files
+def check_sources(settings: Settings) -> list[list[str]]:
+  """Every source's files: a glob matching nothing, a file that cannot be opened or a source of
+  empty files is a one-line DataError here, before anything compiles."""
+  return [source_files(s) for s in sources_of(settings)]
 
 
-def read_documents(files: Sequence[str], relative_to: Optional[str] = None) -> Iterable[Document]:
-  """Documents from .txt (one per file), .jsonl (a `text` field per line) or .py files."""
+def source_folder(root: str, source: Source, text_field: str) -> str:
+  """root/<name>: one folder per source, named after what selects its text, so that runs on the
+  same text share one preparation and a run on other text never reads it."""
+  if not source.patterns:  # one interpreter's standard library is not another's
+    root_hash = hashlib.sha1(documents_lib.stdlib_root().encode()).hexdigest()[:8]
+    return os.path.join(root, f"stdlib-{root_hash}")
+  key = json.dumps([sorted(os.path.abspath(os.path.expanduser(p)) for p in source.patterns),
+                    text_field])
+  return os.path.join(root, "src-" + hashlib.sha1(key.encode()).hexdigest()[:12])
+
+
+def data_dir(workdir: str, settings: Settings) -> str:
+  return os.path.expanduser(settings.prepared) if settings.prepared else os.path.join(workdir, "data")
+
+
+def _split_texts(source: Source, files: Sequence[str], text_field: str,
+                 bar: Optional[tqdm] = None) -> Iterator[tuple[str, str]]:
+  """(split, text) of every non-blank document, file by file. bar counts the files' bytes: it
+  advances by each document's characters (an estimate: JSON escapes and gzip change the bytes),
+  never past the file's size, and catches up at the end of the file."""
+  relative_to = documents_lib.stdlib_root() if not source.patterns else None
   for path in files:
-    key = os.path.relpath(path, relative_to) if relative_to else path
-    if path.endswith(".jsonl"):
-      bad_line = "not valid JSON ({msg}); fix the file or drop it from data.paths"
-      for lineno, record in files_lib.iter_jsonl(path, bad_line=bad_line):
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-          raise DataError(f"{path}:{lineno}: line has no string field 'text'; fix the file or drop it from data.paths")
-        yield Document(f"{key}:{lineno}", record["text"])
-    else:
-      with open(path, encoding="utf-8", errors="replace") as f:
-        yield Document(key, f.read())
+    left = os.path.getsize(path)
+    for doc in documents_lib.read_documents([path], relative_to, text_field):
+      if bar is not None and left:
+        step = min(len(doc.text), left)
+        bar.update(step)
+        left -= step
+      if doc.text.strip():
+        yield documents_lib.split_of(doc.key), doc.text
+    if bar is not None:
+      bar.update(left)
 
 
-def load_corpus(paths) -> dict[str, list[str]]:
-  """{'train': [...], 'val': [...]} texts. paths empty = the default standard-library corpus."""
-  patterns = parse_paths(paths)
-  if patterns:
-    docs = list(read_documents(resolve_files(patterns)))
-    where = f"data.paths={','.join(patterns)!r}"
+def _tokenizer_sample(sources: Sequence[Source], files: Sequence[Sequence[str]],
+                      text_field: str) -> Iterator[str]:
+  share = TOKENIZER_SAMPLE_CHARS // len(sources)
+  for source, fs in zip(sources, files):
+    taken = 0
+    for split, text in _split_texts(source, fs, text_field):
+      if taken >= share:
+        break
+      if split == "train":
+        taken += len(text)
+        yield text
+
+
+def tokenizer_for(workdir: str, settings: Settings) -> Tokenizer:
+  """The run's tokenizer: the workdir's; else the one its shard folder was prepared with (a new
+  run on shared shards adopts it); else one trained on a sample of the training text. Saved in
+  the workdir (and the shard folder) when it was not there."""
+  if os.path.exists(os.path.join(workdir, tokenizer_lib.FILENAME)):
+    return tokenizer_lib.load(workdir)
+  sources, files, folder = sources_of(settings), check_sources(settings), data_dir(workdir, settings)
+  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(os.path.join(folder, tokenizer_lib.FILENAME)):
+    tok = tokenizer_lib.load(folder)
   else:
-    root = sysconfig.get_paths()["stdlib"]
-    docs = list(read_documents(stdlib_files(), relative_to=root))
-    where = f"the default corpus ({root})"
-  docs = [d for d in docs if d.text.strip()]
-  if not docs:
-    raise DataError(f"{where}: the corpus has no text; point data.paths at non-empty files")
-  split = {"train": [], "val": []}
-  for d in docs:
-    split[_split_of(d.key)].append(d.text)
-  if not split["train"]:  # a tiny corpus can hash entirely into validation
-    split["train"], split["val"] = split["val"], []
-  return split
+    tok = tokenizer_lib.train_bpe(_tokenizer_sample(sources, files, settings.text_field),
+                                  settings.vocab_size)
+    os.makedirs(folder, exist_ok=True)
+    tokenizer_lib.save(tok, folder)
+  tokenizer_lib.save(tok, workdir)
+  return tok
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  tokenizer: Tokenizer
+  sources: tuple[Source, ...]
+  folders: tuple[str, ...]  # one shard folder per source
+  manifests: tuple[dict, ...]
+  written: tuple[bool, ...]  # per source: tokenized now (False: its shards were reused)
+
+
+def prepare(workdir: str, settings: Settings, *, progress: bool = True,
+            max_shard_tokens: int = shards_lib.MAX_SHARD_TOKENS) -> Prepared:
+  """Trains (or reuses) the tokenizer in `workdir` and makes sure every source has complete shards
+  made with it: reused when present, written (tokenized once, with a progress bar) otherwise.
+
+  Raises DataError naming the setting or folder to change: a bad file, a corpus without text, or
+  shards made with another tokenizer.
+  """
+  if settings.vocab_size < tokenizer_lib.min_vocab_size():
+    raise DataError(
+        f"data.vocab_size={settings.vocab_size} is too small: byte-level BPE needs at least "
+        f"{tokenizer_lib.min_vocab_size()} (256 bytes + special tokens)")
+  sources = sources_of(settings)
+  files = check_sources(settings)
+  root = data_dir(workdir, settings)
+  tok = tokenizer_for(workdir, settings)
+  tok_sha = shards_lib.tokenizer_sha256(tok)
+  folders, manifests, written = [], [], []
+  for source, fs in zip(sources, files):
+    folder = source_folder(root, source, settings.text_field)
+    manifest = shards_lib.read_manifest(folder)
+    written.append(manifest is None)
+    if manifest is None:
+      where = (f"{source.setting}={','.join(source.patterns)!r}" if source.patterns
+               else f"the default corpus ({documents_lib.stdlib_root()})")
+      with tqdm(total=sum(os.path.getsize(f) for f in fs), unit="B", unit_scale=True,
+                desc=f"tokenize {os.path.basename(folder)}", disable=not progress,
+                dynamic_ncols=True) as bar:
+        manifest = shards_lib.write_source(
+            folder, _split_texts(source, fs, settings.text_field, bar), tok,
+            source={"setting": source.setting, "paths": list(source.patterns),
+                    "text_field": settings.text_field}, files=fs,
+            max_shard_tokens=max_shard_tokens)
+      if not any(manifest["splits"][s]["documents"] for s in shards_lib.SPLITS):
+        shutil.rmtree(folder, ignore_errors=True)
+        raise DataError(f"{where}: the corpus has no text; point it at non-empty files")
+    if manifest["tokenizer_sha256"] != tok_sha:
+      raise DataError(
+          f"{folder} holds shards made with another tokenizer than {workdir}/"
+          f"{tokenizer_lib.FILENAME}; delete {folder} to prepare it again, or set data.prepared "
+          "to another folder")
+    folders.append(folder)
+    manifests.append(manifest)
+  return Prepared(tok, tuple(sources), tuple(folders), tuple(manifests), tuple(written))
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """The prepared sources as rows, memory-mapped."""
+
+  train: tuple[shards_lib.Rows, ...]  # one per source
+  weights: tuple[float, ...]
+  val: shards_lib.Rows  # every source's validation rows, one after another
+  n_train_tokens: int
+  unigram_entropy: float  # nats per token of the training mixture, the no-context baseline
+
+  @property
+  def train_rows(self) -> shards_lib.Rows:
+    """Every source's training rows in one numbering: the index pipeline's global row ids."""
+    return shards_lib.Rows.concat(self.train)
+
+
+def _mixture_entropy(prepared: Prepared, weights: Sequence[float]) -> float:
+  if len(prepared.folders) == 1:
+    return float(prepared.manifests[0]["unigram_entropy"])
+  p = 0.0
+  for folder, w in zip(prepared.folders, weights):
+    counts = shards_lib.unigram_counts(folder).astype(np.float64)
+    p = p + w / sum(weights) * counts / max(counts.sum(), 1.0)
+  return shards_lib.unigram_entropy(p)
+
+
+def open_corpus(prepared: Prepared, seq_len: int, batch_size: int) -> Corpus:
+  """Every source's shards as rows of seq_len + 1 tokens. A source without validation rows holds
+  out the last 5% of its training rows instead. Raises DataError when a source has no row or the
+  sources together not one batch."""
+  row_len = seq_len + 1
+  trains, vals = [], []
+  for source, folder, manifest in zip(prepared.sources, prepared.folders, prepared.manifests):
+    train = shards_lib.open_split(folder, manifest, "train", row_len)
+    val = shards_lib.open_split(folder, manifest, "val", row_len)
+    n = train.n_rows
+    if val.n_rows == 0 and n > 1:
+      n_val = max(1, n // 20)
+      train, val = train.take(0, n - n_val), train.take(n - n_val, n)
+    if train.n_rows == 0:
+      raise DataError(
+          f"{source.setting} has no sequence of data.seq_len+1={row_len} tokens; lower "
+          "data.seq_len or add text to it")
+    trains.append(train)
+    vals.append(val)
+  n_train = sum(t.n_rows for t in trains)
+  if n_train < batch_size:
+    raise DataError(
+        f"the training split has {n_train} sequences of data.seq_len+1={row_len} tokens, "
+        f"fewer than one batch (train.batch_size={batch_size}); lower train.batch_size or "
+        "data.seq_len, or add text to data.paths")
+  weights = tuple(s.weight for s in prepared.sources)
+  return Corpus(tuple(trains), weights, shards_lib.Rows.concat(vals), n_train * row_len,
+                _mixture_entropy(prepared, weights))
+
+
+def index_dataset(n_rows: Sequence[int], weights: Sequence[float], batch_size: int,
+                  seed: int) -> grain.MapDataset:
+  """Endless batches of global row ids (source s owns ids [sum(n_rows[:s]), sum(n_rows[:s+1]))).
+
+  Each source is shuffled and repeated on its own, then the sources are interleaved by weight
+  (MapDataset.mix keeps the proportions exact over any window of a few batches).
+  """
+  parts, offset = [], 0
+  for i, n in enumerate(n_rows):
+    parts.append(grain.MapDataset.range(offset, offset + n).shuffle(seed=seed + i).repeat())
+    offset += n
+  ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, list(weights))
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def train_iterator(n_rows: Sequence[int], weights: Sequence[float], batch_size: int,
+                   seed: int) -> grain.DatasetIterator:
+  """Iterator of (batch_size,) int64 global row ids; get_state()/set_state() save and restore the
+  position exactly (the state is the same on every process)."""
+  return iter(index_dataset(n_rows, weights, batch_size, seed).to_iter_dataset())
+
+
+def eval_indices(n_rows: int, batch_size: int, n_batches: int) -> list[np.ndarray]:
+  """The first n_batches validation batches' row ids, the same every time (wrapping a small split)."""
+  idx = np.arange(n_batches * batch_size) % max(n_rows, 1)
+  return [idx[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+
+def row_range(device_indices: Iterable[tuple], n_rows: int) -> tuple[int, int]:
+  """[lo, hi): the rows of an (n_rows, ...) batch that some devices hold, from each device's index
+  tuple (as NamedSharding.addressable_devices_indices_map gives them). A process's devices hold
+  one contiguous block of a data-parallel batch."""
+  rows = [idx[0] for idx in device_indices]
+  lo = min(r.start or 0 for r in rows)
+  hi = max(n_rows if r.stop is None else r.stop for r in rows)
+  return lo, hi
 
 
 def tokenize(docs: Sequence[str], tok: Tokenizer) -> np.ndarray:
-  """One flat int32 stream: each document's tokens followed by end-of-text (and preceded by the
-  BOS an imported tokenizer starts a text with, as an imported Llama's documents are; llmlab's
-  own documents start after the previous one's end-of-text)."""
-  eot = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
-  bos = tokenizer_lib.start_ids(tok) if tokenizer_lib.BOS in tokenizer_lib.roles(tok) else []
-
-  def encode_chunk(texts: Sequence[str]) -> np.ndarray:
-    encoded = tok.encode_batch(list(texts), add_special_tokens=False)
-    return np.concatenate([np.asarray(bos + e.ids + [eot], np.int32) for e in encoded])
-
-  chunks = grain.MapDataset.source(list(docs)).batch(256, batch_fn=list).map(encode_chunk)
-  parts = list(chunks)
-  return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
+  """One flat int32 stream of the documents, as prepare writes it (each document's tokens, then
+  end-of-text; after the BOS an imported tokenizer starts a text with)."""
+  chunk = shards_lib.ENCODE_CHUNK_DOCS
+  parts = [shards_lib.encode_chunk(docs[i:i + chunk], tok) for i in range(0, len(docs), chunk)]
+  return np.concatenate(parts).astype(np.int32) if parts else np.zeros((0,), np.int32)
 
 
 def pack(tokens: np.ndarray, seq_len: int) -> np.ndarray:
-  """(N, seq_len + 1) rows cut from the stream; the incomplete tail is dropped."""
+  """(N, seq_len + 1) rows cut from one stream held in memory; the incomplete tail is dropped."""
   row = seq_len + 1
   n = len(tokens) // row
   return tokens[: n * row].reshape(n, row)
-
-
-@dataclasses.dataclass
-class Corpus:
-  """Packed rows, ready to batch."""
-
-  train_NxL1: np.ndarray
-  val_NxL1: np.ndarray
-  n_train_tokens: int
-  unigram_entropy: float  # nats per token of the training split, the no-context baseline
-
-
-def unigram_entropy(tokens: np.ndarray) -> float:
-  counts = np.bincount(tokens).astype(np.float64)
-  p = counts[counts > 0] / counts.sum()
-  return float(-(p * np.log(p)).sum())
-
-
-def prepare(
-    workdir: str, paths, seq_len: int, vocab_size: int, batch_size: int
-) -> tuple[Tokenizer, Corpus]:
-  """Trains (or reuses) the tokenizer in `workdir` and builds the packed corpus.
-
-  Raises DataError naming the setting to change when the corpus cannot feed one batch.
-  """
-  if vocab_size < tokenizer_lib.min_vocab_size():
-    raise DataError(
-        f"data.vocab_size={vocab_size} is too small: byte-level BPE needs at least "
-        f"{tokenizer_lib.min_vocab_size()} (256 bytes + special tokens)")
-  split = load_corpus(paths)
-  if os.path.exists(os.path.join(workdir, tokenizer_lib.FILENAME)):
-    tok = tokenizer_lib.load(workdir)
-  else:
-    tok = tokenizer_lib.train_bpe(split["train"], vocab_size)
-    os.makedirs(workdir, exist_ok=True)
-    tokenizer_lib.save(tok, workdir)
-  train_tokens, val_tokens = _cached_tokens(workdir, split, tok)
-  train = pack(train_tokens, seq_len)
-  val = pack(val_tokens, seq_len)
-  if len(val) == 0:  # no held-out documents: hold out the tail of the training stream instead
-    n_val = max(1, len(train) // 20)
-    if len(train) > n_val:
-      train, val = train[:-n_val], train[-n_val:]
-  if len(train) < batch_size:
-    raise DataError(
-        f"the training split has {len(train)} sequences of data.seq_len+1={seq_len + 1} tokens, "
-        f"fewer than one batch (train.batch_size={batch_size}); lower train.batch_size or "
-        "data.seq_len, or add text to data.paths")
-  return tok, Corpus(train, val, int(train.size), unigram_entropy(train_tokens))
-
-
-def _cached_tokens(workdir: str, split: dict, tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-  """Token streams of both splits, cached in workdir/data keyed by a hash of texts and tokenizer,
-  so a resumed run skips tokenization but never reuses stale tokens."""
-  h = hashlib.sha1(tok.to_str().encode())
-  h.update(json.dumps(tokenizer_lib.roles(tok), sort_keys=True).encode())  # BOS, EOT change ids
-  for name in ("train", "val"):
-    for text in split[name]:
-      h.update(text.encode("utf-8", "replace"))
-      h.update(b"\0")
-    h.update(name.encode())
-  path = os.path.join(workdir, "data", f"tokens-{h.hexdigest()[:16]}.npz")
-  if os.path.exists(path):
-    with np.load(path) as z:
-      return z["train"], z["val"]
-  train, val = tokenize(split["train"], tok), tokenize(split["val"], tok)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, train=train, val=val)
-  os.replace(tmp, path)
-  return train, val
-
-
-def train_iterator(
-    rows_NxL1: np.ndarray,
-    batch_size: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> grain.DatasetIterator:
-  """Endless iterator of (batch_size, seq_len + 1) int32 batches for this process.
-
-  batch_size is this process's share of the global batch. get_state()/set_state() on the result
-  save and restore the position exactly.
-  """
-  ds = grain.MapDataset.source(rows_NxL1)[process_index::process_count]
-  ds = ds.shuffle(seed=seed).repeat()  # a new permutation every epoch
-  ds = ds.batch(batch_size, drop_remainder=True)
-  return iter(ds.to_iter_dataset())
-
-
-def eval_batches(rows_NxL1: np.ndarray, batch_size: int, n_batches: int) -> list[np.ndarray]:
-  """The first n_batches validation batches, the same every time (wrapping a small split)."""
-  n = len(rows_NxL1)
-  idx = np.arange(n_batches * batch_size) % max(n, 1)
-  return [rows_NxL1[idx[i * batch_size:(i + 1) * batch_size]] for i in range(n_batches)]

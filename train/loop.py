@@ -33,6 +33,7 @@ from train import config as config_lib
 from train import data as data_lib
 from train import metrics as metrics_lib
 from train import mfu as mfu_lib
+from train import shards as shards_lib
 from train import step as step_lib
 from train import tokenizer as tokenizer_lib
 # Re-exported: the sharded step is built in its own module (it needs no data pipeline, so
@@ -93,22 +94,33 @@ class StopFlag:
 
 
 def _global_array(global_BxF: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  rows = [idx[0] for idx in sharding.addressable_devices_indices_map(global_BxF.shape).values()]
-  lo = min(r.start or 0 for r in rows)
-  hi = max(len(global_BxF) if r.stop is None else r.stop for r in rows)
+  lo, hi = local_rows(sharding, global_BxF.shape)
   return jax.make_array_from_process_local_data(sharding, global_BxF[lo:hi], global_BxF.shape)
+
+
+def local_rows(sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[int, int]:
+  """[lo, hi): the rows of a global batch of `shape` that this process's devices hold."""
+  return data_lib.row_range(sharding.addressable_devices_indices_map(shape).values(), shape[0])
 
 
 def global_batch(batch: Any, sharding: Any) -> Any:
   """The batch (a tree of host arrays, rows first) as arrays over all processes' devices; this
   process feeds only its own rows. sharding: one NamedSharding for every leaf, or a tree of them.
 
-  Every process reads the same global batch (a deterministic function of the step), so a run's
-  batches do not depend on how many processes it has, and a checkpoint resumes on any number.
+  Every process holds the same global batch here (a deterministic function of the step);
+  pretraining, whose batches are large, reads only its own rows instead (rows_batch).
   """
   if isinstance(sharding, NamedSharding):
     return jax.tree.map(lambda x: _global_array(np.asarray(x), sharding), batch)
   return jax.tree.map(lambda x, s: _global_array(np.asarray(x), s), batch, sharding)
+
+
+def rows_batch(rows: shards_lib.Rows, ids_B: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """The (B, L+1) batch of rows ids_B as one array over all processes' devices. ids_B is the same
+  on every process; each reads from the shards only the rows its own devices hold."""
+  shape = (len(ids_B), rows.row_len)
+  lo, hi = local_rows(sharding, shape)
+  return jax.make_array_from_process_local_data(sharding, rows.read(ids_B[lo:hi]), shape)
 
 
 def _any_process(flag: bool) -> bool:
@@ -262,23 +274,26 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   t = config.train
   mesh = mesh_lib.make_mesh(config.sharding.mesh)
   validate_sharding(config, model_cfg, mesh)
+  settings = data_lib.Settings.of(config.data)
+  data_lib.check_sources(settings)  # a bad file is one line before anything compiles
   check_memory(  # pad_id changes no byte of the step; the document mask adds a few
       config, lambda stage: make_sharded_training(
           model_cfg, t, mesh, stage, pad_id=-1, documents=(-1, False)),
       jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len + 1), np.int32))
 
   os.makedirs(workdir, exist_ok=True)
-  prepare = functools.partial(
-      data_lib.prepare, workdir, config.data.paths, config.data.seq_len, config.data.vocab_size,
-      t.batch_size)
+  prepare = functools.partial(data_lib.prepare, workdir, settings,
+                              progress=jax.process_index() == 0)
   if jax.process_count() == 1:
-    tok, corpus = prepare()
-  else:  # process 0 trains the tokenizer and caches the tokens; the others then read them back
+    prepared = prepare()
+  else:  # process 0 trains the tokenizer and writes the shards; the others then reuse them
     if jax.process_index() == 0:
-      tok, corpus = prepare()
+      prepared = prepare()
     multihost_utils.sync_global_devices("llmlab: data prepared")
     if jax.process_index() != 0:
-      tok, corpus = prepare()
+      prepared = prepare()
+  tok = prepared.tokenizer
+  corpus = data_lib.open_corpus(prepared, config.data.seq_len, t.batch_size)
   if tok.get_vocab_size() > model_cfg.vocab_size:
     raise config_lib.ConfigError(
         f"the tokenizer in {workdir} has {tok.get_vocab_size()} tokens but model.vocab_size="
@@ -298,8 +313,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       every_steps=config.checkpoint.every_steps,
       restart_if_unreadable=config.checkpoint.get("restart_if_unreadable", False))
-  # The global batch on every process (see global_batch): one iterator, one state to checkpoint.
-  train_iter = data_lib.train_iterator(corpus.train_NxL1, t.batch_size, t.seed)
+  # The global batch's row ids on every process: one iterator, one state to checkpoint; each
+  # process then reads only its own rows (rows_batch).
+  train_rows = corpus.train_rows
+  train_iter = data_lib.train_iterator(
+      [r.n_rows for r in corpus.train], corpus.weights, t.batch_size, t.seed)
   try:
     restored = ckpt.restore_latest(run.abstract_state)
   except ckpt_lib.UnreadableCheckpoints:
@@ -316,12 +334,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   eval_step = jax.jit(
       step_lib.make_eval_step(run.graphdef, pad_id=pad_id, documents=documents),
       in_shardings=(run.shardings.params, batch_sharding))
-  val_batches = data_lib.eval_batches(corpus.val_NxL1, t.batch_size, t.eval_batches)
+  val_ids = data_lib.eval_indices(corpus.val.n_rows, t.batch_size, t.eval_batches)
 
   def evaluate(params) -> float:
     total, count = 0.0, 0
-    for b in val_batches:
-      s, n = eval_step(params, global_batch(b, batch_sharding))
+    for ids in val_ids:
+      s, n = eval_step(params, rows_batch(corpus.val, ids, batch_sharding))
       total, count = total + float(s), count + int(n)
     return total / max(count, 1)
 
@@ -329,9 +347,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   peak = mfu_lib.peak_flops() * jax.device_count()
   writer = metrics_lib.MetricsWriter(workdir)
   is_main = jax.process_index() == 0
+  lo, hi = local_rows(batch_sharding, (t.batch_size, config.data.seq_len + 1))  # what it reads
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
   summary: dict[str, Any] = {"start_step": start, "params": count_params(model_cfg),
-                             "unigram_entropy": corpus.unigram_entropy}
+                             "unigram_entropy": corpus.unigram_entropy,
+                             "rows_read_per_step": hi - lo}
   tokens_per_step = t.batch_size * config.data.seq_len
   timer = {"t": None, "steps": 0}
 
@@ -377,7 +397,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   def train_step_at(step: int, state):
     timer["steps"] += 1
-    return train_step(state, global_batch(next(train_iter), batch_sharding))
+    return train_step(state, rows_batch(train_rows, next(train_iter), batch_sharding))
 
   def save(step: int, state, early: bool) -> None:
     del early  # pretraining has no stop condition

@@ -12,7 +12,17 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
-  c.data.paths = ""  # comma-separated files or globs (.txt, .jsonl); empty = the stdlib corpus
+  # Comma-separated files or globs (.txt, .jsonl, .jsonl.gz, .parquet); empty = the stdlib corpus.
+  c.data.paths = ""
+  # A mixture instead of data.paths: a tuple of {"paths": globs, "weight": > 0}, each source
+  # sampled in proportion to its weight; () = data.paths alone. Set it in a config file, or on the
+  # command line as a Python literal (docs/data.md):
+  #   --config.data.sources='({"paths": "a/*.jsonl", "weight": 0.7}, {"paths": "b/*.txt", "weight": 0.3})'
+  c.data.sources = ()
+  c.data.text_field = "text"  # the field of a .jsonl line, the column of a .parquet file
+  # Where the token shards go (experiments.prepare_data, or the first training run, writes them);
+  # empty = <workdir>/data. A folder on a shared filesystem serves every run and every host.
+  c.data.prepared = ""
   c.data.seq_len = 256
   c.data.vocab_size = 2048
 

@@ -1,0 +1,162 @@
+"""Documents from the files people have: .txt, .jsonl, .jsonl.gz, .parquet, and the default corpus.
+
+Every format is streamed, never read whole: a .txt file is one document; a .jsonl (or gzip'd
+.jsonl.gz) file holds one JSON object a line with its text in a string field; a .parquet file is
+read in record batches of its text column only. The field / column is data.text_field ("text").
+A line or file that cannot be read raises DataError naming the file (and the line).
+
+Default corpus: the Python standard library of the running interpreter (no download). Documents
+go to train or validation by a hash of their key (path, or path:line), so the split never changes
+between runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import hashlib
+import json
+import os
+import sysconfig
+from typing import Iterator, Optional, Sequence
+
+from train import files as files_lib
+
+DataError = files_lib.DataError
+VAL_PERCENT = 5  # share of documents held out for validation
+FORMATS = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+PARQUET_BATCH_ROWS = 1024  # rows per record batch read from a .parquet file
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+  key: str  # stable identity (path, or path:line), hashed for the train/validation split
+  text: str
+
+
+def split_of(key: str) -> str:
+  h = int(hashlib.sha1(key.encode()).hexdigest(), 16)
+  return "val" if h % 100 < VAL_PERCENT else "train"
+
+
+def stdlib_root() -> str:
+  return sysconfig.get_paths()["stdlib"]
+
+
+def stdlib_files() -> list[str]:
+  """The .py files of this interpreter's standard library, site-packages excluded, sorted."""
+  out = []
+  for dirpath, dirnames, filenames in os.walk(stdlib_root()):
+    dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "__pycache__"))
+    out.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(".py"))
+  return sorted(out)
+
+
+def parse_paths(paths) -> list[str]:
+  """data.paths as a list of globs: accepts a comma-separated string or a sequence."""
+  if isinstance(paths, str):
+    paths = paths.split(",")
+  return [p.strip() for p in paths if p and p.strip()]
+
+
+def resolve_files(patterns: Sequence[str], setting: str = "data.paths") -> list[str]:
+  """The files the globs match, each checked to exist, be readable and be of a known format.
+  setting: the config field the patterns come from, named in every error."""
+  out = []
+  for pattern in patterns:
+    matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    matched = [m for m in matched if os.path.isfile(m)]
+    if not matched:
+      raise DataError(f"{setting}: {pattern!r} matches no file")
+    for m in matched:
+      if not m.endswith(FORMATS):
+        raise DataError(
+            f"{setting}: {m!r} is not .txt (one document), .jsonl / .jsonl.gz (a text field per "
+            "line) or .parquet (a text column)")
+      _check_readable(m, setting)
+    out.extend(matched)
+  if out and not any(os.path.getsize(f) for f in out):
+    raise DataError(f"{setting}: every file it names is empty ({', '.join(patterns)}); add text "
+                    "or drop the source")
+  return out
+
+
+def _check_readable(path: str, setting: str) -> None:
+  """Opens the file and reads its first bytes (a parquet file: its footer), so an unreadable file
+  is named before anything compiles rather than halfway through tokenizing."""
+  try:
+    if path.endswith(".parquet"):
+      import pyarrow.parquet as pq
+
+      pq.ParquetFile(path)
+    else:
+      with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        f.read(1)
+  except Exception as e:  # noqa: BLE001 - OSError, gzip.BadGzipFile, pyarrow's errors
+    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise DataError(f"{setting}: {path!r} cannot be read ({why}); fix the file or drop it") from None
+
+
+def _jsonl_lines(path: str) -> Iterator[tuple[int, str]]:
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+      yield from enumerate(f, start=1)
+  except (OSError, EOFError) as e:  # a truncated or not-gzip .gz file
+    raise DataError(f"{path}: cannot be read ({e}); fix the file or drop it from data.paths") from None
+
+
+def _jsonl_documents(path: str, key: str, field: str) -> Iterator[Document]:
+  for lineno, line in _jsonl_lines(path):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(
+          f"{path}:{lineno}: not valid JSON ({e.msg}); fix the file or drop it from data.paths"
+      ) from None
+    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+      raise DataError(f"{path}:{lineno}: line has no string field {field!r}; fix the file, drop it "
+                      "from data.paths or set data.text_field")
+    yield Document(f"{key}:{lineno}", record[field])
+
+
+def _parquet_documents(path: str, key: str, column: str) -> Iterator[Document]:
+  import pyarrow.parquet as pq  # only where parquet is read: importing pyarrow takes a while
+
+  try:
+    pf = pq.ParquetFile(path)
+  except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+    raise DataError(
+        f"{path}: not a readable parquet file ({e}); fix it or drop it from data.paths") from None
+  if column not in pf.schema_arrow.names:
+    raise DataError(f"{path}: no column {column!r} (columns: {', '.join(pf.schema_arrow.names)}); "
+                    "set data.text_field")
+  row = 0
+  for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[column]):
+    for text in batch.column(0).to_pylist():
+      row += 1
+      if text is not None and not isinstance(text, str):
+        raise DataError(f"{path}: row {row} of column {column!r} is not a string; set data.text_field")
+      yield Document(f"{key}:{row}", text or "")
+
+
+def read_documents(files: Sequence[str], relative_to: Optional[str] = None,
+                   text_field: str = "text") -> Iterator[Document]:
+  """Documents from each file in turn, streamed (see the module docstring for the formats)."""
+  for path in files:
+    key = os.path.relpath(path, relative_to) if relative_to else path
+    if path.endswith((".jsonl", ".jsonl.gz")):
+      yield from _jsonl_documents(path, key, text_field)
+    elif path.endswith(".parquet"):
+      yield from _parquet_documents(path, key, text_field)
+    else:
+      try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+          text = f.read()
+      except OSError as e:
+        raise DataError(
+            f"{path}: cannot be read ({e.strerror}); fix it or drop it from data.paths") from None
+      yield Document(key, text)

@@ -1,0 +1,274 @@
+"""Pre-tokenized token shards: written once per source, read memory-mapped by every run.
+
+One prepared source is a folder:
+
+  manifest.json         written last; a folder without it was never completed
+  train-00000.npy ...   the training split's token stream, cut every max_shard_tokens tokens
+  val-00000.npy ...     the validation split's
+  unigram_counts.npy    how often each token id occurs in the training split
+
+A stream is every document's tokens followed by end-of-text (after the BOS an imported tokenizer
+starts a text with), concatenated; a document may run on into the next shard. Tokens are stored as
+uint16 when the vocabulary fits, else uint32. The folder is built under NAME.tmp-PID and renamed
+into place whole, so a killed preparation leaves nothing that looks complete.
+
+Rows are cut when read, not when written, so one preparation serves any seq_len: row r of a shard
+is tokens [r * (L+1), (r+1) * (L+1)), and each shard's last incomplete row is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import mmap
+import os
+import shutil
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from train import files as files_lib
+from train import tokenizer as tokenizer_lib
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+COUNTS = "unigram_counts.npy"
+SPLITS = ("train", "val")
+MAX_SHARD_TOKENS = 1 << 26  # 128 MiB of uint16 tokens per file
+ENCODE_CHUNK_DOCS = 256  # documents per encode_batch call (tokenizers spreads one over its threads)
+
+
+def tokenizer_sha256(tok: Tokenizer) -> str:
+  """Identifies the token ids a tokenizer produces: its merges and vocabulary, and which tokens
+  play BOS and end-of-text (they change the ids of every document)."""
+  h = hashlib.sha256(tok.to_str().encode())
+  h.update(json.dumps(tokenizer_lib.roles(tok), sort_keys=True).encode())
+  return h.hexdigest()
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+  return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def file_record(path: str) -> dict:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+def encode_chunk(texts: Sequence[str], tok: Tokenizer) -> np.ndarray:
+  """The stream of a few documents: each one's tokens, then end-of-text. int64, flat."""
+  eot = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
+  bos = tokenizer_lib.start_ids(tok) if tokenizer_lib.BOS in tokenizer_lib.roles(tok) else []
+  encoded = tok.encode_batch(list(texts), add_special_tokens=False)
+  parts = [np.asarray(bos + e.ids + [eot], np.int64) for e in encoded]
+  return np.concatenate(parts) if parts else np.zeros((0,), np.int64)
+
+
+class _SplitWriter:
+  """Appends token arrays to one split, writing a shard file every max_tokens tokens."""
+
+  def __init__(self, folder: str, split: str, dtype: np.dtype, max_tokens: int, vocab_size: int):
+    self.folder, self.split, self.dtype, self.max_tokens = folder, split, dtype, max_tokens
+    self.buffer: list[np.ndarray] = []
+    self.buffered = 0
+    self.shards: list[dict] = []
+    self.counts = np.zeros((vocab_size,), np.int64)
+    self.documents = 0
+
+  def add(self, tokens: np.ndarray, n_documents: int) -> None:
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= len(self.counts)):
+      raise ValueError(f"token id out of range [0, {len(self.counts)})")  # a tokenizer bug
+    self.counts += np.bincount(tokens, minlength=len(self.counts))
+    self.documents += n_documents
+    self.buffer.append(tokens.astype(self.dtype))
+    self.buffered += tokens.size
+    while self.buffered >= self.max_tokens:
+      self._write(self.max_tokens)
+
+  def close(self) -> None:
+    if self.buffered:
+      self._write(self.buffered)
+
+  def _write(self, n: int) -> None:
+    stream = np.concatenate(self.buffer)
+    name = f"{self.split}-{len(self.shards):05d}.npy"
+    np.save(os.path.join(self.folder, name), stream[:n])
+    self.shards.append({"file": name, "tokens": int(n)})
+    rest = stream[n:]
+    self.buffer, self.buffered = ([rest] if rest.size else []), int(rest.size)
+
+
+def unigram_entropy(counts: np.ndarray) -> float:
+  """Nats per token of the count distribution: the loss of a model that ignores context."""
+  counts = np.asarray(counts, np.float64)
+  p = counts[counts > 0] / max(counts.sum(), 1.0)
+  return float(-(p * np.log(p)).sum())
+
+
+def write_source(
+    folder: str, documents: Iterable[tuple[str, str]], tok: Tokenizer, *, source: dict,
+    files: Sequence[str], max_shard_tokens: int = MAX_SHARD_TOKENS,
+) -> dict:
+  """Tokenizes (split, text) pairs into the shard folder `folder`; returns its manifest.
+
+  source: what the folder was prepared from (recorded in the manifest); files: the input files,
+  recorded with their sizes and sha256. A split with no documents when the other has some (a tiny
+  corpus hashing entirely into validation) is swapped, so that training always has the text.
+  """
+  _remove_abandoned(folder)
+  tmp = f"{folder}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    dtype = token_dtype(tok.get_vocab_size())
+    writers = {s: _SplitWriter(tmp, s, dtype, max_shard_tokens, tok.get_vocab_size()) for s in SPLITS}
+    pending: dict[str, list[str]] = {s: [] for s in SPLITS}
+
+    def flush(split: str) -> None:
+      writers[split].add(encode_chunk(pending[split], tok), len(pending[split]))
+      pending[split] = []
+
+    for split, text in documents:
+      pending[split].append(text)
+      if len(pending[split]) == ENCODE_CHUNK_DOCS:
+        flush(split)
+    for split in SPLITS:
+      flush(split)
+      writers[split].close()
+    if not writers["train"].documents:
+      writers["train"], writers["val"] = writers["val"], writers["train"]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer_sha256": tokenizer_sha256(tok),
+        "vocab_size": tok.get_vocab_size(),
+        "dtype": dtype.name,
+        "source": source,
+        "files": [file_record(f) for f in files],
+        "splits": {s: {"documents": w.documents, "tokens": int(sum(x["tokens"] for x in w.shards)),
+                       "shards": w.shards} for s, w in writers.items()},
+        "unigram_entropy": unigram_entropy(writers["train"].counts),
+    }
+    np.save(os.path.join(tmp, COUNTS), writers["train"].counts)
+    files_lib.write_json_atomic(os.path.join(tmp, MANIFEST), manifest, indent=2)
+    try:
+      os.rename(tmp, folder)
+    except OSError:  # another process completed the same folder first: keep its copy
+      if read_manifest(folder) is None:
+        raise
+      shutil.rmtree(tmp, ignore_errors=True)
+      return read_manifest(folder)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return manifest
+
+
+def _remove_abandoned(folder: str) -> None:
+  """Deletes FOLDER.tmp-PID left by a preparation that was killed (its PID is not running here)."""
+  for tmp in glob.glob(glob.escape(folder) + ".tmp-*"):
+    try:
+      os.kill(int(tmp.rsplit("-", 1)[1]), 0)
+    except ProcessLookupError:
+      shutil.rmtree(tmp, ignore_errors=True)
+    except (ValueError, PermissionError):  # not our name, or another user's live process
+      pass
+
+
+def read_manifest(folder: str) -> Optional[dict]:
+  """The folder's manifest, or None when the folder was never completed."""
+  path = os.path.join(folder, MANIFEST)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def unigram_counts(folder: str) -> np.ndarray:
+  return np.load(os.path.join(folder, COUNTS))
+
+
+# Linux maps the pages around a page fault too (fault-around, 64 KiB): the window to unmap.
+_FAULT_WINDOW = 1 << 16
+
+
+def _unmap(tokens: np.ndarray, lo: int, hi: int) -> None:
+  """Drops this process's mapping of the pages around tokens[lo:hi] (madvise MADV_DONTNEED; the
+  pages stay in the kernel's page cache). Without it every row read leaves ~64 KiB mapped, and the
+  resident memory of a long run grows towards the size of the corpus."""
+  mm = getattr(tokens, "_mmap", None)  # np.memmap's mapping; absent for arrays in memory
+  if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+    return
+  base = tokens.offset % mmap.ALLOCATIONGRANULARITY  # where the array starts in the mapping
+  start = (base + lo * tokens.itemsize) // _FAULT_WINDOW * _FAULT_WINDOW
+  stop = min(-(-(base + hi * tokens.itemsize) // _FAULT_WINDOW) * _FAULT_WINDOW, len(mm))
+  mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+  """Rows of row_len tokens, numbered 0..n_rows-1, read from pieces of memory-mapped shards.
+
+  A piece is (shard's tokens, first row, number of rows): a whole shard, a row range of one (a
+  held-out tail), or the shards of several sources one after another. Nothing is read until
+  read() asks for rows.
+  """
+
+  row_len: int
+  pieces: tuple[tuple[np.ndarray, int, int], ...]
+
+  @property
+  def n_rows(self) -> int:
+    return sum(n for _, _, n in self.pieces)
+
+  def _starts(self) -> np.ndarray:
+    return np.cumsum([0] + [n for _, _, n in self.pieces])
+
+  def read(self, rows_N: np.ndarray) -> np.ndarray:
+    """(N, row_len) int32: the rows numbered rows_N, read from disk (only those)."""
+    rows_N = np.asarray(rows_N, np.int64)
+    if rows_N.size and (rows_N.min() < 0 or rows_N.max() >= self.n_rows):
+      raise IndexError(f"row out of range [0, {self.n_rows})")
+    starts = self._starts()
+    piece_N = np.searchsorted(starts, rows_N, side="right") - 1
+    out_NxL1 = np.empty((len(rows_N), self.row_len), np.int32)
+    for i, (p, r) in enumerate(zip(piece_N, rows_N)):
+      tokens, first, _ = self.pieces[p]
+      row = first + int(r - starts[p])
+      out_NxL1[i] = tokens[row * self.row_len:(row + 1) * self.row_len]
+      _unmap(tokens, row * self.row_len, (row + 1) * self.row_len)
+    return out_NxL1
+
+  def take(self, start: int, stop: int) -> "Rows":
+    """Rows start..stop-1 as their own Rows, numbered from 0."""
+    pieces, offset = [], 0
+    for tokens, first, n in self.pieces:
+      lo, hi = max(start - offset, 0), min(stop - offset, n)
+      if lo < hi:
+        pieces.append((tokens, first + lo, hi - lo))
+      offset += n
+    return Rows(self.row_len, tuple(pieces))
+
+  @staticmethod
+  def concat(parts: Sequence["Rows"]) -> "Rows":
+    return Rows(parts[0].row_len, tuple(p for part in parts for p in part.pieces))
+
+
+def open_split(folder: str, manifest: dict, split: str, row_len: int) -> Rows:
+  """The split's shards memory-mapped (np.load mmap_mode="r": pages are read when a row is)."""
+  pieces = []
+  for shard in manifest["splits"][split]["shards"]:
+    tokens = np.load(os.path.join(folder, shard["file"]), mmap_mode="r")
+    if len(tokens) != shard["tokens"]:
+      raise files_lib.DataError(
+          f"{folder}/{shard['file']} holds {len(tokens)} tokens, its manifest says "
+          f"{shard['tokens']}; delete {folder} to prepare it again")
+    if len(tokens) // row_len:
+      pieces.append((tokens, 0, len(tokens) // row_len))
+  return Rows(row_len, tuple(pieces))
+
