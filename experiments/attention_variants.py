@@ -180,6 +180,9 @@ def main(argv):
              "large_shape": {"dims": LARGE, "budget_bytes": LARGE_BUDGET_BYTES,
                              "small_budget_bytes": SMALL_BUDGET_BYTES}}
   try:
+    # Train every arm first, then measure decoding for all of them back to back, so the
+    # timings share the machine's conditions as far as one process can make them.
+    workdirs = {}
     for name in FLAGS.variants:
       model_cfg = equal_param_d_ff(base, variants_cfg.VARIANTS[name])
       config = FLAGS.config.copy_and_resolve_references()
@@ -187,13 +190,14 @@ def main(argv):
         for key, value in model_cfg.to_dict().items():
           if key in variants_cfg.VARIANTS[name] or key == "d_ff":
             config.model[key] = value
-      workdir = os.path.join(FLAGS.workdir, name)
-      loop.train(config, workdir)
-      arm = summarise(config, model_cfg, workdir)
+      workdirs[name] = os.path.join(FLAGS.workdir, name)
+      loop.train(config, workdirs[name])
+      results["arms"][name] = summarise(config, model_cfg, workdirs[name])
+    import jax.numpy as jnp
+    for name, workdir in workdirs.items():
+      arm = results["arms"][name]
       arm["decode"] = decode_speed(workdir, FLAGS.context, FLAGS.new_tokens)
-      import jax.numpy as jnp
       arm["memory_budget_large"] = largest_context(large_shape(name), LARGE_BUDGET_BYTES, jnp.bfloat16)
-      results["arms"][name] = arm
       print(json.dumps({name: {k: arm[k] for k in ("final_eval_loss", "decode")}}), flush=True)
   except (ValueError, FileNotFoundError, loop.NonFiniteLoss) as e:
     common.fail(e)

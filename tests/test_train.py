@@ -222,7 +222,9 @@ def test_memory_preflight_refuses_stage_0_names_stage_3_and_stage_3_trains(tmp_p
   mesh = mesh_lib.make_mesh(config.sharding.mesh)
 
   def need(stage):
-    run = loop.make_sharded_training(model_cfg, config.train, mesh, stage, pad_id=-1)
+    # As the pre-flight builds it (the same program, so the compilation cache serves both).
+    run = loop.make_sharded_training(model_cfg, config.train, mesh, stage, pad_id=-1,
+                                     documents=(-1, False))
     struct = jax.ShapeDtypeStruct((8, 17), np.int32, sharding=run.batch_sharding)
     return memory_lib.step_bytes(run.train_step.lower(run.abstract_state, struct).compile())
 
