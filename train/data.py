@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import grain
 import numpy as np
