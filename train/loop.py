@@ -266,7 +266,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   config.sharding.mesh and config.sharding.zero_stage say where the state lives; any mesh and
   stage resume any checkpoint of the same model.
   """
-  run_settings = config_lib.settings(config)  # the ConfigDict is not read past this point
+  # Validated and typed once; past this point the ConfigDict is only compared with, and saved
+  # as, the workdir's config.json.
+  run_settings = config_lib.settings(config)
   config_lib.check_workdir(workdir, config)
   model_cfg, t, settings = run_settings.model, run_settings.train, run_settings.data
   mesh = mesh_lib.make_mesh(run_settings.sharding.mesh)
