@@ -10,7 +10,7 @@ workdir saved before the field existed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from model import fields
 from model.config import ModelConfig
@@ -134,6 +134,12 @@ class DataSettings:
   prepared: str = ""  # the shard folder; "" = <workdir>/data
   vocab_size: int = 2048
   seq_len: int = 256
+  # A workdir imported by experiments.convert records its tokenizer's special tokens here (the
+  # ones playing end-of-text, padding and start of text; None: none added). The tokenizer's own
+  # roles file is what is read; these keep its config.json a valid config to train on.
+  eot_token: Optional[str] = None
+  pad_token: Optional[str] = None
+  bos_token: Optional[str] = None
 
   def __post_init__(self):
     # None from a command line or an old config.json means the default.
