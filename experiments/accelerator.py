@@ -161,7 +161,7 @@ def section_zero(s: dict, on_cpu: bool) -> dict:
   batch = -(-z["batch"] // n) * n  # rows split evenly over the devices
   rows = []
   for stage in z["stages"]:
-    run, compiled = zero_memory._compile(model_cfg, bench_train.TrainSettings(), stage, n, batch,
+    run, compiled = zero_memory._compile(model_cfg, bench_train.train_settings(), stage, n, batch,
                                          z["seq_len"])
     whole = zero.unpartitioned_bytes(run.abstract_state)
     rows.append({"stage": stage, "compiled": zero_memory._memory(compiled),

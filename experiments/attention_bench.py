@@ -129,13 +129,14 @@ def train_step_temp_bytes(impl: str, seq_len: int) -> int:
   config = default.get_config()
   config.data.seq_len = seq_len  # model.max_seq_len follows it
   config.model.attention_impl = impl
-  cfg = config_lib.validate(config)
-  tx = optimizer_lib.make(config.train, config.train.steps)
+  run = config_lib.settings(config)
+  cfg, t = run.model, run.train
+  tx = optimizer_lib.make(t, t.steps)
   graphdef, abstract_params = transformer.abstract(cfg)
   state = jax.eval_shape(lambda p: step_lib.init_state(p, tx, 0), abstract_params)
   step = step_lib.make_train_step(
       step_lib.lm_loss(graphdef, -1), tx, grad_accum=1,
-      lr_schedule=optimizer_lib.schedule(config.train.lr, config.train.warmup_steps, config.train.steps))
+      lr_schedule=optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps))
   batch = jax.ShapeDtypeStruct((1, seq_len + 1), jnp.int32)
   return int(jax.jit(step).lower(state, batch).compile().memory_analysis().temp_size_in_bytes)
 
@@ -155,14 +156,14 @@ def run_train_step(seq_len: int, out: str) -> dict:
   config = default.get_config()
   config.data.seq_len = seq_len
   config.model.attention_impl = "flash"
-  cfg = config_lib.validate(config)
-  tx = optimizer_lib.make(config.train, config.train.steps)
+  run = config_lib.settings(config)
+  cfg, t = run.model, run.train
+  tx = optimizer_lib.make(t, t.steps)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   state = step_lib.init_state(params, tx, 0)
   step = jax.jit(step_lib.make_train_step(
       step_lib.lm_loss(graphdef, -1), tx, grad_accum=1,
-      lr_schedule=optimizer_lib.schedule(config.train.lr, config.train.warmup_steps,
-                                         config.train.steps)), donate_argnums=0)
+      lr_schedule=optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps)), donate_argnums=0)
   batch = jax.random.randint(jax.random.key(1), (1, seq_len + 1), 0, cfg.vocab_size)
   compiled = step.lower(state, batch).compile()
   record = {"seq_len": seq_len, "batch": 1, "model": cfg.to_dict(),

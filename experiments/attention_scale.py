@@ -245,18 +245,18 @@ def train_point(tcfg, workdir: str, d_head: int, scaled: bool, seed: int) -> dic
   """Trains one arm from one seed (the init and the batch order); returns its held-out loss, loss curve and the trained attention's entropy."""
   import jax
   import jax.numpy as jnp
-  import ml_collections
   import numpy as np
   import optax
 
   from model import transformer
   from train import optimizer, step
+  from train.settings import TrainSettings
 
   train_rows, val_rows = token_rows(tcfg, workdir)
   graphdef, params = build_model(tcfg, d_head, scaled, seed)
-  tx = optimizer.make(ml_collections.ConfigDict(
-      {"grad_clip": tcfg.grad_clip, "lr": tcfg.lr, "warmup_steps": tcfg.warmup_steps,
-       "weight_decay": tcfg.weight_decay}), tcfg.steps)
+  tx = optimizer.make(TrainSettings(
+      grad_clip=tcfg.grad_clip, lr=tcfg.lr, warmup_steps=tcfg.warmup_steps,
+      weight_decay=tcfg.weight_decay), tcfg.steps)
   opt_state = tx.init(params)
 
   def loss_fn(p, batch_BxL1):

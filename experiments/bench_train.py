@@ -86,7 +86,7 @@ def llmlab_bench(dims: Dims, dtype: str, attention_impl: str, **model_overrides)
       vocab_size=dims.vocab_size, d_model=dims.d_model, n_layers=dims.n_layers,
       n_heads=dims.n_heads, n_kv_heads=dims.n_heads, d_ff=dims.d_ff, max_seq_len=dims.seq_len,
       dtype=dtype, attention_impl=attention_impl, **model_overrides)
-  t = TrainSettings()
+  t = train_settings()
   tx = optimizer_lib.make(t, t.steps)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   step = jax.jit(step_lib.make_train_step(
@@ -96,18 +96,13 @@ def llmlab_bench(dims: Dims, dtype: str, attention_impl: str, **model_overrides)
                flops_per_token(cfg, dims.seq_len))
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-  """The train.* settings the optimizer and the sharded step read (a ConfigDict elsewhere; this
-  script does not need ml_collections, so experiments.accelerator runs where it is missing)."""
+def train_settings() -> Any:
+  """The train.* settings of the benchmarks' optimizer and sharded step (train/settings.py needs
+  no ml_collections, so experiments.accelerator runs where it is missing)."""
+  from train.settings import TrainSettings
 
-  lr: float = 1e-3
-  warmup_steps: int = 10
-  weight_decay: float = 0.1
-  grad_clip: float = 1.0
-  steps: int = 1000
-  seed: int = 0
-  grad_accum: int = 1
+  return TrainSettings(lr=1e-3, warmup_steps=10, weight_decay=0.1, grad_clip=1.0, steps=1000,
+                       seed=0, grad_accum=1)
 
 
 def peer_bench(dims: Dims, dtype: str) -> Bench:

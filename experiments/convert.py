@@ -147,7 +147,8 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
     tokens = {"eot_token": eot, "pad_token": pad,
               "bos_token": hf_tokenizer.start_token(hf_dir, tok)}
   config = workdir_config(model_cfg, tok, tokens, seq_len)
-  config_lib.validate(config)
+  run = config_lib.settings(config)
+  t = run.train
 
   os.makedirs(os.path.join(workdir, HF_DIR), exist_ok=True)
   for name in ("config.json", *hf_tokenizer.SIDE_FILES):
@@ -166,13 +167,10 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
 
   # The train state exactly as train/loop.py builds it, but from the imported parameters.
   graphdef, _ = transformer.abstract(model_cfg)
-  tx = optimizer_lib.make(config.train, config.train.steps)
-  state = step_lib.init_state(params, tx, config.train.seed)
-  data_state = data_lib.train_iterator(
-      [config.train.batch_size], [1.0], config.train.batch_size, config.train.seed).get_state()
-  ckpt = ckpt_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-      every_steps=config.checkpoint.every_steps)
+  tx = optimizer_lib.make(t, t.steps)
+  state = step_lib.init_state(params, tx, t.seed)
+  data_state = data_lib.train_iterator([t.batch_size], [1.0], t.batch_size, t.seed).get_state()
+  ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run.checkpoint)
   try:
     ckpt.save(0, state, data_state)
   finally:

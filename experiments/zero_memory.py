@@ -66,6 +66,7 @@ def _compile(model_cfg, train_cfg, stage: int, n: int, batch: int, seq_len: int)
   from sharding import mesh as mesh_lib
   from train import sharded
 
+  # train_cfg: train/settings.TrainSettings
   mesh = mesh_lib.make_mesh({"data": n}, devices=jax.devices()[:n])
   run = sharded.make_sharded_training(model_cfg, train_cfg, mesh, stage, pad_id=-1)
   struct = jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32, sharding=run.batch_sharding)
@@ -88,9 +89,10 @@ def measure(config, stage: int, n: int, steps: int) -> dict:
 
   from model.config import ModelConfig
   from sharding import zero
+  from train.settings import TrainSettings
 
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
-  t = config.train
+  t = TrainSettings.from_config(config.train)
   run, compiled = _compile(model_cfg, t, stage, n, t.batch_size, config.data.seq_len)
   state = run.init(jax.random.key(t.seed))
   rng = np.random.default_rng(0)
@@ -134,10 +136,12 @@ def llama_shaped(k: int, base) -> "object":
 def probe(config, stage: int, n: int, k: int) -> dict:
   """Part 2: one compiled (stage, N, k) of the Llama-shaped family: its peak per device."""
   from model.config import count_params
+  from train.settings import TrainSettings
 
   model_cfg = llama_shaped(k, config)
   start = time.perf_counter()
-  _, compiled = _compile(model_cfg, config.train, stage, n, n, model_cfg.max_seq_len)
+  _, compiled = _compile(model_cfg, TrainSettings.from_config(config.train), stage, n, n,
+                         model_cfg.max_seq_len)
   return {"stage": stage, "n_devices": n, "k": k, "d_model": model_cfg.d_model,
           "n_layers": model_cfg.n_layers, "params": count_params(model_cfg)["total"],
           "compiled": _memory(compiled), "compile_s": time.perf_counter() - start}

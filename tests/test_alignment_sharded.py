@@ -23,6 +23,7 @@ from train import alignment_data as data_lib
 from train import dpo, grpo, loop, optimizer as optimizer_lib, sft
 from train import step as step_lib
 from train import tokenizer as tokenizer_lib
+from train.settings import TrainSettings
 
 MODEL = ModelConfig(vocab_size=tokenizer_lib.min_vocab_size(), d_model=32, n_layers=2, n_heads=2,
                     n_kv_heads=1, d_ff=64, max_seq_len=16)
@@ -69,7 +70,7 @@ def _loss(objective: str, graphdef):
 
 
 def _tx():
-  t = alignment.base().train
+  t = TrainSettings.from_config(alignment.base().train)
   return optimizer_lib.make(t, STEPS), optimizer_lib.schedule(t.lr, 0, STEPS)
 
 

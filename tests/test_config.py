@@ -163,3 +163,40 @@ def test_a_mixture_is_given_on_the_command_line_as_a_tuple_literal():
   fv.config.data.sources = ({"paths": "a/*.txt", "weight": -1},)
   with pytest.raises(config_lib.ConfigError, match=r"^data.sources\[0\].weight=-1 must be a positive"):
     config_lib.validate(fv.config)
+
+
+@pytest.mark.parametrize("dotted, value, needle", [
+    ("train.stepz", 3, r"unknown train setting\(s\) \['stepz'\]; allowed: \["),
+    ("checkpoint.every", 3, r"unknown checkpoint setting\(s\) \['every'\]"),
+    ("sharding.zero", 1, r"unknown sharding setting\(s\) \['zero'\]"),
+    ("data.seq_length", 8, r"unknown data setting\(s\) \['seq_length'\]"),
+])
+def test_an_unknown_key_of_a_section_is_one_line_naming_the_section(dotted, value, needle):
+  """Catches: a misspelt setting of a config file silently ignored (a default used instead)."""
+  c = tiny_config("")
+  section, leaf = dotted.split(".")
+  c[section][leaf] = value
+  with pytest.raises(ValueError, match=needle):
+    config_lib.settings(c)
+
+
+def test_settings_are_typed_once_with_the_defaults_of_missing_keys():
+  """Catches: a section left out of the typed settings, or a default that differs from the one
+  the loops used to fill in (grad_accum 1, zero_stage 0, no memory check, no restart)."""
+  c = tiny_config("")
+  del c.train.grad_accum
+  del c.checkpoint.restart_if_unreadable
+  c.sharding = ml_collections.ConfigDict({"mesh": {"data": 1}})
+  s = config_lib.settings(c)
+  assert (s.train.grad_accum, s.sharding.zero_stage, s.sharding.device_memory_gb) == (1, 0, 0.0)
+  assert s.checkpoint.restart_if_unreadable is False
+  assert s.data.seq_len == c.data.seq_len and s.model.max_seq_len == c.model.max_seq_len
+  assert s.sharding.mesh == {"data": 1}
+
+
+def test_device_memory_gb_must_be_a_number():
+  from sharding import mesh as mesh_lib
+
+  c = tiny_config("", **{"sharding.device_memory_gb": -1.0})
+  with pytest.raises(mesh_lib.MeshError, match="sharding.device_memory_gb=-1.0 must be a number"):
+    config_lib.settings(c)

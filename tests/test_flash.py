@@ -179,16 +179,18 @@ def test_training_with_flash_gives_the_reference_losses():
 
   from model.config import ModelConfig
   from sharding import mesh as mesh_lib
+  from train import config as config_lib
   from train import loop
 
   config = tiny_config("")
+  train_settings = config_lib.settings(config).train
   mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
   rows = np.random.default_rng(0).integers(1, 300, (8, 33)).astype(np.int32)
   rows[:, 10] = 0  # a document boundary inside every row
   losses = {}
   for impl in ("reference", "flash"):
     model_cfg = ModelConfig.from_dict({**config.model.to_dict(), "attention_impl": impl})
-    run = loop.make_sharded_training(model_cfg, config.train, mesh, 0, pad_id=-1,
+    run = loop.make_sharded_training(model_cfg, train_settings, mesh, 0, pad_id=-1,
                                      documents=(0, False))
     state = run.init(jax.random.key(0))
     losses[impl] = []

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from model import moe
+from train.settings import TrainSettings
 
 N, D, E, F, K = 24, 8, 4, 16, 2
 
@@ -257,7 +258,8 @@ def _ep_training(name: str):
     spec, stage, dispatch = EP_RUNS[name]
     mesh = mesh_lib.make_mesh(spec)
   config, model = _ep_model(dispatch)
-  training = loop.make_sharded_training(model, config.train, mesh, stage, pad_id=0)
+  training = loop.make_sharded_training(
+      model, TrainSettings.from_config(config.train), mesh, stage, pad_id=0)
   batch = _ep_batches()[0]
   struct = jax.ShapeDtypeStruct(batch.shape, jnp.int32, sharding=training.batch_sharding)
   return training, training.train_step.lower(training.abstract_state, struct).compile()

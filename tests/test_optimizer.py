@@ -2,7 +2,6 @@
 clipping by the global norm of all gradients."""
 
 import functools
-import types
 
 import jax
 import jax.numpy as jnp
@@ -13,13 +12,14 @@ import pytest
 from model import transformer
 from model.config import ModelConfig
 from train import optimizer
+from train.settings import TrainSettings
 
 CFG = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=16,
                   max_seq_len=8, tie_embeddings=False)
 
 
-def _train_cfg(**kw):
-  return types.SimpleNamespace(**{**dict(lr=0.5, warmup_steps=1, weight_decay=0.1, grad_clip=1.0), **kw})
+def _train_cfg(**kw) -> TrainSettings:
+  return TrainSettings(**{**dict(lr=0.5, warmup_steps=1, weight_decay=0.1, grad_clip=1.0), **kw})
 
 
 @functools.lru_cache(maxsize=None)

@@ -18,6 +18,7 @@ from model.config import ModelConfig
 from sharding import mesh as mesh_lib
 from tests.helpers import tiny_config
 from train import loop
+from train.settings import TrainSettings
 
 STEPS = 50
 
@@ -26,7 +27,8 @@ def _training(dtype: str):
   config = tiny_config("", **{"model.dtype": dtype, "train.steps": STEPS, "train.warmup_steps": 5})
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   mesh = mesh_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  return config, loop.make_sharded_training(model_cfg, config.train, mesh, 0, pad_id=0)
+  return config, loop.make_sharded_training(
+      model_cfg, TrainSettings.from_config(config.train), mesh, 0, pad_id=0)
 
 
 def _dot_dtypes(closed_jaxpr) -> collections.Counter:

@@ -221,12 +221,12 @@ def test_memory_preflight_refuses_stage_2_names_stage_3_and_stage_3_trains(tmp_p
                "checkpoint.every_steps": 2, "train.eval_every": 2, "data.seq_len": 16,
                "sharding.mesh": {"data": 8}, "sharding.zero_stage": 2}
   config = tiny_config(tiny_corpus, **overrides)
-  model_cfg = loop.config_lib.validate(config)
-  mesh = mesh_lib.make_mesh(config.sharding.mesh)
+  settings = loop.config_lib.settings(config)
+  mesh = mesh_lib.make_mesh(settings.sharding.mesh)
 
   def need(stage):
     # As the pre-flight builds it (the same program, so the compilation cache serves both).
-    run = loop.make_sharded_training(model_cfg, config.train, mesh, stage, pad_id=-1,
+    run = loop.make_sharded_training(settings.model, settings.train, mesh, stage, pad_id=-1,
                                      documents=(-1, False))
     struct = jax.ShapeDtypeStruct((8, 17), np.int32, sharding=run.batch_sharding)
     return memory_lib.step_bytes(run.train_step.lower(run.abstract_state, struct).compile())

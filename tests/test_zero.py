@@ -24,6 +24,7 @@ from sharding import zero
 from tests.helpers import tiny_config
 from train import checkpoint as ckpt_lib
 from train import loop
+from train.settings import TrainSettings
 
 STEPS = 5
 # Small, but with a train state that outweighs its activations (as in the models ZeRO is for), so
@@ -77,7 +78,8 @@ def _initial_state():
   """The initial train state on the host: every device_put of it makes new buffers, which the
   train step may then donate."""
   mesh = mesh_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  training = loop.make_sharded_training(MODEL, CONFIG.train, mesh, 0, pad_id=PAD_ID)
+  training = loop.make_sharded_training(
+      MODEL, TrainSettings.from_config(CONFIG.train), mesh, 0, pad_id=PAD_ID)
   return jax.device_get(training.init(jax.random.key(0)))
 
 
@@ -88,8 +90,7 @@ def _run(name: str) -> Run:
   else:
     spec, stage, accum = RUNS[name]
     mesh = mesh_lib.make_mesh(spec)
-  t = CONFIG.train.copy_and_resolve_references()
-  t.grad_accum = accum
+  t = dataclasses.replace(TrainSettings.from_config(CONFIG.train), grad_accum=accum)
   training = loop.make_sharded_training(MODEL, t, mesh, stage, pad_id=PAD_ID)
   batch_struct = jax.ShapeDtypeStruct((B, L1), jnp.int32, sharding=training.batch_sharding)
   compiled = training.train_step.lower(training.abstract_state, batch_struct).compile()

@@ -45,6 +45,7 @@ from train import metrics as metrics_lib
 from train import optimizer as optimizer_lib
 from train import plots
 from train import rewards as rewards_lib
+from train import settings as settings_lib
 from train import step as step_lib
 from train import tokenizer as tokenizer_lib
 from train.config import ConfigError
@@ -68,23 +69,25 @@ def byte_tokenizer() -> Tokenizer:
   return tokenizer_lib.train_bpe([], tokenizer_lib.min_vocab_size())
 
 
-def check_common(config: ml_collections.ConfigDict) -> None:
+@dataclasses.dataclass(frozen=True)
+class StageSettings:
+  """The sections every stage shares, typed (train/settings.py); built once by check_common."""
+
+  train: settings_lib.TrainSettings
+  checkpoint: settings_lib.CheckpointSettings
+  sharding: settings_lib.ShardingSettings
+
+
+def check_common(config: ml_collections.ConfigDict) -> StageSettings:
   """Validates the sections every stage shares; raises ConfigError naming the field."""
   for section in ("task", "data", "train", "eval", "checkpoint", "sharding"):
     if section not in config:
       raise ConfigError(f"config has no section {section!r}")
-  t = config.train
-  for name in ("steps", "batch_size", "grad_accum", "lr", "grad_clip", "log_every", "eval_every"):
-    if not t[name] > 0:
-      raise ConfigError(f"train.{name} must be positive, got {t[name]!r}")
-  if t.warmup_steps < 0 or t.weight_decay < 0:
-    raise ConfigError("train.warmup_steps and train.weight_decay must be >= 0")
+  train = settings_lib.TrainSettings.from_config(config.train)
   for name in ("batch_size", "max_new_tokens", "max_examples"):
     if not config.eval[name] > 0:
       raise ConfigError(f"eval.{name} must be positive, got {config.eval[name]!r}")
-  for name in ("every_steps", "keep"):
-    if not config.checkpoint[name] > 0:
-      raise ConfigError(f"checkpoint.{name} must be positive, got {config.checkpoint[name]!r}")
+  checkpoint = settings_lib.CheckpointSettings.from_config(config.checkpoint)
   task = config.task
   if not task.digits > 0 or not task.n_train > 0 or not task.n_heldout > 0:
     raise ConfigError("task.digits, task.n_train and task.n_heldout must be positive")
@@ -93,12 +96,16 @@ def check_common(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"task.ops={task.ops!r} must be a non-empty string of '+', '-', '*'")
   if not 0.0 < task.heldout_fraction < 1.0:
     raise ConfigError(f"task.heldout_fraction must be in (0, 1), got {task.heldout_fraction!r}")
+  return StageSettings(train=train, checkpoint=checkpoint,
+                       sharding=settings_lib.ShardingSettings.from_config(config.sharding))
 
 
-def start_policy(config: ml_collections.ConfigDict, workdir: str, init_workdir: str) -> Policy:
+def start_policy(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
+                 seed: int) -> Policy:
   """The starting policy: init_workdir's newest checkpoint, or a fresh model (config.model).
 
   The tokenizer is the workdir's own on resume, else copied from init_workdir, else byte-level.
+  seed: train.seed, the fresh model's initialisation.
   """
   os.makedirs(workdir, exist_ok=True)
   if init_workdir:
@@ -111,7 +118,7 @@ def start_policy(config: ml_collections.ConfigDict, workdir: str, init_workdir: 
     fields = config.model.to_dict()
     fields["vocab_size"] = tok_source.get_vocab_size()  # the embedding follows the tokenizer
     model_cfg = ModelConfig.from_dict(fields)
-    graphdef, params = transformer.create(model_cfg, jax.random.key(config.train.seed))
+    graphdef, params = transformer.create(model_cfg, jax.random.key(seed))
   if os.path.exists(os.path.join(workdir, tokenizer_lib.FILENAME)):
     tok = tokenizer_lib.load(workdir)
   else:
@@ -198,22 +205,26 @@ class Run:
   step of the stage's loss and the state (fresh or resumed) in its layout."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, init_workdir: str, *,
-               stage: str, total_updates: int, batch_rows: Optional[int] = None,
+               stage: str, settings: StageSettings, total_updates: int,
+               batch_rows: Optional[int] = None,
                profile_steps: Optional[tuple[int, int]] = None):
-    """batch_rows: the rows of one step's batch where that is not train.batch_size (GRPO's).
+    """settings: check_common(config), which the stage reads before the run starts.
+    batch_rows: the rows of one step's batch where that is not train.batch_size (GRPO's).
     profile_steps: (first, last) steps traced into <workdir>/profile, or None."""
     self.profile = loop_lib.profile_in(workdir, profile_steps)
-    check_common(config)
+    self.train, self.checkpoint, self.sharding = (
+        settings.train, settings.checkpoint, settings.sharding)
     # Data files are read first, so that a malformed one fails before anything compiles.
     heldout = data_lib.load_examples(config.data.eval_path, config.task, "heldout")
     self.config, self.workdir, self.stage = config, workdir, stage
     self.init_workdir = init_workdir
-    self.policy = start_policy(config, workdir, init_workdir)
+    self.policy = start_policy(config, workdir, init_workdir, self.train.seed)
     _check_resume(workdir, self.policy.model_cfg, init_workdir)
-    t = config.train
-    self.mesh = mesh_lib.make_mesh(config.sharding.mesh)
-    self.zero_stage = config.sharding.get("zero_stage", 0)
-    loop_lib.validate_sharding(config, self.policy.model_cfg, self.mesh, batch_size=batch_rows)
+    t = self.train
+    self.mesh = mesh_lib.make_mesh(self.sharding.mesh)
+    self.zero_stage = self.sharding.zero_stage
+    loop_lib.validate_sharding(t, self.sharding, self.policy.model_cfg, self.mesh,
+                               batch_size=batch_rows)
     self.tx = optimizer_lib.make(t, total_updates)
     self.lr_schedule = optimizer_lib.schedule(t.lr, t.warmup_steps, total_updates)
     moe = self.policy.model_cfg.moe
@@ -221,10 +232,7 @@ class Run:
     self._save_config()
     self.pad_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.PAD)
     self.eot_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.EOT)
-    self.ckpt = ckpt_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-        every_steps=config.checkpoint.every_steps,
-        restart_if_unreadable=config.checkpoint.get("restart_if_unreadable", False))
+    self.ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), self.checkpoint)
     self.training: Optional[loop_lib.ShardedTraining] = None
     self.state: Optional[dict] = None
     self.start_step, self.data_state = 0, {}
@@ -238,7 +246,7 @@ class Run:
     """The stage's train step, step(state, batch of host arrays) -> (state, metrics), for batches
     shaped like example_batch; sets self.state: the newest checkpoint's, else the starting
     policy's parameters with a fresh optimizer state, in the ZeRO stage's layout on the mesh."""
-    t = self.config.train
+    t = self.train
     abstract = lambda tree: jax.tree.map(  # noqa: E731
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
     # The copy keeps the state's buffers apart from the ones it starts from, which the donating
@@ -247,7 +255,7 @@ class Run:
         self.policy.graphdef, lambda p: jax.tree.map(jnp.copy, p), abstract(self.policy.params),
         loss_fn, self.tx, lr_schedule=self.lr_schedule, grad_accum=t.grad_accum, seed=t.seed,
         mesh=self.mesh, zero_stage=stage, abstract_batch=abstract(example_batch))
-    loop_lib.check_memory(self.config, build, abstract(example_batch))
+    loop_lib.check_memory(self.sharding, build, abstract(example_batch))
     self.training = training = build(self.zero_stage)
     restored = self.ckpt.restore_latest(training.abstract_state)
     if restored is None:
@@ -282,7 +290,7 @@ class Run:
     gain is measured from), every train.eval_every steps and at the end. stop_when(record) ends
     the run early after an evaluation (SFT's target accuracy).
     """
-    t = self.config.train
+    t = self.train
     summary: dict[str, Any] = {"stage": self.stage, "invocation_start_step": self.start_step,
                                "params": count_params(self.policy.model_cfg)["total"],
                                "heldout_examples": self.n_heldout,
@@ -330,7 +338,7 @@ class Run:
 
     hooks = loop_lib.Hooks(
         report=report, save=save,
-        must_save=lambda step: step % self.config.checkpoint.every_steps == 0,
+        must_save=lambda step: step % self.checkpoint.every_steps == 0,
         read_now=lambda step: True,  # small models, short steps: simplicity over overlap
         stop_when=lambda r: "eval/accuracy" in r and stop_when is not None and stop_when(r))
     try:

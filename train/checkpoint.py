@@ -28,6 +28,8 @@ from typing import Any, Iterator, Optional, TextIO
 import jax
 import orbax.checkpoint as ocp
 
+from train import settings as settings_lib
+
 RESTORE_LOG = "restore.log"
 RETRY_AFTER_S = 0.5
 
@@ -147,6 +149,12 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "data"))
 
+  @classmethod
+  def of(cls, directory: str, settings: settings_lib.CheckpointSettings) -> "Checkpointer":
+    """From the checkpoint.* section."""
+    return cls(directory, keep=settings.keep, every_steps=settings.every_steps,
+               restart_if_unreadable=settings.restart_if_unreadable)
+
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
@@ -228,10 +236,6 @@ def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
 
   Raises FileNotFoundError naming the workdir when it holds no run or no checkpoint.
   """
-  import json
-
-  import ml_collections
-
   from model import transformer
   from model.config import ModelConfig
   from sharding import mesh as mesh_lib
@@ -243,20 +247,23 @@ def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} has no config.json: train a run there first (experiments.train)")
   with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  model_cfg = ModelConfig.from_dict(config.model.to_dict())
+    saved = json.load(f)
+  model_cfg = ModelConfig.from_dict(saved["model"])
+  # A saved record, not a user's settings: keys of other versions are ignored, and what an older
+  # workdir lacks (its whole sharding section, say) takes the dataclass's default.
+  train = settings_lib.TrainSettings.from_config(saved["train"], strict=False)
+  sharding = settings_lib.ShardingSettings.from_config(saved.get("sharding", {}), strict=False)
   graphdef, _ = transformer.abstract(model_cfg)
-  tx = optimizer_lib.make(config.train, config.train.steps)
+  tx = optimizer_lib.make(train, train.steps)
 
   def init_fn(key):
     _, params = transformer.create(model_cfg, key)
-    return step_lib.init_state(params, tx, config.train.seed)
+    return step_lib.init_state(params, tx, train.seed)
 
-  sharding = config.get("sharding", ml_collections.ConfigDict())
-  stage = sharding.get("zero_stage", 0)
+  stage = sharding.zero_stage
   if mesh is None:
     try:
-      mesh = mesh_lib.make_mesh(sharding.get("mesh", {"data": -1}))
+      mesh = mesh_lib.make_mesh(sharding.mesh)
     except mesh_lib.MeshError:  # the run's device count is not this machine's
       mesh = mesh_lib.make_mesh({"data": -1})
   abstract_state = jax.eval_shape(init_fn, jax.random.key(0))

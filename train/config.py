@@ -3,7 +3,9 @@
 The config tree: model.* (ModelConfig fields), data.{paths, sources, text_field, prepared, seq_len,
 vocab_size},
 train.{steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, grad_accum, seed, log_every,
-eval_every, eval_batches}, checkpoint.{every_steps, keep, restart_if_unreadable}, sharding.{mesh}.
+eval_every, eval_batches}, checkpoint.{every_steps, keep, restart_if_unreadable},
+sharding.{mesh, zero_stage, device_memory_gb}: each section a frozen dataclass of train/settings.py,
+built once here.
 """
 
 from __future__ import annotations
@@ -15,59 +17,43 @@ import ml_collections
 
 from model.config import ModelConfig
 from train import files
+from train import settings as settings_lib
 
 
-class ConfigError(ValueError):
-  """A setting that cannot work; the message names it."""
+ConfigError = settings_lib.ConfigError  # re-exported: callers and tests catch config.ConfigError
 
 
-def validate(config: ml_collections.ConfigDict) -> ModelConfig:
-  """Checks every setting; returns the ModelConfig. Raises ConfigError or ValueError."""
+def settings(config: ml_collections.ConfigDict) -> settings_lib.RunSettings:
+  """Checks every setting once; returns the run's typed sections. Raises ConfigError or
+  ValueError (MeshError for sharding.*) in one line naming the setting."""
   for name in ("model", "data", "train", "checkpoint"):
     if name not in config:
       raise ConfigError(f"config has no section {name!r}")
-  t, d, c = config.train, config.data, config.checkpoint
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
-  for name in ("steps", "batch_size", "lr", "grad_clip", "grad_accum", "log_every", "eval_every",
-               "eval_batches"):
-    if not t[name] > 0:
-      raise ConfigError(f"train.{name} must be positive, got {t[name]!r}")
-  if t.warmup_steps < 0 or t.weight_decay < 0:
-    raise ConfigError("train.warmup_steps and train.weight_decay must be >= 0")
-  if t.batch_size % t.grad_accum:
+  train = settings_lib.TrainSettings.from_config(config.train)
+  if train.batch_size % train.grad_accum:
     raise ConfigError(
-        f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
-  for name in ("seq_len", "vocab_size"):
-    if not d[name] > 0:
-      raise ConfigError(f"data.{name} must be positive, got {d[name]!r}")
-  _check_sources(d.get("sources", None) or [])
-  if d.seq_len > model_cfg.max_seq_len:
+        f"train.batch_size={train.batch_size} must be divisible by "
+        f"train.grad_accum={train.grad_accum}")
+  data = settings_lib.DataSettings.from_config(config.data)
+  if data.seq_len > model_cfg.max_seq_len:
     raise ConfigError(
-        f"data.seq_len={d.seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}; "
+        f"data.seq_len={data.seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}; "
         "lower one or raise the other")
-  if d.vocab_size > model_cfg.vocab_size:
+  if data.vocab_size > model_cfg.vocab_size:
     raise ConfigError(
-        f"data.vocab_size={d.vocab_size} exceeds model.vocab_size={model_cfg.vocab_size}")
-  for name in ("every_steps", "keep"):
-    if not c[name] > 0:
-      raise ConfigError(f"checkpoint.{name} must be positive, got {c[name]!r}")
-  return model_cfg
+        f"data.vocab_size={data.vocab_size} exceeds model.vocab_size={model_cfg.vocab_size}")
+  checkpoint = settings_lib.CheckpointSettings.from_config(config.checkpoint)
+  # A config without a sharding section runs on every device, replicated (the defaults).
+  sharding = settings_lib.ShardingSettings.from_config(
+      config.sharding if "sharding" in config else {})
+  return settings_lib.RunSettings(model=model_cfg, data=data, train=train, checkpoint=checkpoint,
+                                  sharding=sharding)
 
 
-def _check_sources(sources) -> None:
-  """data.sources: a list of {"paths": globs, "weight": > 0}; the files are checked later, by
-  train/data.check_sources (still before anything compiles)."""
-  if isinstance(sources, (str, dict)) or not hasattr(sources, "__len__"):
-    raise ConfigError(f"data.sources must be a list of {{'paths': ..., 'weight': ...}}, got {sources!r}")
-  for i, s in enumerate(sources):
-    if not hasattr(s, "get") or not s.get("paths"):
-      raise ConfigError(f"data.sources[{i}] must be a dict with non-empty 'paths', got {s!r}")
-    extra = sorted(set(s.keys()) - {"paths", "weight"})
-    if extra:
-      raise ConfigError(f"data.sources[{i}] has unknown keys {extra}; a source has 'paths' and 'weight'")
-    w = s.get("weight", 1.0)
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
-      raise ConfigError(f"data.sources[{i}].weight={w!r} must be a positive number")
+def validate(config: ml_collections.ConfigDict) -> ModelConfig:
+  """Checks every setting (see settings); returns the ModelConfig."""
+  return settings(config).model
 
 
 # Settings that fix the shape of a run's saved state and data: a workdir trained with one value

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import grain
 import numpy as np
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from train import documents as documents_lib
 from train import files as files_lib
+from train import settings as settings_lib
 from train import shards as shards_lib
 from train import tokenizer as tokenizer_lib
 
@@ -54,26 +55,12 @@ class Source:
   weight: float = 1.0
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """The data.* settings that choose the text and where its shards live."""
-
-  paths: Any = ""  # comma-separated globs, or a list; "" = the standard library
-  sources: tuple = ()  # ({"paths": ..., "weight": ...}, ...); () = the one source data.paths
-  text_field: str = "text"  # the field of a .jsonl line, the column of a .parquet file
-  prepared: str = ""  # the shard folder; "" = <workdir>/data
-  vocab_size: int = 2048
-
-  @staticmethod
-  def of(data_cfg: Any) -> "Settings":
-    get = data_cfg.get
-    return Settings(paths=get("paths", ""), sources=tuple(get("sources", None) or ()),
-                    text_field=get("text_field", "text") or "text",
-                    prepared=get("prepared", "") or "", vocab_size=get("vocab_size", 2048))
+# The data.* settings that choose the text and where its shards live (train/settings.py).
+Settings = settings_lib.DataSettings
 
 
 def sources_of(settings: Settings) -> list[Source]:
-  """The sources to mix; their weights are checked by train/config.validate."""
+  """The sources to mix; their weights were checked when the settings were built."""
   if not settings.sources:
     return [Source("data.paths", tuple(parse_paths(settings.paths)))]
   return [Source(f"data.sources[{i}]", tuple(parse_paths(s["paths"])), float(s.get("weight", 1.0)))

@@ -254,13 +254,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
   validate(config)
   if not init_workdir:
     raise ConfigError("DPO needs --init_workdir: the policy to start from and to stay near")
-  d, t = config.dpo, config.train
+  settings = align_loop.check_common(config)
+  d, t = config.dpo, settings.train
   if d.rejected == "policy":
     examples = data_lib.load_examples(config.data.train_path, config.task, "train")
   else:
     pairs = data_lib.load_pairs(config.data.train_path, config.task, t.seed)
-  run = align_loop.Run(config, workdir, init_workdir, stage="dpo", total_updates=t.steps,
-                       profile_steps=profile_steps)
+  run = align_loop.Run(config, workdir, init_workdir, stage="dpo", settings=settings,
+                       total_updates=t.steps, profile_steps=profile_steps)
   tok = run.policy.tok
   if d.rejected == "policy":
     pairs = _stored_or_sampled_pairs(run, examples, d, t.seed)

@@ -199,9 +199,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
   weights = validate(config)
   if not init_workdir:
     raise ConfigError("GRPO needs --init_workdir: a policy that already solves some prompts")
-  g, t = config.grpo, config.train
+  settings = align_loop.check_common(config)
+  g, t = config.grpo, settings.train
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
-  run = align_loop.Run(config, workdir, init_workdir, stage="grpo", total_updates=t.steps * g.mu,
+  run = align_loop.Run(config, workdir, init_workdir, stage="grpo", settings=settings,
+                       total_updates=t.steps * g.mu,
                        batch_rows=g.prompts_per_step * g.group_size, profile_steps=profile_steps)
   policy = run.policy
   p_len = data_lib.prompt_length(policy.tok, [e.prompt for e in examples])

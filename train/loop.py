@@ -33,6 +33,7 @@ from train import config as config_lib
 from train import data as data_lib
 from train import metrics as metrics_lib
 from train import mfu as mfu_lib
+from train import settings as settings_lib
 from train import shards as shards_lib
 from train import step as step_lib
 from train import tokenizer as tokenizer_lib
@@ -216,25 +217,20 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
   return state, step, signalled, early
 
 
-def validate_sharding(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh, *,
+def validate_sharding(train: settings_lib.TrainSettings, sharding: settings_lib.ShardingSettings,
+                      model_cfg: ModelConfig, mesh: Mesh, *,
                       batch_size: Optional[int] = None) -> None:
   """sharding/validate.py's checks for this run; one-line MeshError before anything compiles.
   batch_size: the rows of one step's batch where that is not train.batch_size (GRPO's)."""
-  t = config.train
   validate_lib.check_all(
-      mesh_shape=dict(mesh.shape), batch_size=batch_size or t.batch_size,
-      grad_accum=t.get("grad_accum", 1),
-      zero_stage=config.sharding.get("zero_stage", 0), d_model=model_cfg.d_model,
+      mesh_shape=dict(mesh.shape), batch_size=batch_size or train.batch_size,
+      grad_accum=train.grad_accum, zero_stage=sharding.zero_stage, d_model=model_cfg.d_model,
       n_heads=model_cfg.n_heads, n_kv_heads=model_cfg.n_kv_heads, d_ff=model_cfg.d_ff,
       n_experts=model_cfg.moe.n_experts or None)
-  budget = config.sharding.get("device_memory_gb", 0.0)
-  if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
-    raise mesh_lib.MeshError(
-        f"sharding.device_memory_gb={budget!r} must be a number of GB per device (0 = no check)")
 
 
-def check_memory(config: ml_collections.ConfigDict, build: Callable[[int], ShardedTraining],
-                 abstract_batch: Any) -> None:
+def check_memory(sharding: settings_lib.ShardingSettings,
+                 build: Callable[[int], ShardedTraining], abstract_batch: Any) -> None:
   """sharding.device_memory_gb against the compiled step's peak bytes per device (0: no check).
 
   build(stage) -> the run's ShardedTraining at that ZeRO stage; abstract_batch: one step's batch
@@ -242,10 +238,10 @@ def check_memory(config: ml_collections.ConfigDict, build: Callable[[int], Shard
   MeshError with one line when it does not fit; pretraining calls it before any data is read or
   any file is written.
   """
-  budget = float(config.sharding.get("device_memory_gb", 0.0))
+  budget = float(sharding.device_memory_gb)
   if budget <= 0:
     return
-  stage = config.sharding.get("zero_stage", 0)
+  stage = sharding.zero_stage
 
   built = {stage: build(stage)}  # the run's own stage; the others only when it does not fit
 
@@ -266,20 +262,22 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   profile_steps: (first, last) steps traced into <workdir>/profile (see Profile), or None.
 
+  config: the experiment's ConfigDict, turned into typed settings once (train/config.settings).
   config.sharding.mesh and config.sharding.zero_stage say where the state lives; any mesh and
   stage resume any checkpoint of the same model.
   """
-  model_cfg: ModelConfig = config_lib.validate(config)
+  # Validated and typed once; past this point the ConfigDict is only compared with, and saved
+  # as, the workdir's config.json.
+  run_settings = config_lib.settings(config)
   config_lib.check_workdir(workdir, config)
-  t = config.train
-  mesh = mesh_lib.make_mesh(config.sharding.mesh)
-  validate_sharding(config, model_cfg, mesh)
-  settings = data_lib.Settings.of(config.data)
+  model_cfg, t, settings = run_settings.model, run_settings.train, run_settings.data
+  mesh = mesh_lib.make_mesh(run_settings.sharding.mesh)
+  validate_sharding(t, run_settings.sharding, model_cfg, mesh)
   data_lib.check_sources(settings)  # a bad file is one line before anything compiles
   check_memory(  # pad_id changes no byte of the step; the document mask adds a few
-      config, lambda stage: make_sharded_training(
+      run_settings.sharding, lambda stage: make_sharded_training(
           model_cfg, t, mesh, stage, pad_id=-1, documents=(-1, False)),
-      jax.ShapeDtypeStruct((t.batch_size, config.data.seq_len + 1), np.int32))
+      jax.ShapeDtypeStruct((t.batch_size, settings.seq_len + 1), np.int32))
 
   os.makedirs(workdir, exist_ok=True)
   prepare = functools.partial(data_lib.prepare, workdir, settings,
@@ -293,7 +291,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if jax.process_index() != 0:
       prepared = prepare()
   tok = prepared.tokenizer
-  corpus = data_lib.open_corpus(prepared, config.data.seq_len, t.batch_size)
+  corpus = data_lib.open_corpus(prepared, settings.seq_len, t.batch_size)
   if tok.get_vocab_size() > model_cfg.vocab_size:
     raise config_lib.ConfigError(
         f"the tokenizer in {workdir} has {tok.get_vocab_size()} tokens but model.vocab_size="
@@ -305,14 +303,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   # Model and optimizer state, initialised directly in its sharded layout.
   run = make_sharded_training(
-      model_cfg, t, mesh, config.sharding.get("zero_stage", 0), pad_id=pad_id,
-      documents=documents)
+      model_cfg, t, mesh, run_settings.sharding.zero_stage, pad_id=pad_id, documents=documents)
   batch_sharding = run.batch_sharding
 
-  ckpt = ckpt_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-      every_steps=config.checkpoint.every_steps,
-      restart_if_unreadable=config.checkpoint.get("restart_if_unreadable", False))
+  ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
   # The global batch's row ids on every process: one iterator, one state to checkpoint; each
   # process then reads only its own rows (rows_batch).
   train_rows = corpus.train_rows
@@ -343,16 +337,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       total, count = total + float(s), count + int(n)
     return total / max(count, 1)
 
-  flops_tok = flops_per_token(model_cfg, config.data.seq_len)
+  flops_tok = flops_per_token(model_cfg, settings.seq_len)
   peak = mfu_lib.peak_flops() * jax.device_count()
   writer = metrics_lib.MetricsWriter(workdir)
   is_main = jax.process_index() == 0
-  lo, hi = local_rows(batch_sharding, (t.batch_size, config.data.seq_len + 1))  # what it reads
+  lo, hi = local_rows(batch_sharding, (t.batch_size, settings.seq_len + 1))  # what it reads
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
   summary: dict[str, Any] = {"start_step": start, "params": count_params(model_cfg),
                              "unigram_entropy": corpus.unigram_entropy,
                              "rows_read_per_step": hi - lo}
-  tokens_per_step = t.batch_size * config.data.seq_len
+  tokens_per_step = t.batch_size * settings.seq_len
   timer = {"t": None, "steps": 0}
 
   def inspect(step: int, metrics) -> dict:
@@ -406,7 +400,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   hooks = Hooks(
       report=report, save=save,
-      must_save=lambda step: step % config.checkpoint.every_steps == 0,
+      must_save=lambda step: step % run_settings.checkpoint.every_steps == 0,
       read_now=lambda step: step % t.eval_every == 0)
   try:
     state, step, signalled, _ = run_steps(state, start, t.steps, train_step_at, hooks,

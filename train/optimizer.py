@@ -6,6 +6,8 @@ import jax
 import optax
 from flax import nnx
 
+from train.settings import TrainSettings
+
 
 def schedule(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
   """Linear warmup to lr, then cosine decay to lr / 10 at total_steps."""
@@ -25,8 +27,8 @@ def decay_mask(params: nnx.State) -> nnx.State:
       is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make(cfg_train, total_steps: int) -> optax.GradientTransformation:
-  """The optimizer from config.train: clip by global norm, then AdamW."""
+def make(cfg_train: TrainSettings, total_steps: int) -> optax.GradientTransformation:
+  """The optimizer of the train.* section: clip by global norm, then AdamW."""
   return optax.chain(
       optax.clip_by_global_norm(cfg_train.grad_clip),
       optax.adamw(schedule(cfg_train.lr, cfg_train.warmup_steps, total_steps),

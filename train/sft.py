@@ -59,9 +59,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) SFT in `workdir`; returns the summary of the run."""
   validate(config)
+  settings = align_loop.check_common(config)
+  t = settings.train
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
-  run = align_loop.Run(config, workdir, init_workdir, stage="sft",
-                       total_updates=config.train.steps, profile_steps=profile_steps)
+  run = align_loop.Run(config, workdir, init_workdir, stage="sft", settings=settings,
+                       total_updates=t.steps, profile_steps=profile_steps)
   p_ids, c_ids = data_lib.token_ids(run.policy.tok, [e.prompt for e in examples],
                                     [e.answer for e in examples])
   length = data_lib.needed_length(p_ids, c_ids)
@@ -69,7 +71,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
     raise ConfigError(f"the longest example has {length + 1} tokens, more than the model's "
                       f"max_seq_len={run.policy.model_cfg.max_seq_len}")
   seqs = data_lib.pack(p_ids, c_ids, length, run.pad_id)
-  t = config.train
   step_fn = run.start(loss(run.policy.graphdef, run.aux_weights),
                       jax.eval_shape(lambda: batch_of(seqs, np.arange(t.batch_size))))
 

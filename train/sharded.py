@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import jax
 import optax
@@ -22,9 +22,7 @@ from sharding import rules as rules_lib
 from sharding import zero
 from train import optimizer as optimizer_lib
 from train import step as step_lib
-
-if TYPE_CHECKING:
-  import ml_collections
+from train.settings import TrainSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +80,7 @@ def build_sharded_training(
 
 
 def make_sharded_training(
-    model_cfg: ModelConfig, t: ml_collections.ConfigDict, mesh: Mesh, zero_stage: int, *,
+    model_cfg: ModelConfig, t: TrainSettings, mesh: Mesh, zero_stage: int, *,
     pad_id: int, documents: step_lib.Documents = None,
 ) -> ShardedTraining:
   """Pretraining's sharded training: a fresh model (init takes a PRNG key), lm_loss on rows
