@@ -14,7 +14,6 @@ JAX reads them from the environment. See docs/sharding.md.
 
 import json
 import os
-import sys
 import time
 
 from absl import flags

@@ -11,7 +11,6 @@ import dataclasses
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from model import kv_cache
