@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 BASE := $(VENV)/.installed-base
 TESTDEPS := $(VENV)/.installed-test
 WORKDIR ?= runs/default
+# Where make train writes results.json: results/default_run for the default run (the README's
+# figures), the workdir itself for any other.
+RESULTS ?= $(if $(filter runs/default,$(WORKDIR)),results/default_run,$(WORKDIR))
 # The interop tests compare against transformers on the CPU build of torch; pinning it keeps pip
 # from fetching a multi-gigabyte CUDA build.
 TORCH ?= torch==2.13.0
@@ -29,7 +32,7 @@ $(TESTDEPS): $(BASE)
 install: $(BASE)
 
 train: $(BASE)
-	$(PY) -m experiments.train --workdir=$(WORKDIR)
+	$(PY) -m experiments.train --workdir=$(WORKDIR) --results_dir=$(RESULTS)
 
 test: $(TESTDEPS)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
