@@ -184,6 +184,24 @@ def test_packed_documents_restart_positions_and_count_segments():
   np.testing.assert_array_equal(segments, [[0, 0, 0, 1, 1, 1, 1, 2]])
 
 
+def test_latent_attention_with_flash_equals_reference_in_logits_and_gradients():
+  """MLA's keys carry a RoPE part broadcast over heads and its values come from the latent:
+  flash must give reference's logits and parameter gradients through that path (catches a
+  custom backward that mishandles the broadcast keys, or the latent's norm left out of it)."""
+  cfg = dataclasses.replace(CFG, n_kv_heads=4, kv_lora_rank=12, qk_rope_head_dim=4)
+  graphdef, params = transformer.create(cfg, jax.random.key(0))
+  tokens = _tokens()
+
+  def loss_and_grads(impl):
+    gd, _ = transformer.abstract(dataclasses.replace(cfg, attention_impl=impl))
+    return jax.value_and_grad(lambda p: jnp.mean(transformer.apply(gd, p, tokens) ** 2))(params)
+
+  (ref_loss, ref_grads), (flash_loss, flash_grads) = loss_and_grads("reference"), loss_and_grads("flash")
+  np.testing.assert_allclose(flash_loss, ref_loss, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(flash_grads), jax.tree.leaves(ref_grads)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_local_global_pattern_makes_every_second_layer_global():
   """With global_every=2 the second layer sees the whole prefix: the logits differ from every
   layer windowed and from none windowed (same weights), so the pattern reaches the layers; and a
