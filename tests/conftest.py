@@ -7,8 +7,12 @@ import os
 import sys
 import tempfile
 
+# LLVM at -O0 for the CPU code: compiling, not running, is most of these tests' time (tiny models,
+# a few steps), and -O0 compiles faster. The HLO passes are unchanged, and every comparison a test
+# makes is between programs compiled the same way (scripts the tests start inherit the flags).
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the whole test run (both xdist workers and every
 # script a test starts inherit it): many tests compile the same tiny training step, and on 2 cores
