@@ -362,19 +362,13 @@ def main(argv):
   common.setup()
   cfg = FLAGS.config
   try:
-    points = make_points(cfg)
-    done = sweep_lib.launch_records(
-        FLAGS.workdir, points, lambda p: compute_point(cfg, FLAGS.workdir, p),
-        launcher=FLAGS.launcher, point=FLAGS.point, argv=sys.argv, job_name=cfg.launch.job_name,
-        slurm_options=tuple(cfg.launch.slurm_options))
-    if FLAGS.point:
-      return
-    if not done:
-      print("points pending; rerun this command when they are done to collect", file=sys.stderr)
-      return
-    summary = report(cfg, FLAGS.workdir, points, FLAGS.out)
+    summary = sweep_lib.run_records_study(
+        cfg, workdir=FLAGS.workdir, out=FLAGS.out, launcher=FLAGS.launcher, point=FLAGS.point,
+        make_points=make_points, compute_point=compute_point, report=report)
   except (ValueError, FileNotFoundError) as e:
     common.fail(e)
+  if summary is None:
+    return
   print(common.format_summary({k: summary[k] for k in ("points", "by_corpus")}),
         file=sys.stderr if FLAGS.launcher == "print" else sys.stdout)  # stdout: commands only
 

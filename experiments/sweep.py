@@ -401,3 +401,26 @@ def launch_records(
     path = write_slurm(root, argv, todo, job_name=job_name, options=slurm_options)
     log(f"wrote {path} ({len(todo)} tasks); submit it with: sbatch {path}")
   return not todo
+
+
+def run_records_study(
+    cfg: ml_collections.ConfigDict, *, workdir: str, out: str, launcher: str, point: str,
+    make_points: Callable[[ml_collections.ConfigDict], Sequence[Point]],
+    compute_point: Callable[[ml_collections.ConfigDict, str, Point], dict],
+    report: Callable[[ml_collections.ConfigDict, str, Sequence[Point], str], dict],
+) -> Optional[dict]:
+  """The main() of a study whose points are computations (experiments.bpe_study,
+  attention_scale): computes or hands out its points (launch_records), then, once all are done,
+  writes the report. Returns the report's summary, or None when this invocation ran one point or
+  points are still pending."""
+  points = make_points(cfg)
+  done = launch_records(
+      workdir, points, lambda p: compute_point(cfg, workdir, p), launcher=launcher, point=point,
+      argv=sys.argv, job_name=cfg.launch.job_name, slurm_options=tuple(cfg.launch.slurm_options))
+  if point:
+    return None
+  if not done:
+    print("points pending; rerun this command when they are done to collect", file=sys.stderr)
+    return None
+  return report(cfg, workdir, points, out)
+

@@ -92,8 +92,13 @@ class ShardingSettings:
   """sharding.*: the mesh's axis sizes, the ZeRO stage, and the memory per device in GB that the
   compiled step is checked against before the first step (0 = no check)."""
 
+  # Axis sizes of the device mesh (data, fsdp, tensor, expert); one -1 takes the remaining devices.
   mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1})
+  # ZeRO over the data-parallel devices: 0 replicated, 1 optimizer state partitioned, 2 gradients
+  # too, 3 parameters too (FSDP). Any stage resumes any other's checkpoint.
   zero_stage: int = 0
+  # Memory per device in GB (an H100: 80). Before the first step the compiled step's peak is
+  # checked against it, and a run that does not fit stops naming the lowest ZeRO stage that would.
   device_memory_gb: float = 0.0
 
   def __post_init__(self):

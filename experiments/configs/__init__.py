@@ -1,7 +1,8 @@
 """Config files: each module's get_config() returns one experiment's ConfigDict.
 
-model_section() is the one place the model's settings are listed for a config file: ModelConfig's
-own defaults (model/config.py documents every field), so a config sets only what differs.
+model_section() and section() are the one place a config file lists its settings: the defaults
+of ModelConfig (model/config.py) and of the train, checkpoint and sharding dataclasses
+(train/settings.py), which document every field, so a config sets only what differs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,17 @@ import dataclasses
 import ml_collections
 
 from model.config import ModelConfig
+
+
+def section(cls: type, **overrides) -> ml_collections.ConfigDict:
+  """A config section with every field of the dataclass cls at its default, then `overrides`
+  (a name that is not a field is an error)."""
+  out = ml_collections.ConfigDict(dataclasses.asdict(cls()))
+  out.lock()
+  for name, value in overrides.items():
+    out[name] = value
+  out.unlock()
+  return out
 
 
 def model_section(**overrides) -> ml_collections.ConfigDict:

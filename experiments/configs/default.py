@@ -5,7 +5,9 @@ Override any field from the command line, e.g. --config.model.n_layers=6 --confi
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import model_section
+from train import settings
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,34 +36,11 @@ def get_config() -> ml_collections.ConfigDict:
       n_kv_heads=2,  # GQA: 3 query heads share each key/value head
   )
 
-  c.train = ml_collections.ConfigDict()
-  c.train.steps = 400
-  c.train.batch_size = 16
-  c.train.lr = 3e-3
-  c.train.warmup_steps = 50
-  c.train.weight_decay = 0.1
-  c.train.grad_clip = 1.0
-  c.train.grad_accum = 1  # micro-batches per step; the update equals the whole batch's
-  c.train.seed = 0
-  c.train.log_every = 10
-  c.train.eval_every = 80
-  c.train.eval_batches = 8
-
-  c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every_steps = 80
-  c.checkpoint.keep = 3
-  # A run whose checkpoints are all unreadable stops with an error; True starts it over.
-  c.checkpoint.restart_if_unreadable = False
-
-  c.sharding = ml_collections.ConfigDict()
-  # Axis sizes of the device mesh; one -1 takes the remaining devices. Every axis is listed so
-  # that each can be set from the command line (--config.sharding.mesh.tensor=2).
-  c.sharding.mesh = {"data": -1, "fsdp": 1, "tensor": 1, "expert": 1}
-  # ZeRO over the data-parallel devices: 0 replicated, 1 optimizer state partitioned, 2 gradients
-  # too, 3 parameters too (FSDP). Any stage resumes any other's checkpoint.
-  c.sharding.zero_stage = 0
-  # Memory per device in GB (an H100: 80). Before the first step the compiled step's peak is
-  # checked against it, and a run that does not fit stops with the lowest ZeRO stage that would.
-  # 0 = no check.
-  c.sharding.device_memory_gb = 0.0
+  # train.*, checkpoint.* and sharding.*: train/settings.py's defaults, which document each field.
+  c.train = configs.section(settings.TrainSettings)
+  c.checkpoint = configs.section(settings.CheckpointSettings)
+  # Every mesh axis is listed so that each can be set from the command line
+  # (--config.sharding.mesh.tensor=2); one -1 takes the remaining devices.
+  c.sharding = configs.section(
+      settings.ShardingSettings, mesh={"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
   return c
