@@ -50,7 +50,7 @@ MUTANTS = [
               "q_positions_BxT[:, :, None] <= kv_pos[None, None, :]")]),
     *_in("model/attention.py", ("tests/test_model.py", "-k", "reference_attention_matches"),
          attention_scale=[("scores_BxKxGxTxS * (dh ** -0.5)", "scores_BxKxGxTxS * (dh ** 0.5)")]),
-    *_in("model/layers.py", ("tests/test_layers.py",),
+    *_in("model/rope.py", ("tests/test_layers.py",),
          rope_sign=[
              ("[x1 * cos - x2 * sin, x2 * cos + x1 * sin]",
               "[x1 * cos + x2 * sin, x2 * cos - x1 * sin]")],
@@ -58,7 +58,26 @@ MUTANTS = [
              ("[x1 * cos - x2 * sin, x2 * cos + x1 * sin]",
               "[x2 * cos + x1 * sin, x1 * cos - x2 * sin]")],
          rope_frequencies=[
-             ("theta ** (-jnp.arange(0, dh // 2", "theta ** (jnp.arange(0, dh // 2")]),
+             ("theta ** (-np.arange(0, dh // 2", "theta ** (np.arange(0, dh // 2")]),
+    *_in("model/rope.py", ("tests/test_interop.py", "-k", "llama3 or yarn"),
+         llama3_band_unclipped=[("smooth_F = np.clip(smooth_F, 0.0, 1.0)", "smooth_F = smooth_F")],
+         yarn_ramp_reversed=[
+             ("return (1 - ramp_F) * inv_freq_F + ramp_F * inv_freq_F / s.factor",
+              "return ramp_F * inv_freq_F + (1 - ramp_F) * inv_freq_F / s.factor")]),
+    *_in("model/masks.py", ("tests/test_model.py", "-k", "packed"),
+         document_positions_off_by_one=[
+             ("return idx_T - last_start_BxT, segment_ids_BxT",
+              "return idx_T - last_start_BxT + 1, segment_ids_BxT")],
+         document_segments_not_passed=[
+             ("mask = seg if mask is None else mask & seg", "mask = mask")]),
+    *_in("model/masks.py", ("tests/test_flash.py", "-k", "sliding_window"),
+         window_one_too_wide=[
+             ("mask = mask & (kv_pos[None, None, :] > q_positions_BxT[:, :, None] - window)",
+              "mask = mask & (kv_pos[None, None, :] >= q_positions_BxT[:, :, None] - window)")]),
+    *_in("model/kv_cache.py", ("tests/test_generation.py", "-k", "ring"),
+         ring_slot_not_modulo=[("slots_B = start_B % k_BKxDhxS.shape[2]", "slots_B = start_B")]),
+    *_in("model/mla.py", ("tests/test_generation.py", "-k", "mla"),
+         mla_absorbed_scale=[("scale=cfg.head_dim ** -0.5", "scale=(dc + cfg.qk_rope_head_dim) ** -0.5")]),
     *_in("train/step.py", ("tests/test_step.py", "-k", "loss_sums or router"),
          ce_padding_mask=[
              ("mask_BxT = targets_BxT != pad_id", "mask_BxT = targets_BxT == pad_id")],
