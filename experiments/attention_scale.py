@@ -38,7 +38,6 @@ import sys
 import time
 
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 from experiments import sweep as sweep_lib
@@ -50,11 +49,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The flags of this script. Defined on demand, not at import, so tests and other scripts can
   import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
-  config_flags.DEFINE_config_file("config", "experiments/configs/attention_scale.py", "Study config.")
-  flags.DEFINE_string("workdir", "runs/attention_scale", "Cached data and one record per point.")
-  flags.DEFINE_string("out", "results/attention_scale", "Where results.json and the plot go.")
-  flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How pending points are computed.")
-  flags.DEFINE_string("point", "", "Compute only this point (what the launchers hand out).")
+  sweep_lib.define_records_study_flags("attention_scale", "Cached data and one record per point.", "Where results.json and the plot go.")
 
 
 # ---- (a) the softmax at initialisation -----------------------------------------------------
@@ -448,14 +443,8 @@ def report(cfg, workdir: str, points, out_dir: str) -> dict:
 
 def main(argv):
   del argv
-  common.setup()
-  cfg = FLAGS.config
-  try:
-    summary = sweep_lib.run_records_study(
-        cfg, workdir=FLAGS.workdir, out=FLAGS.out, launcher=FLAGS.launcher, point=FLAGS.point,
-        make_points=make_points, compute_point=compute_point, report=report)
-  except (ValueError, FileNotFoundError) as e:
-    common.fail(e)
+  summary = sweep_lib.run_records_study(
+      FLAGS, make_points=make_points, compute_point=compute_point, report=report)
   if summary is None:
     return
   brief = {"init": {d: {arm: round(v[arm]["entropy"], 3) for arm in ("scaled", "unscaled")}

@@ -40,7 +40,6 @@ import tokenize as py_tokenize
 from typing import Iterable, Iterator, Sequence
 
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 from experiments import sweep as sweep_lib
@@ -52,11 +51,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The flags of this script. Defined on demand, not at import, so tests and other scripts can
   import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
-  config_flags.DEFINE_config_file("config", "experiments/configs/bpe.py", "Study config.")
-  flags.DEFINE_string("workdir", "runs/bpe", "Cached corpora and one record per point.")
-  flags.DEFINE_string("out", "results/bpe", "Where results.json and bpe.png go.")
-  flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How pending points are computed.")
-  flags.DEFINE_string("point", "", "Compute only this point (what the launchers hand out).")
+  sweep_lib.define_records_study_flags("bpe", "Cached corpora and one record per point.", "Where results.json and bpe.png go.")
 
 
 # ---- corpora -------------------------------------------------------------------------------
@@ -359,14 +354,8 @@ def report(cfg, workdir: str, points, out_dir: str) -> dict:
 
 def main(argv):
   del argv
-  common.setup()
-  cfg = FLAGS.config
-  try:
-    summary = sweep_lib.run_records_study(
-        cfg, workdir=FLAGS.workdir, out=FLAGS.out, launcher=FLAGS.launcher, point=FLAGS.point,
-        make_points=make_points, compute_point=compute_point, report=report)
-  except (ValueError, FileNotFoundError) as e:
-    common.fail(e)
+  summary = sweep_lib.run_records_study(
+      FLAGS, make_points=make_points, compute_point=compute_point, report=report)
   if summary is None:
     return
   print(common.format_summary({k: summary[k] for k in ("points", "by_corpus")}),

@@ -403,24 +403,44 @@ def launch_records(
   return not todo
 
 
+def define_records_study_flags(name: str, workdir_help: str, out_help: str) -> None:
+  """The flags run_records_study reads, for the study NAME: --config (experiments/configs/NAME.py),
+  --workdir (runs/NAME), --out (results/NAME), --launcher and --point."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", f"experiments/configs/{name}.py", "Study config.")
+  flags.DEFINE_string("workdir", f"runs/{name}", workdir_help)
+  flags.DEFINE_string("out", f"results/{name}", out_help)
+  flags.DEFINE_enum("launcher", "local", LAUNCHERS, "How pending points are computed.")
+  flags.DEFINE_string("point", "", "Compute only this point (what the launchers hand out).")
+
+
 def run_records_study(
-    cfg: ml_collections.ConfigDict, *, workdir: str, out: str, launcher: str, point: str,
-    make_points: Callable[[ml_collections.ConfigDict], Sequence[Point]],
+    fv: Any, *, make_points: Callable[[ml_collections.ConfigDict], Sequence[Point]],
     compute_point: Callable[[ml_collections.ConfigDict, str, Point], dict],
     report: Callable[[ml_collections.ConfigDict, str, Sequence[Point], str], dict],
 ) -> Optional[dict]:
   """The main() of a study whose points are computations (experiments.bpe_study,
-  attention_scale): computes or hands out its points (launch_records), then, once all are done,
-  writes the report. Returns the report's summary, or None when this invocation ran one point or
-  points are still pending."""
-  points = make_points(cfg)
-  done = launch_records(
-      workdir, points, lambda p: compute_point(cfg, workdir, p), launcher=launcher, point=point,
-      argv=sys.argv, job_name=cfg.launch.job_name, slurm_options=tuple(cfg.launch.slurm_options))
-  if point:
-    return None
-  if not done:
-    print("points pending; rerun this command when they are done to collect", file=sys.stderr)
-    return None
-  return report(cfg, workdir, points, out)
+  attention_scale), from its flag values fv (config, workdir, out, launcher, point): computes or
+  hands out the points (launch_records), then, once all are done, writes the report. Returns the
+  report's summary, or None when this invocation ran one point or points are still pending; a
+  bad setting or file is a one-line error."""
+  from experiments import common
 
+  common.setup()
+  cfg = fv.config
+  try:
+    points = make_points(cfg)
+    done = launch_records(
+        fv.workdir, points, lambda p: compute_point(cfg, fv.workdir, p), launcher=fv.launcher,
+        point=fv.point, argv=sys.argv, job_name=cfg.launch.job_name,
+        slurm_options=tuple(cfg.launch.slurm_options))
+    if fv.point:
+      return None
+    if not done:
+      print("points pending; rerun this command when they are done to collect", file=sys.stderr)
+      return None
+    return report(cfg, fv.workdir, points, fv.out)
+  except (ValueError, FileNotFoundError) as e:
+    common.fail(e)
