@@ -320,19 +320,8 @@ def launch(
   training ran, so a cluster's tasks evaluate their own points.
   """
   log = log or _log
-  if launcher not in LAUNCHERS:
-    raise ValueError(f"--launcher={launcher!r} is unknown; allowed: {', '.join(LAUNCHERS)}")
-  names = [p.name for p in points]
-  if len(set(names)) != len(names):
-    raise ValueError("two points of the sweep have the same settings; remove the duplicate")
-  os.makedirs(root, exist_ok=True)
+  todo = _to_run_here(root, points, launcher, point, "the same settings")
   check_points(root, base, points)
-  if point:
-    todo = [find_point(points, point)]
-  elif launcher == "local":
-    todo = pending(root, points)
-  else:
-    todo = []
   for i, p in enumerate(todo):
     log(f"[{i + 1}/{len(todo)} to run, {len(points)} in the sweep] {p.name}")
     if load_result(root, p.name) is None and run_point(root, base, p, train_fn) is None:
@@ -364,6 +353,22 @@ def machine_info() -> dict:
           "devices": [d.device_kind for d in jax.devices()][:1] + [f"x{jax.device_count()}"]}
 
 
+def _to_run_here(root: str, points: Sequence[Point], launcher: str, point: str,
+                 same: str) -> list[Point]:
+  """The points this invocation runs itself (--point=NAME: that one; the local launcher: every
+  pending one; print and slurm: none), after checking the launcher and that no two points share
+  a name (`same` says what a shared name means); creates ROOT."""
+  if launcher not in LAUNCHERS:
+    raise ValueError(f"--launcher={launcher!r} is unknown; allowed: {', '.join(LAUNCHERS)}")
+  names = [p.name for p in points]
+  if len(set(names)) != len(names):
+    raise ValueError(f"two points of the study have {same}; remove the duplicate")
+  os.makedirs(root, exist_ok=True)
+  if point:
+    return [find_point(points, point)]
+  return pending(root, points) if launcher == "local" else []
+
+
 def launch_records(
     root: str, points: Sequence[Point], compute: Callable[[Point], dict], *, launcher: str,
     point: str, argv: Sequence[str], job_name: str, slurm_options: Sequence[str] = (),
@@ -374,16 +379,7 @@ def launch_records(
   ROOT/points/NAME/result.json, so a point is done exactly as a trained one is and the print and
   slurm launchers, pending() and collect() treat both alike. True when every point is done."""
   log = log or _log
-  if launcher not in LAUNCHERS:
-    raise ValueError(f"--launcher={launcher!r} is unknown; allowed: {', '.join(LAUNCHERS)}")
-  names = [p.name for p in points]
-  if len(set(names)) != len(names):
-    raise ValueError("two points of the study have the same name; remove the duplicate")
-  os.makedirs(root, exist_ok=True)
-  if point:
-    todo = [find_point(points, point)]
-  else:
-    todo = pending(root, points) if launcher == "local" else []
+  todo = _to_run_here(root, points, launcher, point, "the same name")
   for i, p in enumerate(todo):
     if load_result(root, p.name) is not None:
       continue
