@@ -4,15 +4,22 @@
 
 On whatever backend JAX finds (a GPU, a TPU, or the CPU), each section measured here, beside a
 matmul peak measured in the same process:
-  train_step  llmlab's train step and the plain peer step (experiments/bench_train.py) at
-              GPU-sized dims, timed alternately: model FLOP/s, tokens/s, ratio to the measured
-              matmul peak (bfloat16 on accelerators, float32 on a CPU) and to the published one
+  train_step  llmlab's train step at two model sizes (about 350M and 1B parameters), the first
+              timed alternately with the plain peer step (experiments/bench_train.py): model
+              FLOP/s, tokens/s, ratio to the measured matmul peak (bfloat16 on accelerators,
+              float32 on a CPU) and to the published one
   attention   forward+backward time and compiled memory of every attention implementation this
               backend has (reference, flash; cudnn, pallas on GPU) against sequence length
               (experiments/attention_bench.py's functions)
-  decode      greedy decode tokens/s of a randomly initialised model at a long context, against
-              the bound that memory bandwidth measured here sets: bytes read per step (weights
-              and the whole cache) over bandwidth (experiments/decode_bench.py's functions)
+  decode      greedy decode tokens/s of a randomly initialised model at a long context, at batch
+              1 and 8, against the bound that memory bandwidth measured here sets: bytes read per
+              step (weights and the whole cache) over bandwidth (experiments/decode_bench.py's
+              functions)
+  speculative the costs that set speculative decoding's speed here: a verification pass over
+              gamma + 1 tokens and a draft step (a model 20x smaller) against a one-token target
+              step, and the measured time of one round of model/speculative.py's loop; from them,
+              the speedup at acceptance rates alpha (random weights accept almost nothing, so
+              the speedup is computed for given alphas, not observed: see docs/inference.md)
   zero        the compiled train step's peak memory per device at ZeRO stages 0-3 on the devices
               there are (experiments/zero_memory.py's functions; on one device every stage holds
               everything, so they differ only with several)
@@ -37,7 +44,7 @@ from absl import flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-SECTIONS = ("train_step", "attention", "decode", "zero")
+SECTIONS = ("train_step", "attention", "decode", "speculative", "zero")
 
 
 def define_flags() -> None:
@@ -52,25 +59,33 @@ def sizes(smoke: bool) -> dict[str, Any]:
   """Every size the sections use; the smoke sizes only exercise the code."""
   if smoke:
     return {
-        "train_dims": dict(batch_size=2, seq_len=32, d_model=32, n_layers=1, n_heads=2, d_ff=64,
-                           vocab_size=128),
+        "train_dims": [dict(batch_size=2, seq_len=32, d_model=32, n_layers=1, n_heads=2, d_ff=64,
+                            vocab_size=128)],
         "train_steps": 1, "peak_n": 128, "peak_seconds": 0.1,
         "attention": dict(ns=[128], batch=1, heads=2, kv_heads=2, head_dim=16, reps=1),
         "decode": dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64, vocab=128,
-                       batch=1, context=32, steps=256, repeats=3, bandwidth_bytes=1 << 22),
+                       batches=(1, 2), context=32, steps=256, repeats=3,
+                       bandwidth_bytes=1 << 22),
+        "speculative": dict(draft=dict(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32),
+                            gamma=2, new_tokens=8, passes=8, repeats=2),
         # Stages 0 and 3 only: the same code path as all four, at half the compile time.
         "zero": dict(d_model=32, n_layers=1, n_heads=2, d_ff=64, vocab=128, batch=2, seq_len=16,
                      stages=(0, 3)),
     }
   return {
-      # About 0.8B parameters; float32 master weights and Adam moments, bfloat16 compute.
-      "train_dims": dict(batch_size=8, seq_len=2048, d_model=2048, n_layers=16, n_heads=16,
-                         d_ff=8192, vocab_size=32768),
+      # About 0.37B and 0.96B parameters; float32 master weights and Adam moments, bfloat16
+      # compute. The peer is timed beside the first only (its compile would cost minutes more).
+      "train_dims": [dict(batch_size=16, seq_len=2048, d_model=1024, n_layers=24, n_heads=8,
+                          d_ff=2816, vocab_size=32768),
+                     dict(batch_size=8, seq_len=2048, d_model=2048, n_layers=16, n_heads=16,
+                          d_ff=5632, vocab_size=32768)],
       "train_steps": 10, "peak_n": 8192, "peak_seconds": 3.0,
-      "attention": dict(ns=[1024, 2048, 4096, 8192, 16384, 32768], batch=1, heads=16,
+      "attention": dict(ns=[2048, 4096, 8192, 16384], batch=1, heads=16,
                         kv_heads=16, head_dim=128, reps=5),
-      "decode": dict(d_model=2048, n_layers=16, n_heads=16, n_kv_heads=4, d_ff=8192, vocab=32768,
-                     batch=1, context=4096, steps=64, repeats=3, bandwidth_bytes=1 << 30),
+      "decode": dict(d_model=2048, n_layers=16, n_heads=16, n_kv_heads=4, d_ff=5632, vocab=32768,
+                     batches=(1, 8), context=4096, steps=64, repeats=3, bandwidth_bytes=1 << 30),
+      "speculative": dict(draft=dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=2, d_ff=1408),
+                          gamma=4, new_tokens=128, passes=32, repeats=3),
       "zero": dict(d_model=1024, n_layers=8, n_heads=8, d_ff=4096, vocab=32768, batch=8,
                    seq_len=1024, stages=(0, 1, 2, 3)),
   }
@@ -78,10 +93,20 @@ def sizes(smoke: bool) -> dict[str, Any]:
 
 def section_train_step(s: dict, on_cpu: bool) -> dict:
   from experiments import bench_train
+  from model.config import ModelConfig, count_params
 
-  dims = bench_train.Dims(**s["train_dims"])
-  return bench_train.measure(dims, ("llmlab", "peer"), s["train_steps"], on_cpu=on_cpu,
-                             peak_n=s["peak_n"], peak_seconds=s["peak_seconds"])
+  sizes_out = []
+  for i, d in enumerate(s["train_dims"]):
+    dims = bench_train.Dims(**d)
+    variants = ("llmlab", "peer") if i == 0 else ("llmlab",)
+    r = bench_train.measure(dims, variants, s["train_steps"], on_cpu=on_cpu,
+                            peak_n=s["peak_n"], peak_seconds=s["peak_seconds"])
+    r["params"] = count_params(ModelConfig(
+        vocab_size=dims.vocab_size, d_model=dims.d_model, n_layers=dims.n_layers,
+        n_heads=dims.n_heads, n_kv_heads=dims.n_heads, d_ff=dims.d_ff))["total"]
+    sizes_out.append(r)
+  # The first size's keys stay at the top level, where the smoke test and the docs read them.
+  return {**sizes_out[0], "sizes": sizes_out}
 
 
 def section_attention(s: dict, on_cpu: bool) -> dict:
@@ -115,34 +140,102 @@ def section_attention(s: dict, on_cpu: bool) -> dict:
   return {"dtype": jnp.dtype(dtype).name, **a, "reps": reps, "time": "min over reps", "rows": rows}
 
 
-def section_decode(s: dict, on_cpu: bool) -> dict:
+def _decode_model(d: dict, on_cpu: bool, **overrides):
+  """(cfg, graphdef, params): a randomly initialised model in decoding's (unstacked) layout."""
   import jax
 
-  from experiments import decode_bench
   from model import transformer
   from model.config import ModelConfig
 
-  d = s["decode"]
+  dims = {k: d[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")}
+  dims.update(overrides)
   cfg = ModelConfig(
-      vocab_size=d["vocab"], d_model=d["d_model"], n_layers=d["n_layers"], n_heads=d["n_heads"],
-      n_kv_heads=d["n_kv_heads"], d_ff=d["d_ff"], max_seq_len=d["context"] + d["steps"] + 1,
+      vocab_size=d["vocab"], max_seq_len=d["context"] + d["steps"] + 1,
       dtype="float32" if on_cpu else "bfloat16", param_dtype="float32" if on_cpu else "bfloat16",
-      scan_layers=False, attention_impl="reference")  # unstacked: decoding's layout
+      scan_layers=False, attention_impl="reference", **dims)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
-  step_s, cache_bytes = decode_bench.step_seconds(
-      cfg, graphdef, params, d["batch"], d["context"], d["steps"], d["repeats"])
-  if step_s <= 0:  # (t(1 + steps) - t(1)) / steps: noise larger than the steps' time
-    raise ValueError(f"decode steps too short to time ({step_s:.3g} s); raise the step count")
+  return cfg, graphdef, params
+
+
+def section_decode(s: dict, on_cpu: bool) -> dict:
+  from experiments import decode_bench
+
+  d = s["decode"]
+  cfg, graphdef, params = _decode_model(d, on_cpu)
   weight_bytes = decode_bench.param_bytes(params)
   bandwidth = decode_bench.measure_bandwidth(d["bandwidth_bytes"], max(d["repeats"], 3))
-  per_step = weight_bytes + cache_bytes  # every step reads the weights and the whole cache
-  bound_tokens = d["batch"] * bandwidth["copy_bytes_per_s"] / per_step
-  tokens = d["batch"] / step_s
-  return {"model": cfg.to_dict(), "batch": d["batch"], "context": d["context"],
-          "weight_bytes": weight_bytes, "cache_bytes": cache_bytes, "step_seconds": step_s,
-          "tokens_per_s": tokens, "bandwidth": bandwidth,
-          "bound_tokens_per_s": bound_tokens, "fraction_of_bound": tokens / bound_tokens,
+  rows = []
+  for batch in d["batches"]:
+    step_s, cache_bytes = decode_bench.step_seconds(
+        cfg, graphdef, params, batch, d["context"], d["steps"], d["repeats"])
+    if step_s <= 0:  # (t(1 + steps) - t(1)) / steps: noise larger than the steps' time
+      raise ValueError(f"decode steps too short to time ({step_s:.3g} s); raise the step count")
+    per_step = weight_bytes + cache_bytes  # every step reads the weights and the whole cache
+    bound_tokens = batch * bandwidth["copy_bytes_per_s"] / per_step
+    tokens = batch / step_s
+    rows.append({"batch": batch, "cache_bytes": cache_bytes, "step_seconds": step_s,
+                 "tokens_per_s": tokens, "bound_tokens_per_s": bound_tokens,
+                 "fraction_of_bound": tokens / bound_tokens})
+  return {"model": cfg.to_dict(), "context": d["context"], "weight_bytes": weight_bytes,
+          "bandwidth": bandwidth, "rows": rows,
+          # Batch 1's numbers at the top level, where the smoke test and the docs read them.
+          **{k: rows[0][k] for k in ("batch", "tokens_per_s", "bound_tokens_per_s",
+                                     "fraction_of_bound")},
           "note": "random weights and cache; bound = batch x copy bandwidth / bytes read per step"}
+
+
+def section_speculative(s: dict, on_cpu: bool) -> dict:
+  """Speculative decoding's costs on this device, and the speedup they give at given alphas.
+
+  Randomly initialised models accept almost no draft token, so the speedup is not observed here
+  but computed from three measured times: the one-token target step t1, the verification pass
+  over gamma + 1 tokens, and one whole round of model/speculative.py's loop (gamma draft steps,
+  the pass, acceptance and bookkeeping), t_round. A round emits E(alpha, gamma) = (1 -
+  alpha^(gamma+1)) / (1 - alpha) tokens on average, so speedup(alpha) = E(alpha, gamma) t1 /
+  t_round. The loop is also checked to emit exactly the target's greedy tokens.
+  """
+  import jax
+  import numpy as np
+
+  from experiments import decode_bench
+  from model import generation, sampling, speculative
+
+  d, sp = s["decode"], s["speculative"]
+  g = sp["gamma"]
+  tcfg, tdef, tparams = _decode_model(d, on_cpu)
+  dcfg, ddef, dparams = _decode_model(d, on_cpu, **sp["draft"])
+  pass_s = {t: decode_bench.pass_seconds(tcfg, tdef, tparams, t, sp["passes"], sp["repeats"])
+            for t in (1, g + 1)}
+  draft_step_s = decode_bench.pass_seconds(dcfg, ddef, dparams, 1, sp["passes"], sp["repeats"])
+  prompt = generation.pad_prompts([list(range(1, 17))], 0)
+  keys = jax.random.split(jax.random.key(0), 1)
+  greedy = sampling.SamplingConfig(temperature=0.0)
+  n = sp["new_tokens"]
+  spec_fn = speculative.make_generate(tcfg, tdef, dcfg, ddef,
+                                      speculative.SpeculativeSpec(g, n, -1, greedy))
+  base_fn = generation.make_generate(tcfg, tdef, generation.DecodeSpec(n, -1, greedy))
+  out = jax.block_until_ready(spec_fn(tparams, dparams, *prompt, keys))
+  base = jax.block_until_ready(base_fn(tparams, *prompt, keys))
+  spec_s = decode_bench.best_time(
+      lambda: jax.block_until_ready(spec_fn(tparams, dparams, *prompt, keys)), sp["repeats"])
+  rounds = int(out.rounds_B.sum())
+  t_round = spec_s / rounds
+  t1 = pass_s[1]
+  alphas = (0.6, 0.7, 0.8, 0.9)
+  return {
+      "target": tcfg.to_dict(), "draft": dcfg.to_dict(),
+      "target_weight_bytes": decode_bench.param_bytes(tparams),
+      "draft_weight_bytes": decode_bench.param_bytes(dparams),
+      "gamma": g, "one_token_step_s": t1, "verify_pass_s": pass_s[g + 1],
+      "verify_pass_over_one_token_step": pass_s[g + 1] / t1,
+      "draft_step_over_target_step": draft_step_s / t1,
+      "round_s": t_round, "round_over_one_token_step": t_round / t1,
+      "rounds": rounds, "alpha_observed_random_weights": speculative.acceptance_rate(out),
+      "same_tokens_as_target_greedy": bool(np.array_equal(np.asarray(out.tokens_BxN),
+                                                          np.asarray(base.tokens_BxN))),
+      "speedup_at_alpha": {str(a): speculative.expected_tokens_per_call(a, g) * t1 / t_round
+                           for a in alphas},
+      "note": "speedup computed from measured times at the given alphas, not observed"}
 
 
 def section_zero(s: dict, on_cpu: bool) -> dict:
@@ -173,7 +266,7 @@ def section_zero(s: dict, on_cpu: bool) -> dict:
 
 SECTION_FNS: dict[str, Callable[[dict, bool], dict]] = {
     "train_step": section_train_step, "attention": section_attention, "decode": section_decode,
-    "zero": section_zero,
+    "speculative": section_speculative, "zero": section_zero,
 }
 
 
@@ -223,6 +316,9 @@ def main(argv):
   decode = result["sections"].get("decode")
   if decode:
     headline["decode_fraction_of_bound"] = decode["fraction_of_bound"]
+  spec = result["sections"].get("speculative")
+  if spec:
+    headline["speculative_speedup_at_alpha_0.8"] = spec["speedup_at_alpha"]["0.8"]
   print(common.format_summary(headline), flush=True)
 
 
