@@ -1,9 +1,13 @@
-"""Draft model of the speculative-decoding benchmark: 2 layers at d_model 256, MQA.
+"""Draft model of the speculative-decoding benchmark: 4 layers at d_model 256, MQA (4.1M
+parameters, 26x fewer than the target), distilled from the target.
 
-It must share the target's tokenizer: copy runs/decode_target/tokenizer.json into the draft's
-workdir before training (training reuses a tokenizer.json it finds there), as
-experiments/decode_bench.py's docstring shows.
+It is trained on the target's own greedy continuations (experiments/distill_data.py: sequence-
+level distillation), so that it learns what verification checks, the target's greedy choice, not
+the corpus. It must share the target's tokenizer: copy runs/decode_target/tokenizer.json into the
+draft's workdir before training (training reuses a tokenizer.json it finds there):
 
+  python -m experiments.distill_data --target=runs/decode_target --out=runs/decode_draft/distill.jsonl
+  cp runs/decode_target/tokenizer.json runs/decode_draft/
   python -m experiments.train --workdir=runs/decode_draft --config=experiments/configs/decode_draft.py
 """
 
@@ -13,8 +17,11 @@ from experiments.configs import decode_target
 
 
 def get_config() -> ml_collections.ConfigDict:
-  # The target's data, schedule and batches (same seed, so the same data order): the draft sees
-  # the same tokens and differs only in size.
   c = decode_target.get_config()
-  c.model.update(d_model=256, n_layers=2, n_heads=4, n_kv_heads=1, d_ff=768)
+  c.data.seq_len = 256  # a prompt of 33 tokens and 224 greedy ones: one continuation per row
+  c.data.sources = ({"paths": "runs/decode_draft/distill.jsonl", "weight": 1.0},)
+  c.model.update(d_model=256, n_layers=4, n_heads=4, n_kv_heads=1, d_ff=768)
+  c.train.update(steps=400, batch_size=16, lr=3e-3, warmup_steps=20, log_every=20,
+                 eval_every=200, eval_batches=2)
+  c.checkpoint.every_steps = 100
   return c

@@ -1,0 +1,107 @@
+"""Sequence-level distillation data for a speculative draft: the target's own greedy continuations.
+
+  python -m experiments.distill_data --target=runs/decode_target --out=runs/decode_draft/distill.jsonl
+
+A draft is only as useful as its agreement with the target's greedy choice (the acceptance rate
+alpha). Trained on the corpus, a small draft learns the corpus, and agrees with the target only
+where both happen to be right. Trained on the target's outputs (sequence-level knowledge
+distillation, Kim & Rush 2016), it learns the target's own greedy function, which is what
+verification checks. Each line of the output is {"text": prompt + greedy continuation}: the prompt
+is a random window of the target's training rows (its prepared shards), started as generation
+starts a prompt, so the draft also sees corpus text; the continuation is decoded greedily by the
+target, batched. experiments/configs/decode_draft.py trains the draft on the file.
+
+The file is written to a temporary name and renamed when complete, so a killed run leaves no
+file that looks finished; a complete file is not rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("target", "runs/decode_target", "Target run whose continuations to record.")
+  flags.DEFINE_string("out", "runs/decode_draft/distill.jsonl", "The .jsonl file to write.")
+  flags.DEFINE_integer("prompts", 512, "Number of continuations.")
+  flags.DEFINE_integer("prompt_tokens", 32, "Tokens of corpus text per prompt.")
+  flags.DEFINE_integer("new_tokens", 224, "Greedy tokens per continuation.")
+  flags.DEFINE_integer("batch", 32, "Continuations decoded together.")
+  flags.DEFINE_integer("seed", 0, "Seed of the choice of prompts.")
+
+
+def prompt_rows(workdir: str, n: int, length: int, seed: int):
+  """(n, length) int32: random windows of the run's prepared training shards."""
+  import glob
+
+  import numpy as np
+
+  from train import shards
+
+  folders = sorted(os.path.dirname(m) for m in glob.glob(os.path.join(workdir, "data", "*",
+                                                                      shards.MANIFEST)))
+  if not folders:
+    raise FileNotFoundError(f"{workdir}/data holds no prepared shards; train the target first")
+  rows = shards.Rows.concat([shards.open_split(f, shards.read_manifest(f), "train", length)
+                             for f in folders])
+  pick = np.random.default_rng(seed).choice(rows.n_rows, size=n, replace=n > rows.n_rows)
+  return rows.read(np.sort(pick))
+
+
+def main(argv):
+  del argv
+  common.setup()
+  import jax
+  import numpy as np
+
+  from experiments.generate import check_fits, load_run
+  from model import generation, sampling
+  from train import tokenizer as tokenizer_lib
+
+  if os.path.exists(FLAGS.out):
+    print(f"{FLAGS.out} exists; delete it to record again", flush=True)
+    return
+  for name in ("prompts", "prompt_tokens", "new_tokens", "batch"):
+    if FLAGS[name].value < 1:
+      common.fail(ValueError(f"--{name} must be >= 1, got {FLAGS[name].value}"))
+  try:
+    cfg, graphdef, params, tok = load_run(FLAGS.target)
+    start = tokenizer_lib.start_ids(tok)
+    check_fits(cfg, FLAGS.target, len(start) + FLAGS.prompt_tokens, FLAGS.new_tokens)
+    rows = prompt_rows(FLAGS.target, FLAGS.prompts, FLAGS.prompt_tokens, FLAGS.seed)
+  except (ValueError, FileNotFoundError) as e:
+    common.fail(e)
+  # eot = -1: every continuation runs its full length (an end-of-text is recorded, not obeyed).
+  spec = generation.DecodeSpec(FLAGS.new_tokens, -1, sampling.SamplingConfig(temperature=0.0))
+  fn = generation.make_generate(cfg, graphdef, spec)
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+  tmp = FLAGS.out + ".tmp"
+  t0, written = time.perf_counter(), 0
+  with open(tmp, "w", encoding="utf-8") as f:
+    for lo in range(0, len(rows), FLAGS.batch):
+      batch = [start + r.tolist() for r in rows[lo:lo + FLAGS.batch]]
+      batch += [batch[0]] * (FLAGS.batch - len(batch))  # one compiled shape; extras dropped
+      prompts, lengths = generation.pad_prompts(batch, 0)
+      keys = jax.random.split(jax.random.key(lo), FLAGS.batch)
+      new = np.asarray(fn(params, prompts, lengths, keys).tokens_BxN)
+      for i in range(min(FLAGS.batch, len(rows) - lo)):
+        text = tokenizer_lib.decode(tok, rows[lo + i].tolist() + new[i].tolist())
+        f.write(json.dumps({"text": text}) + "\n")
+        written += 1
+      print(f"{written}/{len(rows)} continuations, {time.perf_counter() - t0:.0f} s", flush=True)
+  os.replace(tmp, FLAGS.out)
+  print(common.format_summary({"out": FLAGS.out, "continuations": written,
+                               "tokens": written * (FLAGS.prompt_tokens + FLAGS.new_tokens),
+                               "seconds": time.perf_counter() - t0}), flush=True)
+
+
+if __name__ == "__main__":
+  common.run(main, define_flags)
