@@ -53,6 +53,9 @@ def define_flags() -> None:
   flags.DEFINE_string("out", "results/accelerator", "Output directory for results.json.")
   flags.DEFINE_bool("smoke", False, "Tiny sizes everywhere: a CPU runs it all in seconds.")
   flags.DEFINE_list("sections", list(SECTIONS), f"Sections to run, of {', '.join(SECTIONS)}.")
+  flags.DEFINE_list("train_sizes", [], "Indices of the train_step section's model sizes to run "
+                    "(empty: all).")
+  flags.DEFINE_bool("replot", False, "Only redraw accelerator.png from --out's results.json.")
 
 
 def sizes(smoke: bool) -> dict[str, Any]:
@@ -75,10 +78,16 @@ def sizes(smoke: bool) -> dict[str, Any]:
   return {
       # About 0.37B and 0.96B parameters; float32 master weights and Adam moments, bfloat16
       # compute. The peer is timed beside the first only (its compile would cost minutes more).
+      # The larger model also at twice the batch, and with its layers unrolled (scan_layers
+      # False: XLA fuses across layer boundaries), to see which the MFU figure depends on.
       "train_dims": [dict(batch_size=16, seq_len=2048, d_model=1024, n_layers=24, n_heads=8,
                           d_ff=2816, vocab_size=32768),
                      dict(batch_size=8, seq_len=2048, d_model=2048, n_layers=16, n_heads=16,
-                          d_ff=5632, vocab_size=32768)],
+                          d_ff=5632, vocab_size=32768),
+                     dict(batch_size=16, seq_len=2048, d_model=2048, n_layers=16, n_heads=16,
+                          d_ff=5632, vocab_size=32768),
+                     dict(batch_size=8, seq_len=2048, d_model=2048, n_layers=16, n_heads=16,
+                          d_ff=5632, vocab_size=32768, scan_layers=False)],
       "train_steps": 10, "peak_n": 8192, "peak_seconds": 3.0,
       "attention": dict(ns=[2048, 4096, 8192, 16384], batch=1, heads=16,
                         kv_heads=16, head_dim=128, reps=5),
@@ -97,10 +106,16 @@ def section_train_step(s: dict, on_cpu: bool) -> dict:
 
   sizes_out = []
   for i, d in enumerate(s["train_dims"]):
+    if s.get("train_sizes") and i not in s["train_sizes"]:
+      continue
+    d = dict(d)
+    scan_layers = d.pop("scan_layers", True)
     dims = bench_train.Dims(**d)
-    variants = ("llmlab", "peer") if i == 0 else ("llmlab",)
+    variants = ("llmlab", "peer") if i == 0 else ("llmlab",)  # the peer at the first size only
     r = bench_train.measure(dims, variants, s["train_steps"], on_cpu=on_cpu,
-                            peak_n=s["peak_n"], peak_seconds=s["peak_seconds"])
+                            peak_n=s["peak_n"], peak_seconds=s["peak_seconds"],
+                            scan_layers=scan_layers)
+    r["size_index"] = i
     r["params"] = count_params(ModelConfig(
         vocab_size=dims.vocab_size, d_model=dims.d_model, n_layers=dims.n_layers,
         n_heads=dims.n_heads, n_kv_heads=dims.n_heads, d_ff=dims.d_ff))["total"]
@@ -140,8 +155,9 @@ def section_attention(s: dict, on_cpu: bool) -> dict:
   return {"dtype": jnp.dtype(dtype).name, **a, "reps": reps, "time": "min over reps", "rows": rows}
 
 
-def _decode_model(d: dict, on_cpu: bool, **overrides):
-  """(cfg, graphdef, params): a randomly initialised model in decoding's (unstacked) layout."""
+def _decode_model(d: dict, float32: bool, **overrides):
+  """(cfg, graphdef, params): a randomly initialised model in decoding's (unstacked) layout, in
+  float32 or else bfloat16."""
   import jax
 
   from model import transformer
@@ -151,7 +167,7 @@ def _decode_model(d: dict, on_cpu: bool, **overrides):
   dims.update(overrides)
   cfg = ModelConfig(
       vocab_size=d["vocab"], max_seq_len=d["context"] + d["steps"] + 1,
-      dtype="float32" if on_cpu else "bfloat16", param_dtype="float32" if on_cpu else "bfloat16",
+      dtype="float32" if float32 else "bfloat16", param_dtype="float32" if float32 else "bfloat16",
       scan_layers=False, attention_impl="reference", **dims)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
   return cfg, graphdef, params
@@ -218,6 +234,17 @@ def section_speculative(s: dict, on_cpu: bool) -> dict:
   base = jax.block_until_ready(base_fn(tparams, *prompt, keys))
   spec_s = decode_bench.best_time(
       lambda: jax.block_until_ready(spec_fn(tparams, dparams, *prompt, keys)), sp["repeats"])
+  same = np.asarray(out.tokens_BxN)[0] == np.asarray(base.tokens_BxN)[0]
+  # Greedy verification accepts exactly the target's argmax, so the outputs can differ only
+  # where a pass over gamma + 1 tokens and a one-token step round differently and the top two
+  # logits are that close (bfloat16, random weights). The same check in float32 tells which.
+  tcfg32, tdef32, tparams32 = _decode_model(d, True)
+  dcfg32, ddef32, dparams32 = _decode_model(d, True, **sp["draft"])
+  same32 = bool(same.all()) if on_cpu else np.array_equal(
+      np.asarray(speculative.make_generate(tcfg32, tdef32, dcfg32, ddef32, speculative.SpeculativeSpec(
+          g, n, -1, greedy))(tparams32, dparams32, *prompt, keys).tokens_BxN),
+      np.asarray(generation.make_generate(tcfg32, tdef32, generation.DecodeSpec(n, -1, greedy))(
+          tparams32, *prompt, keys).tokens_BxN))
   rounds = int(out.rounds_B.sum())
   t_round = spec_s / rounds
   t1 = pass_s[1]
@@ -231,8 +258,9 @@ def section_speculative(s: dict, on_cpu: bool) -> dict:
       "draft_step_over_target_step": draft_step_s / t1,
       "round_s": t_round, "round_over_one_token_step": t_round / t1,
       "rounds": rounds, "alpha_observed_random_weights": speculative.acceptance_rate(out),
-      "same_tokens_as_target_greedy": bool(np.array_equal(np.asarray(out.tokens_BxN),
-                                                          np.asarray(base.tokens_BxN))),
+      "same_tokens_as_target_greedy": bool(same.all()),
+      "first_differing_token": int(np.argmin(same)) if not same.all() else None,
+      "same_tokens_as_target_greedy_float32": bool(same32),
       "speedup_at_alpha": {str(a): speculative.expected_tokens_per_call(a, g) * t1 / t_round
                            for a in alphas},
       "note": "speedup computed from measured times at the given alphas, not observed"}
@@ -264,13 +292,58 @@ def section_zero(s: dict, on_cpu: bool) -> dict:
           "stages": rows}
 
 
+def plot(result: dict, out: str) -> None:
+  """accelerator.png: one panel per measured section (train, attention, decode, speculative)."""
+  from train import plots
+
+  plt = plots.pyplot()
+  sec = result["sections"]
+  fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+  ax = axes[0]
+  for i, size in enumerate(sec.get("train_step", {}).get("sizes", [])):
+    for j, (name, v) in enumerate(size["variants"].items()):
+      label = f"{size['params'] / 1e9:.2f}B {name}"
+      ax.bar(i * 3 + j, v["ratio_to_measured_peak"], color=f"C{j}")
+      ax.text(i * 3 + j, v["ratio_to_measured_peak"], label, ha="center", va="bottom", fontsize=7)
+  ax.set(title="train step: model FLOP/s / measured matmul peak", xticks=[])
+  ax = axes[1]
+  rows = [r for r in sec.get("attention", {}).get("rows", []) if "time_s" in r]
+  for impl in sorted({r["implementation"] for r in rows}):
+    pts = [(r["n"], r["time_s"] * 1e3) for r in rows if r["implementation"] == impl]
+    ax.loglog(*zip(*pts), "o-", label=impl, base=2)
+  ax.set(title="attention fwd+bwd (causal)", xlabel="sequence length", ylabel="ms")
+  ax.legend(fontsize=7)
+  ax = axes[2]
+  dec = sec.get("decode", {}).get("rows", [])
+  if dec:
+    xs = range(len(dec))
+    ax.bar([x - 0.2 for x in xs], [r["tokens_per_s"] for r in dec], 0.4, label="measured")
+    ax.bar([x + 0.2 for x in xs], [r["bound_tokens_per_s"] for r in dec], 0.4,
+           label="bandwidth bound")
+    ax.set(xticks=list(xs), xticklabels=[f"batch {r['batch']}" for r in dec])
+    ax.legend(fontsize=7)
+  ax.set(title="decode tokens/s", yscale="log")
+  ax = axes[3]
+  spec = sec.get("speculative")
+  if spec:
+    alphas = sorted(spec["speedup_at_alpha"], key=float)
+    ax.plot([float(a) for a in alphas], [spec["speedup_at_alpha"][a] for a in alphas], "o-")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set(title=f"speculative, gamma={spec['gamma']}: speedup from measured costs",
+           xlabel="acceptance rate alpha", ylabel="speedup")
+  fig.suptitle(f"{result['device']} (jax {result['jax']})", fontsize=9)
+  fig.tight_layout()
+  plots.save(fig, os.path.join(out, "accelerator.png"), 110)
+
+
 SECTION_FNS: dict[str, Callable[[dict, bool], dict]] = {
     "train_step": section_train_step, "attention": section_attention, "decode": section_decode,
     "speculative": section_speculative, "zero": section_zero,
 }
 
 
-def run_sections(names: list[str], smoke: bool, out: str) -> dict:
+def run_sections(names: list[str], smoke: bool, out: str,
+                 train_sizes: tuple[int, ...] = ()) -> dict:
   """Runs each named section, guarded; writes out/results.json after every one."""
   import jax
 
@@ -280,7 +353,7 @@ def run_sections(names: list[str], smoke: bool, out: str) -> dict:
       "device": str(device.device_kind), "platform": device.platform,
       "device_count": jax.device_count(), "jax": jax.__version__, "smoke": smoke,
       "sections": {}, "errors": {}}
-  s = sizes(smoke)
+  s = dict(sizes(smoke), train_sizes=train_sizes)
   os.makedirs(out, exist_ok=True)
   for name in names:
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -298,17 +371,29 @@ def run_sections(names: list[str], smoke: bool, out: str) -> dict:
       print(f"[{name}] failed: {result['errors'][name]['error']}", flush=True)
     with open(os.path.join(out, "results.json"), "w") as f:
       json.dump(result, f, indent=2, default=str)
+  try:
+    plot(result, out)
+  except Exception as e:  # noqa: BLE001 - a plot must not cost the measurements
+    print(f"plot failed: {type(e).__name__}: {e}", flush=True)
   return result
 
 
 def main(argv):
   del argv
   common.setup()
+  if FLAGS.replot:
+    with open(os.path.join(FLAGS.out, "results.json")) as f:
+      plot(json.load(f), FLAGS.out)
+    return
   unknown = [n for n in FLAGS.sections if n not in SECTIONS]
   if unknown:
     common.fail(ValueError(f"--sections: unknown {', '.join(unknown)}; "
                            f"choose from {', '.join(SECTIONS)}"))
-  result = run_sections(list(FLAGS.sections), FLAGS.smoke, FLAGS.out)
+  try:
+    train_sizes = tuple(int(i) for i in FLAGS.train_sizes)
+  except ValueError:
+    common.fail(ValueError(f"--train_sizes: expected integers, got {','.join(FLAGS.train_sizes)}"))
+  result = run_sections(list(FLAGS.sections), FLAGS.smoke, FLAGS.out, train_sizes)
   headline = {"device": result["device"], "errors": list(result["errors"])}
   train = result["sections"].get("train_step", {}).get("variants", {}).get("llmlab")
   if train:
