@@ -56,9 +56,9 @@ def prompt_rows(workdir: str, n: int, length: int, seed: int):
   return rows.read(np.sort(pick))
 
 
-def main(argv):
-  del argv
-  common.setup()
+def record(target: str, out: str, *, prompts: int, prompt_tokens: int, new_tokens: int,
+           batch: int, seed: int = 0) -> dict:
+  """Writes `prompts` lines of prompt + greedy continuation to out (via out.tmp); the summary."""
   import jax
   import numpy as np
 
@@ -66,41 +66,50 @@ def main(argv):
   from model import generation, sampling
   from train import tokenizer as tokenizer_lib
 
-  if os.path.exists(FLAGS.out):
-    print(f"{FLAGS.out} exists; delete it to record again", flush=True)
-    return
-  for name in ("prompts", "prompt_tokens", "new_tokens", "batch"):
-    if FLAGS[name].value < 1:
-      common.fail(ValueError(f"--{name} must be >= 1, got {FLAGS[name].value}"))
-  try:
-    cfg, graphdef, params, tok = load_run(FLAGS.target)
-    start = tokenizer_lib.start_ids(tok)
-    check_fits(cfg, FLAGS.target, len(start) + FLAGS.prompt_tokens, FLAGS.new_tokens)
-    rows = prompt_rows(FLAGS.target, FLAGS.prompts, FLAGS.prompt_tokens, FLAGS.seed)
-  except (ValueError, FileNotFoundError) as e:
-    common.fail(e)
+  for name, value in (("prompts", prompts), ("prompt_tokens", prompt_tokens),
+                      ("new_tokens", new_tokens), ("batch", batch)):
+    if value < 1:
+      raise ValueError(f"--{name} must be >= 1, got {value}")
+  cfg, graphdef, params, tok = load_run(target)
+  start = tokenizer_lib.start_ids(tok)
+  check_fits(cfg, target, len(start) + prompt_tokens, new_tokens)
+  rows = prompt_rows(target, prompts, prompt_tokens, seed)
   # eot = -1: every continuation runs its full length (an end-of-text is recorded, not obeyed).
-  spec = generation.DecodeSpec(FLAGS.new_tokens, -1, sampling.SamplingConfig(temperature=0.0))
+  spec = generation.DecodeSpec(new_tokens, -1, sampling.SamplingConfig(temperature=0.0))
   fn = generation.make_generate(cfg, graphdef, spec)
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  tmp = FLAGS.out + ".tmp"
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  tmp = out + ".tmp"
   t0, written = time.perf_counter(), 0
   with open(tmp, "w", encoding="utf-8") as f:
-    for lo in range(0, len(rows), FLAGS.batch):
-      batch = [start + r.tolist() for r in rows[lo:lo + FLAGS.batch]]
-      batch += [batch[0]] * (FLAGS.batch - len(batch))  # one compiled shape; extras dropped
-      prompts, lengths = generation.pad_prompts(batch, 0)
-      keys = jax.random.split(jax.random.key(lo), FLAGS.batch)
-      new = np.asarray(fn(params, prompts, lengths, keys).tokens_BxN)
-      for i in range(min(FLAGS.batch, len(rows) - lo)):
+    for lo in range(0, len(rows), batch):
+      chunk = [start + r.tolist() for r in rows[lo:lo + batch]]
+      chunk += [chunk[0]] * (batch - len(chunk))  # one compiled shape; the fillers are dropped
+      ids, lengths = generation.pad_prompts(chunk, 0)
+      new = np.asarray(fn(params, ids, lengths, jax.random.split(jax.random.key(lo), batch))
+                       .tokens_BxN)
+      for i in range(min(batch, len(rows) - lo)):
         text = tokenizer_lib.decode(tok, rows[lo + i].tolist() + new[i].tolist())
         f.write(json.dumps({"text": text}) + "\n")
         written += 1
       print(f"{written}/{len(rows)} continuations, {time.perf_counter() - t0:.0f} s", flush=True)
-  os.replace(tmp, FLAGS.out)
-  print(common.format_summary({"out": FLAGS.out, "continuations": written,
-                               "tokens": written * (FLAGS.prompt_tokens + FLAGS.new_tokens),
-                               "seconds": time.perf_counter() - t0}), flush=True)
+  os.replace(tmp, out)
+  return {"out": out, "continuations": written, "tokens": written * (prompt_tokens + new_tokens),
+          "seconds": time.perf_counter() - t0}
+
+
+def main(argv):
+  del argv
+  common.setup()
+  if os.path.exists(FLAGS.out):
+    print(f"{FLAGS.out} exists; delete it to record again", flush=True)
+    return
+  try:
+    summary = record(FLAGS.target, FLAGS.out, prompts=FLAGS.prompts,
+                     prompt_tokens=FLAGS.prompt_tokens, new_tokens=FLAGS.new_tokens,
+                     batch=FLAGS.batch, seed=FLAGS.seed)
+  except (ValueError, FileNotFoundError) as e:
+    common.fail(e)
+  print(common.format_summary(summary), flush=True)
 
 
 if __name__ == "__main__":

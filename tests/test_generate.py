@@ -70,3 +70,27 @@ def test_cli_writes_the_continuation_to_stdout_and_statistics_to_stderr(tiny_run
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout == expected + "\n"
   assert "tokens/s" in proc.stderr and "tokens/s" not in proc.stdout
+
+
+def test_distill_data_records_the_targets_greedy_continuations(tiny_run, tmp_path):
+  """Catches: a continuation written against the wrong prompt (an off-by-one across batches, or
+  a filler row of the last, partial batch leaking into the file), a prompt missing from the text,
+  and a continuation that depends on the batch it was decoded in (it must be the target's greedy
+  function of its prompt alone)."""
+  import json
+
+  from experiments import distill_data
+  from train import tokenizer as tokenizer_lib
+
+  args = dict(prompts=3, prompt_tokens=4, new_tokens=5, seed=1)
+  by2 = distill_data.record(tiny_run, str(tmp_path / "b2.jsonl"), batch=2, **args)
+  distill_data.record(tiny_run, str(tmp_path / "b1.jsonl"), batch=1, **args)
+  assert by2["continuations"] == 3 and not (tmp_path / "b2.jsonl.tmp").exists()
+  lines = [json.loads(x)["text"] for x in open(tmp_path / "b2.jsonl")]
+  assert lines == [json.loads(x)["text"] for x in open(tmp_path / "b1.jsonl")]
+  tok = tokenizer_lib.load(tiny_run)
+  rows = distill_data.prompt_rows(tiny_run, 3, 4, 1)
+  assert [t.startswith(tokenizer_lib.decode(tok, r.tolist())) for t, r in zip(lines, rows)] == [True] * 3
+  assert len({t for t in lines}) > 1  # three different prompts, not one repeated
+  with pytest.raises(ValueError, match="--new_tokens"):
+    distill_data.record(tiny_run, str(tmp_path / "x.jsonl"), batch=1, **dict(args, new_tokens=0))

@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.data.seq_len = 512
   c.model.update(d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=3072)
-  c.train.update(steps=80, batch_size=4, lr=1e-3, warmup_steps=10, log_every=5, eval_every=40,
+  c.train.update(steps=100, batch_size=4, lr=3e-3, warmup_steps=10, log_every=5, eval_every=50,
                  eval_batches=2)
   c.checkpoint.every_steps = 10
   return c
