@@ -1,7 +1,8 @@
 """Decoding benchmark: KV cache vs none, MHA/GQA/MQA, the bandwidth roofline, speculative decoding.
 
   python -m experiments.train --workdir=runs/decode_target --config=experiments/configs/decode_target.py
-  mkdir -p runs/decode_draft && cp runs/decode_target/tokenizer.json runs/decode_draft/
+  python -m experiments.distill_data --target=runs/decode_target --out=runs/decode_draft/distill.jsonl
+  cp runs/decode_target/tokenizer.json runs/decode_draft/
   python -m experiments.train --workdir=runs/decode_draft --config=experiments/configs/decode_draft.py
   python -m experiments.decode_bench [--sections=cache,heads,roofline,speculative]
 
@@ -388,6 +389,9 @@ def section_speculative(r: dict) -> dict:
       print(json.dumps(row), flush=True)
       rows.append(row)
   return {"rows": rows, "prompts": len(prompts), "new_tokens": n, "batch": 1,
+          "target": FLAGS.target, "draft": FLAGS.draft,
+          "target_params": int(sum(x.size for x in jax.tree.leaves(tparams))),
+          "draft_params": int(sum(x.size for x in jax.tree.leaves(dparams))),
           "target_pass_seconds_by_tokens": {str(t): v for t, v in pass_s.items()}}
 
 

@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   flags.DEFINE_string("target", "runs/decode_target", "Target run whose continuations to record.")
   flags.DEFINE_string("out", "runs/decode_draft/distill.jsonl", "The .jsonl file to write.")
-  flags.DEFINE_integer("prompts", 512, "Number of continuations.")
+  flags.DEFINE_integer("prompts", 128, "Number of continuations.")
   flags.DEFINE_integer("prompt_tokens", 32, "Tokens of corpus text per prompt.")
   flags.DEFINE_integer("new_tokens", 224, "Greedy tokens per continuation.")
   flags.DEFINE_integer("batch", 32, "Continuations decoded together.")

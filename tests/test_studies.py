@@ -200,7 +200,7 @@ def test_accelerator_smoke_runs_every_section_without_grain_or_ml_collections(tm
   assert done.returncode == 0, done.stderr[-2000:]
   result = json.load(open(tmp_path / "results.json"))
   assert result["errors"] == {} and set(result["sections"]) == {"train_step", "attention",
-                                                                "decode", "zero"}
+                                                                "decode", "speculative", "zero"}
   train = result["sections"]["train_step"]
   assert train["variants"]["llmlab"]["ratio_to_measured_peak"] > 0
   assert train["variants"]["llmlab"]["tokens_per_sec"] > 0 and train["llmlab_over_peer_flops"] > 0
@@ -208,5 +208,12 @@ def test_accelerator_smoke_runs_every_section_without_grain_or_ml_collections(tm
   assert {"reference", "flash"} <= timed
   decode = result["sections"]["decode"]
   assert decode["tokens_per_s"] > 0 and decode["bound_tokens_per_s"] > 0
+  assert [r["batch"] for r in decode["rows"]] == [1, 2]  # --smoke's batches, each measured
+  # Greedy speculative decoding must emit the target's tokens (float32 on a CPU), and the speedup
+  # computed from the measured costs must grow with alpha (a flipped E(alpha) would not).
+  spec = result["sections"]["speculative"]
+  assert spec["same_tokens_as_target_greedy"] and spec["round_s"] > 0
+  speedups = [spec["speedup_at_alpha"][a] for a in sorted(spec["speedup_at_alpha"], key=float)]
+  assert speedups == sorted(speedups) and speedups[0] < speedups[-1]
   assert [r["stage"] for r in result["sections"]["zero"]["stages"]] == [0, 3]  # --smoke's
   assert all(r["compiled"]["peak"] > 0 for r in result["sections"]["zero"]["stages"])
