@@ -4,8 +4,9 @@
 
 On whatever backend JAX finds (a GPU, a TPU, or the CPU), each section measured here, beside a
 matmul peak measured in the same process:
-  train_step  llmlab's train step at two model sizes (about 350M and 1B parameters), the first
-              timed alternately with the plain peer step (experiments/bench_train.py): model
+  train_step  llmlab's train step at 0.34B and 0.89B parameters (the larger also at twice the
+              batch and with its layers unrolled), the first timed alternately with the plain
+              peer step (experiments/bench_train.py): model
               FLOP/s, tokens/s, ratio to the measured matmul peak (bfloat16 on accelerators,
               float32 on a CPU) and to the published one
   attention   forward+backward time and compiled memory of every attention implementation this
@@ -16,7 +17,7 @@ matmul peak measured in the same process:
               step (weights and the whole cache) over bandwidth (experiments/decode_bench.py's
               functions)
   speculative the costs that set speculative decoding's speed here: a verification pass over
-              gamma + 1 tokens and a draft step (a model 20x smaller) against a one-token target
+              gamma + 1 tokens and a draft step (a model 28x smaller) against a one-token target
               step, and the measured time of one round of model/speculative.py's loop; from them,
               the speedup at acceptance rates alpha (random weights accept almost nothing, so
               the speedup is computed for given alphas, not observed: see docs/inference.md)
@@ -76,7 +77,7 @@ def sizes(smoke: bool) -> dict[str, Any]:
                      stages=(0, 3)),
     }
   return {
-      # About 0.37B and 0.96B parameters; float32 master weights and Adam moments, bfloat16
+      # 0.34B and 0.89B parameters; float32 master weights and Adam moments, bfloat16
       # compute. The peer is timed beside the first only (its compile would cost minutes more).
       # The larger model also at twice the batch, and with its layers unrolled (scan_layers
       # False: XLA fuses across layer boundaries), to see which the MFU figure depends on.
