@@ -9,10 +9,12 @@ then measures retrieval accuracy against the position of the gold pair, for seve
 pairs k, some beyond what training showed, with the query after the pairs ("after") and also
 before them ("both"). Writes results.jsonl, results.json and lost_in_middle.png.
 
-Every training example is left-padded with the tokenizer's padding token to exactly
+Every training example is right-padded with the tokenizer's padding token to exactly
 data.seq_len tokens, so with its end-of-text it fills one packed row: examples never share a
-row (no key from another example to confuse), and the loss ignores the padding. Evaluation
-prompts are padded the same way, so the model reads them as it read its training data.
+row (no key from another example to confuse), each starts its row at position 0 as an evaluation
+prompt does, and the padding comes after it, where causal attention never reads it (left
+padding put up to 40 padding tokens before a short example, each one soaking up attention).
+The loss counts only the answers (train.answer_marker).
 """
 
 from __future__ import annotations
@@ -84,9 +86,9 @@ def build_data(workdir: str, cfg) -> str:
         f"a training example has {max(lengths)} tokens, more than data.seq_len={seq_len}; "
         "lower task.k_max or task.questions, or raise data.seq_len")
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  files.write_jsonl_atomic(path, ({"text": _pad_text(seq_len - n) + text}
+  files.write_jsonl_atomic(path, ({"text": text + _pad_text(seq_len - n)}
                                   for text, n in zip(texts, lengths)))
-  check = tokenizer_lib.encode(tok, _pad_text(seq_len - lengths[0]) + texts[0])
+  check = tokenizer_lib.encode(tok, texts[0] + _pad_text(seq_len - lengths[0]))
   assert len(check) == seq_len, "padding text did not encode to one token per pad"
   return path
 
@@ -128,13 +130,11 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def position_rows(cfg, tok, seq_len: int, score: Scorer) -> list[dict]:
   """Exact match of each held-out example per (variant, k, gold position), by `score`.
 
-  Prompts are left-padded with the padding token to the training layout (answer at the end of
-  data.seq_len tokens). Each row keeps the per-example results ("correct", a string of 0 and 1 in
+  Prompts start at position 0, as training examples start their rows. Each row keeps the per-example results ("correct", a string of 0 and 1 in
   example order: the same examples for every seed, so seeds can be paired)."""
   from train import kv_retrieval as kv
   from train import tokenizer as tokenizer_lib
 
-  pad_id = tokenizer_lib.special_id(tok, tokenizer_lib.PAD)
   rows = []
   for variant, before in VARIANTS.items():
     for k in cfg.eval.ks:
@@ -143,11 +143,10 @@ def position_rows(cfg, tok, seq_len: int, score: Scorer) -> list[dict]:
         prompts, answers = [], []
         for e in examples:
           p_ids, a_ids = tokenizer_lib.encode(tok, e.prompt), tokenizer_lib.encode(tok, e.answer)
-          n_pad = seq_len - len(p_ids) - len(a_ids)
-          if n_pad < 0:
+          if len(p_ids) + len(a_ids) > seq_len:
             raise ValueError(f"eval.ks: k={k} needs {len(p_ids) + len(a_ids)} tokens, more "
                              f"than the model's data.seq_len={seq_len}")
-          prompts.append([pad_id] * n_pad + p_ids)  # the training layout: answer at the end
+          prompts.append(p_ids)
           answers.append(a_ids)
         correct = [int(c) for c in score(prompts, answers)]
         lo, hi = wilson(sum(correct), len(correct))

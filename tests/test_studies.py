@@ -76,7 +76,7 @@ def _oracle_of_the_first_pair(tok):
   def score(prompts, answers):
     out = []
     for p_ids, a_ids in zip(prompts, answers):
-      text = tok.decode(p_ids, skip_special_tokens=True)
+      text = tok.decode(p_ids)
       pairs = text.split("|")[-1].split("?")[0].split()
       keys, values = pairs[0::2], pairs[1::2]
       gold = keys.index(text.split("?")[-1].strip())
@@ -100,16 +100,19 @@ def test_lost_in_middle_end_to_end_and_from_an_init_workdir(tmp_path):
   assert sorted({(r["k"], r["position"]) for r in rows}) == [(2, 1), (2, 2), (5, 1), (5, 5)]
   assert all(r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] and r["seeds"] == [0] for r in rows)
   assert (tmp_path / "lost_in_middle.png").exists()
-  # One padded example per row (the corpus is far below one shard's 64M tokens).
+  # One example per row, right-padded (the corpus is far below one shard's 64M tokens).
+  cfg = config.get_config("tiny")
+  row = cfg.base.data.seq_len + 1
   stream = np.load(next(tmp_path.glob("shared/*/data/src-*/train-00000.npy"))).astype(np.int64)
   eot = stream[-1]
-  assert len(stream) % 49 == 0 and np.all(stream[48::49] == eot) and np.sum(stream == eot) == len(stream) // 49
+  assert len(stream) % row == 0 and np.all(stream[row - 1::row] == eot)
+  assert np.sum(stream == eot) == len(stream) // row
 
   # The bookkeeping of positions and accuracy, with a scorer that knows the answer exactly when
   # the gold pair comes first.
   run = next(tmp_path.glob("points/*"))
-  oracle = lost_in_middle.position_rows(config.get_config("tiny"), tokenizer_lib.load(str(run)), 48,
-                                        _oracle_of_the_first_pair(tokenizer_lib.load(str(run))))
+  tok = tokenizer_lib.load(str(run))
+  oracle = lost_in_middle.position_rows(cfg, tok, row - 1, _oracle_of_the_first_pair(tok))
   assert [r["accuracy"] for r in oracle] == [float(r["position"] == 1) for r in oracle]
 
   again = run_script("experiments.lost_in_middle", "--config=experiments/configs/lost_in_middle.py:tiny",
