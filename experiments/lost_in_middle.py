@@ -214,6 +214,15 @@ def combine(per_seed: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict
   return out
 
 
+def any_value_in_context(k: int) -> float:
+  """Exact match of answering with a uniformly chosen pair's value, ignoring the key: the gold
+  value's share of the k values (drawn with replacement), in expectation."""
+  from train import kv_retrieval as kv
+
+  # The gold value plus k - 1 others, each equal to it with probability 1 / len(VALUES).
+  return (1 + (k - 1) / len(kv.VALUES)) / k
+
+
 def summarise(rows: list[dict]) -> dict:
   """Per (variant, k): accuracy at the first, middle and last gold positions, and how far the
   worst middle position falls below the mean of the two ends (> 0: a U-shape's dip)."""
@@ -229,6 +238,9 @@ def summarise(rows: list[dict]) -> dict:
       out[f"{variant}/k={k}"] = {
           "first": accs[0], "middle_min": min(middle), "last": accs[-1],
           "mean": sum(accs) / len(accs), "dip": (accs[0] + accs[-1]) / 2 - min(middle),
+          # A model that answers with one of the values in the context, at random, without
+          # matching the key (values are drawn with replacement, so slightly more than 1 / k).
+          "any_value_in_context": any_value_in_context(k),
           "curve": [{"position": r["position"], "accuracy": r["accuracy"], "ci95": r["ci95"]}
                     for r in by_pos]}
   return out
@@ -250,8 +262,9 @@ def training_distances(cfg, n: int = 20000) -> dict:
 
 
 def plot(rows: list[dict], out_dir: str, k_max_train: int) -> str:
-  """Accuracy against the gold pair's relative position, one line per k with its 95% band,
-  Liu et al.'s three points for reference."""
+  """Accuracy against the gold pair's relative position, one line per k with its 95% band and,
+  dotted, the accuracy of answering with any value in the context; Liu et al.'s three points for
+  reference."""
   plt = plots.pyplot()
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -264,6 +277,7 @@ def plot(rows: list[dict], out_dir: str, k_max_train: int) -> str:
       color = plt.cm.viridis(i / max(len(ks) - 1, 1))
       ax.plot(x, y, "o--" if k > k_max_train else "o-", color=color, label=f"k={k}", markersize=4)
       ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
+      ax.axhline(any_value_in_context(k), color=color, linestyle=":", linewidth=0.8)
     ax.plot([0, 0.5, 1], list(LIU_ET_AL.values()), "kx", markersize=8,
             label="Liu et al. (20 docs, GPT-3.5)")
     ax.set_title({"after": "query after the pairs", "both": "query before and after the pairs"}[variant],
