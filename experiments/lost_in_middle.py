@@ -3,11 +3,15 @@
   python -m experiments.lost_in_middle [--config=experiments/configs/lost_in_middle.py]
       [--workdir=runs/lost_in_middle] [--init_workdir=RUN] [--results_dir=results/lost_in_middle]
 
-Trains a small model on the task of train/kv_retrieval.py (a one-point restartable sweep, so
---launcher works as in the other studies), or takes a model trained on it from --init_workdir,
-then measures retrieval accuracy against the position of the gold pair, for several numbers of
-pairs k, some beyond what training showed, with the query after the pairs ("after") and also
-before them ("both"). Writes results.jsonl, results.json and lost_in_middle.png.
+Trains a small model on the task of train/kv_retrieval.py once per seed of config.seeds (a
+restartable sweep, one point per seed, so --launcher works as in the other studies), or takes a
+model trained on it from --init_workdir, then measures exact match against the position of the
+gold pair on held-out examples, for several numbers of pairs k, some beyond what training showed,
+with the query after the pairs ("after") and also before them ("both"): per seed with Wilson
+intervals, and the mean over seeds with a bootstrap over the examples paired across seeds.
+Writes results.jsonl (one row per variant, k and position), results.json (the summary, the
+training runs, the training distribution of answer positions, Liu et al.'s numbers) and
+lost_in_middle.png.
 
 Every training example is right-padded with the tokenizer's padding token to exactly
 data.seq_len tokens, so with its end-of-text it fills one packed row: examples never share a
@@ -24,7 +28,7 @@ import json
 import math
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import flags
 from ml_collections import config_flags
@@ -110,11 +114,12 @@ def _eval_key(cfg, run_dir: str) -> str:
   return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
-# Liu et al. 2023, Figure 5 (20 documents, GPT-3.5-Turbo): multi-document QA accuracy with the
+# Liu et al. 2023 (20 documents, GPT-3.5-Turbo): multi-document QA accuracy with the
 # answer's document first, in the middle (10th) and last (20th); ../shared/REFERENCES.md.
 LIU_ET_AL = {"first": 0.758, "middle": 0.538, "last": 0.632}
 
-Scorer = Callable[[list, list], "np.ndarray"]  # (prompt ids, answer ids) -> exact match (0 / 1)
+# (prompt ids, answer ids) of each example -> whether it is answered exactly, one per example
+Scorer = Callable[[list, list], Sequence[bool]]
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -130,8 +135,9 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def position_rows(cfg, tok, seq_len: int, score: Scorer) -> list[dict]:
   """Exact match of each held-out example per (variant, k, gold position), by `score`.
 
-  Prompts start at position 0, as training examples start their rows. Each row keeps the per-example results ("correct", a string of 0 and 1 in
-  example order: the same examples for every seed, so seeds can be paired)."""
+  Prompts start at position 0, as training examples start their rows. Each row keeps the
+  per-example results ("correct", a string of 0 and 1 in example order: the same examples for
+  every seed, so seeds can be paired)."""
   from train import kv_retrieval as kv
   from train import tokenizer as tokenizer_lib
 
