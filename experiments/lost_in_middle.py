@@ -292,7 +292,8 @@ def plot(rows: list[dict], out_dir: str, k_max_train: int) -> str:
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("retrieval accuracy (mean over seeds, 95% CI)")
   axes[0].set_ylim(-0.02, 1.02)
-  axes[1].legend(fontsize=8, title=f"dashed: k > {k_max_train} (unseen)", title_fontsize=7)
+  axes[1].legend(fontsize=8, title_fontsize=7,
+                 title=f"dashed: k > {k_max_train} (unseen)\ndotted: any value in the context")
   path = os.path.join(out_dir, "lost_in_middle.png")
   plots.save(fig, path, dpi=110)
   return path
