@@ -268,9 +268,9 @@ def training_distances(cfg, n: int = 20000) -> dict:
 
 
 def plot(rows: list[dict], out_dir: str, k_max_train: int) -> str:
-  """Accuracy against the gold pair's relative position, one line per k with its 95% band and,
-  dotted, the accuracy of answering with any value in the context; Liu et al.'s three points for
-  reference."""
+  """Accuracy against the gold pair's relative position, one line per k (the mean over seeds with
+  its 95% band, each seed's own curve thin) and, dotted, the accuracy of answering with any value
+  in the context; Liu et al.'s three points for reference."""
   plt = plots.pyplot()
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -282,6 +282,10 @@ def plot(rows: list[dict], out_dir: str, k_max_train: int) -> str:
       x, y, lo, hi = zip(*pts)
       color = plt.cm.viridis(i / max(len(ks) - 1, 1))
       ax.plot(x, y, "o--" if k > k_max_train else "o-", color=color, label=f"k={k}", markersize=4)
+      by_seed = sorted((r["relative_position"], r.get("accuracy_by_seed", [])) for r in rows
+                       if r["variant"] == variant and r["k"] == k)
+      for s in range(len(by_seed[0][1])):  # each seed's own curve, thin
+        ax.plot(x, [accs[s] for _, accs in by_seed], "-", color=color, linewidth=0.6, alpha=0.5)
       ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
       ax.axhline(any_value_in_context(k), color=color, linestyle=":", linewidth=0.8)
     ax.plot([0, 0.5, 1], list(LIU_ET_AL.values()), "kx", markersize=8,
@@ -290,7 +294,7 @@ def plot(rows: list[dict], out_dir: str, k_max_train: int) -> str:
                  fontsize=10)
     ax.set_xlabel("position of the gold pair (0 = first, 1 = last)")
     ax.grid(alpha=0.3)
-  axes[0].set_ylabel("retrieval accuracy (mean over seeds, 95% CI)")
+  axes[0].set_ylabel("exact match (thick: mean of seeds, 95% CI)")
   axes[0].set_ylim(-0.02, 1.02)
   axes[1].legend(fontsize=8, title_fontsize=7,
                  title=f"dashed: k > {k_max_train} (unseen)\ndotted: any value in the context")
@@ -329,7 +333,10 @@ def main(argv):
         "task": cfg.task.to_dict(), "answer_marker": cfg.base.train.answer_marker,
         "eval": cfg.eval.to_dict(), "liu_et_al": LIU_ET_AL,
         "training_answer_distance_share": training_distances(cfg),
-        "by_variant_and_k": summarise(rows)}
+        "by_variant_and_k": summarise(rows),
+        # Per seed (Wilson intervals): runs that learnt the retrieval and runs that did not
+        # average into a mean that describes neither.
+        "by_seed": {str(seed): summarise(seed_rows) for seed, seed_rows in per_seed.items()}}
     sweep_lib.write_json(os.path.join(out_dir, "results.json"), summary)
     plot(rows, out_dir, cfg.task.k_max)
   except (ValueError, FileNotFoundError) as e:

@@ -24,13 +24,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   # keys and values drown the answers (the first runs stayed at the no-context loss).
   b.train.answer_marker = " ?"
   b.train.steps = 6000
-  b.train.update(batch_size=32, lr=3e-3, warmup_steps=50, log_every=50, eval_every=500)
+  b.train.update(batch_size=32, lr=1e-3, warmup_steps=50, log_every=50, eval_every=500)
   b.checkpoint.update(every_steps=500, keep=2)
   c.base = b
   c.model = (2, 64)  # (n_layers, d_model): attention needs two layers to look a key up
   c.head_dim = 32  # two heads per layer: a previous-token head and a key match need one each
   c.ffn_mult = 2
-  c.seeds = (0, 1)  # one run per training seed (initialisation and data order)
+  c.seeds = (0, 1, 2, 3)  # one run per training seed (initialisation and data order)
 
   c.task = ml_collections.ConfigDict()
   c.task.k_min = 2
