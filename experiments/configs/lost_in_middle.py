@@ -24,6 +24,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   # keys and values drown the answers (the first runs stayed at the no-context loss).
   b.train.answer_marker = " ?"
   b.train.steps = 6000
+  # lr 1e-3: at 3e-3 and above the key match never formed, here or in a minimal model
+  # (results/lost_in_middle/probes.md); at 1e-3 one seed of four got past the plateau.
   b.train.update(batch_size=32, lr=1e-3, warmup_steps=50, log_every=50, eval_every=500)
   b.checkpoint.update(every_steps=500, keep=2)
   c.base = b
