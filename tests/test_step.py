@@ -106,6 +106,20 @@ def test_token_loss_sums_count_and_sum_only_non_padding_targets():
   assert float(ce_sum) == pytest.approx(-np.log(0.25) - np.log(0.1), rel=1e-6)
 
 
+def test_answer_targets_are_the_tokens_after_marker_and_key_and_only_they_are_counted():
+  """Catches: the answer mask off by one (the key or the token after the answer counted instead)."""
+  from train import step as step_lib
+
+  inputs = jnp.array([[5, 1, 7, 8, 1, 9, 4]])  # marker 1: "? 7" answered by 8, "? 9" by 4
+  targets = jnp.array([[1, 7, 8, 1, 9, 4, 3]])
+  keep = step_lib.answer_targets(inputs, 1)
+  assert keep.tolist() == [[False, False, True, False, False, True, False]]
+  assert step_lib.answer_targets(inputs, None) is None
+  logits = jnp.zeros((1, 7, 10))
+  ce_sum, n = step_lib.token_loss_sums(logits, targets, pad_id=0, keep_BxT=keep)
+  assert float(n) == 2 and float(ce_sum) == pytest.approx(2 * np.log(10), rel=1e-6)
+
+
 def test_token_logps_equal_the_tempered_log_softmax_at_the_targets_and_its_gradient():
   """token_logps, the one log-probability of every objective, against log_softmax + gather, at
   temperature 1 and 0.7, from bfloat16 logits too (it computes in float32).

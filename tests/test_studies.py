@@ -68,24 +68,71 @@ def test_emergence_ladder_end_to_end(tmp_path):
   assert (tmp_path / "emergence.png").exists() and (tmp_path / "results.json").exists()
 
 
+def _oracle_of_the_first_pair(tok):
+  """A scorer that answers right exactly when the gold pair is the first one: it reads the keys
+  and values from the prompt's text, so it checks where the prompt put the gold pair and that the
+  answer is that pair's value."""
+
+  def score(prompts, answers):
+    out = []
+    for p_ids, a_ids in zip(prompts, answers):
+      text = tok.decode(p_ids)
+      pairs = text.split("|")[-1].split("?")[0].split()
+      keys, values = pairs[0::2], pairs[1::2]
+      gold = keys.index(text.split("?")[-1].strip())
+      out.append(gold == 0 and tok.decode(a_ids).strip() == values[gold])
+    return np.array(out)
+
+  return score
+
+
 def test_lost_in_middle_end_to_end_and_from_an_init_workdir(tmp_path):
+  from experiments import lost_in_middle
+  from experiments.configs import lost_in_middle as config
+  from train import tokenizer as tokenizer_lib
+
   out = run_script("experiments.lost_in_middle", "--config=experiments/configs/lost_in_middle.py:tiny",
                    f"--workdir={tmp_path}")
   assert out.returncode == 0, out.stderr[-2000:]
   rows = _rows(tmp_path / "results.jsonl")
   # 2 variants x (k=2: positions 1, 2; k=5: positions 1, 5).
   assert len(rows) == 8 and {r["variant"] for r in rows} == {"after", "both"}
-  assert all(0 <= r["accuracy"] <= 1 for r in rows) and (tmp_path / "lost_in_middle.png").exists()
-  # One padded example per row (the corpus is far below one shard's 64M tokens).
+  assert sorted({(r["k"], r["position"]) for r in rows}) == [(2, 1), (2, 2), (5, 1), (5, 5)]
+  assert all(r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] and r["seeds"] == [0] for r in rows)
+  assert (tmp_path / "lost_in_middle.png").exists()
+  # One example per row, right-padded (the corpus is far below one shard's 64M tokens).
+  cfg = config.get_config("tiny")
+  row = cfg.base.data.seq_len + 1
   stream = np.load(next(tmp_path.glob("shared/*/data/src-*/train-00000.npy"))).astype(np.int64)
   eot = stream[-1]
-  assert len(stream) % 49 == 0 and np.all(stream[48::49] == eot) and np.sum(stream == eot) == len(stream) // 49
+  assert len(stream) % row == 0 and np.all(stream[row - 1::row] == eot)
+  assert np.sum(stream == eot) == len(stream) // row
 
+  # The bookkeeping of positions and accuracy, with a scorer that knows the answer exactly when
+  # the gold pair comes first.
   run = next(tmp_path.glob("points/*"))
+  tok = tokenizer_lib.load(str(run))
+  oracle = lost_in_middle.position_rows(cfg, tok, row - 1, _oracle_of_the_first_pair(tok))
+  assert [r["accuracy"] for r in oracle] == [float(r["position"] == 1) for r in oracle]
+
   again = run_script("experiments.lost_in_middle", "--config=experiments/configs/lost_in_middle.py:tiny",
                      f"--workdir={tmp_path / 'eval'}", f"--init_workdir={run}")
   assert again.returncode == 0, again.stderr[-2000:]
-  assert _rows(tmp_path / "eval" / "results.jsonl") == rows
+  assert [r["accuracy"] for r in _rows(tmp_path / "eval" / "results.jsonl")] == [
+      r["accuracy"] for r in rows]
+
+
+def test_lost_in_middle_seed_mean_has_a_paired_interval_around_it():
+  from experiments import lost_in_middle
+
+  row = {"variant": "after", "k": 4, "position": 1, "n": 4}
+  per_seed = {0: [{**row, "accuracy": 1.0, "ci95": [0.5, 1.0], "correct": "1111"}],
+              1: [{**row, "accuracy": 0.5, "ci95": [0.2, 0.8], "correct": "1100"}]}
+  (mean,) = lost_in_middle.combine(per_seed)
+  assert mean["accuracy"] == 0.75 and mean["accuracy_by_seed"] == [1.0, 0.5]
+  assert 0.5 <= mean["ci95"][0] < 0.75 < mean["ci95"][1] <= 1.0  # resamples: 4 to 8 hits of 8
+  lo, hi = lost_in_middle.wilson(45, 50)
+  assert 0.78 < lo < 0.79 and 0.95 < hi < 0.96  # 90% of 50: Wilson's 95% interval
 
 
 def test_study_attention_with_the_scale_is_the_models_own_attention():

@@ -256,6 +256,18 @@ def check_memory(sharding: settings_lib.ShardingSettings,
                        state_bytes=sum(zero.unpartitioned_bytes(own.abstract_state).values()))
 
 
+def answer_marker_id(tok, marker: str) -> Optional[int]:
+  """The token id of train.answer_marker, None when it is unset; ConfigError unless the tokenizer
+  reads it as exactly one token."""
+  if not marker:
+    return None
+  ids = tokenizer_lib.encode(tok, marker)
+  if len(ids) != 1:
+    raise config_lib.ConfigError(
+        f"train.answer_marker={marker!r} is {len(ids)} tokens in this tokenizer; it must be one")
+  return ids[0]
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`. Returns a summary of the final step.
@@ -298,12 +310,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         f"{model_cfg.vocab_size}; raise model.vocab_size or use a new --workdir")
   pad_id = tokenizer_lib.special_id(tok, tokenizer_lib.PAD)
   documents = tokenizer_lib.document_boundary(tok)  # packed documents never attend to each other
+  answer_marker = answer_marker_id(tok, t.answer_marker)
   if jax.process_index() == 0:
     config_lib.save(workdir, config)
 
   # Model and optimizer state, initialised directly in its sharded layout.
   run = make_sharded_training(
-      model_cfg, t, mesh, run_settings.sharding.zero_stage, pad_id=pad_id, documents=documents)
+      model_cfg, t, mesh, run_settings.sharding.zero_stage, pad_id=pad_id, documents=documents,
+      answer_marker=answer_marker)
   batch_sharding = run.batch_sharding
 
   ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
@@ -326,7 +340,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   train_step = run.train_step
   eval_step = jax.jit(
-      step_lib.make_eval_step(run.graphdef, pad_id=pad_id, documents=documents),
+      step_lib.make_eval_step(run.graphdef, pad_id=pad_id, documents=documents,
+                              answer_marker=answer_marker),
       in_shardings=(run.shardings.params, batch_sharding))
   val_ids = data_lib.eval_indices(corpus.val.n_rows, t.batch_size, t.eval_batches)
 

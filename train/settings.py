@@ -54,6 +54,10 @@ class TrainSettings:
   log_every: int = 10
   eval_every: int = 80
   eval_batches: int = 8
+  # Pretraining only: where set (a text that is one token, e.g. " ?"), the loss counts only the
+  # answers of questions "MARKER KEY" -> VALUE, the target one after the token that follows each
+  # marker (train/step.py answer_targets); "" = every token.
+  answer_marker: str = ""
 
   def __post_init__(self):
     for name in ("steps", "batch_size", "lr", "grad_clip", "grad_accum", "log_every", "eval_every",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import optax
@@ -81,14 +81,15 @@ def build_sharded_training(
 
 def make_sharded_training(
     model_cfg: ModelConfig, t: TrainSettings, mesh: Mesh, zero_stage: int, *,
-    pad_id: int, documents: step_lib.Documents = None,
+    pad_id: int, documents: step_lib.Documents = None, answer_marker: Optional[int] = None,
 ) -> ShardedTraining:
   """Pretraining's sharded training: a fresh model (init takes a PRNG key), lm_loss on rows
-  (B, L+1) of tokens (packed documents isolated as `documents` says), MoE router losses weighted
-  as model_cfg.moe says."""
+  (B, L+1) of tokens (packed documents isolated as `documents` says, only the answers after
+  answer_marker counted when it is given), MoE router losses weighted as model_cfg.moe says."""
   graphdef, _ = transformer.abstract(model_cfg)
   loss_fn = step_lib.lm_loss(
-      graphdef, pad_id, (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight), documents)
+      graphdef, pad_id, (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight), documents,
+      answer_marker)
   return build_sharded_training(
       graphdef, lambda key: transformer.create(model_cfg, key)[1], jax.random.key(t.seed),
       loss_fn, optimizer_lib.make(t, t.steps),

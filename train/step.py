@@ -54,9 +54,13 @@ def token_logps(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return target_BxT - jax.nn.logsumexp(z_BxTxV, axis=-1)
 
 
-def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: int):
-  """(sum of next-token cross-entropy over non-padding targets, number of such targets)."""
+def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: int,
+                    keep_BxT: Optional[jax.Array] = None):
+  """(sum of next-token cross-entropy over non-padding targets, number of such targets); with
+  keep_BxT (bool), only over the targets it marks."""
   mask_BxT = targets_BxT != pad_id
+  if keep_BxT is not None:
+    mask_BxT = mask_BxT & keep_BxT
   ce_BxT = -token_logps(logits_BxTxV, targets_BxT)
   return jnp.sum(ce_BxT * mask_BxT), jnp.sum(mask_BxT)
 
@@ -75,11 +79,27 @@ def document_layout(inputs_BxT: jax.Array, documents: Documents):
   return masks.packed_documents(inputs_BxT, boundary_id, starts_after=starts_after)
 
 
-def loss_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int, documents: Documents = None):
-  """(cross-entropy sum, token count) of next-token prediction on a batch of rows."""
+def answer_targets(inputs_BxT: jax.Array, marker_id: Optional[int]) -> Optional[jax.Array]:
+  """(B, T) bool: the targets that answer a question "MARKER KEY" -> VALUE, i.e. those whose input
+  one position earlier is the marker; None (every target) when marker_id is None.
+
+  Associative-recall training (MQAR, Arora et al. 2023, "Zoology") puts the loss on the answers
+  only: on random keys and values every other target is noise, and the few answers would be a
+  small share of a whole-sequence gradient.
+  """
+  if marker_id is None:
+    return None
+  marker_BxT = inputs_BxT == marker_id
+  return jnp.pad(marker_BxT[:, :-1], ((0, 0), (1, 0)))  # target t answers when input t - 1 is it
+
+
+def loss_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int, documents: Documents = None,
+              answer_marker: Optional[int] = None):
+  """(cross-entropy sum, token count) of next-token prediction on a batch of rows; with
+  answer_marker, on the answer targets only (answer_targets)."""
   inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
   logits = transformer.apply(graphdef, params, inputs, *document_layout(inputs, documents))
-  return token_loss_sums(logits, targets, pad_id)
+  return token_loss_sums(logits, targets, pad_id, answer_targets(inputs, answer_marker))
 
 
 def router_terms(stats, n: jax.Array, aux_weights: tuple[float, float]):
@@ -101,16 +121,17 @@ def router_terms(stats, n: jax.Array, aux_weights: tuple[float, float]):
 
 
 def lm_loss(graphdef, pad_id: int, aux_weights: tuple[float, float] = (0.0, 0.0),
-            documents: Documents = None) -> LossFn:
+            documents: Documents = None, answer_marker: Optional[int] = None) -> LossFn:
   """Pretraining: next-token cross-entropy over rows (B, L+1), plus the router losses. With
-  `documents`, the documents packed into a row are isolated (document_layout)."""
+  `documents`, the documents packed into a row are isolated (document_layout); with
+  `answer_marker` (a token id), only the answers after it count (answer_targets)."""
 
   def loss(params, batch_BxL1, use=None):
     inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
     positions, segment_ids = document_layout(inputs, documents)
     logits, stats = transformer.apply_with_aux(
         graphdef, params, inputs, positions, segment_ids, use=use)
-    ce_sum, n = token_loss_sums(logits, targets, pad_id)
+    ce_sum, n = token_loss_sums(logits, targets, pad_id, answer_targets(inputs, answer_marker))
     aux, sums = router_terms(stats, n, aux_weights)
     return ce_sum + aux, n, {"loss": ce_sum, **sums}
 
@@ -197,10 +218,11 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(graphdef, *, pad_id: int, documents: Documents = None):
-  """eval_step(params, batch) -> (loss sum, token count); documents as in lm_loss."""
+def make_eval_step(graphdef, *, pad_id: int, documents: Documents = None,
+                   answer_marker: Optional[int] = None):
+  """eval_step(params, batch) -> (loss sum, token count); documents, answer_marker as in lm_loss."""
 
   def eval_step(params, batch_BxL1):
-    return loss_sums(graphdef, params, batch_BxL1, pad_id, documents)
+    return loss_sums(graphdef, params, batch_BxL1, pad_id, documents, answer_marker)
 
   return eval_step
