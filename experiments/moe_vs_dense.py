@@ -17,6 +17,7 @@ OUT/moe_vs_dense.png.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -40,6 +41,8 @@ def define_flags() -> None:
   flags.DEFINE_string("out", "results/moe_vs_dense", "Where results.json and the plot go.")
   flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How pending runs are trained.")
   flags.DEFINE_string("point", "", "Train only this run (what the launchers hand out).")
+  flags.DEFINE_bool("partial", False, "Train nothing; report the runs done so far (the compared "
+                    "setting: the config's, else the best of the sweep runs done).")
 
 
 # ----------------------------------------------------------------------------- the points
@@ -92,12 +95,13 @@ def best_setting(records: list[dict]) -> str:
   return min(moe, key=lambda r: r["eval_loss"])["meta"]["setting"]
 
 
-def all_points(cfg, root: str) -> tuple[list[sweep_lib.Point], str]:
+def all_points(cfg, root: str, partial: bool = False) -> tuple[list[sweep_lib.Point], str]:
   """(every point known now, the compared setting or ''): the seeds stage is known once the
-  config names its setting or the sweep stage is done."""
+  config names its setting or the sweep stage is done (with `partial`, once any MoE run of the
+  sweep is done: the best of those)."""
   points = sweep_points(cfg)
   setting = cfg.compare
-  if not setting and not sweep_lib.pending(root, points):
+  if not setting and (partial or not sweep_lib.pending(root, points)):
     setting = best_setting(sweep_lib.collect(root, points))
   if setting:
     setting_overrides(cfg.base, setting)  # a malformed name fails here
@@ -136,18 +140,31 @@ def step_flops_per_token(config, dispatch=None) -> float:
   return float(cost["flops"]) / (config.train.batch_size * config.data.seq_len)
 
 
-def setting_costs(cfg, setting: str, compiled: bool = True) -> dict:
-  """Parameters and FLOPs per token of a setting (the same at every seed)."""
+def setting_costs(cfg, setting: str, root: str, dropless: bool = False) -> dict:
+  """Parameters and FLOPs per token of a setting (the same at every seed): analytic, and of the
+  compiled train step (with dropless dispatch too when `dropless`). Cached in ROOT/costs/, so a
+  second report compiles nothing."""
+  config = sweep_lib.apply_overrides(cfg.base, setting_overrides(cfg.base, setting))
+  key = json.dumps([config.model.to_dict(), config.data.seq_len, config.train.batch_size, dropless],
+                   sort_keys=True, default=str)
+  path = os.path.join(root, "costs", f"{setting}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  out = _costs(config, dropless)
+  sweep_lib.write_json(path, out)
+  return out
+
+
+def _costs(config, dropless: bool) -> dict:
   from model.config import ModelConfig, count_params, flops_per_token
 
-  config = sweep_lib.apply_overrides(cfg.base, setting_overrides(cfg.base, setting))
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   out = {"params": count_params(model_cfg),
          "analytic_train_flops_per_token": flops_per_token(model_cfg, config.data.seq_len)}
-  if compiled:
-    out["compiled_train_flops_per_token"] = step_flops_per_token(config)
-    if model_cfg.moe.enabled:
-      out["compiled_train_flops_per_token_dropless"] = step_flops_per_token(config, "dropless")
+  out["compiled_train_flops_per_token"] = step_flops_per_token(config)
+  if dropless and model_cfg.moe.enabled:
+    out["compiled_train_flops_per_token_dropless"] = step_flops_per_token(config, "dropless")
   return out
 
 
@@ -166,8 +183,9 @@ def run_summary(workdir: str, tokens_per_step: int) -> dict:
                for r in records if "eval_loss" in r],
       "median_step_time_s": tokens_per_step / float(np.median(tps)) if tps else None,
   }
-  shares = [[v for k, v in sorted(r.items(), key=lambda kv: int(kv[0].rsplit("/", 1)[1]))
-             if k.startswith("moe/expert_share/")] for r in records]
+  prefix = "moe/expert_share/"
+  shares = [[r[k] for k in sorted((k for k in r if k.startswith(prefix)),
+                                  key=lambda k: int(k[len(prefix):]))] for r in records]
   if any(shares):
     out["expert_share_last_100_steps"] = _share_range(
         [s for r, s in zip(records, shares) if s and r["step"] > records[-1]["step"] - 100])
@@ -220,39 +238,47 @@ def aggregate(loss_by_arm: dict[str, dict[int, float]]) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
-def report(cfg, root: str, points, setting: str, out_dir: str, compiled: bool = True) -> dict:
+def report(cfg, root: str, points, setting: str, out_dir: str) -> dict:
+  """Writes OUT/results.json and the plot from the done runs among `points` (all of them, unless
+  the study is collected early with --partial: then results.json lists the missing runs)."""
   records = {r["name"]: r for r in sweep_lib.collect(root, points)}
   base = cfg.base
   tokens_per_step = base.train.batch_size * base.data.seq_len
   runs = {}
-  for p in points:
+  done = [p for p in points if p.name in records]
+  for p in done:
     r = records[p.name]
     runs[p.name] = {"setting": p.meta["setting"], "seed": p.meta["seed"],
                     "final_eval_loss": r["eval_loss"], "tokens": r["tokens"], "wall_s": r["wall_s"],
                     **run_summary(sweep_lib.point_dir(root, p.name), tokens_per_step)}
-  costs = {s: setting_costs(cfg, s, compiled) for s in dict.fromkeys(p.meta["setting"] for p in points)}
+  costs = {s: setting_costs(cfg, s, root, dropless=s == setting)
+           for s in dict.fromkeys(p.meta["setting"] for p in done)}
   dense = costs[DENSE]
   sweep_rows = []
   for p in sweep_points(cfg):
+    if p.name not in runs:
+      continue
     s, run = p.meta["setting"], runs[p.name]
     c = costs[s]
     row = {"setting": s, "seed": p.meta["seed"], "final_eval_loss": run["final_eval_loss"],
            "params_total": c["params"]["total"], "params_active": c["params"]["active"],
            "analytic_flops_ratio_vs_dense":
                c["analytic_train_flops_per_token"] / dense["analytic_train_flops_per_token"],
-           "median_step_time_s": run["median_step_time_s"]}
-    if compiled:
-      row["compiled_flops_ratio_vs_dense"] = (
-          c["compiled_train_flops_per_token"] / dense["compiled_train_flops_per_token"])
+           "median_step_time_s": run["median_step_time_s"],
+           "compiled_flops_ratio_vs_dense":
+               c["compiled_train_flops_per_token"] / dense["compiled_train_flops_per_token"]}
     for k in ("mean_drop_fraction", "final_load_balance_loss", "expert_share_last_100_steps"):
       if k in run:
         row[k] = run[k]
     sweep_rows.append(row)
   by_arm = {DENSE: {}, setting: {}}
   for p in seed_points(cfg, setting):
-    by_arm[p.meta["setting"]][p.meta["seed"]] = runs[p.name]["final_eval_loss"]
+    if p.name in runs:
+      by_arm[p.meta["setting"]][p.meta["seed"]] = runs[p.name]["final_eval_loss"]
   results = {
       "study": "moe_vs_dense", "machine": sweep_lib.machine_info(),
+      "complete": len(done) == len(points),
+      "missing": [p.name for p in points if p.name not in records],
       "train": {"steps": base.train.steps, "batch_size": base.train.batch_size,
                 "seq_len": base.data.seq_len, "tokens": base.train.steps * tokens_per_step,
                 "lr": base.train.lr},
@@ -326,26 +352,29 @@ def main(argv):
   common.setup()
   cfg = FLAGS.config
   try:
-    for _ in range(2):  # the sweep stage, then (once it is done) the seeds stage
-      points, setting = all_points(cfg, FLAGS.workdir)
-      done = sweep_lib.launch(
-          FLAGS.workdir, cfg.base, points, launcher=FLAGS.launcher, point=FLAGS.point,
-          argv=sys.argv, job_name=cfg.launch.job_name,
-          slurm_options=tuple(cfg.launch.slurm_options))
-      if FLAGS.point or not done or setting:
-        break
-    if FLAGS.point:
-      return
-    if not done or not setting:
-      print("runs pending; rerun this command when they are done, to continue or collect",
-            file=sys.stderr)
-      return
+    if FLAGS.partial:  # collect what is done, train nothing
+      points, setting = all_points(cfg, FLAGS.workdir, partial=True)
+    else:
+      for _ in range(2):  # the sweep stage, then (once it is done) the seeds stage
+        points, setting = all_points(cfg, FLAGS.workdir)
+        done = sweep_lib.launch(
+            FLAGS.workdir, cfg.base, points, launcher=FLAGS.launcher, point=FLAGS.point,
+            argv=sys.argv, job_name=cfg.launch.job_name,
+            slurm_options=tuple(cfg.launch.slurm_options))
+        if FLAGS.point or not done or setting:
+          break
+      if FLAGS.point:
+        return
+      if not done or not setting:
+        print("runs pending; rerun this command when they are done, to continue or collect",
+              file=sys.stderr)
+        return
     results = report(cfg, FLAGS.workdir, points, setting, FLAGS.out)
   except (ValueError, FileNotFoundError) as e:
     common.fail(e)
   out = sys.stderr if FLAGS.launcher == "print" else sys.stdout
-  print(json.dumps({"compare": results["compare"], "sweep": {r["setting"]: round(r["final_eval_loss"], 4)
-                                                             for r in results["sweep"]},
+  print(json.dumps({"compare": results["compare"], "missing": results["missing"],
+                    "sweep": {r["setting"]: round(r["final_eval_loss"], 4) for r in results["sweep"]},
                     "seeds": results["seeds"]}, indent=2), file=out)
 
 
