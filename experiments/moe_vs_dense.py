@@ -140,31 +140,29 @@ def step_flops_per_token(config, dispatch=None) -> float:
   return float(cost["flops"]) / (config.train.batch_size * config.data.seq_len)
 
 
-def setting_costs(cfg, setting: str, root: str, dropless: bool = False) -> dict:
+def setting_costs(cfg, setting: str, root: str) -> dict:
   """Parameters and FLOPs per token of a setting (the same at every seed): analytic, and of the
-  compiled train step (with dropless dispatch too when `dropless`). Cached in ROOT/costs/, so a
-  second report compiles nothing."""
+  compiled train step (capacity dispatch, the one trained; docs/moe.md has dropless's on a CPU).
+  Cached in ROOT/costs/, so a second report compiles nothing."""
   config = sweep_lib.apply_overrides(cfg.base, setting_overrides(cfg.base, setting))
-  key = json.dumps([config.model.to_dict(), config.data.seq_len, config.train.batch_size, dropless],
+  key = json.dumps([config.model.to_dict(), config.data.seq_len, config.train.batch_size],
                    sort_keys=True, default=str)
   path = os.path.join(root, "costs", f"{setting}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.json")
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       return json.load(f)
-  out = _costs(config, dropless)
+  out = _costs(config)
   sweep_lib.write_json(path, out)
   return out
 
 
-def _costs(config, dropless: bool) -> dict:
+def _costs(config) -> dict:
   from model.config import ModelConfig, count_params, flops_per_token
 
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   out = {"params": count_params(model_cfg),
          "analytic_train_flops_per_token": flops_per_token(model_cfg, config.data.seq_len)}
   out["compiled_train_flops_per_token"] = step_flops_per_token(config)
-  if dropless and model_cfg.moe.enabled:
-    out["compiled_train_flops_per_token_dropless"] = step_flops_per_token(config, "dropless")
   return out
 
 
@@ -251,8 +249,7 @@ def report(cfg, root: str, points, setting: str, out_dir: str) -> dict:
     runs[p.name] = {"setting": p.meta["setting"], "seed": p.meta["seed"],
                     "final_eval_loss": r["eval_loss"], "tokens": r["tokens"], "wall_s": r["wall_s"],
                     **run_summary(sweep_lib.point_dir(root, p.name), tokens_per_step)}
-  costs = {s: setting_costs(cfg, s, root, dropless=s == setting)
-           for s in dict.fromkeys(p.meta["setting"] for p in done)}
+  costs = {s: setting_costs(cfg, s, root) for s in dict.fromkeys(p.meta["setting"] for p in done)}
   dense = costs[DENSE]
   sweep_rows = []
   for p in sweep_points(cfg):
