@@ -176,9 +176,14 @@ def run_summary(workdir: str, tokens_per_step: int) -> dict:
   by_step = {r["step"]: r for r in records}  # a step logged twice keeps its newest record
   records = [by_step[s] for s in sorted(by_step)]
   tps = [r["tokens_per_sec"] for r in records if "tokens_per_sec" in r]
+  last = records[-1]["step"]
+  # Each training batch is seen once and its loss logged before the update: a second held-out
+  # estimate, from far more tokens than the validation batches (the same batches in both arms).
+  train_tail = [r["loss"] for r in records if "loss" in r and r["step"] > last - 100]
   out = {
       "eval": [{"step": r["step"], "tokens": r["tokens_seen"], "eval_loss": r["eval_loss"]}
                for r in records if "eval_loss" in r],
+      "train_loss_last_100_steps": float(np.mean(train_tail)),
       "median_step_time_s": tokens_per_step / float(np.median(tps)) if tps else None,
   }
   prefix = "moe/expert_share/"
@@ -246,7 +251,7 @@ def report(cfg, root: str, points, setting: str, out_dir: str) -> dict:
   done = [p for p in points if p.name in records]
   for p in done:
     r = records[p.name]
-    runs[p.name] = {"setting": p.meta["setting"], "seed": p.meta["seed"],
+    runs[p.name] = {"name": p.name, "setting": p.meta["setting"], "seed": p.meta["seed"],
                     "final_eval_loss": r["eval_loss"], "tokens": r["tokens"], "wall_s": r["wall_s"],
                     **run_summary(sweep_lib.point_dir(root, p.name), tokens_per_step)}
   costs = {s: setting_costs(cfg, s, root) for s in dict.fromkeys(p.meta["setting"] for p in done)}
@@ -258,6 +263,7 @@ def report(cfg, root: str, points, setting: str, out_dir: str) -> dict:
     s, run = p.meta["setting"], runs[p.name]
     c = costs[s]
     row = {"setting": s, "seed": p.meta["seed"], "final_eval_loss": run["final_eval_loss"],
+           "train_loss_last_100_steps": run["train_loss_last_100_steps"],
            "params_total": c["params"]["total"], "params_active": c["params"]["active"],
            "analytic_flops_ratio_vs_dense":
                c["analytic_train_flops_per_token"] / dense["analytic_train_flops_per_token"],
@@ -269,9 +275,11 @@ def report(cfg, root: str, points, setting: str, out_dir: str) -> dict:
         row[k] = run[k]
     sweep_rows.append(row)
   by_arm = {DENSE: {}, setting: {}}
+  train_by_arm = {DENSE: {}, setting: {}}
   for p in seed_points(cfg, setting):
     if p.name in runs:
       by_arm[p.meta["setting"]][p.meta["seed"]] = runs[p.name]["final_eval_loss"]
+      train_by_arm[p.meta["setting"]][p.meta["seed"]] = runs[p.name]["train_loss_last_100_steps"]
   results = {
       "study": "moe_vs_dense", "machine": sweep_lib.machine_info(),
       "complete": len(done) == len(points),
@@ -284,6 +292,7 @@ def report(cfg, root: str, points, setting: str, out_dir: str) -> dict:
       "sweep": sweep_rows,
       "compare": setting, "compare_chosen_by": "config" if cfg.compare else "sweep",
       "seeds": aggregate(by_arm),
+      "seeds_train_loss_last_100_steps": aggregate(train_by_arm),
       "costs": costs,
       "wall_s_total": sum(r["wall_s"] for r in records.values()),
       "runs": runs,
@@ -323,7 +332,10 @@ def plot(results: dict, out_dir: str) -> str:
   ax = axes[1]
   rows = results["sweep"]
   x = np.arange(len(rows))
-  ax.plot(x, [r["final_eval_loss"] for r in rows], "o", color="k", label=f"seed {rows[0]['seed']}")
+  ax.plot(x, [r["final_eval_loss"] for r in rows], "o", color="k",
+          label=f"validation loss, seed {rows[0]['seed']}")
+  ax.plot(x, [r["train_loss_last_100_steps"] for r in rows], "^", color="gray", mfc="none",
+          label="training loss over the last 100 steps (each batch seen once)")
   for i, arm in enumerate((DENSE, setting)):
     s = results["seeds"]["arms"][arm]
     j = [r["setting"] for r in rows].index(arm)
@@ -333,7 +345,7 @@ def plot(results: dict, out_dir: str) -> str:
   ax.axhline(rows[0]["final_eval_loss"], color="gray", ls=":", lw=1)
   ax.set_xticks(x, [r["setting"] for r in rows])
   ax.set(xlabel="setting (E experts, top-k, each expert d_ff / k wide)",
-         ylabel="final validation loss", title="sweep: final validation loss per setting")
+         ylabel="final loss (nats/token)", title="sweep: final loss per setting")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   path = os.path.join(out_dir, "moe_vs_dense.png")
