@@ -206,10 +206,11 @@ def _share_range(shares: list[list[float]]) -> list[float]:
 
 
 def aggregate(loss_by_arm: dict[str, dict[int, float]]) -> dict:
-  """Per arm, over its seeds: mean, sample standard deviation (ddof 1), min and max of the final
-  loss; and the paired differences (second arm minus first) at the seeds both arms have.
+  """Per arm, over its seeds: the values in seed order, their mean, sample standard deviation
+  (ddof 1), min and max; and the paired differences (second arm minus first) at the seeds both
+  arms have.
 
-  loss_by_arm: {arm: {seed: final validation loss}}, the first arm the reference (dense).
+  loss_by_arm: {arm: {seed: loss}}, the first arm the reference (dense).
   """
   import numpy as np
 
@@ -218,7 +219,7 @@ def aggregate(loss_by_arm: dict[str, dict[int, float]]) -> dict:
   for arm, by_seed in loss_by_arm.items():
     v = np.asarray([by_seed[s] for s in sorted(by_seed)], dtype=np.float64)
     out["arms"][arm] = {
-        "seeds": sorted(by_seed), "final_eval_loss": v.tolist(), "mean": float(v.mean()),
+        "seeds": sorted(by_seed), "values": v.tolist(), "mean": float(v.mean()),
         "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
         "min": float(v.min()), "max": float(v.max())}
   if len(arms) == 2:

@@ -219,7 +219,7 @@ def test_moe_vs_dense_aggregates_each_arm_over_its_seeds_and_pairs_seeds_across_
   dense, moe = out["arms"]["dense"], out["arms"]["E8-k2"]
   assert np.isclose(dense["mean"], 4.1) and np.isclose(dense["std"], 0.1)  # ddof 1
   assert np.isclose(moe["mean"], 4.0) and np.isclose(moe["std"], np.std([3.9, 4.3, 3.8], ddof=1))
-  assert (moe["min"], moe["max"]) == (3.8, 4.3) and moe["final_eval_loss"] == [3.9, 4.3, 3.8]
+  assert (moe["min"], moe["max"]) == (3.8, 4.3) and moe["values"] == [3.9, 4.3, 3.8]
   d = out["difference"]
   assert np.allclose([d["paired"][s] for s in "012"], [-0.1, 0.1, -0.3])  # same seed, not same rank
   assert np.isclose(d["mean"], -0.1) and np.isclose(d["paired_std"], 0.2)
@@ -267,7 +267,7 @@ def test_moe_vs_dense_end_to_end_and_restarts_without_retraining(tmp_path, tiny_
   assert len(loss) == 4  # dense and E4-k2 at seeds 0 and 1: the sweep's seed-0 runs reused
   for arm in ("dense", "E4-k2"):
     s = results["seeds"]["arms"][arm]
-    assert s["final_eval_loss"] == [loss[arm, 0], loss[arm, 1]]
+    assert s["values"] == [loss[arm, 0], loss[arm, 1]]
     assert np.isclose(s["mean"], (loss[arm, 0] + loss[arm, 1]) / 2)
   assert np.isclose(results["seeds"]["difference"]["paired"]["1"], loss["E4-k2", 1] - loss["dense", 1])
   row = results["sweep"][1]  # equal active parameters: the FLOPs of dense within a few %
