@@ -1,10 +1,10 @@
 """Experiment: Mixture-of-Experts models against a dense model of the same active compute.
 
   python -m experiments.moe_vs_dense [--config=experiments/configs/moe_vs_dense.py] [--workdir=runs/moe_vs_dense]
-      [--out=results/moe_vs_dense] [--launcher=local|print|slurm] [--point=NAME]
+      [--out=results/moe_vs_dense] [--launcher=local|print|slurm] [--point=NAME] [--partial]
 
 Two stages of a restartable sweep (experiments/sweep.py; the config's docstring has the design):
-a sweep over MoE settings (experts x top-k, each expert d_ff / k wide) beside dense at one seed,
+a sweep over MoE settings (E experts, top-k, each expert d_ff / k wide) beside dense at one seed,
 then dense and one MoE setting (the sweep's best unless the config names one) at several seeds.
 Each run is a point in WORKDIR/points/NAME, done when its result.json exists, so a rerun skips
 finished runs and resumes an interrupted one; the print and slurm launchers hand out the pending
@@ -48,10 +48,6 @@ def define_flags() -> None:
 # ----------------------------------------------------------------------------- the points
 
 
-def setting_label(n_experts: int, top_k: int) -> str:
-  return f"E{n_experts}-k{top_k}"
-
-
 def setting_overrides(base, setting: str) -> dict:
   """Overrides of an MoE setting 'E<experts>-k<top_k>' (each expert d_ff / top_k wide, so the
   top_k experts of a token hold d_ff hidden units, the dense FFN's), or {} for 'dense'."""
@@ -61,7 +57,7 @@ def setting_overrides(base, setting: str) -> dict:
     e, k = setting.split("-")
     n_experts, top_k = int(e.removeprefix("E")), int(k.removeprefix("k"))
   except ValueError:
-    raise ValueError(f"compare={setting!r} is not a setting like 'E8-k2'") from None
+    raise ValueError(f"setting {setting!r} is not like 'E8-k2'") from None
   if base.model.d_ff % top_k:
     raise ValueError(f"model.d_ff={base.model.d_ff} is not divisible by top_k={top_k}")
   return {"model.moe.n_experts": n_experts, "model.moe.top_k": top_k,
@@ -74,7 +70,7 @@ def make_point(cfg, setting: str, seed: int) -> sweep_lib.Point:
 
 
 def sweep_settings(cfg) -> list[str]:
-  return [DENSE] + [setting_label(e, k) for e in cfg.sweep.experts for k in cfg.sweep.top_k]
+  return [DENSE] + list(cfg.sweep.settings)
 
 
 def sweep_points(cfg) -> list[sweep_lib.Point]:
@@ -91,7 +87,7 @@ def best_setting(records: list[dict]) -> str:
   """The MoE setting with the lowest final validation loss among the done records."""
   moe = [r for r in records if r["meta"]["setting"] != DENSE]
   if not moe:
-    raise ValueError("the sweep has no MoE setting to compare (sweep.experts or sweep.top_k is empty)")
+    raise ValueError("the sweep has no MoE setting to compare (sweep.settings is empty)")
   return min(moe, key=lambda r: r["eval_loss"])["meta"]["setting"]
 
 

@@ -233,7 +233,7 @@ def test_moe_vs_dense_hands_out_the_seeds_stage_of_the_best_setting_once_the_swe
   from experiments.configs import moe_vs_dense as config
 
   cfg = config.get_config()
-  cfg.sweep.update(experts=(8, 16), top_k=(1, 2))
+  cfg.sweep.settings = ("E8-k1", "E8-k2", "E16-k1", "E16-k2")
   sweep_points = moe_vs_dense.sweep_points(cfg)
   assert [p.meta["setting"] for p in sweep_points] == ["dense", "E8-k1", "E8-k2", "E16-k1", "E16-k2"]
   assert sweep_points[2].overrides["model.moe.d_expert"] == cfg.base.model.d_ff // 2  # equal active

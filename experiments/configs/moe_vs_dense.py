@@ -7,9 +7,9 @@ FFN with E SwiGLU experts of width d_ff / k, so the k experts a token visits hol
 in all and the FFN FLOPs per token match dense (the router adds d_model * E per token). The study
 has two stages, each a list of points of a restartable sweep (experiments/sweep.py):
 
-  1. sweep: dense and every (experts, top_k) setting below at seed sweep_seed;
+  1. sweep: dense and every MoE setting of sweep.settings at seed sweep.seed;
   2. seeds: dense and one MoE setting (`compare`; "" = the sweep's lowest final validation loss)
-     at every seed of `seeds`; the sweep's runs at sweep_seed are reused.
+     at every seed of `seeds`; the sweep's runs at sweep.seed are reused.
 
 A seed sets both the initialisation and the data order (train.seed), so dense and MoE at one seed
 see the same batches in the same order.
@@ -44,11 +44,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.base = b
 
   c.sweep = ml_collections.ConfigDict()
-  # Two settings, the expert count swept at top-2 (experts d_ff / 2 wide): seven 600-step runs in
-  # all were what 2 CPU cores shared with other jobs (~1.2 s a step) allowed in about 80 minutes.
-  # Top-1 (experts d_ff wide) is one more run per expert count: --config.sweep.top_k=1,2.
-  c.sweep.experts = (8, 16)
-  c.sweep.top_k = (2,)
+  # MoE settings "E<experts>-k<top_k>", each expert d_ff / top_k wide. The expert count at top-2,
+  # and top-1 at 8 experts: eight 600-step runs in all were what 2 CPU cores shared with other
+  # jobs (7-15 minutes a run) allowed in about 80 minutes. More: --config.sweep.settings='("E16-k1",)'.
+  c.sweep.settings = ("E8-k1", "E8-k2", "E16-k2")
   c.sweep.seed = 0
   c.compare = ""  # "E8-k2" etc.; "" = the sweep's best MoE setting
   c.seeds = (0, 1, 2)
@@ -60,7 +59,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     b.data.seq_len = 32
     b.model.update(d_model=32, n_heads=2, n_kv_heads=1, d_ff=64, n_layers=2)
     b.train.eval_every = 2
-    c.sweep.update(experts=(4,), top_k=(2,))
+    c.sweep.settings = ("E4-k2",)
     c.seeds = (0, 1)
   elif preset:
     raise ValueError(f"unknown preset {preset!r}; allowed: tiny")
