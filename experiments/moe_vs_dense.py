@@ -306,7 +306,7 @@ def plot(results: dict, out_dir: str) -> str:
   import numpy as np
 
   setting = results["compare"]
-  fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+  fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
   ax = axes[0]
   for i, arm in enumerate((DENSE, setting)):
     color = plt.cm.tab10(i)
@@ -344,7 +344,7 @@ def plot(results: dict, out_dir: str) -> str:
   ax.set_xticks(x, [r["setting"] for r in rows])
   ax.set(xlabel="setting (E experts, top-k, each expert d_ff / k wide)",
          ylabel="final loss (nats/token)", title="sweep: final loss per setting")
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
   ax.grid(alpha=0.3)
   path = os.path.join(out_dir, "moe_vs_dense.png")
   plots.save(fig, path, dpi=110)
