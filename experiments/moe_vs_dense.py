@@ -66,7 +66,8 @@ def setting_overrides(base, setting: str) -> dict:
 
 def make_point(cfg, setting: str, seed: int) -> sweep_lib.Point:
   over = {**setting_overrides(cfg.base, setting), "train.seed": seed}
-  return sweep_lib.make_point(f"{setting}-s{seed}", cfg.base, over, {"setting": setting, "seed": seed})
+  meta = {"setting": setting, "seed": seed}
+  return sweep_lib.make_point(f"{setting}-s{seed}", cfg.base, over, meta)
 
 
 def sweep_settings(cfg) -> list[str]:
@@ -381,7 +382,8 @@ def main(argv):
     common.fail(e)
   out = sys.stderr if FLAGS.launcher == "print" else sys.stdout
   print(json.dumps({"compare": results["compare"], "missing": results["missing"],
-                    "sweep": {r["setting"]: round(r["final_eval_loss"], 4) for r in results["sweep"]},
+                    "sweep": {r["setting"]: round(r["final_eval_loss"], 4)
+                              for r in results["sweep"]},
                     "seeds": results["seeds"]}, indent=2), file=out)
 
 

@@ -46,7 +46,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.sweep = ml_collections.ConfigDict()
   # MoE settings "E<experts>-k<top_k>", each expert d_ff / top_k wide. The expert count at top-2,
   # and top-1 at 8 experts: eight 600-step runs in all were what 2 CPU cores shared with other
-  # jobs (7-15 minutes a run) allowed in about 80 minutes. More: --config.sweep.settings='("E16-k1",)'.
+  # jobs (6-14 minutes a run) allowed in about 80 minutes.
+  # More: --config.sweep.settings='("E8-k1", "E8-k2", "E16-k1", "E16-k2")'.
   c.sweep.settings = ("E8-k1", "E8-k2", "E16-k2")
   c.sweep.seed = 0
   c.compare = ""  # "E8-k2" etc.; "" = the sweep's best MoE setting
