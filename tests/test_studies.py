@@ -264,3 +264,71 @@ def test_accelerator_smoke_runs_every_section_without_grain_or_ml_collections(tm
   assert speedups == sorted(speedups) and speedups[0] < speedups[-1]
   assert [r["stage"] for r in result["sections"]["zero"]["stages"]] == [0, 3]  # --smoke's
   assert all(r["compiled"]["peak"] > 0 for r in result["sections"]["zero"]["stages"])
+
+
+def test_moe_vs_dense_aggregates_each_arm_over_its_seeds_and_pairs_seeds_across_arms():
+  from experiments import moe_vs_dense
+
+  out = moe_vs_dense.aggregate({"dense": {0: 4.0, 1: 4.2, 2: 4.1}, "E8-k2": {2: 3.8, 0: 3.9, 1: 4.3}})
+  dense, moe = out["arms"]["dense"], out["arms"]["E8-k2"]
+  assert np.isclose(dense["mean"], 4.1) and np.isclose(dense["std"], 0.1)  # ddof 1
+  assert np.isclose(moe["mean"], 4.0) and np.isclose(moe["std"], np.std([3.9, 4.3, 3.8], ddof=1))
+  assert (moe["min"], moe["max"]) == (3.8, 4.3) and moe["values"] == [3.9, 4.3, 3.8]
+  d = out["difference"]
+  assert np.allclose([d["paired"][s] for s in "012"], [-0.1, 0.1, -0.3])  # same seed, not same rank
+  assert np.isclose(d["mean"], -0.1) and np.isclose(d["paired_std"], 0.2)
+  assert not d["lower_by_more_than_std"] and not d["ranges_separate"]
+  clear = moe_vs_dense.aggregate({"dense": {0: 4.0, 1: 4.02}, "E8-k2": {0: 3.9, 1: 3.91}})
+  assert clear["difference"]["lower_by_more_than_std"] and clear["difference"]["ranges_separate"]
+
+
+def test_moe_vs_dense_hands_out_the_seeds_stage_of_the_best_setting_once_the_sweep_is_done(tmp_path):
+  from experiments import moe_vs_dense
+  from experiments.configs import moe_vs_dense as config
+
+  cfg = config.get_config()
+  cfg.sweep.settings = ("E8-k1", "E8-k2", "E16-k1", "E16-k2")
+  sweep_points = moe_vs_dense.sweep_points(cfg)
+  assert [p.meta["setting"] for p in sweep_points] == ["dense", "E8-k1", "E8-k2", "E16-k1", "E16-k2"]
+  assert sweep_points[2].overrides["model.moe.d_expert"] == cfg.base.model.d_ff // 2  # equal active
+  loss = {"dense": 4.0, "E8-k1": 3.95, "E8-k2": 3.9, "E16-k1": 3.97, "E16-k2": 4.1}
+  for p in sweep_points[:-1]:
+    sweep.write_json(os.path.join(sweep.point_dir(str(tmp_path), p.name), sweep.RESULT),
+                     {"name": p.name, "meta": p.meta, "eval_loss": loss[p.meta["setting"]]})
+  points, setting = moe_vs_dense.all_points(cfg, str(tmp_path))
+  assert (points, setting) == (sweep_points, "")  # a sweep run pending: the seeds stage waits
+  p = sweep_points[-1]
+  sweep.write_json(os.path.join(sweep.point_dir(str(tmp_path), p.name), sweep.RESULT),
+                   {"name": p.name, "meta": p.meta, "eval_loss": loss["E16-k2"]})
+  points, setting = moe_vs_dense.all_points(cfg, str(tmp_path))
+  assert setting == "E8-k2" and points[:5] == sweep_points
+  assert [(p.meta["setting"], p.meta["seed"]) for p in points[5:]] == [
+      ("dense", 1), ("E8-k2", 1), ("dense", 2), ("E8-k2", 2)]  # seed 0: the sweep's runs
+  cfg.compare = "E16-k1"
+  assert moe_vs_dense.all_points(cfg, str(tmp_path))[1] == "E16-k1"
+
+
+def test_moe_vs_dense_end_to_end_and_restarts_without_retraining(tmp_path, tiny_corpus):
+  args = ["--config=experiments/configs/moe_vs_dense.py:tiny", f"--config.base.data.paths={tiny_corpus}",
+          f"--workdir={tmp_path}", f"--out={tmp_path / 'out'}"]
+  out = run_script("experiments.moe_vs_dense", *args)
+  assert out.returncode == 0, out.stderr[-2000:]
+  results = json.load(open(tmp_path / "out" / "results.json"))
+  assert [r["setting"] for r in results["sweep"]] == ["dense", "E4-k2"] and results["complete"]
+  assert results["compare"] == "E4-k2" and results["compare_chosen_by"] == "sweep"
+  loss = {(r["meta"]["setting"], r["meta"]["seed"]): r["eval_loss"]
+          for r in map(json.load, map(open, tmp_path.glob("points/*/result.json")))}
+  assert len(loss) == 4  # dense and E4-k2 at seeds 0 and 1: the sweep's seed-0 runs reused
+  for arm in ("dense", "E4-k2"):
+    s = results["seeds"]["arms"][arm]
+    assert s["values"] == [loss[arm, 0], loss[arm, 1]]
+    assert np.isclose(s["mean"], (loss[arm, 0] + loss[arm, 1]) / 2)
+  assert np.isclose(results["seeds"]["difference"]["paired"]["1"], loss["E4-k2", 1] - loss["dense", 1])
+  row = results["sweep"][1]  # equal active parameters: the FLOPs of dense within a few %
+  assert abs(row["analytic_flops_ratio_vs_dense"] - 1) < 0.05
+  assert (tmp_path / "out" / "moe_vs_dense.png").exists()
+
+  stamps = [os.stat(p).st_mtime_ns for p in sorted(tmp_path.glob("points/*/result.json"))]
+  again = run_script("experiments.moe_vs_dense", *args, "--launcher=print")
+  assert again.returncode == 0 and again.stdout == ""  # nothing pending, nothing printed
+  assert [os.stat(p).st_mtime_ns for p in sorted(tmp_path.glob("points/*/result.json"))] == stamps
