@@ -121,11 +121,15 @@ class ExpertExchange:
 
 
 def route(x_NxD: jax.Array, w_router_DxE: jax.Array, top_k: int) -> Routing:
-  """Softmax router in float32, top-k selection, chosen weights renormalised to sum to one."""
+  """Softmax router in float32, top-k selection. With k > 1 the chosen weights are renormalised
+  to sum to one (Mixtral); with k = 1 the gate is the chosen probability itself (Switch
+  Transformer): renormalised, a single gate would be 1 whatever the router says, and the router
+  would get no gradient from the loss, only from the auxiliary losses."""
   logits = jnp.einsum("nd,de->ne", x_NxD.astype(jnp.float32), w_router_DxE.astype(jnp.float32))
   probs = jax.nn.softmax(logits, axis=-1)
   top_p, top_e = jax.lax.top_k(probs, top_k)
-  return Routing(top_e.astype(jnp.int32), top_p / jnp.sum(top_p, axis=-1, keepdims=True), probs, logits)
+  weights = top_p if top_k == 1 else top_p / jnp.sum(top_p, axis=-1, keepdims=True)
+  return Routing(top_e.astype(jnp.int32), weights, probs, logits)
 
 
 def load_balance_loss(r: Routing) -> jax.Array:

@@ -37,6 +37,17 @@ def test_router_weights_are_renormalised_top_k():
   np.testing.assert_allclose(r.weight_NxK, jax.nn.softmax(top_logits, -1), rtol=1e-5)
 
 
+def test_top_1_gates_by_the_probability_so_the_loss_trains_the_router():
+  """Catches: top-1 weights renormalised to 1 (the router then gets no gradient from the loss,
+  only from the auxiliary losses, and top-1 MoE cannot learn where to send tokens)."""
+  x, w_router, w_gate, w_up, w_down = _weights()
+  r = moe.route(x, w_router, 1)
+  np.testing.assert_allclose(r.weight_NxK[:, 0], jnp.max(r.probs_NxE, -1), rtol=1e-6)
+  cfg = _layer("dropless", k=1)
+  g = jax.grad(lambda w: jnp.sum(moe.moe_ffn(x, w, w_gate, w_up, w_down, cfg)[0] ** 2))(w_router)
+  assert float(jnp.max(jnp.abs(g))) > 1e-4
+
+
 def test_dropless_equals_loop_over_experts_in_outputs_and_gradients():
   x, w_router, w_gate, w_up, w_down = _weights()
 
