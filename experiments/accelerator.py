@@ -201,6 +201,24 @@ def section_decode(s: dict, on_cpu: bool) -> dict:
           "note": "random weights and cache; bound = batch x copy bandwidth / bytes read per step"}
 
 
+def _greedy_identical_in_float32(d: dict, sp: dict, prompt, keys) -> bool:
+  """Whether speculative greedy decoding emits the target's greedy tokens with float32 models of
+  the section's shapes (random weights)."""
+  import numpy as np
+
+  from model import generation, sampling, speculative
+
+  greedy = sampling.SamplingConfig(temperature=0.0)
+  n = sp["new_tokens"]
+  tcfg, tdef, tparams = _decode_model(d, True)
+  dcfg, ddef, dparams = _decode_model(d, True, **sp["draft"])
+  spec = speculative.make_generate(tcfg, tdef, dcfg, ddef,
+                                   speculative.SpeculativeSpec(sp["gamma"], n, -1, greedy))
+  base = generation.make_generate(tcfg, tdef, generation.DecodeSpec(n, -1, greedy))
+  return bool(np.array_equal(np.asarray(spec(tparams, dparams, *prompt, keys).tokens_BxN),
+                             np.asarray(base(tparams, *prompt, keys).tokens_BxN)))
+
+
 def section_speculative(s: dict, on_cpu: bool) -> dict:
   """Speculative decoding's costs on this device, and the speedup they give at given alphas.
 
@@ -239,13 +257,7 @@ def section_speculative(s: dict, on_cpu: bool) -> dict:
   # Greedy verification accepts exactly the target's argmax, so the outputs can differ only
   # where a pass over gamma + 1 tokens and a one-token step round differently and the top two
   # logits are that close (bfloat16, random weights). The same check in float32 tells which.
-  tcfg32, tdef32, tparams32 = _decode_model(d, True)
-  dcfg32, ddef32, dparams32 = _decode_model(d, True, **sp["draft"])
-  same32 = bool(same.all()) if on_cpu else np.array_equal(
-      np.asarray(speculative.make_generate(tcfg32, tdef32, dcfg32, ddef32, speculative.SpeculativeSpec(
-          g, n, -1, greedy))(tparams32, dparams32, *prompt, keys).tokens_BxN),
-      np.asarray(generation.make_generate(tcfg32, tdef32, generation.DecodeSpec(n, -1, greedy))(
-          tparams32, *prompt, keys).tokens_BxN))
+  same32 = bool(same.all()) if on_cpu else _greedy_identical_in_float32(d, sp, prompt, keys)
   rounds = int(out.rounds_B.sum())
   t_round = spec_s / rounds
   t1 = pass_s[1]
