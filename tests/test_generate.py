@@ -94,3 +94,31 @@ def test_distill_data_records_the_targets_greedy_continuations(tiny_run, tmp_pat
   assert len({t for t in lines}) > 1  # three different prompts, not one repeated
   with pytest.raises(ValueError, match="--new_tokens"):
     distill_data.record(tiny_run, str(tmp_path / "x.jsonl"), batch=1, **dict(args, new_tokens=0))
+
+
+def test_distill_data_writes_each_continuation_after_its_own_prompt(tiny_run, tmp_path, monkeypatch):
+  """A stand-in decoder whose continuation is the prompt's last token, repeated: every line must
+  end with its own prompt's last token (the trained tiny model continues every prompt alike, so
+  it cannot show a continuation written after a neighbour's prompt, or a filler row's)."""
+  import json
+  from types import SimpleNamespace
+
+  import jax.numpy as jnp
+
+  from experiments import distill_data
+  from model import generation
+  from train import tokenizer as tokenizer_lib
+
+  def fake_make_generate(cfg, graphdef, spec):
+    def fn(params, ids_BxT, lengths_B, keys_B):
+      last_B = ids_BxT[jnp.arange(ids_BxT.shape[0]), lengths_B - 1]
+      return SimpleNamespace(tokens_BxN=jnp.repeat(last_B[:, None], spec.max_new_tokens, 1))
+    return fn
+
+  monkeypatch.setattr(generation, "make_generate", fake_make_generate)
+  distill_data.record(tiny_run, str(tmp_path / "f.jsonl"), batch=2, prompts=5, prompt_tokens=4,
+                      new_tokens=3, seed=2)
+  tok = tokenizer_lib.load(tiny_run)
+  rows = distill_data.prompt_rows(tiny_run, 5, 4, 2)
+  expected = [tokenizer_lib.decode(tok, r.tolist() + [int(r[-1])] * 3) for r in rows]
+  assert [json.loads(x)["text"] for x in open(tmp_path / "f.jsonl")] == expected
