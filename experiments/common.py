@@ -16,6 +16,21 @@ def setup() -> None:
     logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# XLA's CPU backend (jax 0.10) hands dots of a few rows, such as a speculative verification pass
+# over gamma + 1 tokens, to YNNPACK fusions, which read a weight-bound model's matrices slower
+# than XLA's own dot does (docs/inference.md has the side-by-side measurement). Decoding scripts
+# turn them off unless told otherwise; one-row dots (a plain decode step) never use them.
+NO_YNN_DOTS = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def use_xla_flag(flag: str) -> None:
+  """Appends `--name=value` to XLA_FLAGS unless the user already set that name. Must run before
+  jax creates its backend (the first computation), which is when XLA reads the variable."""
+  current = os.environ.get("XLA_FLAGS", "")
+  if flag.split("=")[0] not in current:
+    os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
+
+
 def fail(error: Exception) -> None:
   """Prints `error: <one line>` and exits with status 2, without a traceback."""
   print(f"error: {error}", file=sys.stderr, flush=True)

@@ -55,6 +55,9 @@ def define_flags() -> None:
   flags.DEFINE_list("gammas", ["1", "2", "3", "4", "5", "6", "7", "8"], "Speculative gammas.")
   flags.DEFINE_list("temperatures", ["0", "1"], "Sampling temperatures of the speculative section.")
   flags.DEFINE_integer("speculative_repeats", 2, "Timed runs per prompt in the speculative section.")
+  flags.DEFINE_bool("ynn_dots", False, "Let XLA's CPU backend run dots of a few rows through "
+                    "YNNPACK, its default in jax 0.10; off, they use XLA's own dot, faster for a "
+                    "speculative verification pass here (docs/inference.md).")
 
 
 # Short Python prompts: the models were trained on the standard library.
@@ -464,6 +467,8 @@ SECTIONS = {"cache": section_cache, "heads": section_heads, "roofline": section_
 def main(argv):
   del argv
   common.setup()
+  if not FLAGS.ynn_dots:  # before jax creates its backend
+    common.use_xla_flag(common.NO_YNN_DOTS)
   import jax
 
   unknown = sorted(set(FLAGS.sections) - set(SECTIONS))
@@ -477,7 +482,7 @@ def main(argv):
   path = os.path.join(FLAGS.out, "results.json")
   results = json.load(open(path)) if os.path.exists(path) else {}
   results["machine"] = {"backend": jax.default_backend(), "devices": str(jax.devices()),
-                        "cpu_count": os.cpu_count()}
+                        "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
   for name in FLAGS.sections:
     print(f"== {name}", flush=True)
     t0 = time.perf_counter()

@@ -42,6 +42,9 @@ def define_flags() -> None:
   flags.DEFINE_float("top_p", 1.0, "Sample within the nucleus of this mass (1 = off).")
   flags.DEFINE_string("draft_workdir", None, "Draft run for speculative decoding (same tokenizer).")
   flags.DEFINE_integer("gamma", 4, "Draft tokens proposed per target call (speculative only).")
+  flags.DEFINE_bool("ynn_dots", False, "Let XLA's CPU backend run dots of a few rows through "
+                    "YNNPACK, its default in jax 0.10; off, they use XLA's own dot, faster for a "
+                    "speculative verification pass here (docs/inference.md).")
   flags.mark_flag_as_required("workdir")
 
 
@@ -157,6 +160,8 @@ def run(
 def main(argv):
   del argv
   common.setup()
+  if not FLAGS.ynn_dots:  # before jax creates its backend
+    common.use_xla_flag(common.NO_YNN_DOTS)
   try:
     r = run(FLAGS.workdir, FLAGS.prompt, FLAGS.max_new_tokens, temperature=FLAGS.temperature,
             seed=FLAGS.seed, top_k=FLAGS.top_k, top_p=FLAGS.top_p,

@@ -122,3 +122,17 @@ def test_distill_data_writes_each_continuation_after_its_own_prompt(tiny_run, tm
   rows = distill_data.prompt_rows(tiny_run, 5, 4, 2)
   expected = [tokenizer_lib.decode(tok, r.tolist() + [int(r[-1])] * 3) for r in rows]
   assert [json.loads(x)["text"] for x in open(tmp_path / "f.jsonl")] == expected
+
+
+def test_decoding_scripts_add_an_xla_flag_without_overriding_the_users(monkeypatch):
+  """Decoding scripts turn YNNPACK dots off through XLA_FLAGS. Catches the user's own setting of
+  the same flag being overwritten (or duplicated, which XLA rejects), and other flags dropped."""
+  from experiments import common
+
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  common.use_xla_flag(common.NO_YNN_DOTS)
+  assert os.environ["XLA_FLAGS"].split() == [
+      "--xla_force_host_platform_device_count=8", common.NO_YNN_DOTS]
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+  common.use_xla_flag(common.NO_YNN_DOTS)
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
