@@ -365,7 +365,8 @@ def run_sections(names: list[str], smoke: bool, out: str,
   result: dict[str, Any] = {
       "device": str(device.device_kind), "platform": device.platform,
       "device_count": jax.device_count(), "jax": jax.__version__, "smoke": smoke,
-      "sections": {}, "errors": {}}
+      # Set by the caller to try XLA options (command buffers for the decode loop, say).
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "sections": {}, "errors": {}}
   s = dict(sizes(smoke), train_sizes=train_sizes)
   os.makedirs(out, exist_ok=True)
   for name in names:

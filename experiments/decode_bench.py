@@ -20,6 +20,8 @@ Sections:
   roofline     bytes read per decoded token (all weights + the whole allocated cache) over the
                measured step time, against memory bandwidth measured here by large in-place
                updates (x + 1: read and write) and reductions (read only).
+  verify       the target's pass over 1..9 tokens against a one-token step, kept per XLA dot
+               setting (run once with --ynn_dots and once without to compare them).
   speculative  gamma 1..8: measured alpha, tokens per target call against
                (1 - alpha^(gamma+1)) / (1 - alpha), and wall-clock speedup over cached decoding
                of the same prompts with the target alone.
@@ -321,6 +323,20 @@ def pass_seconds(cfg, graphdef, params, t: int, passes: int, repeats: int) -> fl
   return (best_time(lambda: go(1 + passes), repeats) - best_time(lambda: go(1), repeats)) / passes
 
 
+def section_verify(r: dict) -> dict:
+  """The target's cached pass over t = 1..9 tokens against a one-token step, under this process's
+  XLA dot setting (--ynn_dots). Each run adds its setting's row beside the other's, so the two
+  are compared as ratios each measured within one process."""
+  tcfg, tdef, tparams, _ = load(FLAGS.target)
+  pass_s = {t: pass_seconds(tcfg, tdef, tparams, t, 16, FLAGS.repeats) for t in range(1, 10)}
+  setting = "ynn_dots" if FLAGS.ynn_dots else "xla_dots"
+  out = {k: v for k, v in r.get("verify", {}).items() if k not in ("wall_seconds",)}
+  out[setting] = {"pass_seconds_by_tokens": {str(t): v for t, v in pass_s.items()},
+                  "pass_over_one_token_step": {str(t): v / pass_s[1] for t, v in pass_s.items()},
+                  "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  return out
+
+
 def section_speculative(r: dict) -> dict:
   import jax
   import numpy as np
@@ -461,7 +477,7 @@ def plot(results: dict, out: str) -> None:
 
 
 SECTIONS = {"cache": section_cache, "heads": section_heads, "roofline": section_roofline,
-            "speculative": section_speculative}
+            "verify": section_verify, "speculative": section_speculative}
 
 
 def main(argv):
