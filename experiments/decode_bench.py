@@ -323,6 +323,13 @@ def pass_seconds(cfg, graphdef, params, t: int, passes: int, repeats: int) -> fl
   return (best_time(lambda: go(1 + passes), repeats) - best_time(lambda: go(1), repeats)) / passes
 
 
+def distinct_ngram_fraction(tokens: list[int], n: int = 4) -> float:
+  """Distinct n-grams over all n-grams of a token sequence: near 1 for varied text, small for a
+  decoder stuck in a loop (whose draft then agrees with it trivially)."""
+  grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+  return len(set(grams)) / len(grams) if grams else 1.0
+
+
 def section_verify(r: dict) -> dict:
   """The target's cached pass over t = 1..9 tokens against a one-token step, under this process's
   XLA dot setting (--ynn_dots). Each run adds its setting's row beside the other's, so the two
@@ -374,6 +381,10 @@ def section_speculative(r: dict) -> dict:
     # eot = -1: never stop early, so every run makes exactly n tokens and times compare.
     base = generation.make_generate(tcfg, tdef, generation.DecodeSpec(n, -1, sc))
     base_outs, base_s = time_all(base, tparams)
+    if temp == 0:  # how varied the target's own greedy text is, and the text itself
+      greedy = [np.asarray(o.tokens_BxN)[0].tolist() for o in base_outs]
+      target_greedy = {"distinct_4gram_fraction": [distinct_ngram_fraction(g) for g in greedy],
+                       "text": [tokenizer_lib.decode(tok, g) for g in greedy]}
     draft_only = generation.make_generate(dcfg, ddef, generation.DecodeSpec(n, -1, sc))
     _, draft_s = time_all(draft_only, dparams)
     for gamma in gammas:
@@ -408,6 +419,7 @@ def section_speculative(r: dict) -> dict:
       print(json.dumps(row), flush=True)
       rows.append(row)
   return {"rows": rows, "prompts": len(prompts), "new_tokens": n, "batch": 1,
+          **({"target_greedy": target_greedy} if 0.0 in map(float, FLAGS.temperatures) else {}),
           "target": FLAGS.target, "draft": FLAGS.draft,
           "target_params": int(sum(x.size for x in jax.tree.leaves(tparams))),
           "draft_params": int(sum(x.size for x in jax.tree.leaves(dparams))),

@@ -136,3 +136,14 @@ def test_decoding_scripts_add_an_xla_flag_without_overriding_the_users(monkeypat
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
   common.use_xla_flag(common.NO_YNN_DOTS)
   assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+
+
+def test_distinct_ngram_fraction_is_low_for_a_loop_and_one_for_varied_text():
+  """decode_bench's measure of how loopy the target's greedy text is. Catches an off-by-one in
+  the n-gram windows (a 4-token sequence has exactly one 4-gram) and counting tokens for n-grams."""
+  from experiments.decode_bench import distinct_ngram_fraction
+
+  assert distinct_ngram_fraction([1, 2, 3, 4]) == 1.0
+  assert distinct_ngram_fraction(list(range(10))) == 1.0
+  assert distinct_ngram_fraction([1, 2] * 10) == 2 / 17  # 17 windows, two distinct
+  assert distinct_ngram_fraction([1, 2, 3]) == 1.0  # no 4-gram at all
