@@ -6,7 +6,7 @@ level distillation), so that it learns what verification checks, the target's gr
 the corpus. It must share the target's tokenizer: copy runs/decode_target/tokenizer.json into the
 draft's workdir before training (training reuses a tokenizer.json it finds there):
 
-  python -m experiments.distill_data --target=runs/decode_target --out=runs/decode_draft/distill.jsonl
+  python -m experiments.distill_data --target=runs/decode_target --out=runs/decode_draft/distill.jsonl --prompts=512
   cp runs/decode_target/tokenizer.json runs/decode_draft/
   python -m experiments.train --workdir=runs/decode_draft --config=experiments/configs/decode_draft.py
 """
@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 256  # a prompt of 33 tokens and 224 greedy ones: one continuation per row
   c.data.sources = ({"paths": "runs/decode_draft/distill.jsonl", "weight": 1.0},)
   c.model.update(d_model=256, n_layers=4, n_heads=4, n_kv_heads=1, d_ff=768)
-  c.train.update(steps=100, batch_size=16, lr=3e-3, warmup_steps=10, log_every=10,
+  c.train.update(steps=300, batch_size=16, lr=3e-3, warmup_steps=10, log_every=10,
                  eval_every=50, eval_batches=2)
   c.checkpoint.every_steps = 25
   return c
