@@ -31,6 +31,17 @@ def use_xla_flag(flag: str) -> None:
     os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
 
 
+def prefer_xla_dots() -> None:
+  """NO_YNN_DOTS where JAX will run on the CPU: only when no GPU or TPU plugin is installed, so
+  an accelerator's XLA, possibly newer, never meets a CPU flag it may have dropped (an unknown
+  flag in XLA_FLAGS aborts the process)."""
+  import importlib.util
+
+  plugins = ("jax_cuda13_plugin", "jax_cuda12_plugin", "jax_rocm7_plugin", "libtpu")
+  if not any(importlib.util.find_spec(name) for name in plugins):
+    use_xla_flag(NO_YNN_DOTS)
+
+
 def fail(error: Exception) -> None:
   """Prints `error: <one line>` and exits with status 2, without a traceback."""
   print(f"error: {error}", file=sys.stderr, flush=True)

@@ -496,7 +496,7 @@ def main(argv):
   del argv
   common.setup()
   if not FLAGS.ynn_dots:  # before jax creates its backend
-    common.use_xla_flag(common.NO_YNN_DOTS)
+    common.prefer_xla_dots()
   import jax
 
   unknown = sorted(set(FLAGS.sections) - set(SECTIONS))

@@ -161,7 +161,7 @@ def main(argv):
   del argv
   common.setup()
   if not FLAGS.ynn_dots:  # before jax creates its backend
-    common.use_xla_flag(common.NO_YNN_DOTS)
+    common.prefer_xla_dots()
   try:
     r = run(FLAGS.workdir, FLAGS.prompt, FLAGS.max_new_tokens, temperature=FLAGS.temperature,
             seed=FLAGS.seed, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
