@@ -138,6 +138,24 @@ def test_decoding_scripts_add_an_xla_flag_without_overriding_the_users(monkeypat
   assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
 
 
+def test_prefer_xla_dots_leaves_xla_flags_alone_where_an_accelerator_plugin_is_installed(
+    monkeypatch):
+  """The CPU-only flag must never reach an accelerator's XLA (an unknown flag aborts it). Catches
+  the plugin check inverted or dropped: with a CUDA plugin found the flag is not added, without
+  one it is."""
+  import importlib.util
+
+  from experiments import common
+
+  for installed, expected in ((("jax_cuda13_plugin",), ""), ((), common.NO_YNN_DOTS)):
+    # prefer_xla_dots asks only for plugin modules: each is found iff it is in `installed`.
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, i=installed: object() if name in i else None)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    common.prefer_xla_dots()
+    assert os.environ["XLA_FLAGS"] == expected
+
+
 def test_distinct_ngram_fraction_is_low_for_a_loop_and_one_for_varied_text():
   """decode_bench's measure of how loopy the target's greedy text is. Catches an off-by-one in
   the n-gram windows (a 4-token sequence has exactly one 4-gram) and counting tokens for n-grams."""
