@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 from absl import flags
 
-from experiments import common
+from train import cli
 
 FLAGS = flags.FLAGS
 SECTIONS = ("train_step", "attention", "decode", "speculative", "zero")
@@ -394,19 +394,19 @@ def run_sections(names: list[str], smoke: bool, out: str,
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   if FLAGS.replot:
     with open(os.path.join(FLAGS.out, "results.json")) as f:
       plot(json.load(f), FLAGS.out)
     return
   unknown = [n for n in FLAGS.sections if n not in SECTIONS]
   if unknown:
-    common.fail(ValueError(f"--sections: unknown {', '.join(unknown)}; "
+    cli.fail(ValueError(f"--sections: unknown {', '.join(unknown)}; "
                            f"choose from {', '.join(SECTIONS)}"))
   try:
     train_sizes = tuple(int(i) for i in FLAGS.train_sizes)
   except ValueError:
-    common.fail(ValueError(f"--train_sizes: expected integers, got {','.join(FLAGS.train_sizes)}"))
+    cli.fail(ValueError(f"--train_sizes: expected integers, got {','.join(FLAGS.train_sizes)}"))
   result = run_sections(list(FLAGS.sections), FLAGS.smoke, FLAGS.out, train_sizes)
   headline = {"device": result["device"], "errors": list(result["errors"])}
   train = result["sections"].get("train_step", {}).get("variants", {}).get("llmlab")
@@ -418,8 +418,8 @@ def main(argv):
   spec = result["sections"].get("speculative")
   if spec:
     headline["speculative_speedup_at_alpha_0.8"] = spec["speedup_at_alpha"]["0.8"]
-  print(common.format_summary(headline), flush=True)
+  print(cli.format_summary(headline), flush=True)
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

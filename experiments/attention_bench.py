@@ -26,7 +26,7 @@ import time
 
 from absl import flags
 
-from experiments import common
+from train import cli
 from train import plots
 
 FLAGS = flags.FLAGS
@@ -129,7 +129,7 @@ def train_step_temp_bytes(impl: str, seq_len: int) -> int:
   config = default.get_config()
   config.data.seq_len = seq_len  # model.max_seq_len follows it
   config.model.attention_impl = impl
-  run = config_lib.settings(config)
+  run = config_lib.resolve(config)
   cfg, t = run.model, run.train
   tx = optimizer_lib.make(t, t.steps)
   graphdef, abstract_params = transformer.abstract(cfg)
@@ -156,7 +156,7 @@ def run_train_step(seq_len: int, out: str) -> dict:
   config = default.get_config()
   config.data.seq_len = seq_len
   config.model.attention_impl = "flash"
-  run = config_lib.settings(config)
+  run = config_lib.resolve(config)
   cfg, t = run.model, run.train
   tx = optimizer_lib.make(t, t.steps)
   graphdef, params = transformer.create(cfg, jax.random.key(0))
@@ -183,10 +183,10 @@ def run_train_step(seq_len: int, out: str) -> dict:
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   if FLAGS.run_train_step_seq_len > 0:
     record = run_train_step(FLAGS.run_train_step_seq_len, FLAGS.out)
-    print(common.format_summary({k: v for k, v in record.items() if k != "model"}), flush=True)
+    print(cli.format_summary({k: v for k, v in record.items() if k != "model"}), flush=True)
     return
   import jax
   import jax.numpy as jnp
@@ -290,7 +290,7 @@ def main(argv):
   with open(os.path.join(FLAGS.out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=2)
   _plot(results, summary, record, FLAGS.out)
-  print(common.format_summary(summary), flush=True)
+  print(cli.format_summary(summary), flush=True)
 
 
 def _plot(results: dict, summary: dict, record: dict, out: str) -> None:
@@ -335,4 +335,4 @@ def _plot(results: dict, summary: dict, record: dict, out: str) -> None:
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

@@ -24,7 +24,7 @@ gradients, so scores are scaled by 1/sqrt(d_k). Two parts test that:
 
 Each point's record is cached in WORKDIR/points/NAME/result.json (NAME ends in a hash of its
 settings), so a rerun skips finished points; --launcher=print / slurm hand out the pending points
-as commands (experiments/sweep.py). The report writes results.json and attention_scale.png to --out.
+as commands (train/studies/sweep.py). The report writes results.json and attention_scale.png to --out.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ import time
 
 from absl import flags
 
-from experiments import common
-from experiments import sweep as sweep_lib
+from train import cli
+from train.studies import sweep as sweep_lib
 from train import plots
 
 FLAGS = flags.FLAGS
@@ -215,8 +215,8 @@ def token_rows(tcfg, workdir: str):
   import numpy as np
 
   from experiments import bpe_study
-  from train import data as data_lib
-  from train import tokenizer as tokenizer_lib
+  from train.data import pipeline as data_lib
+  from train.data import tokenizer as tokenizer_lib
 
   data_seed = 0  # the text, its split and the tokenizer are the same for every model seed
   settings = [tcfg.corpus, tcfg.train_chars, tcfg.val_chars, tcfg.vocab_size, tcfg.seq_len, data_seed]
@@ -245,7 +245,7 @@ def train_point(tcfg, workdir: str, d_head: int, scaled: bool, seed: int) -> dic
 
   from model import transformer
   from train import optimizer, step
-  from train.settings import TrainSettings
+  from train.config import TrainSettings
 
   train_rows, val_rows = token_rows(tcfg, workdir)
   graphdef, params = build_model(tcfg, d_head, scaled, seed)
@@ -450,8 +450,8 @@ def main(argv):
   brief = {"init": {d: {arm: round(v[arm]["entropy"], 3) for arm in ("scaled", "unscaled")}
                     for d, v in summary["init"].items()},
            "val_loss_mean": {k: round(v["val_loss_mean"], 4) for k, v in summary["train"].items()}}
-  print(common.format_summary(brief), file=sys.stderr if FLAGS.launcher == "print" else sys.stdout)
+  print(cli.format_summary(brief), file=sys.stderr if FLAGS.launcher == "print" else sys.stdout)
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

@@ -25,7 +25,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import common
+from train import cli
 
 FLAGS = flags.FLAGS
 
@@ -167,14 +167,14 @@ def plot(results: dict, out_dir: str) -> None:
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   from model.config import ModelConfig
   from experiments.configs import attention_variants as variants_cfg
   from train import files, loop
 
   unknown = [v for v in FLAGS.variants if v not in variants_cfg.VARIANTS]
   if unknown:
-    common.fail(ValueError(f"--variants: unknown {unknown}; known: {sorted(variants_cfg.VARIANTS)}"))
+    cli.fail(ValueError(f"--variants: unknown {unknown}; known: {sorted(variants_cfg.VARIANTS)}"))
   base = ModelConfig.from_dict(FLAGS.config.model.to_dict())
   results = {"context": FLAGS.context, "new_tokens": FLAGS.new_tokens, "arms": {},
              "large_shape": {"dims": LARGE, "budget_bytes": LARGE_BUDGET_BYTES,
@@ -200,11 +200,11 @@ def main(argv):
       arm["memory_budget_large"] = largest_context(large_shape(name), LARGE_BUDGET_BYTES, jnp.bfloat16)
       print(json.dumps({name: {k: arm[k] for k in ("final_eval_loss", "decode")}}), flush=True)
   except (ValueError, FileNotFoundError, loop.NonFiniteLoss) as e:
-    common.fail(e)
+    cli.fail(e)
   os.makedirs(FLAGS.out, exist_ok=True)
   files.write_json_atomic(os.path.join(FLAGS.out, "results.json"), results)
   plot(results, FLAGS.out)
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

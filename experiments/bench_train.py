@@ -5,7 +5,7 @@
 
 In one process: the best matmul rate XLA reaches here (float32 on a CPU, which has no published
 figure; bfloat16 on a GPU or TPU, also against the chip's published dense peak), llmlab's train
-step, and with --variant=both the peer step of experiments/peer.py (a plain Flax linen decoder of
+step, and with --variant=both the peer step of train/studies/peer_model.py (a plain Flax linen decoder of
 the same width, depth, heads, d_ff and vocabulary with AdamW). The two steps are timed
 alternately, step for step, so that a busy machine slows both alike and their ratio holds.
 
@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 from absl import flags
 
-from experiments import common
+from train import cli
 
 FLAGS = flags.FLAGS
 VARIANTS = ("llmlab", "peer", "both")
@@ -49,7 +49,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("scan_layers", False, "llmlab's model.scan_layers: on a CPU the unscanned "
                     "layers are faster (XLA copies the scan's stacked slices; docs/training.md).")
   flags.DEFINE_string("out", "results/bench_train", "Output directory for results.json.")
-  common.define_profile_steps_flag()
+  cli.define_profile_steps_flag()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,7 @@ def llmlab_bench(dims: Dims, dtype: str, attention_impl: str, **model_overrides)
 def train_settings() -> Any:
   """The train.* settings of the benchmarks' optimizer and sharded step (train/settings.py needs
   no ml_collections, so experiments.accelerator runs where it is missing)."""
-  from train.settings import TrainSettings
+  from train.config import TrainSettings
 
   return TrainSettings(lr=1e-3, warmup_steps=10, weight_decay=0.1, grad_clip=1.0, steps=1000,
                        seed=0, grad_accum=1)
@@ -108,7 +108,7 @@ def train_settings() -> Any:
 def peer_bench(dims: Dims, dtype: str) -> Bench:
   import jax
 
-  from experiments import peer
+  from train.studies import peer_model as peer
 
   cfg = peer.PeerConfig(dims.vocab_size, dims.d_model, dims.n_layers, dims.n_heads, dims.d_ff,
                         dims.seq_len, dtype)
@@ -208,7 +208,7 @@ def measure(dims: Dims, variants: tuple[str, ...], steps: int, *, on_cpu: bool,
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   import jax
 
   dims = Dims(FLAGS.batch_size, FLAGS.seq_len, FLAGS.d_model, FLAGS.n_layers, FLAGS.n_heads,
@@ -216,10 +216,10 @@ def main(argv):
   variants = ("llmlab", "peer") if FLAGS.variant == "both" else (FLAGS.variant,)
   try:
     result = measure(dims, variants, FLAGS.steps, on_cpu=jax.devices()[0].platform == "cpu",
-                     profile=common.profile_steps(), logdir=os.path.join(FLAGS.out, "profile"),
+                     profile=cli.profile_steps(), logdir=os.path.join(FLAGS.out, "profile"),
                      attention_impl=FLAGS.attention_impl, scan_layers=FLAGS.scan_layers)
   except ValueError as e:
-    common.fail(e)
+    cli.fail(e)
   os.makedirs(FLAGS.out, exist_ok=True)
   with open(os.path.join(FLAGS.out, "results.json"), "w") as f:
     json.dump(result, f, indent=2)
@@ -227,4 +227,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

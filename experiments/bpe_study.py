@@ -5,9 +5,9 @@
 
 Two corpora from the standard library's .py files (no download), split by a hash of each file's
 path into training and held-out files, each capped at config.train_chars / test_chars characters:
-  code   the files as they are (the default corpus of train/data.py)
+  code   the files as they are (the default corpus of train/data/pipeline.py)
   prose  their docstrings and comments only, separated from the code with `ast` and `tokenize`
-For every (corpus, vocabulary size) point, llmlab's own train/tokenizer.py train_bpe learns a
+For every (corpus, vocabulary size) point, llmlab's own train/data/tokenizer.py train_bpe learns a
 tokenizer on the training text, and on the held-out text we measure:
   bytes_per_token   UTF-8 bytes / tokens (1.0 for the 256 bytes alone: no merges)
   tokens_per_word   mean tokens of a whitespace-separated word, encoded with the space before it
@@ -20,7 +20,7 @@ token, and decode back to exactly themselves. A failure stops the study with the
 Each point's record is cached in WORKDIR/points/NAME/result.json (NAME ends in a hash of the
 settings it depends on), so a rerun skips finished points; the corpora are cached as JSONL under
 WORKDIR/data. --launcher=print prints one command per pending point, slurm writes a job array
-(experiments/sweep.py); run the same command again to collect results.json and bpe.png into --out.
+(train/studies/sweep.py); run the same command again to collect results.json and bpe.png into --out.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import Iterable, Iterator, Sequence
 
 from absl import flags
 
-from experiments import common
-from experiments import sweep as sweep_lib
+from train import cli
+from train.studies import sweep as sweep_lib
 from train import files, plots
 
 FLAGS = flags.FLAGS
@@ -58,7 +58,7 @@ def define_flags() -> None:
 
 
 def source_files(paths: str, seed: int) -> list[str]:
-  """The .py files (the standard library's when paths is empty: the files of train/data.py
+  """The .py files (the standard library's when paths is empty: the files of train/data/pipeline.py
   stdlib_files, listed here so that this study does not import grain), in a seeded order: a cap
   then takes files from every package, not the alphabetically first ones."""
   if paths:
@@ -236,7 +236,7 @@ def unicode_samples(n: int, length: int, seed: int) -> dict[str, list[str]]:
 def check_no_unknown(tok, samples: dict[str, list[str]]) -> dict:
   """Encodes every sample: every id inside the vocabulary, none an unknown token, and the decoded
   ids equal to the input. Returns counts per kind; raises AssertionError naming the first failure."""
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   vocab = tok.get_vocab_size()
   unk = tok.model.unk_token  # byte-level BPE has none; if one were set, it must never appear
@@ -275,7 +275,7 @@ def make_points(cfg) -> list[sweep_lib.Point]:
 def compute_point(cfg, workdir: str, point: sweep_lib.Point) -> dict:
   import time
 
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   kind, vocab = point.meta["corpus"], point.meta["vocab"]
   split = corpus(cfg, kind, workdir)
@@ -358,9 +358,9 @@ def main(argv):
       FLAGS, make_points=make_points, compute_point=compute_point, report=report)
   if summary is None:
     return
-  print(common.format_summary({k: summary[k] for k in ("points", "by_corpus")}),
+  print(cli.format_summary({k: summary[k] for k in ("points", "by_corpus")}),
         file=sys.stderr if FLAGS.launcher == "print" else sys.stdout)  # stdout: commands only
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

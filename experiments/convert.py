@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Optional
 
 from absl import flags
 
-from experiments import common
+from train import cli
 
 if TYPE_CHECKING:  # the heavy imports wait until a conversion runs (flags parse first)
   from ml_collections import ConfigDict
@@ -70,8 +70,6 @@ CONFIG_PY = '''"""The config of this workdir (its config.json), to fine-tune or 
 Written by experiments.convert.
 """
 
-import json
-import os
 
 import ml_collections
 
@@ -126,10 +124,10 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
   from model.interop import hf_tokenizer
   from train import checkpoint as ckpt_lib
   from train import config as config_lib
-  from train import data as data_lib
+  from train.data import pipeline as data_lib
   from train import optimizer as optimizer_lib
   from train import step as step_lib
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   if os.path.exists(os.path.join(workdir, "config.json")) or os.path.exists(
       os.path.join(workdir, "checkpoints")):
@@ -147,7 +145,7 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
     tokens = {"eot_token": eot, "pad_token": pad,
               "bos_token": hf_tokenizer.start_token(hf_dir, tok)}
   config = workdir_config(model_cfg, tok, tokens, seq_len)
-  run = config_lib.settings(config)
+  run = config_lib.resolve(config)
   t = run.train
 
   os.makedirs(os.path.join(workdir, HF_DIR), exist_ok=True)
@@ -186,7 +184,7 @@ def export_workdir(workdir: str, hf_dir: str, *, max_shard_bytes: Optional[int] 
   from model import interop
   from model.config import count_params
   from train import checkpoint as ckpt_lib
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   model_cfg, _, params = ckpt_lib.load_params(workdir)
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
@@ -214,9 +212,9 @@ def export_workdir(workdir: str, hf_dir: str, *, max_shard_bytes: Optional[int] 
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   if (FLAGS.from_hf is None) == (FLAGS.to_hf is None):
-    common.fail(ValueError("give exactly one of --from_hf=DIR (import) and --to_hf=DIR (export)"))
+    cli.fail(ValueError("give exactly one of --from_hf=DIR (import) and --to_hf=DIR (export)"))
   from model.interop import InteropError
 
   try:
@@ -231,9 +229,9 @@ def main(argv):
       summary = export_workdir(FLAGS.workdir, FLAGS.to_hf,
                                max_shard_bytes=parse_size(FLAGS.max_shard_size))
   except (InteropError, ValueError, FileNotFoundError) as e:
-    common.fail(e)
-  print(common.format_summary(summary), flush=True)
+    cli.fail(e)
+  print(cli.format_summary(summary), flush=True)
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

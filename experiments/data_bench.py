@@ -29,7 +29,7 @@ import time
 
 from absl import flags
 
-from experiments import common
+from train import cli
 
 FLAGS = flags.FLAGS
 FILE_MB = 64
@@ -64,7 +64,7 @@ def peak_rss_mb() -> float:
 
 def write_corpus(folder: str, size_mb: int) -> list[str]:
   """folder/part-NNN.jsonl, size_mb MB in all (see the module docstring); kept once complete."""
-  from train import documents
+  from train.data import documents
 
   done = os.path.join(folder, "COMPLETE")
   if not os.path.exists(done):
@@ -106,7 +106,7 @@ def _config(root: str, size_mb: int):
 
 
 def phase_prepare(root: str, size_mb: int) -> dict:
-  from train import data as data_lib
+  from train.data import pipeline as data_lib
 
   config = _config(root, size_mb)
   settings = data_lib.Settings.of(config.data)
@@ -209,7 +209,7 @@ def plot(results: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   if FLAGS.phase != "all":
     result = (phase_prepare(FLAGS.root, FLAGS.size_mb) if FLAGS.phase == "prepare"
               else phase_train(FLAGS.root, FLAGS.size_mb, FLAGS.steps))
@@ -247,4 +247,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

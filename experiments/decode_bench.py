@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from absl import flags
 
-from experiments import common
+from train import cli
 from train import files, plots
 
 FLAGS = flags.FLAGS
@@ -125,7 +125,7 @@ def load(workdir: str):
 
 
 def encode_prompts(tok, prompts=PROMPTS) -> list[list[int]]:
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   # Started as generate starts a prompt: after end-of-text natively, as its tokenizer does when
   # imported.
@@ -349,7 +349,7 @@ def section_speculative(r: dict) -> dict:
   import numpy as np
 
   from model import generation, sampling, speculative
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   tcfg, tdef, tparams, tok = load(FLAGS.target)
   dcfg, ddef, dparams, dtok = load(FLAGS.draft)
@@ -494,17 +494,17 @@ SECTIONS = {"cache": section_cache, "heads": section_heads, "roofline": section_
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   if not FLAGS.ynn_dots:  # before jax creates its backend
-    common.prefer_xla_dots()
+    cli.prefer_xla_dots()
   import jax
 
   unknown = sorted(set(FLAGS.sections) - set(SECTIONS))
   if unknown:
-    common.fail(ValueError(f"--sections: unknown {unknown}; choose from {sorted(SECTIONS)}"))
+    cli.fail(ValueError(f"--sections: unknown {unknown}; choose from {sorted(SECTIONS)}"))
   for workdir in (FLAGS.target,) + ((FLAGS.draft,) if "speculative" in FLAGS.sections else ()):
     if not os.path.exists(os.path.join(workdir, "config.json")):
-      common.fail(FileNotFoundError(
+      cli.fail(FileNotFoundError(
           f"{workdir} holds no trained run; train it first (see python -m experiments.decode_bench --help)"))
   os.makedirs(FLAGS.out, exist_ok=True)
   path = os.path.join(FLAGS.out, "results.json")
@@ -517,7 +517,7 @@ def main(argv):
     try:
       results[name] = SECTIONS[name](results)
     except (FileNotFoundError, ValueError) as e:
-      common.fail(e)
+      cli.fail(e)
     results[name]["wall_seconds"] = time.perf_counter() - t0
     files.write_json_atomic(path, results, indent=2)
     plot(results, FLAGS.out)
@@ -526,4 +526,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

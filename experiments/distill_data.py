@@ -23,7 +23,7 @@ import time
 
 from absl import flags
 
-from experiments import common
+from train import cli
 
 FLAGS = flags.FLAGS
 
@@ -44,7 +44,7 @@ def prompt_rows(workdir: str, n: int, length: int, seed: int):
 
   import numpy as np
 
-  from train import shards
+  from train.data import shards
 
   folders = sorted(os.path.dirname(m) for m in glob.glob(os.path.join(workdir, "data", "*",
                                                                       shards.MANIFEST)))
@@ -64,7 +64,7 @@ def record(target: str, out: str, *, prompts: int, prompt_tokens: int, new_token
 
   from experiments.generate import check_fits, load_run
   from model import generation, sampling
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   for name, value in (("prompts", prompts), ("prompt_tokens", prompt_tokens),
                       ("new_tokens", new_tokens), ("batch", batch)):
@@ -99,7 +99,7 @@ def record(target: str, out: str, *, prompts: int, prompt_tokens: int, new_token
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   if os.path.exists(FLAGS.out):
     print(f"{FLAGS.out} exists; delete it to record again", flush=True)
     return
@@ -108,9 +108,9 @@ def main(argv):
                      prompt_tokens=FLAGS.prompt_tokens, new_tokens=FLAGS.new_tokens,
                      batch=FLAGS.batch, seed=FLAGS.seed)
   except (ValueError, FileNotFoundError) as e:
-    common.fail(e)
-  print(common.format_summary(summary), flush=True)
+    cli.fail(e)
+  print(cli.format_summary(summary), flush=True)
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

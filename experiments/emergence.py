@@ -5,9 +5,9 @@
 
 The corpus is the standard library's Python files mixed with addition problems (written to
 WORKDIR/data/mix-HASH.jsonl, held-out problems excluded by train/arithmetic.split). Every size of the
-ladder is a point of a restartable sweep (experiments/sweep.py). Each trained size is scored on
+ladder is a point of a restartable sweep (train/studies/sweep.py). Each trained size is scored on
 held-out problems of each digit count with exact match and three smooth metrics (per-token
-accuracy, token edit distance, answer log-likelihood; train/eval_metrics.py), and all four are
+accuracy, token edit distance, answer log-likelihood; train/studies/answer_metrics.py), and all four are
 plotted against training FLOPs, with the p^L curve that Schaeffer et al. predict exact match to
 follow from the per-token accuracy p on an L-token answer.
 """
@@ -23,8 +23,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import common
-from experiments import sweep as sweep_lib
+from train import cli
+from train.studies import sweep as sweep_lib
 from train import files, plots
 
 FLAGS = flags.FLAGS
@@ -47,7 +47,7 @@ METRICS = ("exact_match", "token_accuracy", "token_edit_distance", "answer_logpr
 
 def _stdlib_documents(n_chars: int, seed: int) -> list[str]:
   """Whole standard-library files in a seeded order until n_chars characters are reached."""
-  from train import data as data_lib
+  from train.data import pipeline as data_lib
 
   files = data_lib.stdlib_files()
   random.Random(f"stdlib:{seed}").shuffle(files)
@@ -66,7 +66,7 @@ def _stdlib_documents(n_chars: int, seed: int) -> list[str]:
 def build_corpus(workdir: str, dcfg) -> str:
   """Writes WORKDIR/data/mix-HASH.jsonl once, HASH naming the data settings (the text is a
   deterministic function of them); returns its absolute path."""
-  from train import arithmetic
+  from train.align import arithmetic
 
   key = hashlib.sha1(json.dumps(dcfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
   path = os.path.abspath(os.path.join(workdir, "data", f"mix-{key}.jsonl"))
@@ -100,7 +100,7 @@ def make_points(cfg, workdir: str) -> tuple[object, list[sweep_lib.Point]]:
 
 def eval_problems(cfg) -> dict[int, list]:
   """Held-out problems per digit count, and the solved training problems used as shots."""
-  from train import arithmetic
+  from train.align import arithmetic
 
   out = {}
   for digits in cfg.data.digits:
@@ -121,10 +121,10 @@ def evaluate_point(workdir: str, cfg) -> dict:
   """Scores of one trained size on every digit count, cached in WORKDIR/eval.json."""
   import numpy as np
 
-  from train import arithmetic
+  from train.align import arithmetic
   from train import checkpoint as ckpt_lib
-  from train import eval_metrics
-  from train import tokenizer as tokenizer_lib
+  from train.studies import answer_metrics
+  from train.data import tokenizer as tokenizer_lib
 
   path = os.path.join(workdir, EVAL_FILE)
   key = _eval_key(cfg)
@@ -145,10 +145,10 @@ def evaluate_point(workdir: str, cfg) -> dict:
       answers.append(answer)
       digit_of.append(digits)
   # One call for every digit count: one padded width, so one compilation per model.
-  scores = eval_metrics.score_answers(
+  scores = answer_metrics.score_answers(
       graphdef, params, tok, prompts, answers,
       pad_id=tokenizer_lib.special_id(tok, tokenizer_lib.PAD),
-      stop_ids=eval_metrics.stop_token_ids(tok), normalise=arithmetic.normalise,
+      stop_ids=answer_metrics.stop_token_ids(tok), normalise=arithmetic.normalise,
       batch_size=cfg.eval.batch_size)
   digit_of = np.array(digit_of)
   rows = []
@@ -227,7 +227,7 @@ def report(root: str, points, cfg, out_dir: str) -> dict:
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   cfg = FLAGS.config
   try:
     base, points = make_points(cfg, FLAGS.workdir)
@@ -245,10 +245,10 @@ def main(argv):
         return
     summary = report(FLAGS.workdir, points, cfg, FLAGS.results_dir or FLAGS.workdir)
   except (ValueError, FileNotFoundError) as e:
-    common.fail(e)
+    cli.fail(e)
   out = sys.stderr if FLAGS.launcher == "print" else sys.stdout
-  print(common.format_summary({"sizes": summary["sizes"], "by_digits": summary["by_digits"]}), file=out)
+  print(cli.format_summary({"sizes": summary["sizes"], "by_digits": summary["by_digits"]}), file=out)
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

@@ -10,7 +10,7 @@ stdout (so it can be piped), and one line of statistics to stderr: tokens per se
 speculative decoding the acceptance rate alpha and tokens per target call. Temperature 0 is
 greedy.
 
-The prompt starts as a text starts in the run's training (train/tokenizer.py start_ids): after
+The prompt starts as a text starts in the run's training (train/data/tokenizer.py start_ids): after
 an end-of-text for llmlab's own runs (documents are joined with it), and for a model imported
 from Hugging Face with exactly what its tokenizer adds (its BOS, or nothing), so greedy decoding
 gives the tokens transformers' generate gives.
@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from absl import flags
 
-from experiments import common
+from train import cli
 
 FLAGS = flags.FLAGS
 
@@ -55,7 +55,7 @@ def load_run(workdir: str):
   """
   from model import transformer
   from train import checkpoint
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"workdir {workdir} does not exist")
@@ -100,7 +100,7 @@ def run(
   import jax
 
   from model import generation, sampling, speculative
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   sc = sampling.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
   if max_new_tokens < 1:
@@ -159,15 +159,15 @@ def run(
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   if not FLAGS.ynn_dots:  # before jax creates its backend
-    common.prefer_xla_dots()
+    cli.prefer_xla_dots()
   try:
     r = run(FLAGS.workdir, FLAGS.prompt, FLAGS.max_new_tokens, temperature=FLAGS.temperature,
             seed=FLAGS.seed, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
             draft_workdir=FLAGS.draft_workdir, gamma=FLAGS.gamma)
   except (FileNotFoundError, ValueError) as e:
-    common.fail(e)
+    cli.fail(e)
   print(r["continuation"], flush=True)
   line = (f"{r['new_tokens']} tokens in {r['seconds']:.2f} s: {r['tokens_per_second']:.1f} tokens/s "
           f"(compiled in {r['compile_seconds']:.1f} s, not counted)"
@@ -180,4 +180,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

@@ -3,7 +3,7 @@
   python -m experiments.lost_in_middle [--config=experiments/configs/lost_in_middle.py]
       [--workdir=runs/lost_in_middle] [--init_workdir=RUN] [--results_dir=results/lost_in_middle]
 
-Trains a small model on the task of train/kv_retrieval.py once per seed of config.seeds (a
+Trains a small model on the task of train/studies/kv_retrieval.py once per seed of config.seeds (a
 restartable sweep, one point per seed, so --launcher works as in the other studies), or takes a
 model trained on it from --init_workdir, then measures exact match against the position of the
 gold pair on held-out examples, for several numbers of pairs k, some beyond what training showed,
@@ -33,8 +33,8 @@ from typing import Callable, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import common
-from experiments import sweep as sweep_lib
+from train import cli
+from train.studies import sweep as sweep_lib
 from train import files, plots
 
 FLAGS = flags.FLAGS
@@ -55,7 +55,7 @@ VARIANTS = {"after": False, "both": True}  # name -> query_before
 
 
 def _pad_text(n: int) -> str:
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   return tokenizer_lib.PAD * n  # the tokenizer reads each as the padding token's id
 
@@ -64,8 +64,8 @@ def build_data(workdir: str, cfg) -> str:
   """Trains the tokenizer on the task's text (in the sweep's shared folder, which every run
   copies) and writes the padded training corpus WORKDIR/data/kv-HASH.jsonl once, HASH naming the
   task, sequence length and vocabulary; returns the corpus's path."""
-  from train import kv_retrieval as kv
-  from train import tokenizer as tokenizer_lib
+  from train.studies import kv_retrieval as kv
+  from train.data import tokenizer as tokenizer_lib
 
   key = json.dumps([cfg.task.to_dict(), cfg.base.data.seq_len, cfg.base.data.vocab_size],
                    sort_keys=True, default=str)
@@ -138,8 +138,8 @@ def position_rows(cfg, tok, seq_len: int, score: Scorer) -> list[dict]:
   Prompts start at position 0, as training examples start their rows. Each row keeps the
   per-example results ("correct", a string of 0 and 1 in example order: the same examples for
   every seed, so seeds can be paired)."""
-  from train import kv_retrieval as kv
-  from train import tokenizer as tokenizer_lib
+  from train.studies import kv_retrieval as kv
+  from train.data import tokenizer as tokenizer_lib
 
   rows = []
   for variant, before in VARIANTS.items():
@@ -172,8 +172,8 @@ def evaluate(run_dir: str, cfg, cache_dir: str) -> list[dict]:
   import numpy as np
 
   from train import checkpoint as ckpt_lib
-  from train import eval_metrics
-  from train import tokenizer as tokenizer_lib
+  from train.studies import answer_metrics
+  from train.data import tokenizer as tokenizer_lib
 
   key = _eval_key(cfg, run_dir)
   cache = os.path.join(cache_dir, "eval", f"{key}.json")
@@ -189,7 +189,7 @@ def evaluate(run_dir: str, cfg, cache_dir: str) -> list[dict]:
   pad_id = tokenizer_lib.special_id(tok, tokenizer_lib.PAD)
 
   def score(prompts, answers):
-    _, acc = eval_metrics.teacher_forced_scores(
+    _, acc = answer_metrics.teacher_forced_scores(
         graphdef, params, prompts, answers, pad_id=pad_id, batch_size=cfg.eval.batch_size)
     return np.asarray(acc == 1.0)
 
@@ -223,7 +223,7 @@ def combine(per_seed: dict, n_resamples: int = 2000, seed: int = 0) -> list[dict
 def any_value_in_context(k: int) -> float:
   """Exact match of answering with a uniformly chosen pair's value, ignoring the key: the gold
   value's share of the k values (drawn with replacement), in expectation."""
-  from train import kv_retrieval as kv
+  from train.studies import kv_retrieval as kv
 
   # The gold value plus k - 1 others, each equal to it with probability 1 / len(VALUES).
   return (1 + (k - 1) / len(kv.VALUES)) / k
@@ -256,7 +256,7 @@ def training_distances(cfg, n: int = 20000) -> dict:
   """How far, in pairs, each training question stands from the pair it asks about: the share of
   training answers at each distance (1 = the last pair). Attention learns to reach as far as
   its training answers were; a gold pair far from the question is rare in training."""
-  from train import kv_retrieval as kv
+  from train.studies import kv_retrieval as kv
 
   t = cfg.task
   counts: dict[int, int] = {}
@@ -305,7 +305,7 @@ def plot(rows: list[dict], out_dir: str, k_max_train: int) -> str:
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   cfg = FLAGS.config
   try:
     if FLAGS.init_workdir:
@@ -340,10 +340,10 @@ def main(argv):
     sweep_lib.write_json(os.path.join(out_dir, "results.json"), summary)
     plot(rows, out_dir, cfg.task.k_max)
   except (ValueError, FileNotFoundError) as e:
-    common.fail(e)
-  print(common.format_summary({k: {m: round(v, 3) for m, v in s.items() if m != "curve"}
+    cli.fail(e)
+  print(cli.format_summary({k: {m: round(v, 3) for m, v in s.items() if m != "curve"}
                                for k, s in summary["by_variant_and_k"].items()}))
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

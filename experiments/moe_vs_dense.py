@@ -3,7 +3,7 @@
   python -m experiments.moe_vs_dense [--config=experiments/configs/moe_vs_dense.py] [--workdir=runs/moe_vs_dense]
       [--out=results/moe_vs_dense] [--launcher=local|print|slurm] [--point=NAME] [--partial]
 
-Two stages of a restartable sweep (experiments/sweep.py; the config's docstring has the design):
+Two stages of a restartable sweep (train/studies/sweep.py; the config's docstring has the design):
 a sweep over MoE settings (E experts, top-k, each expert d_ff / k wide) beside dense at one seed,
 then dense and one MoE setting (the sweep's best unless the config names one) at several seeds.
 Each run is a point in WORKDIR/points/NAME, done when its result.json exists, so a rerun skips
@@ -25,8 +25,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import common
-from experiments import sweep as sweep_lib
+from train import cli
+from train.studies import sweep as sweep_lib
 from train import plots
 
 FLAGS = flags.FLAGS
@@ -118,7 +118,7 @@ def step_flops_per_token(config, dispatch=None) -> float:
   from model.config import ModelConfig
   from sharding import mesh as mesh_lib
   from train import loop
-  from train.settings import TrainSettings
+  from train.config import TrainSettings
 
   config = config.copy_and_resolve_references()
   if dispatch:
@@ -357,7 +357,7 @@ def plot(results: dict, out_dir: str) -> str:
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   cfg = FLAGS.config
   try:
     if FLAGS.partial:  # collect what is done, train nothing
@@ -379,7 +379,7 @@ def main(argv):
         return
     results = report(cfg, FLAGS.workdir, points, setting, FLAGS.out)
   except (ValueError, FileNotFoundError) as e:
-    common.fail(e)
+    cli.fail(e)
   out = sys.stderr if FLAGS.launcher == "print" else sys.stdout
   print(json.dumps({"compare": results["compare"], "missing": results["missing"],
                     "sweep": {r["setting"]: round(r["final_eval_loss"], 4)
@@ -388,4 +388,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

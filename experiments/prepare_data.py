@@ -15,7 +15,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import common
+from train import cli
 
 FLAGS = flags.FLAGS
 
@@ -29,7 +29,7 @@ def define_flags() -> None:
 def prepare(config, workdir: str) -> dict:
   """Prepares config.data for workdir; returns what was prepared, with time and tokens/s."""
   from train import config as config_lib
-  from train import data as data_lib
+  from train.data import pipeline as data_lib
 
   config_lib.validate(config)
   start = time.perf_counter()
@@ -46,13 +46,13 @@ def prepare(config, workdir: str) -> dict:
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   try:
     summary = prepare(FLAGS.config, FLAGS.workdir)
   except ValueError as e:  # DataError, ConfigError
-    common.fail(e)
-  print(common.format_summary(summary), flush=True)
+    cli.fail(e)
+  print(cli.format_summary(summary), flush=True)
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

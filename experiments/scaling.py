@@ -20,8 +20,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import common
-from experiments import sweep as sweep_lib
+from train import cli
+from train.studies import sweep as sweep_lib
 from train import plots
 
 FLAGS = flags.FLAGS
@@ -86,7 +86,7 @@ def fit(rows: list[dict], cfg) -> dict:
   """The Chinchilla fit and isoFLOP exponents, each with bootstrap intervals."""
   import numpy as np
 
-  from train import scaling_law as sl
+  from train.studies import scaling_law as sl
 
   n = np.array([r["N"] for r in rows], float)
   d = np.array([r["D"] for r in rows], float)
@@ -126,7 +126,7 @@ def plot(rows: list[dict], fits: dict, out_dir: str) -> list[str]:
   import numpy as np
   from matplotlib.ticker import NullFormatter
 
-  from train import scaling_law as sl
+  from train.studies import scaling_law as sl
 
   law = sl.ChinchillaFit(**{k: fits["law"][k] for k in ("E", "A", "B", "alpha", "beta")}) \
       if fits.get("law") else None
@@ -209,7 +209,7 @@ def report(root: str, points, cfg, out_dir: str) -> dict:
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   cfg = FLAGS.sweep
   try:
     points = make_points(cfg)
@@ -226,13 +226,13 @@ def main(argv):
         return
     summary = report(FLAGS.workdir, points, cfg, FLAGS.results_dir or FLAGS.workdir)
   except ValueError as e:
-    common.fail(e)
+    cli.fail(e)
   law = summary.get("law")
   line = {"runs": summary["runs"], "law": law and {k: round(law[k], 4) for k in ("E", "A", "B", "alpha", "beta")},
           "isoflop_n_exponent": summary["isoflop"] and round(summary["isoflop"]["n_exponent"], 3),
           "results": FLAGS.results_dir or FLAGS.workdir}
-  print(common.format_summary(line), file=sys.stderr if FLAGS.launcher == "print" else sys.stdout)
+  print(cli.format_summary(line), file=sys.stderr if FLAGS.launcher == "print" else sys.stdout)
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

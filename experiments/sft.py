@@ -6,10 +6,10 @@
 
 Without --init_workdir a fresh model (config.model) with a byte-level tokenizer is trained.
 
-Rerunning the same command resumes the run; experiments/align_cli.py lists what it writes.
+Rerunning the same command resumes the run; train/align/cli.py lists what it writes.
 """
 
-from experiments import align_cli
+from train.align import cli as align_cli
 
 if __name__ == "__main__":
   align_cli.run("sft")

@@ -19,7 +19,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import common
+from train import cli
 
 FLAGS = flags.FLAGS
 
@@ -33,7 +33,7 @@ def define_flags() -> None:
   flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
-  common.define_profile_steps_flag()
+  cli.define_profile_steps_flag()
   flags.DEFINE_string(
       "results_dir", "", "Also write results.json here: wall time of this invocation, losses, "
       "validation curve, unigram entropy and a sample (make train: results/default_run).")
@@ -41,26 +41,26 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  common.setup()
+  cli.setup()
   from sharding import distributed  # before anything touches a device
 
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   except (ValueError, RuntimeError) as e:  # bad flags, or no coordinator answered in time
-    common.fail(e)
+    cli.fail(e)
   import jax
 
   from train import loop
 
   t0 = time.perf_counter()
   try:
-    summary = loop.train(FLAGS.config, FLAGS.workdir, common.profile_steps())
+    summary = loop.train(FLAGS.config, FLAGS.workdir, cli.profile_steps())
   except (ValueError, loop.NonFiniteLoss) as e:
-    common.fail(e)
+    cli.fail(e)
   if jax.process_index() == 0:
     if FLAGS.results_dir:
       write_results(FLAGS.workdir, FLAGS.results_dir, summary, time.perf_counter() - t0)
-    print(common.format_summary(summary), flush=True)
+    print(cli.format_summary(summary), flush=True)
 
 
 SAMPLE = dict(prompt="def ", max_new_tokens=120, temperature=0.8, seed=0)
@@ -93,4 +93,4 @@ def write_results(workdir: str, results_dir: str, summary: dict, wall_s: float) 
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

@@ -30,7 +30,7 @@ import time
 
 from absl import flags
 
-from experiments import common
+from train import cli
 from train import files, plots
 
 FLAGS = flags.FLAGS
@@ -64,7 +64,7 @@ def _compile(model_cfg, train_cfg, stage: int, n: int, batch: int, seq_len: int)
   import jax.numpy as jnp
 
   from sharding import mesh as mesh_lib
-  from train import sharded
+  from train import state as sharded
 
   # train_cfg: train/settings.TrainSettings
   mesh = mesh_lib.make_mesh({"data": n}, devices=jax.devices()[:n])
@@ -89,7 +89,7 @@ def measure(config, stage: int, n: int, steps: int) -> dict:
 
   from model.config import ModelConfig
   from sharding import zero
-  from train.settings import TrainSettings
+  from train.config import TrainSettings
 
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   t = TrainSettings.from_config(config.train)
@@ -136,7 +136,7 @@ def llama_shaped(k: int, base) -> "object":
 def probe(config, stage: int, n: int, k: int) -> dict:
   """Part 2: one compiled (stage, N, k) of the Llama-shaped family: its peak per device."""
   from model.config import count_params
-  from train.settings import TrainSettings
+  from train.config import TrainSettings
 
   model_cfg = llama_shaped(k, config)
   start = time.perf_counter()
@@ -237,7 +237,7 @@ def main(argv):
   if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={MAX_DEVICES}").strip()
-  common.setup()
+  cli.setup()
   import jax
 
   from model.config import ModelConfig, count_params
@@ -252,13 +252,13 @@ def main(argv):
   counts = [int(n) for n in FLAGS.device_counts]
   fit_counts = [int(n) for n in FLAGS.fit_devices]
   if max(counts + fit_counts) > jax.device_count():
-    common.fail(ValueError(
+    cli.fail(ValueError(
         f"--device_counts/--fit_devices ask for {max(counts + fit_counts)} devices; "
         f"{jax.device_count()} are present"))
   try:
     model_cfg = ModelConfig.from_dict(config.model.to_dict())
   except ValueError as e:
-    common.fail(e)
+    cli.fail(e)
   os.makedirs(FLAGS.out, exist_ok=True)
   path = os.path.join(FLAGS.out, "results.json")
   results = {"runs": [], "probes": []}
@@ -310,4 +310,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main, define_flags)
+  cli.run(main, define_flags)

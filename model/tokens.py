@@ -2,7 +2,7 @@
 
 End-of-text goes between documents; padding is masked in the loss. They live in model/, not beside
 the tokenizer in train/, because model/interop maps a Hugging Face tokenizer's declared tokens onto
-them and model/ must not import train/; train/tokenizer.py re-exports them.
+them and model/ must not import train/; train/data/tokenizer.py re-exports them.
 """
 
 from __future__ import annotations

@@ -94,14 +94,14 @@ MUTANTS = [
          token_logps_temperature_inverted=[
              ("logits_BxTxV.astype(jnp.float32) / temperature",
               "logits_BxTxV.astype(jnp.float32) * temperature")]),
-    *_in("train/dpo.py", ("tests/test_dpo.py", "-k", "not precomputed and not sequence_logp"),
+    *_in("train/align/dpo.py", ("tests/test_dpo.py", "-k", "not precomputed and not sequence_logp"),
          dpo_margin_reversed=[
              ("h_B = chosen_ratio_B - rejected_ratio_B",
               "h_B = rejected_ratio_B - chosen_ratio_B")],
          dpo_sigmoid_sign=[
              ("loss_B = -jax.nn.log_sigmoid(beta * h_B)",
               "loss_B = -jax.nn.log_sigmoid(-beta * h_B)")]),
-    *_in("train/grpo.py", ("tests/test_grpo.py", "-k", "not mu_1"),
+    *_in("train/align/grpo.py", ("tests/test_grpo.py", "-k", "not mu_1"),
          grpo_min_to_max=[
              ("-jnp.minimum(unclipped_NxT, clipped_NxT)",
               "-jnp.maximum(unclipped_NxT, clipped_NxT)")],

@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from train import alignment_data as data_lib
-from train import rewards
+from train.align import data as data_lib
+from train.align import rewards
 
 
 

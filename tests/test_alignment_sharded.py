@@ -19,11 +19,12 @@ from experiments.configs import alignment
 from model import transformer
 from model.config import ModelConfig
 from sharding import mesh as mesh_lib
-from train import alignment_data as data_lib
-from train import dpo, grpo, loop, optimizer as optimizer_lib, sft
+from train.align import data as data_lib
+from train.align import dpo, grpo, sft
+from train import loop, optimizer as optimizer_lib
 from train import step as step_lib
-from train import tokenizer as tokenizer_lib
-from train.settings import TrainSettings
+from train.data import tokenizer as tokenizer_lib
+from train.config import TrainSettings
 
 MODEL = ModelConfig(vocab_size=tokenizer_lib.min_vocab_size(), d_model=32, n_layers=2, n_heads=2,
                     n_kv_heads=1, d_ff=64, max_seq_len=16)

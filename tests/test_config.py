@@ -105,10 +105,10 @@ def test_every_experiment_script_imports_beside_the_others():
 
 
 def _parse(*args: str) -> flags.FlagValues:
-  """experiments.common's define + parse_flags over a script's usual flags, in process."""
+  """train.cli's define + parse_flags over a script's usual flags, in process."""
   from ml_collections import config_flags
 
-  from experiments import common
+  from train import cli
 
   fv = flags.FlagValues()
   argv = ["prog", *args]
@@ -117,10 +117,10 @@ def _parse(*args: str) -> flags.FlagValues:
     config_flags.DEFINE_config_file(
         "config", os.path.join(ROOT, "experiments", "configs", "tiny.py"), "", flag_values=fv)
     flags.DEFINE_string("workdir", None, "", flag_values=fv)
-    common.define_profile_steps_flag(fv)
+    cli.define_profile_steps_flag(fv)
 
-  common.define(define_flags, argv)
-  common.parse_flags(argv, fv)
+  cli.define(define_flags, argv)
+  cli.parse_flags(argv, fv)
   return fv
 
 
@@ -141,9 +141,9 @@ def test_command_line_errors_are_one_line_naming_the_setting(args, line):
   """Catches: an unknown --config key, a mistyped value or a misspelt flag raising inside
   absl / ml_collections parsing (a traceback, a message without the dotted key or suggestion),
   including a typo in an override of the default config, which fails while flags are defined."""
-  from experiments import common
+  from train import cli
 
-  with pytest.raises(common.UsageError) as e:
+  with pytest.raises(cli.UsageError) as e:
     _parse(*args)
   assert str(e.value) == line
 
@@ -177,7 +177,7 @@ def test_an_unknown_key_of_a_section_is_one_line_naming_the_section(dotted, valu
   section, leaf = dotted.split(".")
   c[section][leaf] = value
   with pytest.raises(ValueError, match=needle):
-    config_lib.settings(c)
+    config_lib.resolve(c)
 
 
 def test_settings_are_typed_once_with_the_defaults_of_missing_keys():
@@ -187,7 +187,7 @@ def test_settings_are_typed_once_with_the_defaults_of_missing_keys():
   del c.train.grad_accum
   del c.checkpoint.restart_if_unreadable
   c.sharding = ml_collections.ConfigDict({"mesh": {"data": 1}})
-  s = config_lib.settings(c)
+  s = config_lib.resolve(c)
   assert (s.train.grad_accum, s.sharding.zero_stage, s.sharding.device_memory_gb) == (1, 0, 0.0)
   assert s.checkpoint.restart_if_unreadable is False
   assert s.data.seq_len == c.data.seq_len and s.model.max_seq_len == c.model.max_seq_len
@@ -199,4 +199,4 @@ def test_device_memory_gb_must_be_a_number():
 
   c = tiny_config("", **{"sharding.device_memory_gb": -1.0})
   with pytest.raises(mesh_lib.MeshError, match="sharding.device_memory_gb=-1.0 must be a number"):
-    config_lib.settings(c)
+    config_lib.resolve(c)

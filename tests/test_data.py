@@ -11,9 +11,9 @@ import pytest
 
 from tests.helpers import tiny_config
 from train import config as config_lib
-from train import data as data_lib
-from train import documents as documents_lib
-from train import shards as shards_lib
+from train.data import pipeline as data_lib
+from train.data import documents as documents_lib
+from train.data import shards as shards_lib
 
 
 def _settings(paths, vocab_size=300, **kw) -> data_lib.Settings:

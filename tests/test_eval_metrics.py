@@ -1,4 +1,4 @@
-"""train/eval_metrics.py: metrics on hand-made examples; padded batches score like single prompts."""
+"""train/studies/answer_metrics.py: metrics on hand-made examples; padded batches score like single prompts."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 
 from model import transformer
 from model.config import ModelConfig
-from train import eval_metrics as em
+from train.studies import answer_metrics as em
 
 
 def test_exact_match_on_hand_made_examples():

@@ -183,7 +183,7 @@ def test_training_with_flash_gives_the_reference_losses():
   from train import loop
 
   config = tiny_config("")
-  train_settings = config_lib.settings(config).train
+  train_settings = config_lib.resolve(config).train
   mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
   rows = np.random.default_rng(0).integers(1, 300, (8, 33)).astype(np.int32)
   rows[:, 10] = 0  # a document boundary inside every row

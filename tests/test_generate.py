@@ -47,7 +47,7 @@ def test_prompt_longer_than_max_seq_len_is_an_error(tiny_run):
 
 
 def test_draft_with_another_tokenizer_is_an_error(tiny_run, tmp_path):
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   other = str(tmp_path / "other")
   shutil.copytree(tiny_run, other)
@@ -80,7 +80,7 @@ def test_distill_data_records_the_targets_greedy_continuations(tiny_run, tmp_pat
   import json
 
   from experiments import distill_data
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   args = dict(prompts=3, prompt_tokens=4, new_tokens=5, seed=1)
   by2 = distill_data.record(tiny_run, str(tmp_path / "b2.jsonl"), batch=2, **args)
@@ -107,7 +107,7 @@ def test_distill_data_writes_each_continuation_after_its_own_prompt(tiny_run, tm
 
   from experiments import distill_data
   from model import generation
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   def fake_make_generate(cfg, graphdef, spec):
     def fn(params, ids_BxT, lengths_B, keys_B):
@@ -127,14 +127,14 @@ def test_distill_data_writes_each_continuation_after_its_own_prompt(tiny_run, tm
 def test_decoding_scripts_add_an_xla_flag_without_overriding_the_users(monkeypatch):
   """Decoding scripts turn YNNPACK dots off through XLA_FLAGS. Catches the user's own setting of
   the same flag being overwritten (or duplicated, which XLA rejects), and other flags dropped."""
-  from experiments import common
+  from train import cli
 
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-  common.use_xla_flag(common.NO_YNN_DOTS)
+  cli.use_xla_flag(cli.NO_YNN_DOTS)
   assert os.environ["XLA_FLAGS"].split() == [
-      "--xla_force_host_platform_device_count=8", common.NO_YNN_DOTS]
+      "--xla_force_host_platform_device_count=8", cli.NO_YNN_DOTS]
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
-  common.use_xla_flag(common.NO_YNN_DOTS)
+  cli.use_xla_flag(cli.NO_YNN_DOTS)
   assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
 
 
@@ -145,14 +145,14 @@ def test_prefer_xla_dots_leaves_xla_flags_alone_where_an_accelerator_plugin_is_i
   one it is."""
   import importlib.util
 
-  from experiments import common
+  from train import cli
 
-  for installed, expected in ((("jax_cuda13_plugin",), ""), ((), common.NO_YNN_DOTS)):
+  for installed, expected in ((("jax_cuda13_plugin",), ""), ((), cli.NO_YNN_DOTS)):
     # prefer_xla_dots asks only for plugin modules: each is found iff it is in `installed`.
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a, i=installed: object() if name in i else None)
     monkeypatch.setenv("XLA_FLAGS", "")
-    common.prefer_xla_dots()
+    cli.prefer_xla_dots()
     assert os.environ["XLA_FLAGS"] == expected
 
 

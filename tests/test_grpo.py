@@ -10,8 +10,8 @@ import pytest
 
 from model import transformer
 from model.config import ModelConfig
-from train import alignment_data as data_lib
-from train import grpo
+from train.align import data as data_lib
+from train.align import grpo
 from train import step as step_lib
 
 CFG = ModelConfig(vocab_size=16, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32,

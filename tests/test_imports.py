@@ -1,7 +1,7 @@
 """The import graph: layers point one way, and no module imports itself back.
 
 Catches the bug where a lower layer reaches up (model/interop/hf_tokenizer.py importing
-train.tokenizer, so loading a Hugging Face checkpoint dragged in the training package) and import
+train.data.tokenizer, so loading a Hugging Face checkpoint dragged in the training package) and import
 cycles (model.attention <-> model.flash / model.kernels through a global registry, which only
 worked because attention imported them late, inside a function).
 
@@ -127,6 +127,63 @@ def find_cycle(imports: list[Import]) -> Optional[list[str]]:
   return None
 
 
+# Rooms of train/, lowest first. A module may import its own room and lower ones: data/ only the
+# base modules (files, config), the core (modules directly in train/) data/ too, align/ and
+# studies/ the core and data/ but not each other (a study that needs the alignment task would
+# name it through the core, not reach sideways).
+TRAIN_BASE = ("train.files", "train.config")
+TRAIN_ROOMS = {"base": 0, "data": 1, "core": 2, "align": 3, "studies": 3}
+
+
+def train_room(module: str) -> str:
+  if module in TRAIN_BASE:
+    return "base"
+  parts = module.split(".")
+  return parts[1] if len(parts) > 2 else "core"
+
+
+def room_violations(imports: list[Import]) -> list[str]:
+  out = []
+  for imp in imports:
+    if not (imp.source.startswith("train.") and imp.target.startswith("train.")):
+      continue
+    src, dst = train_room(imp.source), train_room(imp.target)
+    if src != dst and TRAIN_ROOMS[dst] >= TRAIN_ROOMS[src]:
+      out.append(f"{imp.path}:{imp.line} ({src}) -> {imp.target} ({dst})")
+  return out
+
+
+def is_script(module: str) -> bool:
+  """experiments.X for a file experiments/X.py: a script, not a config and not the package."""
+  parts = module.split(".")
+  return len(parts) == 2 and parts[0] == "experiments" and parts[1] != "configs"
+
+
+def script_violations(imports: list[Import]) -> list[str]:
+  """A script importing another script (a library dressed as a script), or a package module
+  importing anything of experiments/."""
+  out = []
+  for imp in imports:
+    if is_script(imp.source) and is_script(imp.target):
+      out.append(f"{imp.path}:{imp.line} script imports script {imp.target}")
+    if imp.source.split(".")[0] != "experiments" and imp.target.split(".")[0] == "experiments":
+      out.append(f"{imp.path}:{imp.line} package module imports {imp.target}")
+  return out
+
+
+def scripts_without_main() -> list[str]:
+  """experiments/*.py files with no `if __name__ == "__main__":` block."""
+  out = []
+  for module, rel in project_modules().items():
+    if not is_script(module):
+      continue
+    with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+      tree = ast.parse(f.read(), filename=rel)
+    if not any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body):
+      out.append(rel)
+  return out
+
+
 def test_the_graph_sees_the_project():
   # Guards the test itself: a walker that found no files or no edges would pass vacuously.
   imports = import_graph()
@@ -157,3 +214,38 @@ def test_a_function_level_import_counts(tmp_path, monkeypatch):
   assert find_cycle(imports) in (["model.a", "model.b", "model.a"],
                                  ["model.b", "model.a", "model.b"])
   assert layer_violations(imports) == [f"{os.path.join('model', 'c.py')}:1 -> train"]
+
+
+def test_train_rooms_point_one_way():
+  violations = room_violations(import_graph())
+  assert not violations, "imports against the order of train/'s rooms:\n  " + "\n  ".join(violations)
+
+
+def test_no_script_imports_a_script():
+  violations = script_violations(import_graph())
+  assert not violations, "\n  ".join(violations)
+
+
+def test_every_script_has_a_main():
+  assert scripts_without_main() == [], "experiments/ holds scripts only"
+
+
+def test_the_house_rules_catch_what_they_name(tmp_path, monkeypatch):
+  # Guards the three checks above: each fixture breaks one rule and must be reported.
+  for rel, text in {"train/__init__.py": "", "train/files.py": "",
+                    "train/loop.py": "from train.align import sft\n",  # core reaching up
+                    "train/align/__init__.py": "", "train/align/sft.py": "from train import files\n",
+                    "train/studies/__init__.py": "", "train/studies/x.py": "from train.align import sft\n",
+                    "experiments/__init__.py": "",
+                    "experiments/a.py": "from experiments import b\nif __name__ == '__main__':\n  pass\n",
+                    "experiments/b.py": "def main():\n  pass\n",
+                    "model/__init__.py": "", "sharding/__init__.py": ""}.items():
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text(text)
+  monkeypatch.setitem(globals(), "ROOT", str(tmp_path))
+  imports = import_graph()
+  assert [v.split(" ")[0] for v in room_violations(imports)] == [
+      os.path.join("train", "loop.py") + ":1", os.path.join("train", "studies", "x.py") + ":1"]
+  assert script_violations(imports) == [
+      f"{os.path.join('experiments', 'a.py')}:1 script imports script experiments.b"]
+  assert scripts_without_main() == [os.path.join("experiments", "b.py")]

@@ -353,9 +353,9 @@ def test_llama_style_special_tokens_are_recorded_and_exported_unchanged(tmp_path
   assert (data["eot_token"], data["pad_token"], data["bos_token"]) == ("</s>", "<unk>", None)
   # Every script asks for llmlab's roles and gets the imported tokens' ids.
   from experiments import generate
-  from train import alignment_data
-  from train import data as data_lib
-  from train import tokenizer as tokenizer_lib
+  from train.align import data as alignment_data
+  from train.data import pipeline as data_lib
+  from train.data import tokenizer as tokenizer_lib
 
   tok = tokenizer_lib.load(str(tmp_path / "run"))
   assert tokenizer_lib.special_id(tok, tokenizer_lib.EOT) == 2
@@ -475,7 +475,7 @@ def test_llmlab_model_exports_with_equal_logits_and_its_token_ids(tmp_path):
   """Export alone (no import before it): a freshly initialised llmlab model and its tokenizer."""
 
   from model.config import ModelConfig
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   tok = _llmlab_tokenizer()
   cfg = ModelConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=2, n_heads=4,
@@ -497,7 +497,7 @@ def test_llmlab_model_exports_with_equal_logits_and_its_token_ids(tmp_path):
 
 
 def _llmlab_tokenizer():
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   words = ["alpha", "beta", "gamma", "delta", "def", "return", "class", "self"]
   text = [" ".join(words[(i * 7 + j) % len(words)] for j in range(50)) for i in range(20)]
@@ -507,7 +507,7 @@ def _llmlab_tokenizer():
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   """(HF directory with an llmlab-style tokenizer, workdir written from it by --from_hf)."""
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   root = tmp_path_factory.mktemp("convert")
   tok = _llmlab_tokenizer()
@@ -530,7 +530,7 @@ def test_converted_workdir_loads_with_the_same_logits(converted):
 
 
 def test_to_hf_writes_what_auto_classes_load(converted, tmp_path):
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   src, workdir = converted
   out = tmp_path / "out"

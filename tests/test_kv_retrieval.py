@@ -1,10 +1,10 @@
-"""train/kv_retrieval.py: determinism, the answer is the gold pair's value, positions."""
+"""train/studies/kv_retrieval.py: determinism, the answer is the gold pair's value, positions."""
 
 import random
 
 import pytest
 
-from train import kv_retrieval as kv
+from train.studies import kv_retrieval as kv
 
 
 def test_generators_are_deterministic():

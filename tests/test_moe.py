@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model import moe
-from train.settings import TrainSettings
+from train.config import TrainSettings
 
 N, D, E, F, K = 24, 8, 4, 16, 2
 

@@ -12,7 +12,7 @@ import pytest
 from model import transformer
 from model.config import ModelConfig
 from train import optimizer
-from train.settings import TrainSettings
+from train.config import TrainSettings
 
 CFG = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=16,
                   max_seq_len=8, tie_embeddings=False)

@@ -1,9 +1,9 @@
-"""train/scaling_law.py: the fits recover the constants of a known law from noisy losses."""
+"""train/studies/scaling_law.py: the fits recover the constants of a known law from noisy losses."""
 
 import numpy as np
 import pytest
 
-from train import scaling_law as sl
+from train.studies import scaling_law as sl
 
 TRUE = sl.ChinchillaFit(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 

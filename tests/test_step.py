@@ -18,7 +18,7 @@ from model.config import ModelConfig
 from sharding import mesh as mesh_lib
 from tests.helpers import tiny_config
 from train import loop
-from train.settings import TrainSettings
+from train.config import TrainSettings
 
 STEPS = 50
 

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from experiments import sweep
+from train.studies import sweep
 from tests.helpers import run_script
 
 
@@ -35,7 +35,7 @@ def test_scaling_sweep_runs_collects_and_restarts_without_retraining(tmp_path, t
 def test_scaling_report_fits_and_plots_synthetic_runs(tmp_path):
   from experiments import scaling
   from experiments.configs.sweeps import cpu_small
-  from train import scaling_law as sl
+  from train.studies import scaling_law as sl
 
   cfg = cpu_small.get_config()
   cfg.fit.grid, cfg.fit.bootstrap, cfg.fit.max_iter = "minimal", 0, 200  # bootstrap: tested elsewhere
@@ -89,7 +89,7 @@ def _oracle_of_the_first_pair(tok):
 def test_lost_in_middle_end_to_end_and_from_an_init_workdir(tmp_path):
   from experiments import lost_in_middle
   from experiments.configs import lost_in_middle as config
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   out = run_script("experiments.lost_in_middle", "--config=experiments/configs/lost_in_middle.py:tiny",
                    f"--workdir={tmp_path}")
@@ -224,7 +224,7 @@ def test_bpe_prose_is_docstrings_and_comments_without_code():
 
 def test_bpe_study_reads_the_same_stdlib_files_as_the_default_corpus():
   from experiments import bpe_study
-  from train import data
+  from train.data import pipeline as data
 
   assert sorted(bpe_study.source_files("", seed=0)) == data.stdlib_files()
 def test_accelerator_smoke_runs_every_section_without_grain_or_ml_collections(tmp_path):

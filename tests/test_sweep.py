@@ -1,4 +1,4 @@
-"""experiments/sweep.py: restarts skip finished runs and resume the interrupted one; launchers."""
+"""train/studies/sweep.py: restarts skip finished runs and resume the interrupted one; launchers."""
 
 import io
 import json
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from experiments import sweep
+from train.studies import sweep
 from tests.helpers import tiny_config
 
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from train import tokenizer as tok_lib
+from train.data import tokenizer as tok_lib
 
 CORPUS = ["def foo(x):\n    return x + 1\n", "héllo wörld ✓ 日本語", "class A:\n    pass\n"] * 20
 

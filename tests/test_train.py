@@ -221,7 +221,7 @@ def test_memory_preflight_refuses_stage_2_names_stage_3_and_stage_3_trains(tmp_p
                "checkpoint.every_steps": 2, "train.eval_every": 2, "data.seq_len": 16,
                "sharding.mesh": {"data": 8}, "sharding.zero_stage": 2}
   config = tiny_config(tiny_corpus, **overrides)
-  settings = loop.config_lib.settings(config)
+  settings = loop.config_lib.resolve(config)
   mesh = mesh_lib.make_mesh(settings.sharding.mesh)
 
   def need(stage):

@@ -24,7 +24,7 @@ from sharding import zero
 from tests.helpers import tiny_config
 from train import checkpoint as ckpt_lib
 from train import loop
-from train.settings import TrainSettings
+from train.config import TrainSettings
 
 STEPS = 5
 # Small, but with a train state that outweighs its activations (as in the models ZeRO is for), so

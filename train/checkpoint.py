@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional, TextIO
 import jax
 import orbax.checkpoint as ocp
 
-from train import settings as settings_lib
+from train import config as config_lib
 
 RESTORE_LOG = "restore.log"
 RETRY_AFTER_S = 0.5
@@ -150,7 +150,7 @@ class Checkpointer:
         self.directory, options=options, item_names=("state", "data"))
 
   @classmethod
-  def of(cls, directory: str, settings: settings_lib.CheckpointSettings) -> "Checkpointer":
+  def of(cls, directory: str, settings: config_lib.CheckpointSettings) -> "Checkpointer":
     """From the checkpoint.* section."""
     return cls(directory, keep=settings.keep, every_steps=settings.every_steps,
                restart_if_unreadable=settings.restart_if_unreadable)
@@ -251,8 +251,8 @@ def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
   model_cfg = ModelConfig.from_dict(saved["model"])
   # A saved record, not a user's settings: keys of other versions are ignored, and what an older
   # workdir lacks (its whole sharding section, say) takes the dataclass's default.
-  train = settings_lib.TrainSettings.from_config(saved["train"], strict=False)
-  sharding = settings_lib.ShardingSettings.from_config(saved.get("sharding", {}), strict=False)
+  train = config_lib.TrainSettings.from_config(saved["train"], strict=False)
+  sharding = config_lib.ShardingSettings.from_config(saved.get("sharding", {}), strict=False)
   graphdef, _ = transformer.abstract(model_cfg)
   tx = optimizer_lib.make(train, train.steps)
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Union
 
 class DataError(ValueError):
   """A data file or data setting that cannot be used; the message names it (and the setting to
-  change, where there is one). train.data and train.alignment_data re-export it."""
+  change, where there is one). train.data.pipeline and train.align.data re-export it."""
 
 
 def iter_jsonl(path: str, *, bad_line: str = "not valid JSON ({msg})",

@@ -30,16 +30,15 @@ from sharding import validate as validate_lib
 from sharding import zero
 from train import checkpoint as ckpt_lib
 from train import config as config_lib
-from train import data as data_lib
+from train.data import pipeline as data_lib
 from train import metrics as metrics_lib
 from train import mfu as mfu_lib
-from train import settings as settings_lib
-from train import shards as shards_lib
+from train.data import shards as shards_lib
 from train import step as step_lib
-from train import tokenizer as tokenizer_lib
+from train.data import tokenizer as tokenizer_lib
 # Re-exported: the sharded step is built in its own module (it needs no data pipeline, so
 # experiments.accelerator can compile it where grain is not installed).
-from train.sharded import (  # noqa: F401
+from train.state import (  # noqa: F401
     ShardedTraining, build_sharded_training, make_sharded_training)
 
 
@@ -72,7 +71,7 @@ def check_finite_state(step: int, state: Any) -> None:
 
 class StopFlag:
   """Set by SIGTERM / SIGINT; a training loop saves and returns at the next step boundary
-  (this one and train/align_loop.py)."""
+  (this one and train/align/stage.py)."""
 
   def __init__(self):
     self.signum: Optional[int] = None
@@ -217,7 +216,7 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
   return state, step, signalled, early
 
 
-def validate_sharding(train: settings_lib.TrainSettings, sharding: settings_lib.ShardingSettings,
+def validate_sharding(train: config_lib.TrainSettings, sharding: config_lib.ShardingSettings,
                       model_cfg: ModelConfig, mesh: Mesh, *,
                       batch_size: Optional[int] = None) -> None:
   """sharding/validate.py's checks for this run; one-line MeshError before anything compiles.
@@ -229,7 +228,7 @@ def validate_sharding(train: settings_lib.TrainSettings, sharding: settings_lib.
       n_experts=model_cfg.moe.n_experts or None)
 
 
-def check_memory(sharding: settings_lib.ShardingSettings,
+def check_memory(sharding: config_lib.ShardingSettings,
                  build: Callable[[int], ShardedTraining], abstract_batch: Any) -> None:
   """sharding.device_memory_gb against the compiled step's peak bytes per device (0: no check).
 
@@ -280,7 +279,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   """
   # Validated and typed once; past this point the ConfigDict is only compared with, and saved
   # as, the workdir's config.json.
-  run_settings = config_lib.settings(config)
+  run_settings = config_lib.resolve(config)
   config_lib.check_workdir(workdir, config)
   model_cfg, t, settings = run_settings.model, run_settings.train, run_settings.data
   mesh = mesh_lib.make_mesh(run_settings.sharding.mesh)

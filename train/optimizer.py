@@ -6,7 +6,7 @@ import jax
 import optax
 from flax import nnx
 
-from train.settings import TrainSettings
+from train.config import TrainSettings
 
 
 def schedule(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:

@@ -4,7 +4,7 @@ One train step serves every objective. An objective is a LossFn: from the parame
 batch (any tree of arrays whose leading dimension is the batch's rows) to the sum of its
 objective over the rows, the count it is averaged over, and token-weighted metric sums.
 Pretraining's cross-entropy (lm_loss below), SFT's masked cross-entropy, DPO and GRPO
-(train/sft.py, dpo.py, grpo.py) are each such a function; the step around them (gradient
+(train/align/sft.py, dpo.py, grpo.py) are each such a function; the step around them (gradient
 accumulation, the data-parallel sum at any ZeRO stage, the optimizer update) is this one.
 
 TrainState is a plain dict so that orbax saves and restores it as it is:

@@ -45,7 +45,7 @@ def shrink_to_smoke_test(run: ml_collections.ConfigDict) -> None:
 
 
 def launch_section(job_name: str, time_limit: str) -> ml_collections.ConfigDict:
-  """launch.*: a study's Slurm job array (experiments/sweep.py), one task per run on 2 CPUs for
+  """launch.*: a study's Slurm job array (train/studies/sweep.py), one task per run on 2 CPUs for
   at most time_limit ("HH:MM:SS")."""
   return ml_collections.ConfigDict(
       {"job_name": job_name, "slurm_options": ("--cpus-per-task=2", f"--time={time_limit}")})

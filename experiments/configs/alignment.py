@@ -12,7 +12,7 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   # The built-in task: integer arithmetic with exact answers, seeded, split into train and
-  # held-out problems by train/arithmetic.py. Every stage of a chain must use the same task.
+  # held-out problems by train/align/arithmetic.py. Every stage of a chain must use the same task.
   c.task = ml_collections.ConfigDict()
   c.task.digits = 2  # both operands have exactly this many digits
   c.task.ops = "+-"  # any of "+-*"; subtraction answers are non-negative
@@ -25,7 +25,7 @@ def base() -> ml_collections.ConfigDict:
   c.task.spaced_digits = False
   c.task.seed = 0
 
-  # User data instead of the task: JSONL files (see train/alignment_data.py). Empty = the task.
+  # User data instead of the task: JSONL files (see train/align/data.py). Empty = the task.
   c.data = ml_collections.ConfigDict()
   c.data.train_path = ""
   c.data.eval_path = ""  # {"prompt", "answer"} per line: held-out exact match

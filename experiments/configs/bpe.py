@@ -13,7 +13,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.study = "bpe"
   # 256 is the bytes alone: llmlab's tokenizer also holds 2 special tokens, so it has 258 entries
-  # and no merge (train/tokenizer.py min_vocab_size).
+  # and no merge (train/data/tokenizer.py min_vocab_size).
   c.vocab_sizes = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
   c.corpora = ("code", "prose")  # whole standard-library files; their docstrings and comments
   c.paths = ""  # data.paths syntax for the source files; empty = the standard library

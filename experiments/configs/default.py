@@ -7,7 +7,7 @@ import ml_collections
 
 from experiments import configs
 from experiments.configs import model_section
-from train import settings
+from train import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -36,11 +36,11 @@ def get_config() -> ml_collections.ConfigDict:
       n_kv_heads=2,  # GQA: 3 query heads share each key/value head
   )
 
-  # train.*, checkpoint.* and sharding.*: train/settings.py's defaults, which document each field.
-  c.train = configs.section(settings.TrainSettings)
-  c.checkpoint = configs.section(settings.CheckpointSettings)
+  # train.*, checkpoint.* and sharding.*: train/config.py's defaults, which document each field.
+  c.train = configs.section(config_lib.TrainSettings)
+  c.checkpoint = configs.section(config_lib.CheckpointSettings)
   # Every mesh axis is listed so that each can be set from the command line
   # (--config.sharding.mesh.tensor=2); one -1 takes the remaining devices.
   c.sharding = configs.section(
-      settings.ShardingSettings, mesh={"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
+      config_lib.ShardingSettings, mesh={"data": -1, "fsdp": 1, "tensor": 1, "expert": 1})
   return c

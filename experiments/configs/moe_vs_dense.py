@@ -5,7 +5,7 @@
 `base` is the dense model: its FFN has width d_ff. An MoE setting (E experts, top-k) replaces every
 FFN with E SwiGLU experts of width d_ff / k, so the k experts a token visits hold d_ff hidden units
 in all and the FFN FLOPs per token match dense (the router adds d_model * E per token). The study
-has two stages, each a list of points of a restartable sweep (experiments/sweep.py):
+has two stages, each a list of points of a restartable sweep (train/studies/sweep.py):
 
   1. sweep: dense and every MoE setting of sweep.settings at seed sweep.seed;
   2. seeds: dense and one MoE setting (`compare`; "" = the sweep's lowest final validation loss)

@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   # A fresh model: ModelConfig's defaults (model/config.py), except
   c.model = model_section(
       max_seq_len=32)  # prompt "99+99=" (6) + eval.max_new_tokens (8) fits with room
-  del c.model.vocab_size  # the embedding follows the tokenizer (train/align_loop.py)
+  del c.model.vocab_size  # the embedding follows the tokenizer (train/align/stage.py)
 
   c.train.update(steps=2000, lr=3e-3, warmup_steps=50)
 

@@ -22,7 +22,7 @@ from sharding import rules as rules_lib
 from sharding import zero
 from train import optimizer as optimizer_lib
 from train import step as step_lib
-from train.settings import TrainSettings
+from train.config import TrainSettings
 
 
 @dataclasses.dataclass(frozen=True)

@@ -156,7 +156,7 @@ def score_answers(
   would go on writing past the answer is caught, by the same margin for every answer length;
   generation is cut at stop_ids.
   """
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   encode = encode or (lambda text: tokenizer_lib.encode(tok, text))
   prompt_ids = [encode(p) for p in prompts]
@@ -179,7 +179,7 @@ def score_answers(
 
 def stop_token_ids(tok, extra: Sequence[str] = ("\n",)) -> list[int]:
   """End-of-text and every token whose text contains one of `extra` (a newline ends an answer)."""
-  from train import tokenizer as tokenizer_lib
+  from train.data import tokenizer as tokenizer_lib
 
   ids = [tokenizer_lib.special_id(tok, tokenizer_lib.EOT)]
   for token, idx in tok.get_vocab().items():

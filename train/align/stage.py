@@ -37,17 +37,17 @@ from tokenizers import Tokenizer
 from model import generation, sampling, transformer
 from model.config import ModelConfig, count_params
 from sharding import mesh as mesh_lib
-from train import alignment_data as data_lib
+from train.align import data as data_lib
 from train import checkpoint as ckpt_lib
 from train import files
 from train import loop as loop_lib
 from train import metrics as metrics_lib
 from train import optimizer as optimizer_lib
 from train import plots
-from train import rewards as rewards_lib
-from train import settings as settings_lib
+from train.align import rewards as rewards_lib
+from train import config as config_lib
 from train import step as step_lib
-from train import tokenizer as tokenizer_lib
+from train.data import tokenizer as tokenizer_lib
 from train.config import ConfigError
 from train.loop import NonFiniteLoss
 
@@ -73,9 +73,9 @@ def byte_tokenizer() -> Tokenizer:
 class StageSettings:
   """The sections every stage shares, typed (train/settings.py); built once by check_common."""
 
-  train: settings_lib.TrainSettings
-  checkpoint: settings_lib.CheckpointSettings
-  sharding: settings_lib.ShardingSettings
+  train: config_lib.TrainSettings
+  checkpoint: config_lib.CheckpointSettings
+  sharding: config_lib.ShardingSettings
 
 
 def check_common(config: ml_collections.ConfigDict) -> StageSettings:
@@ -83,11 +83,11 @@ def check_common(config: ml_collections.ConfigDict) -> StageSettings:
   for section in ("task", "data", "train", "eval", "checkpoint", "sharding"):
     if section not in config:
       raise ConfigError(f"config has no section {section!r}")
-  train = settings_lib.TrainSettings.from_config(config.train)
+  train = config_lib.TrainSettings.from_config(config.train)
   for name in ("batch_size", "max_new_tokens", "max_examples"):
     if not config.eval[name] > 0:
       raise ConfigError(f"eval.{name} must be positive, got {config.eval[name]!r}")
-  checkpoint = settings_lib.CheckpointSettings.from_config(config.checkpoint)
+  checkpoint = config_lib.CheckpointSettings.from_config(config.checkpoint)
   task = config.task
   if not task.digits > 0 or not task.n_train > 0 or not task.n_heldout > 0:
     raise ConfigError("task.digits, task.n_train and task.n_heldout must be positive")
@@ -97,7 +97,7 @@ def check_common(config: ml_collections.ConfigDict) -> StageSettings:
   if not 0.0 < task.heldout_fraction < 1.0:
     raise ConfigError(f"task.heldout_fraction must be in (0, 1), got {task.heldout_fraction!r}")
   return StageSettings(train=train, checkpoint=checkpoint,
-                       sharding=settings_lib.ShardingSettings.from_config(config.sharding))
+                       sharding=config_lib.ShardingSettings.from_config(config.sharding))
 
 
 def start_policy(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,

@@ -1,7 +1,7 @@
 """Corpus -> token shards on disk -> batches of row indices -> each process's own rows.
 
 prepare() trains (or reuses) the tokenizer and tokenizes every source once into memory-mappable
-shards (train/shards.py), in data.prepared or <workdir>/data. open_corpus() maps them as rows of
+shards (train/data/shards.py), in data.prepared or <workdir>/data. open_corpus() maps them as rows of
 seq_len + 1 tokens (inputs row[:-1], targets row[1:]); nothing of the corpus is loaded.
 
 Batches are a grain pipeline over row INDICES, not rows: per source, the range of its row numbers,
@@ -11,7 +11,7 @@ same index pipeline, so the global batch is a function of the step alone, the it
 in each checkpoint is the same on every process, and a checkpoint resumes on any number of
 processes. Each process then reads from the shards only the rows its own devices hold (row_range).
 
-Documents go to train or validation by a hash of their key (train/documents.py).
+Documents go to train or validation by a hash of their key (train/data/documents.py).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from train import documents as documents_lib
+from train.data import documents as documents_lib
 from train import files as files_lib
-from train import settings as settings_lib
-from train import shards as shards_lib
-from train import tokenizer as tokenizer_lib
+from train import config as config_lib
+from train.data import shards as shards_lib
+from train.data import tokenizer as tokenizer_lib
 
 DataError = files_lib.DataError  # re-exported: callers and tests catch data.DataError
 # Re-exported: the default corpus and the split are used by the studies too.
@@ -56,7 +56,7 @@ class Source:
 
 
 # The data.* settings that choose the text and where its shards live (train/settings.py).
-Settings = settings_lib.DataSettings
+Settings = config_lib.DataSettings
 
 
 def sources_of(settings: Settings) -> list[Source]:

@@ -29,8 +29,8 @@ import numpy as np
 from flax import nnx
 
 from model import transformer
-from train import align_loop
-from train import alignment_data as data_lib
+from train.align import stage as stage_lib
+from train.align import data as data_lib
 from train import files
 from train import step as step_lib
 from train.config import ConfigError
@@ -192,7 +192,7 @@ def _pair_ids(tok, pairs: list[data_lib.Pair]):
           data_lib.token_ids(tok, prompts, [p.rejected for p in pairs]))
 
 
-def policy_pairs(policy: align_loop.Policy, examples: list[data_lib.Prompted], *, tries: int,
+def policy_pairs(policy: stage_lib.Policy, examples: list[data_lib.Prompted], *, tries: int,
                  key: jax.Array, batch_size: int, max_new_tokens: int) -> list[data_lib.Pair]:
   """Pairs whose rejected is a wrong answer the policy itself samples (temperature 1).
 
@@ -201,7 +201,7 @@ def policy_pairs(policy: align_loop.Policy, examples: list[data_lib.Prompted], *
   negatives sit where the policy puts its mass, so the preference gradient moves probability it
   actually has (Tajwar et al. 2024).
   """
-  complete = align_loop.make_completer(
+  complete = stage_lib.make_completer(
       policy, [e.prompt for e in examples], batch_size=batch_size,
       max_new_tokens=max_new_tokens, temperature=1.0)
   rejected: list = [None] * len(examples)
@@ -217,7 +217,7 @@ def policy_pairs(policy: align_loop.Policy, examples: list[data_lib.Prompted], *
   return [data_lib.Pair(e.prompt, e.answer, r) for e, r in zip(examples, rejected) if r is not None]
 
 
-def _stored_or_sampled_pairs(run: align_loop.Run, examples, d, seed: int) -> list[data_lib.Pair]:
+def _stored_or_sampled_pairs(run: stage_lib.Run, examples, d, seed: int) -> list[data_lib.Pair]:
   """The policy-sampled pairs of this workdir: sampled once, stored as pairs.jsonl, reread on
   resume (so a resumed run trains on the same pairs)."""
   path = os.path.join(run.workdir, PAIRS_FILE)
@@ -254,13 +254,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
   validate(config)
   if not init_workdir:
     raise ConfigError("DPO needs --init_workdir: the policy to start from and to stay near")
-  settings = align_loop.check_common(config)
+  settings = stage_lib.check_common(config)
   d, t = config.dpo, settings.train
   if d.rejected == "policy":
     examples = data_lib.load_examples(config.data.train_path, config.task, "train")
   else:
     pairs = data_lib.load_pairs(config.data.train_path, config.task, t.seed)
-  run = align_loop.Run(config, workdir, init_workdir, stage="dpo", settings=settings,
+  run = stage_lib.Run(config, workdir, init_workdir, stage="dpo", settings=settings,
                        total_updates=t.steps, profile_steps=profile_steps)
   tok = run.policy.tok
   if d.rejected == "policy":

@@ -157,7 +157,7 @@ def prepare_shared(root: str, config: ml_collections.ConfigDict) -> str:
   Every point then starts from a copy: all runs share one tokenizer (losses in nats per token are
   only comparable under the same tokenizer) and none repeats the tokenization.
   """
-  from train import data as data_lib
+  from train.data import pipeline as data_lib
 
   shared = shared_dir(root, config)
   data_lib.prepare(shared, data_lib.Settings.of(config.data), progress=False)
@@ -167,8 +167,8 @@ def prepare_shared(root: str, config: ml_collections.ConfigDict) -> str:
 def seed_workdir(shared: str, workdir: str) -> None:
   """Copies the shared tokenizer into a point's workdir and links the token shards beside it
   (each source folder's files, its manifest last, so a half-linked folder never looks complete)."""
-  from train import shards as shards_lib
-  from train import tokenizer as tokenizer_lib
+  from train.data import shards as shards_lib
+  from train.data import tokenizer as tokenizer_lib
 
   os.makedirs(os.path.join(workdir, "data"), exist_ok=True)
   dst = os.path.join(workdir, tokenizer_lib.FILENAME)
@@ -422,9 +422,9 @@ def run_records_study(
   hands out the points (launch_records), then, once all are done, writes the report. Returns the
   report's summary, or None when this invocation ran one point or points are still pending; a
   bad setting or file is a one-line error."""
-  from experiments import common
+  from train import cli
 
-  common.setup()
+  cli.setup()
   cfg = fv.config
   try:
     points = make_points(cfg)
@@ -439,4 +439,4 @@ def run_records_study(
       return None
     return report(cfg, fv.workdir, points, fv.out)
   except (ValueError, FileNotFoundError) as e:
-    common.fail(e)
+    cli.fail(e)

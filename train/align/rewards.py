@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from train import tokenizer as tokenizer_lib
+from train.data import tokenizer as tokenizer_lib
 
 
 class Sample(NamedTuple):

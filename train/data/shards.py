@@ -31,7 +31,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from train import files as files_lib
-from train import tokenizer as tokenizer_lib
+from train.data import tokenizer as tokenizer_lib
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

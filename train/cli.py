@@ -132,39 +132,6 @@ def _traced(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   return traced
 
 
-def define_stage_flags(stage: str, init_help: str) -> None:
-  """The flags of an alignment stage script (experiments.sft, dpo, grpo)."""
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", f"experiments/configs/{stage}.py", "Experiment config.")
-  flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, metrics, tokenizer).")
-  flags.DEFINE_string("init_workdir", "", init_help)
-  flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
-  flags.mark_flag_as_required("workdir")
-  define_profile_steps_flag()
-
-
-def run_stage(stage: str) -> None:
-  """main() of an alignment stage script: trains train.<stage> from the flags, writes its
-  results, prints the summary; a bad setting or file is a one-line error."""
-  import importlib
-
-  from absl import flags
-
-  setup()
-  from train import align_loop  # after setup: imports jax
-
-  fv = flags.FLAGS
-  module = importlib.import_module(f"train.{stage}")
-  try:
-    summary = module.train(fv.config, fv.workdir, fv.init_workdir, profile_steps=profile_steps())
-    result = align_loop.write_results(fv.workdir, summary, module.CURVES, fv.results_dir)
-  except (ValueError, FileNotFoundError, align_loop.NonFiniteLoss) as e:
-    fail(e)
-  print(format_summary({k: v for k, v in result.items() if not k.endswith("_curve")}), flush=True)
-
-
 class UsageError(ValueError):
   """A command line this script cannot run: an unknown flag or setting, or a value of the wrong
   type. Its message is one line; run() prints it as `error: ...` and exits 2."""

@@ -1,7 +1,7 @@
 """Group Relative Policy Optimisation (Shao et al. 2024), with the Dr. GRPO and DAPO variants.
 
 One step: P prompts, G completions each from the KV-cache sampler, rewards from the weighted reward
-functions (train/rewards.py), advantages normalised within each group of G,
+functions (train/align/rewards.py), advantages normalised within each group of G,
   A_i = (r_i - mean(r)) / (std(r) + eps)        scale_rewards = "group"
   A_i = r_i - mean(r)                           scale_rewards = "none" (Dr. GRPO)
 applied to every completion token of sample i; then mu optimizer updates on that batch, each
@@ -29,9 +29,9 @@ import numpy as np
 from flax import nnx
 
 from model import generation, sampling, transformer
-from train import align_loop
-from train import alignment_data as data_lib
-from train import rewards as rewards_lib
+from train.align import stage as stage_lib
+from train.align import data as data_lib
+from train.align import rewards as rewards_lib
 from train import step as step_lib
 from train.config import ConfigError
 
@@ -199,10 +199,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
   weights = validate(config)
   if not init_workdir:
     raise ConfigError("GRPO needs --init_workdir: a policy that already solves some prompts")
-  settings = align_loop.check_common(config)
+  settings = stage_lib.check_common(config)
   g, t = config.grpo, settings.train
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
-  run = align_loop.Run(config, workdir, init_workdir, stage="grpo", settings=settings,
+  run = stage_lib.Run(config, workdir, init_workdir, stage="grpo", settings=settings,
                        total_updates=t.steps * g.mu,
                        batch_rows=g.prompts_per_step * g.group_size, profile_steps=profile_steps)
   policy = run.policy

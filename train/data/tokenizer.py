@@ -132,7 +132,7 @@ def start_ids(tok: Tokenizer) -> list[int]:
 
 
 def document_boundary(tok: Tokenizer) -> tuple[int, bool]:
-  """(token id, starts_after) delimiting documents packed by train/data.py (see
+  """(token id, starts_after) delimiting documents packed by train/data/pipeline.py (see
   model.masks.packed_documents): a document starts at its start token (llmlab's end-of-text, an
   imported BOS), or right after end-of-text for an imported tokenizer that has no BOS."""
   start = start_ids(tok)

@@ -17,8 +17,8 @@ import numpy as np
 from flax import nnx
 
 from model import transformer
-from train import align_loop
-from train import alignment_data as data_lib
+from train.align import stage as stage_lib
+from train.align import data as data_lib
 from train import step as step_lib
 from train.config import ConfigError
 
@@ -59,10 +59,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) SFT in `workdir`; returns the summary of the run."""
   validate(config)
-  settings = align_loop.check_common(config)
+  settings = stage_lib.check_common(config)
   t = settings.train
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
-  run = align_loop.Run(config, workdir, init_workdir, stage="sft", settings=settings,
+  run = stage_lib.Run(config, workdir, init_workdir, stage="sft", settings=settings,
                        total_updates=t.steps, profile_steps=profile_steps)
   p_ids, c_ids = data_lib.token_ids(run.policy.tok, [e.prompt for e in examples],
                                     [e.answer for e in examples])

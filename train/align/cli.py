@@ -1,0 +1,66 @@
+"""The command line of the alignment stage scripts (experiments.sft, dpo, grpo).
+
+  python -m experiments.<stage> --workdir=DIR [--init_workdir=DIR] [--config=FILE]
+      [--config.KEY=VALUE ...] [--results_dir=DIR]
+
+Rerunning the same command resumes from the newest checkpoint. Writes metrics.jsonl, TensorBoard
+files, results.json and curves.png into the workdir (and results.json + curves.png into
+--results_dir when given).
+
+The three scripts differ only in their stage and the help of --init_workdir: each is its docstring
+and one call of run().
+"""
+
+from __future__ import annotations
+
+from train import cli
+
+# The help of --init_workdir: what each stage starts from.
+INIT_HELP = {
+    "sft": "Workdir to start from (pretraining or another stage); empty = a fresh model.",
+    "dpo": "Workdir of the starting policy, which is also the frozen reference.",
+    "grpo": "Workdir of the starting policy, which is also the frozen reference (beta > 0).",
+}
+
+
+def run(stage: str) -> None:
+  """The `__main__` of the stage's script: flags --config (experiments/configs/<stage>.py),
+  --workdir, --init_workdir, --results_dir; then train.<stage> on them.
+
+  The flags are defined here, on demand, not at import, so tests and other scripts can import the
+  script beside other experiment scripts (absl refuses a flag defined twice).
+  """
+  cli.run(lambda argv: run_stage(stage), lambda: define_stage_flags(stage, INIT_HELP[stage]))
+
+
+def define_stage_flags(stage: str, init_help: str) -> None:
+  """The flags of an alignment stage script (experiments.sft, dpo, grpo)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", f"experiments/configs/{stage}.py", "Experiment config.")
+  flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, metrics, tokenizer).")
+  flags.DEFINE_string("init_workdir", "", init_help)
+  flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")
+  flags.mark_flag_as_required("workdir")
+  cli.define_profile_steps_flag()
+
+
+def run_stage(stage: str) -> None:
+  """main() of an alignment stage script: trains train.<stage> from the flags, writes its
+  results, prints the summary; a bad setting or file is a one-line error."""
+  import importlib
+
+  from absl import flags
+
+  cli.setup()
+  from train.align import stage as stage_lib  # after setup: imports jax
+
+  fv = flags.FLAGS
+  module = importlib.import_module(f"train.align.{stage}")
+  try:
+    summary = module.train(fv.config, fv.workdir, fv.init_workdir, profile_steps=cli.profile_steps())
+    result = stage_lib.write_results(fv.workdir, summary, module.CURVES, fv.results_dir)
+  except (ValueError, FileNotFoundError, stage_lib.NonFiniteLoss) as e:
+    cli.fail(e)
+  print(cli.format_summary({k: v for k, v in result.items() if not k.endswith("_curve")}), flush=True)
