@@ -1,0 +1,41 @@
+"""Results know where they came from: the commit, whether the tree was dirty, the command."""
+
+import subprocess
+import sys
+
+from train import provenance
+
+
+def _git(cwd, *args):
+  subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_commit_and_dirty_flag_follow_the_repository(tmp_path, monkeypatch):
+  # Catches a dirty flag that is inverted or reads untracked files (a results folder written by
+  # the run itself must not make the tree "dirty"), and a commit read from the wrong directory.
+  _git(tmp_path, "init", "-q")
+  (tmp_path / "a.py").write_text("x = 1\n")
+  _git(tmp_path, "add", "a.py")
+  _git(tmp_path, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                        text=True).stdout.strip()
+  monkeypatch.setattr(provenance, "REPO_ROOT", str(tmp_path))
+  (tmp_path / "results.json").write_text("{}")  # untracked: not dirty
+  clean = provenance.provenance({"train": {"lr": 0.1}}, argv=["x", "--flag=1"])
+  assert clean["commit"] == head and clean["dirty"] is False
+  assert clean["config"] == {"train": {"lr": 0.1}}
+  assert clean["command"].endswith("--flag=1")
+  (tmp_path / "a.py").write_text("x = 2\n")
+  assert provenance.provenance()["dirty"] is True
+
+
+def test_outside_a_checkout_the_commit_is_none(tmp_path, monkeypatch):
+  monkeypatch.setattr(provenance, "REPO_ROOT", str(tmp_path))
+  record = provenance.provenance()
+  assert record["commit"] is None and record["dirty"] is None
+  assert record["host"]["cpu_count"] >= 1 and record["date"]
+
+
+def test_command_names_the_script_module(monkeypatch):
+  monkeypatch.setattr(sys, "argv", [f"{provenance.REPO_ROOT}/experiments/scaling.py", "--a=1"])
+  assert provenance.provenance()["command"].endswith("-m experiments.scaling --a=1")
