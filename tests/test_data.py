@@ -269,11 +269,9 @@ def test_unsupported_file_type_is_refused(tmp_path):
 
 
 def test_prepare_data_writes_once_and_a_second_call_reuses(tmp_path, tiny_corpus):
-  from experiments import prepare_data
-
   config = tiny_config(tiny_corpus)
-  first = prepare_data.prepare(config, str(tmp_path / "run"))
-  again = prepare_data.prepare(config, str(tmp_path / "run"))
+  first = data_lib.prepare_config(config, str(tmp_path / "run"))
+  again = data_lib.prepare_config(config, str(tmp_path / "run"))
   assert first["written"] == [True] and again["written"] == [False]
   assert first["tokens"] == again["tokens"] == sum(first["train_tokens"] + first["val_tokens"])
   [folder] = first["folders"]

@@ -1,4 +1,5 @@
-"""experiments.generate: a trained run continues a prompt; bad input is a one-line error."""
+"""train/saved_run.py and experiments.generate: a trained run continues a prompt; bad input is a
+one-line error. Also train/studies/distill.py (experiments.distill_data), on the same run."""
 
 import os
 import random
@@ -6,7 +7,7 @@ import shutil
 
 import pytest
 
-from experiments import generate
+from train import saved_run
 from tests.helpers import run_script, tiny_config
 
 
@@ -26,24 +27,24 @@ def tiny_run(tmp_path_factory):
 
 
 def test_generates_and_reports_speed(tiny_run):
-  r = generate.run(tiny_run, "alpha beta", 8, temperature=0.8, seed=3)
+  r = saved_run.generate(tiny_run, "alpha beta", 8, temperature=0.8, seed=3)
   assert r["text"].startswith("alpha beta")
   assert 1 <= r["new_tokens"] <= 8 and r["tokens_per_second"] > 0
-  assert generate.run(tiny_run, "alpha beta", 8, temperature=0.8, seed=3)["text"] == r["text"]
+  assert saved_run.generate(tiny_run, "alpha beta", 8, temperature=0.8, seed=3)["text"] == r["text"]
 
 
 def test_greedy_speculative_with_itself_as_draft_accepts_everything(tiny_run):
-  plain = generate.run(tiny_run, "def", 10, temperature=0.0)
-  spec = generate.run(tiny_run, "def", 10, temperature=0.0, draft_workdir=tiny_run, gamma=3)
+  plain = saved_run.generate(tiny_run, "def", 10, temperature=0.0)
+  spec = saved_run.generate(tiny_run, "def", 10, temperature=0.0, draft_workdir=tiny_run, gamma=3)
   assert spec["text"] == plain["text"]
   assert spec["alpha"] == 1.0
 
 
 def test_prompt_longer_than_max_seq_len_is_an_error(tiny_run):
   with pytest.raises(ValueError, match="longer than max_seq_len=32"):
-    generate.run(tiny_run, " alpha" * 40, 4)
+    saved_run.generate(tiny_run, " alpha" * 40, 4)
   with pytest.raises(ValueError, match="max_new_tokens<="):
-    generate.run(tiny_run, "alpha", 40)
+    saved_run.generate(tiny_run, "alpha", 40)
 
 
 def test_draft_with_another_tokenizer_is_an_error(tiny_run, tmp_path):
@@ -53,7 +54,7 @@ def test_draft_with_another_tokenizer_is_an_error(tiny_run, tmp_path):
   shutil.copytree(tiny_run, other)
   tokenizer_lib.save(tokenizer_lib.train_bpe(["zzz yyy " * 50], 300), other)
   with pytest.raises(ValueError, match="tokenizers of .* differ"):
-    generate.run(tiny_run, "def", 4, draft_workdir=other)
+    saved_run.generate(tiny_run, "def", 4, draft_workdir=other)
 
 
 def test_cli_missing_workdir_is_a_one_line_error(tmp_path):
@@ -64,7 +65,7 @@ def test_cli_missing_workdir_is_a_one_line_error(tmp_path):
 
 
 def test_cli_writes_the_continuation_to_stdout_and_statistics_to_stderr(tiny_run):
-  expected = generate.run(tiny_run, "alpha", 4, temperature=0.0)["continuation"]
+  expected = saved_run.generate(tiny_run, "alpha", 4, temperature=0.0)["continuation"]
   proc = run_script("experiments.generate", f"--workdir={tiny_run}", "--prompt=alpha",
                     "--max_new_tokens=4", "--temperature=0")
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -79,21 +80,21 @@ def test_distill_data_records_the_targets_greedy_continuations(tiny_run, tmp_pat
   function of its prompt alone)."""
   import json
 
-  from experiments import distill_data
+  from train.studies import distill
   from train.data import tokenizer as tokenizer_lib
 
   args = dict(prompts=3, prompt_tokens=4, new_tokens=5, seed=1)
-  by2 = distill_data.record(tiny_run, str(tmp_path / "b2.jsonl"), batch=2, **args)
-  distill_data.record(tiny_run, str(tmp_path / "b1.jsonl"), batch=1, **args)
+  by2 = distill.record(tiny_run, str(tmp_path / "b2.jsonl"), batch=2, **args)
+  distill.record(tiny_run, str(tmp_path / "b1.jsonl"), batch=1, **args)
   assert by2["continuations"] == 3 and not (tmp_path / "b2.jsonl.tmp").exists()
   lines = [json.loads(x)["text"] for x in open(tmp_path / "b2.jsonl")]
   assert lines == [json.loads(x)["text"] for x in open(tmp_path / "b1.jsonl")]
   tok = tokenizer_lib.load(tiny_run)
-  rows = distill_data.prompt_rows(tiny_run, 3, 4, 1)
+  rows = distill.prompt_rows(tiny_run, 3, 4, 1)
   assert [t.startswith(tokenizer_lib.decode(tok, r.tolist())) for t, r in zip(lines, rows)] == [True] * 3
   assert len({t for t in lines}) > 1  # three different prompts, not one repeated
   with pytest.raises(ValueError, match="--new_tokens"):
-    distill_data.record(tiny_run, str(tmp_path / "x.jsonl"), batch=1, **dict(args, new_tokens=0))
+    distill.record(tiny_run, str(tmp_path / "x.jsonl"), batch=1, **dict(args, new_tokens=0))
 
 
 def test_distill_data_writes_each_continuation_after_its_own_prompt(tiny_run, tmp_path, monkeypatch):
@@ -105,7 +106,7 @@ def test_distill_data_writes_each_continuation_after_its_own_prompt(tiny_run, tm
 
   import jax.numpy as jnp
 
-  from experiments import distill_data
+  from train.studies import distill
   from model import generation
   from train.data import tokenizer as tokenizer_lib
 
@@ -116,10 +117,10 @@ def test_distill_data_writes_each_continuation_after_its_own_prompt(tiny_run, tm
     return fn
 
   monkeypatch.setattr(generation, "make_generate", fake_make_generate)
-  distill_data.record(tiny_run, str(tmp_path / "f.jsonl"), batch=2, prompts=5, prompt_tokens=4,
+  distill.record(tiny_run, str(tmp_path / "f.jsonl"), batch=2, prompts=5, prompt_tokens=4,
                       new_tokens=3, seed=2)
   tok = tokenizer_lib.load(tiny_run)
-  rows = distill_data.prompt_rows(tiny_run, 5, 4, 2)
+  rows = distill.prompt_rows(tiny_run, 5, 4, 2)
   expected = [tokenizer_lib.decode(tok, r.tolist() + [int(r[-1])] * 3) for r in rows]
   assert [json.loads(x)["text"] for x in open(tmp_path / "f.jsonl")] == expected
 

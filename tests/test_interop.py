@@ -1,4 +1,5 @@
-"""model/interop and experiments/convert: Hugging Face Llama and Mixtral in and out of llmlab.
+"""model/interop and train/hf_workdir.py (experiments.convert): Hugging Face Llama and Mixtral
+in and out of llmlab.
 
 The reference is transformers itself: tiny random models are built with it, saved, imported, and
 llmlab's float32 logits must equal transformers' on the same tokens within 1e-4; exported back,
@@ -92,6 +93,13 @@ def _assert_same_tensors(a, b):
   for name in a:
     assert a[name].dtype == b[name].dtype, name
     np.testing.assert_array_equal(a[name].view(np.uint8), b[name].view(np.uint8), err_msg=name)
+
+
+def _defaults():
+  """The config tree experiments.convert starts an imported workdir's config from."""
+  from experiments.configs import default
+
+  return default.get_config()
 
 
 def _one_line_error(excinfo, *words):
@@ -340,19 +348,19 @@ def test_special_tokens_map_onto_declared_roles(tmp_path):
 def test_llama_style_special_tokens_are_recorded_and_exported_unchanged(tmp_path):
   """A tokenizer without llmlab's token names: the workdir's config records which tokens play
   end-of-text and padding; --to_hf restores the original tokenizer files and token ids."""
-  from experiments import convert
+  from train import hf_workdir
 
   src = _save_hf(tmp_path / "hf", **VARIANTS["gqa_tied"])
   transformers.PreTrainedTokenizerFast(
       tokenizer_object=_llama_style_tokenizer(), bos_token="<s>", eos_token="</s>",
       unk_token="<unk>").save_pretrained(src)
-  convert.import_workdir(src, str(tmp_path / "run"), seq_len=16)
+  hf_workdir.import_workdir(src, str(tmp_path / "run"), defaults=_defaults(), seq_len=16)
   data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
   # "<s>" is declared, but this tokenizer adds no BOS (transformers' encoding is ["a"]), so no
   # text starts with it.
   assert (data["eot_token"], data["pad_token"], data["bos_token"]) == ("</s>", "<unk>", None)
   # Every script asks for llmlab's roles and gets the imported tokens' ids.
-  from experiments import generate
+  from train import saved_run
   from train.align import data as alignment_data
   from train.data import pipeline as data_lib
   from train.data import tokenizer as tokenizer_lib
@@ -364,9 +372,9 @@ def test_llama_style_special_tokens_are_recorded_and_exported_unchanged(tmp_path
   assert data_lib.tokenize(["a", "d"], tok).tolist() == [3, 2, 6, 2]  # a </s> d </s>
   assert tokenizer_lib.start_ids(tok) == []
   assert alignment_data.encode_prompts(tok, ["b"], 3).tokens_NxP.tolist() == [[4, 0, 0]]
-  out = generate.run(str(tmp_path / "run"), "a", 3, temperature=0.0)
+  out = saved_run.generate(str(tmp_path / "run"), "a", 3, temperature=0.0)
   assert out["text"].startswith("a") and 1 <= out["new_tokens"] <= 3
-  convert.export_workdir(str(tmp_path / "run"), str(tmp_path / "out"))
+  hf_workdir.export_workdir(str(tmp_path / "run"), str(tmp_path / "out"))
   for name in ("tokenizer.json", "tokenizer_config.json"):
     assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
   exported = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -435,7 +443,7 @@ def _hf_greedy(path, prompt, n_new):
 def _import_with_tokenizer(model_dir, root, *, prepend_bos, bos_token_id):
   """A copy of model_dir with a word tokenizer and config.json's bos_token_id set, imported by
   --from_hf into root/run; returns (HF directory, workdir)."""
-  from experiments import convert
+  from train import hf_workdir
 
   src = root / "hf"
   shutil.copytree(model_dir, src)
@@ -444,7 +452,7 @@ def _import_with_tokenizer(model_dir, root, *, prepend_bos, bos_token_id):
       unk_token="<unk>").save_pretrained(str(src))
   hf = json.loads((src / "config.json").read_text())
   (src / "config.json").write_text(json.dumps({**hf, "bos_token_id": bos_token_id}))
-  convert.import_workdir(str(src), str(root / "run"), seq_len=16)
+  hf_workdir.import_workdir(str(src), str(root / "run"), defaults=_defaults(), seq_len=16)
   return str(src), str(root / "run")
 
 
@@ -459,14 +467,14 @@ GREEDY_CASES = {
 
 @pytest.mark.parametrize("case", list(GREEDY_CASES))
 def test_imported_greedy_generation_equals_transformers(llama_dirs, mixtral_dir, tmp_path, case):
-  from experiments import generate
+  from train import saved_run
 
   kind, prepend_bos, bos_token_id = GREEDY_CASES[case]
   model_dir = mixtral_dir if kind == "mixtral" else llama_dirs["gqa_tied"]
   src, workdir = _import_with_tokenizer(
       model_dir, tmp_path, prepend_bos=prepend_bos, bos_token_id=bos_token_id)
   hf_prompt, hf_new = _hf_greedy(src, GENERATE_PROMPT, N_NEW)
-  out = generate.run(workdir, GENERATE_PROMPT, N_NEW, temperature=0.0)
+  out = saved_run.generate(workdir, GENERATE_PROMPT, N_NEW, temperature=0.0)
   assert out["new_ids"] == hf_new
   assert out["prompt_ids"] == hf_prompt
 

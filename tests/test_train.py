@@ -164,10 +164,11 @@ def test_finished_run_extends_when_steps_grow_and_traces_the_profiled_steps(tmp_
   assert glob.glob(os.path.join(wd, "profile", "plugins", "profile", "*", "*.xplane.pb"))
   assert set(metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))[-1]) >= {
       "step", "loss", "lr", "grad_norm", "tokens_seen", "eval_loss"}
-  # experiments.train --results_dir (make train's results/default_run): catches a results file
-  # that mixes up the invocation's first step, the final losses or the baseline, or has no sample.
-  from experiments import train as train_script
-  train_script.write_results(wd, str(tmp_path / "results"), summary, wall_s=1.5)
+  # train/run_report.py (experiments.train --results_dir, make train's results/default_run):
+  # catches a results file that mixes up the invocation's first step, the final losses or the
+  # baseline, or has no sample.
+  from train import run_report
+  run_report.write_results(wd, str(tmp_path / "results"), summary, wall_s=1.5)
   written = json.load(open(tmp_path / "results" / "results.json"))
   assert (written["start_step"], written["final_step"], written["invocation_wall_time_s"]) == (6, 9, 1.5)
   assert written["final_eval_loss"] == summary["eval_loss"] == written["eval"][-1]["eval_loss"]

@@ -21,9 +21,11 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from typing import Iterable, Iterator, Optional, Sequence
 
 import grain
+import ml_collections
 import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
@@ -200,6 +202,24 @@ def prepare(workdir: str, settings: Settings, *, progress: bool = True,
     folders.append(folder)
     manifests.append(manifest)
   return Prepared(tok, tuple(sources), tuple(folders), tuple(manifests), tuple(written))
+
+
+def prepare_config(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """prepare() for config.data in workdir, after validating the whole config (experiments.
+  prepare_data); returns the folders, which were written now, seconds, tokens (train and val of
+  every source) and tokens per second, and per source the train and val tokens and the unigram
+  entropy."""
+  config_lib.validate(config)
+  start = time.perf_counter()
+  prepared = prepare(workdir, Settings.of(config.data))
+  seconds = time.perf_counter() - start
+  tokens = sum(m["splits"][s]["tokens"] for m in prepared.manifests for s in ("train", "val"))
+  return {"folders": list(prepared.folders), "written": list(prepared.written),
+          "seconds": round(seconds, 2), "tokens": tokens,
+          "tokens_per_sec": round(tokens / max(seconds, 1e-9)),
+          "train_tokens": [m["splits"]["train"]["tokens"] for m in prepared.manifests],
+          "val_tokens": [m["splits"]["val"]["tokens"] for m in prepared.manifests],
+          "unigram_entropy": [m["unigram_entropy"] for m in prepared.manifests]}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,188 @@
+"""A Hugging Face checkpoint directory (Llama, Mixtral) <-> an llmlab workdir.
+
+import_workdir reads DIR (config.json, model.safetensors or shards with their index,
+tokenizer.json when present) and writes a workdir laid out like one written by training, so that
+checkpoint.load_params, train/saved_run.py, experiments.train and the alignment stages read it:
+  config.json      the full config tree: model from the checkpoint, data and train defaults
+  config.py        that config as a config file, to fine-tune with (CONFIG_PY)
+  tokenizer.json   DIR's tokenizer, byte for byte
+  hf/              DIR's config.json and tokenizer side files, carried back out by export_workdir
+  checkpoints/0/   the imported parameters, a fresh optimizer state and data position
+
+export_workdir writes DIR from the newest readable checkpoint of the workdir; transformers loads
+it with AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR).
+experiments.convert is the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Any, Optional
+
+import ml_collections
+from tokenizers import Tokenizer
+
+from model import interop, transformer
+from model.config import ModelConfig, count_params
+from model.interop import hf_tokenizer
+from train import checkpoint as ckpt_lib
+from train import config as config_lib
+from train import optimizer as optimizer_lib
+from train import step as step_lib
+from train.data import pipeline as data_lib
+from train.data import tokenizer as tokenizer_lib
+
+HF_DIR = "hf"  # inside the workdir: the imported directory's config.json and side files
+# Fine-tuning defaults written into the workdir's config (the pretraining default lr of 3e-3
+# would wreck a trained model); override them on the command line.
+FINETUNE = {"lr": 3e-5, "warmup_steps": 10, "steps": 100, "weight_decay": 0.0}
+
+CONFIG_PY = '''"""The config of this workdir (its config.json), to fine-tune or resume it:
+
+  python -m experiments.train --workdir=THIS_DIR --config=THIS_DIR/config.py \\
+      --config.data.paths=FILES [--config.train.steps=...]
+
+Written by experiments.convert.
+"""
+
+import json
+import os
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+'''
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+  """Bytes of "5GB", "500MB", "2GiB" or "123" (transformers' max_shard_size spelling)."""
+  m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+  if not m or m.group(2).upper() not in _UNITS:
+    raise ValueError(f"--max_shard_size={text!r} is not a size like 5GB, 500MB or 2GiB")
+  return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def workdir_config(model_cfg: ModelConfig, tok: Optional[Tokenizer],
+                   tokens: dict[str, Optional[str]], seq_len: int,
+                   defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config tree of an imported workdir: defaults (experiments/configs/default.py's) with the
+  imported model, the tokenizer's size, its special tokens (data.eot_token, data.pad_token: the
+  tokens that play llmlab's end-of-text and padding; data.bos_token: the token the Hugging Face
+  tokenizer puts before every text, or None when it adds none) and fine-tuning defaults."""
+  # Through JSON: default.py ties model.vocab_size to data.vocab_size by reference, and the two
+  # differ when the embedding table is larger than the tokenizer.
+  c = ml_collections.ConfigDict(json.loads(defaults.to_json()))
+  c.model = ml_collections.ConfigDict(model_cfg.to_dict())
+  n_tokens = tok.get_vocab_size() if tok is not None else model_cfg.vocab_size
+  c.data.vocab_size = min(n_tokens, model_cfg.vocab_size)
+  c.data.seq_len = min(seq_len, model_cfg.max_seq_len)
+  c.data.update(tokens)
+  c.train.update(FINETUNE)
+  return c
+
+
+def _tokenizer_roles(hf_dir: str, tok: Optional[Tokenizer], hf: dict) -> dict[str, Optional[str]]:
+  """data.eot_token, pad_token and bos_token of the imported tokenizer (all None without one)."""
+  if tok is None:
+    return {"eot_token": None, "pad_token": None, "bos_token": None}
+  declared = hf_tokenizer.declared_special_tokens(hf_dir, tok, hf)
+  eot, pad = hf_tokenizer.llmlab_roles(declared, tok)
+  # What the tokenizer itself prepends, not the declared bos: config.json's bos_token_id and a
+  # bos_token in tokenizer_config.json are often a token the tokenizer never adds.
+  return {"eot_token": eot, "pad_token": pad, "bos_token": hf_tokenizer.start_token(hf_dir, tok)}
+
+
+def _copy_hf_files(hf_dir: str, workdir: str, tok: Optional[Tokenizer],
+                   tokens: dict[str, Optional[str]]) -> None:
+  """hf/ (config.json and side files), tokenizer.json with its roles, and config.py."""
+  os.makedirs(os.path.join(workdir, HF_DIR), exist_ok=True)
+  for name in ("config.json", *hf_tokenizer.SIDE_FILES):
+    if os.path.exists(os.path.join(hf_dir, name)):
+      shutil.copyfile(os.path.join(hf_dir, name), os.path.join(workdir, HF_DIR, name))
+  if tok is not None:
+    shutil.copyfile(os.path.join(hf_dir, tokenizer_lib.FILENAME),
+                    os.path.join(workdir, tokenizer_lib.FILENAME))
+    # Which tokens play end-of-text and padding and start a text, for every script that reads
+    # the workdir. NO_BOS, not None, when the tokenizer adds nothing: an imported model's texts
+    # start with what its own tokenizer puts there, never with llmlab's end-of-text.
+    tokenizer_lib.set_roles(tok, tokens["eot_token"], tokens["pad_token"],
+                            tokens["bos_token"] or tokenizer_lib.NO_BOS)
+    tokenizer_lib.save_roles(tok, workdir)
+  with open(os.path.join(workdir, "config.py"), "w", encoding="utf-8") as f:
+    f.write(CONFIG_PY)
+
+
+def _save_step_0(workdir: str, model_cfg: ModelConfig, params: Any,
+                 run: config_lib.RunSettings) -> None:
+  """checkpoints/0: the train state exactly as train/loop.py builds it, but from params."""
+  t = run.train
+  graphdef, _ = transformer.abstract(model_cfg)
+  tx = optimizer_lib.make(t, t.steps)
+  state = step_lib.init_state(params, tx, t.seed)
+  data_state = data_lib.train_iterator([t.batch_size], [1.0], t.batch_size, t.seed).get_state()
+  ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run.checkpoint)
+  try:
+    ckpt.save(0, state, data_state)
+  finally:
+    ckpt.close()
+
+
+def import_workdir(hf_dir: str, workdir: str, *, defaults: ml_collections.ConfigDict,
+                   param_dtype: Optional[str] = None, seq_len: int = 256) -> dict:
+  """Writes an llmlab workdir holding the Hugging Face model in hf_dir; returns a summary.
+
+  defaults: the config tree whose data, train, checkpoint and sharding sections the workdir's
+  config starts from (experiments/configs/default.py's get_config(); a package cannot import it).
+  """
+  if os.path.exists(os.path.join(workdir, "config.json")) or os.path.exists(
+      os.path.join(workdir, "checkpoints")):
+    raise config_lib.ConfigError(f"{workdir} already holds a run; convert into a new --workdir")
+  hf = interop.read_hf_config(hf_dir)
+  model_cfg, params = interop.load_hf(hf_dir, param_dtype=param_dtype)
+  tok_path = os.path.join(hf_dir, tokenizer_lib.FILENAME)
+  tok = Tokenizer.from_file(tok_path) if os.path.exists(tok_path) else None
+  tokens = _tokenizer_roles(hf_dir, tok, hf)
+  config = workdir_config(model_cfg, tok, tokens, seq_len, defaults)
+  run = config_lib.resolve(config)
+  _copy_hf_files(hf_dir, workdir, tok, tokens)
+  _save_step_0(workdir, model_cfg, params, run)
+  config_lib.save(workdir, config)  # last: a workdir with config.json is a complete one
+  return {"workdir": workdir, "model": "mixtral" if model_cfg.moe.enabled else "llama",
+          "params": count_params(model_cfg)["total"], "param_dtype": model_cfg.param_dtype,
+          "tokenizer": tok is not None, **tokens}
+
+
+def export_workdir(workdir: str, hf_dir: str, *, max_shard_bytes: Optional[int] = None) -> dict:
+  """Writes the newest checkpoint of workdir as a Hugging Face directory; returns a summary."""
+  model_cfg, _, params = ckpt_lib.load_params(workdir)
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    data = json.load(f).get("data", {})
+  tok_path = os.path.join(workdir, tokenizer_lib.FILENAME)
+  tok = tokenizer_lib.load(workdir) if os.path.exists(tok_path) else None
+  base_path = os.path.join(workdir, HF_DIR, "config.json")
+  base = interop.read_hf_config(os.path.dirname(base_path)) if os.path.exists(base_path) else None
+  # A workdir made from an imported one (an alignment stage, say) has the roles only beside its
+  # tokenizer, not in its config.
+  named = tokenizer_lib.roles(tok) if tok is not None else {}
+  eos = data.get("eot_token") or named.get(tokenizer_lib.EOT)
+  pad = data.get("pad_token") or named.get(tokenizer_lib.PAD)
+  interop.save_hf(hf_dir, model_cfg, params, tok, eos_token=eos, pad_token=pad, base_config=base,
+                  max_shard_bytes=max_shard_bytes)
+  if tok is not None:
+    shutil.copyfile(tok_path, os.path.join(hf_dir, tokenizer_lib.FILENAME))  # byte for byte
+  side = os.path.join(workdir, HF_DIR)
+  for name in sorted(os.listdir(side)) if os.path.isdir(side) else ():
+    if name != "config.json":  # the imported tokenizer files replace the generated ones
+      shutil.copyfile(os.path.join(side, name), os.path.join(hf_dir, name))
+  return {"hf_dir": hf_dir, "model": "mixtral" if model_cfg.moe.enabled else "llama",
+          "params": count_params(model_cfg)["total"], "files": sorted(os.listdir(hf_dir))}
