@@ -117,16 +117,6 @@ def grpo_loss_sums(logp_NxT: jax.Array, old_logp_NxT: Optional[jax.Array],
   return total, jnp.sum(mask_NxT), sums
 
 
-def grpo_loss(logp_NxT: jax.Array, old_logp_NxT: Optional[jax.Array],
-              ref_logp_NxT: Optional[jax.Array], advantages_N: jax.Array, mask_NxT: jax.Array,
-              **kw) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(loss, metrics) of one update on a whole batch: grpo_loss_sums divided by its count."""
-  total, n, sums = grpo_loss_sums(
-      logp_NxT, old_logp_NxT, ref_logp_NxT, advantages_N, mask_NxT, **kw)
-  n = jnp.maximum(n, 1.0)
-  return total / n, {k: v / n for k, v in sums.items()}
-
-
 def loss(graphdef: nnx.GraphDef, g: ml_collections.ConfigDict,
          aux_weights: tuple[float, float] = (0.0, 0.0)) -> step_lib.LossFn:
   """GRPO's LossFn (config g = the grpo section), plus the router losses of an MoE policy.
