@@ -149,20 +149,6 @@ def expert_share(expert_NxK: jax.Array, n_experts: int) -> jax.Array:
   return counts / expert_NxK.size
 
 
-def swiglu(x_MxD, w_gate_DxF, w_up_DxF, w_down_FxD):
-  return (jax.nn.silu(x_MxD @ w_gate_DxF) * (x_MxD @ w_up_DxF)) @ w_down_FxD
-
-
-def reference_moe(x_NxD, r: Routing, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD) -> jax.Array:
-  """Every expert on every token, masked by the routing: slow, obviously right; the test oracle."""
-  out = jnp.zeros(x_NxD.shape, jnp.float32)
-  for e in range(w_gate_ExDxF.shape[0]):
-    gate_N = jnp.sum(jnp.where(r.expert_NxK == e, r.weight_NxK, 0.0), axis=-1)
-    y = swiglu(x_NxD, w_gate_ExDxF[e], w_up_ExDxF[e], w_down_ExFxD[e])
-    out = out + gate_N[:, None] * y.astype(jnp.float32)
-  return out.astype(x_NxD.dtype)
-
-
 def dropless_moe(x_NxD, r: Routing, w_gate_ExDxF, w_up_ExDxF, w_down_ExFxD) -> jax.Array:
   """Sort the N*k assignments by expert, run grouped matmuls, scatter-add back, weighted."""
   n, k = r.expert_NxK.shape

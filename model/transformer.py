@@ -99,14 +99,6 @@ class Transformer(nnx.Module):
       out = jnp.einsum("btd,dv->btv", x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
     return out.astype(jnp.float32)
 
-  def layer_fn(self):
-    """(stacked_state, body) with body(x, layer_state, positions, segs) -> x.
-
-    The body is wrapped in jax.checkpoint according to cfg.remat.
-    """
-    state, body = self._layer_fn(self.blocks)
-    return state, lambda *args: body(*args)[0]
-
   def _layer_fn(self, blocks, path: tuple = ("blocks",), use: Optional[ParamUse] = None):
     """(stored state, body) with body(x, stored layer state, positions, segs) -> (x, MoEStats
     or None). With `use`, the body turns the stored layer state into the arrays it computes

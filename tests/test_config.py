@@ -200,3 +200,44 @@ def test_device_memory_gb_must_be_a_number():
   c = tiny_config("", **{"sharding.device_memory_gb": -1.0})
   with pytest.raises(mesh_lib.MeshError, match="sharding.device_memory_gb=-1.0 must be a number"):
     config_lib.resolve(c)
+
+
+@pytest.mark.parametrize("stage, dotted, value, needle", [
+    ("dpo", "dpo.loss_type", "x", "dpo.loss_type='x' is unknown; allowed: sigmoid"),
+    ("grpo", "grpo.epsilon_high", 0.1, "grpo.epsilon_high >= grpo.epsilon"),
+    ("sft", "eval.batch_size", 0, "eval.batch_size must be positive"),
+    ("sft", "task.ops", "+/", "task.ops='\\+/' must be a non-empty string"),
+    ("dpo", "dpo.betaa", 1.0, r"unknown dpo setting\(s\) \['betaa'\]"),
+    ("grpo", "data.train_pth", "x", r"unknown data setting\(s\) \['train_pth'\]"),
+])
+def test_alignment_stage_errors_name_the_setting(stage, dotted, value, needle):
+  """Catches: a stage's section left out of resolve_stage (its bad value or misspelt key then
+  reaches the run unchecked, or is silently replaced by a default)."""
+  c = importlib.import_module(f"experiments.configs.{stage}").get_config()
+  section, leaf = dotted.split(".")
+  c[section][leaf] = value
+  with pytest.raises(ValueError, match=needle):
+    config_lib.resolve_stage(c, stage)
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "grpo"])
+def test_a_stage_config_resolves_to_its_values(stage):
+  """Catches: resolve_stage reading a section from the wrong place (the stage's own section or
+  the shared train.*), or the settings differing from what the config file says."""
+  import dataclasses
+
+  c = importlib.import_module(f"experiments.configs.{stage}").get_config()
+  s = config_lib.resolve_stage(c, stage)
+  assert dataclasses.asdict(s.stage) == c[stage].to_dict()
+  assert (dataclasses.asdict(s.task), dataclasses.asdict(s.eval)) == (c.task.to_dict(), c.eval.to_dict())
+  assert (s.train.steps, s.train.lr, s.checkpoint.keep) == (c.train.steps, c.train.lr, c.checkpoint.keep)
+
+
+def test_a_section_holds_every_field_at_its_default_and_refuses_unknown_overrides():
+  """Catches: section() dropping fields (a command-line override of them would be refused) or
+  adding a key that is not a field (a typo in a config file)."""
+  s = config_lib.section(config_lib.TrainSettings, steps=7)
+  assert s.steps == 7 and s.lr == config_lib.TrainSettings().lr and "answer_marker" in s
+  assert "eot_token" not in config_lib.section(config_lib.DataSettings)  # None: filled in later
+  with pytest.raises(KeyError, match='Did you mean "steps"'):
+    config_lib.section(config_lib.TrainSettings, stepz=7)

@@ -20,6 +20,14 @@ PAD, EOT = 15, 0
 LOSS_KW = dict(epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_agg="dapo", max_new_tokens=4)
 
 
+def grpo_loss(logp_NxT, old_logp_NxT, ref_logp_NxT, advantages_N, mask_NxT, **kw):
+  """(loss, metrics) of one update on a whole batch: grpo.grpo_loss_sums divided by its count."""
+  total, n, sums = grpo.grpo_loss_sums(
+      logp_NxT, old_logp_NxT, ref_logp_NxT, advantages_N, mask_NxT, **kw)
+  n = jnp.maximum(n, 1.0)
+  return total / n, {k: v / n for k, v in sums.items()}
+
+
 @pytest.mark.parametrize("scale_rewards", ["group", "none"])
 def test_advantages_sum_to_zero_within_each_group(scale_rewards):
   rewards_PxG = jax.random.uniform(jax.random.key(0), (5, 4))
@@ -66,8 +74,8 @@ def test_prompt_and_padding_logps_do_not_change_the_loss():
   kw = dict(LOSS_KW, beta=0.04)
   noise = 5.0 * (1.0 - mask)  # moves only prompt and padding positions
   for agg in grpo.LOSS_AGGS:
-    a, _ = grpo.grpo_loss(logp, logp - 0.1, ref, adv, mask, **dict(kw, loss_agg=agg))
-    b, _ = grpo.grpo_loss(logp + noise, logp - 0.1 - noise, ref + noise, adv, mask,
+    a, _ = grpo_loss(logp, logp - 0.1, ref, adv, mask, **dict(kw, loss_agg=agg))
+    b, _ = grpo_loss(logp + noise, logp - 0.1 - noise, ref + noise, adv, mask,
                           **dict(kw, loss_agg=agg))
     assert float(a) == pytest.approx(float(b), abs=1e-6)
 
@@ -89,9 +97,9 @@ def test_ratio_is_one_and_nothing_clipped_with_mu_1():
 def test_clip_counts_tokens_whose_gradient_the_clip_removed():
   mask = jnp.ones((2, 1))
   logp = jnp.log(jnp.array([[1.5], [0.5]]))  # ratios 1.5 and 0.5 against old logp 0
-  _, m = grpo.grpo_loss(logp, jnp.zeros((2, 1)), None, jnp.array([1.0, -1.0]), mask, **LOSS_KW)
+  _, m = grpo_loss(logp, jnp.zeros((2, 1)), None, jnp.array([1.0, -1.0]), mask, **LOSS_KW)
   assert float(m["clip_ratio"]) == 1.0
-  _, m = grpo.grpo_loss(logp, jnp.zeros((2, 1)), None, jnp.array([-1.0, 1.0]), mask, **LOSS_KW)
+  _, m = grpo_loss(logp, jnp.zeros((2, 1)), None, jnp.array([-1.0, 1.0]), mask, **LOSS_KW)
   assert float(m["clip_ratio"]) == 0.0  # moving back toward the trust region is never clipped
 
 
@@ -101,7 +109,7 @@ def test_groups_with_equal_rewards_give_no_policy_gradient():
   mask = jnp.asarray(_rollout().mask_NxT)
   logp = jax.random.normal(jax.random.key(6), mask.shape) - 1.0
   for agg in grpo.LOSS_AGGS:
-    grad = jax.grad(lambda lp: grpo.grpo_loss(
+    grad = jax.grad(lambda lp: grpo_loss(
         lp, None, None, adv_N, mask, **dict(LOSS_KW, loss_agg=agg))[0])(logp)
     np.testing.assert_array_equal(np.asarray(grad[:2]), 0.0)
     assert float(jnp.abs(grad[2:]).sum()) > 0
@@ -111,7 +119,7 @@ def test_loss_aggregations():
   mask = jnp.array([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
   logp = jnp.zeros((2, 4))
   adv = jnp.array([1.0, 2.0])  # at ratio 1 the token terms are -A
-  loss = lambda agg: float(grpo.grpo_loss(logp, None, None, adv, mask, **dict(LOSS_KW, loss_agg=agg))[0])
+  loss = lambda agg: float(grpo_loss(logp, None, None, adv, mask, **dict(LOSS_KW, loss_agg=agg))[0])
   assert loss("grpo") == pytest.approx(-(1.0 + 2.0) / 2)  # mean of per-sequence means
   assert loss("dapo") == pytest.approx(-(4 * 1.0 + 2.0) / 5)  # mean over the 5 tokens
   assert loss("dr_grpo") == pytest.approx(-(4 * 1.0 + 2.0) / (2 * 4))  # over 2 x max_new_tokens
@@ -128,7 +136,7 @@ def test_clipped_surrogate_loss_and_gradient_match_hand_computation(ratio, adv, 
 
   Catches: max in place of min (the pessimistic bound becomes an optimistic one), the two clip
   bounds swapped (1 - epsilon_high, 1 + epsilon), a clip that never removes the gradient."""
-  fn = lambda lp: grpo.grpo_loss(lp, jnp.zeros((1, 1)), None, jnp.array([adv]), jnp.ones((1, 1)),
+  fn = lambda lp: grpo_loss(lp, jnp.zeros((1, 1)), None, jnp.array([adv]), jnp.ones((1, 1)),
                                  **LOSS_KW)[0]
   value, g = jax.value_and_grad(fn)(jnp.log(jnp.array([[ratio]])))
   assert float(value) == pytest.approx(loss, abs=1e-6)

@@ -93,8 +93,8 @@ def test_gradient_of_early_logit_ignores_future_tokens():
     model = nnx.merge(graphdef, params)
     positions = jnp.arange(12)[None]
     x = e
-    state, body = model.layer_fn()
-    x, _ = jax.lax.scan(lambda c, s: (body(c, s, positions, None), None), x, state)
+    state, body = model._layer_fn(model.blocks)  # the scanned layers, run by hand
+    x, _ = jax.lax.scan(lambda c, s: (body(c, s, positions, None)[0], None), x, state)
     return model.logits(x)[0, 4].sum()
 
   g = jax.grad(logit_at_4)(emb)

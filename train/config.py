@@ -1,12 +1,14 @@
-"""The experiment config: its typed sections, and the one place a ConfigDict becomes them.
+"""The experiment config: its typed sections, defined once, and the one place a ConfigDict becomes them.
 
-Config files and the command line are ml_collections ConfigDicts with the sections model.*
-(ModelConfig, model/config.py), data.*, train.*, checkpoint.* and sharding.* (the frozen
-dataclasses below). resolve() checks a pretraining config once and returns RunSettings; the
-alignment stages build the same sections (train/align/stage.py check_common), so every run reads
-typed fields, never `section.get(name, default)`. A field's default is the one place a missing
-setting is filled in: a config that leaves it out, or the config.json of a workdir saved before the
-field existed.
+Config files and the command line are ml_collections ConfigDicts. A pretraining config has the
+sections model.* (ModelConfig, model/config.py), data.*, train.*, checkpoint.* and sharding.* (the
+frozen dataclasses below); an alignment stage's (SFT, DPO, GRPO, train/align/) has task.*, data.*
+(StageDataSettings), train.*, eval.*, checkpoint.*, sharding.* and its own section (sft.*, dpo.* or
+grpo.*). A config file builds each section with section(cls, **what differs), so a field's default
+is written once, here, with the reason for it; resolve() (pretraining) and resolve_stage()
+(alignment) check a config once and return its typed sections, so every run reads typed fields,
+never `section.get(name, default)`. A field's default is also what a config that leaves it out, or
+the config.json of a workdir saved before the field existed, gets.
 """
 
 from __future__ import annotations
@@ -14,18 +16,36 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Optional
-
-import ml_collections
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
 from model import fields
 from model.config import ModelConfig
 from sharding import mesh as mesh_lib
 from train import files
 
+if TYPE_CHECKING:  # only section() needs it at run time: the benchmarks run without it
+  import ml_collections
+
 
 class ConfigError(ValueError):
   """A setting that cannot work; the message names it."""
+
+
+def section(cls: type, **overrides) -> ml_collections.ConfigDict:
+  """The config section of the dataclass cls: every field at its default, then `overrides` (which
+  may be FieldReferences, e.g. the model following data.*; a name that is not a field is an error).
+
+  A field whose default is None is left out: ml_collections cannot set a None field from the
+  command line, and the dataclass fills it in."""
+  import ml_collections
+
+  defaults = {k: v for k, v in dataclasses.asdict(cls()).items() if v is not None}
+  out = ml_collections.ConfigDict(defaults)  # a nested dataclass (model.moe): a nested section
+  out.lock()  # an override that is not a field is an error, not a new key
+  for name, value in overrides.items():
+    out[name] = value
+  out.unlock()
+  return out
 
 
 def _as_dict(section: Any) -> dict:
@@ -144,10 +164,18 @@ def check_sources(sources: Any) -> None:
 class DataSettings:
   """data.*: the text, where its shards live, and the shape of a row (train/data/pipeline.py reads it)."""
 
-  paths: Any = ""  # comma-separated globs, or a list; "" = the standard library
-  sources: tuple = ()  # ({"paths": ..., "weight": ...}, ...); () = the one source data.paths
+  # Comma-separated files or globs (.txt, .jsonl, .jsonl.gz, .parquet), or a list; "" = the
+  # standard library's Python source.
+  paths: Any = ""
+  # A mixture instead of data.paths: a tuple of {"paths": globs, "weight": > 0}, each source
+  # sampled in proportion to its weight; () = data.paths alone. Set it in a config file, or on the
+  # command line as a Python literal (docs/data.md):
+  #   --config.data.sources='({"paths": "a/*.jsonl", "weight": 0.7}, {"paths": "b/*.txt", "weight": 0.3})'
+  sources: tuple = ()
   text_field: str = "text"  # the field of a .jsonl line, the column of a .parquet file
-  prepared: str = ""  # the shard folder; "" = <workdir>/data
+  # Where the token shards go (experiments.prepare_data, or the first training run, writes them);
+  # "" = <workdir>/data. A folder on a shared filesystem serves every run and every host.
+  prepared: str = ""
   vocab_size: int = 2048
   seq_len: int = 256
   # A workdir imported by experiments.convert records its tokenizer's special tokens here (the
@@ -219,6 +247,212 @@ def resolve(config: ml_collections.ConfigDict) -> RunSettings:
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   """Checks every setting (see resolve); returns the ModelConfig."""
   return resolve(config).model
+
+
+# ---------------------------------------------------------------------------------------------
+# The alignment stages (train/align/): SFT, DPO and GRPO share train.*, checkpoint.* and
+# sharding.* with pretraining, and add task.*, data.* (their own), eval.* and the stage's section.
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSettings:
+  """task.*: the built-in task, integer arithmetic with exact answers, seeded, split into train and
+  held-out problems by train/align/arithmetic.py. Every stage of a chain must use the same task."""
+
+  digits: int = 2  # both operands have exactly this many digits
+  ops: str = "+-"  # any of "+-*"; subtraction answers are non-negative
+  n_train: int = 4000
+  n_heldout: int = 500
+  heldout_fraction: float = 0.2  # share of all problems held out, by a hash of the prompt
+  # " 1 2 + 3 5 =": a space before every character, so that a BPE tokenizer (a pretrained
+  # init_workdir) cannot merge digits. A fresh model's byte-level tokenizer has one token per
+  # digit anyway, and unspaced text is half as long.
+  spaced_digits: bool = False
+  seed: int = 0
+
+  def __post_init__(self):
+    if not self.digits > 0 or not self.n_train > 0 or not self.n_heldout > 0:
+      raise ConfigError("task.digits, task.n_train and task.n_heldout must be positive")
+    bad = sorted(set(self.ops) - set("+-*"))
+    if not self.ops or bad:
+      raise ConfigError(f"task.ops={self.ops!r} must be a non-empty string of '+', '-', '*'")
+    if not 0.0 < self.heldout_fraction < 1.0:
+      raise ConfigError(f"task.heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageDataSettings:
+  """data.* of an alignment stage: the user's JSONL files instead of the task (train/align/data.py
+  reads them); "" = the task."""
+
+  train_path: str = ""
+  eval_path: str = ""  # {"prompt", "answer"} per line: held-out exact match
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """eval.*: held-out exact match with greedy decoding."""
+
+  max_examples: int = 500
+  batch_size: int = 250
+  max_new_tokens: int = 8
+
+  def __post_init__(self):
+    for name in ("batch_size", "max_new_tokens", "max_examples"):
+      if not getattr(self, name) > 0:
+        raise ConfigError(f"eval.{name} must be positive, got {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SftSettings:
+  """sft.*: supervised fine-tuning (train/align/sft.py)."""
+
+  # Stop at the first evaluation with at least this held-out accuracy: the chain wants a policy
+  # that solves some problems but not all, so that DPO and GRPO have something left to learn
+  # (GRPO's groups need per-prompt success rates strictly between 0 and 1). 1 = never stop early.
+  stop_accuracy: float = 0.5
+
+  def __post_init__(self):
+    if not 0.0 < self.stop_accuracy <= 1.0:
+      raise ConfigError(
+          f"sft.stop_accuracy must be in (0, 1] (1 = never stop early), got {self.stop_accuracy!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DpoSettings:
+  """dpo.*: direct preference optimisation (train/align/dpo.py)."""
+
+  LOSS_TYPES: ClassVar[tuple[str, ...]] = ("sigmoid", "ipo", "hinge", "robust")
+  REJECTED: ClassVar[tuple[str, ...]] = ("near_miss", "policy")
+
+  loss_type: str = "sigmoid"  # sigmoid | ipo | hinge | robust
+  beta: float = 0.1  # the paper's typical value
+  label_smoothing: float = 0.0  # robust only: the assumed rate of flipped preference labels
+  # Where the rejected answers come from: "near_miss" = the right number moved by 1, 2 or 10^k
+  # (the task's pairs, or a {"prompt", "chosen", "rejected"} file as given); "policy" = a wrong
+  # answer sampled from the starting policy itself (prompts from the task or a
+  # {"prompt", "answer"} file), up to policy_tries samples per prompt.
+  rejected: str = "near_miss"
+  policy_tries: int = 4
+  # 0.2 x the chosen answers' per-token NLL next to the DPO loss (RPO, Pang et al. 2024). In a
+  # calibration run (lr 1e-4, these pairs) plain DPO lowered the chosen log-probs together with
+  # the rejected ones and held-out accuracy fell from 54.5% to 40%; with 0.2 it rose to 61%
+  # (docs/alignment.md). The weight stays small so that the preference term still leads.
+  # 0 = plain DPO.
+  nll_weight: float = 0.2
+  # Reference log-probs computed once over the training pairs and stored in the workdir, so the
+  # reference model is not held in memory nor run at every step; False keeps a live reference.
+  precompute_ref: bool = True
+
+  def __post_init__(self):
+    if self.loss_type not in self.LOSS_TYPES:
+      raise ConfigError(
+          f"dpo.loss_type={self.loss_type!r} is unknown; allowed: {', '.join(self.LOSS_TYPES)}")
+    if not self.beta > 0:
+      raise ConfigError(f"dpo.beta must be positive, got {self.beta!r}")
+    if self.rejected not in self.REJECTED:
+      raise ConfigError(
+          f"dpo.rejected={self.rejected!r} is unknown; allowed: {', '.join(self.REJECTED)}")
+    if self.rejected == "policy" and not self.policy_tries >= 1:
+      raise ConfigError(f"dpo.policy_tries must be >= 1, got {self.policy_tries!r}")
+    if not self.nll_weight >= 0:
+      raise ConfigError(f"dpo.nll_weight must be >= 0 (0 = plain DPO), got {self.nll_weight!r}")
+    if not 0.0 <= self.label_smoothing < 0.5:
+      raise ConfigError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpoSettings:
+  """grpo.*: group relative policy optimisation (train/align/grpo.py). The reward weights are
+  checked against the reward functions there (rewards.parse_weights), before anything compiles."""
+
+  LOSS_AGGS: ClassVar[tuple[str, ...]] = ("grpo", "dr_grpo", "dapo")
+  SCALE_REWARDS: ClassVar[tuple[str, ...]] = ("group", "none")
+
+  prompts_per_step: int = 16
+  # G = 8: a prompt solved with probability p yields a learning signal unless all 8 samples agree
+  # (chance p^8 + (1-p)^8, 0.8% at p = 0.5, 17% at p = 0.8); DeepSeekMath's 64 costs 8x the
+  # sampling, which on a CPU is most of the step.
+  group_size: int = 8
+  # beta = 0.04, DeepSeekMath's KL weight: the reward is exact, so there is no reward model to
+  # hack and the KL is a mild brake that keeps the policy near the SFT model's answer format.
+  # 0 = no reference model.
+  beta: float = 0.04
+  # epsilon = 0.2, PPO's and GRPO's trust region; epsilon_high = 0.28 is DAPO's clip-higher,
+  # which lets unlikely correct tokens grow faster than likely ones shrink. Both only act when
+  # mu > 1 (with mu = 1 the ratio is exactly 1).
+  epsilon: float = 0.2
+  epsilon_high: float = 0.28
+  # dapo = token-level mean over the batch: every completion token weighs the same whatever the
+  # length of its completion (grpo's per-sequence mean favours short wrong answers and long right
+  # ones, Liu et al. 2025), and the scale does not depend on max_new_tokens as dr_grpo's does.
+  loss_agg: str = "dapo"
+  scale_rewards: str = "group"  # "none" = Dr. GRPO: no division by the group's std
+  # mu = 2 updates per sampled batch: each batch of samples serves twice, the second time
+  # off-policy under the clip (measured: 0.7% of tokens clipped on average, 4% at most).
+  mu: int = 2
+  max_new_tokens: int = 6  # "198" plus end-of-text, and slack for wrong lengths
+  temperature: float = 1.0  # the policy's own distribution: no tempering of ratios or KL
+  rewards: str = "exact_match:1.0,format:0.1"
+
+  def __post_init__(self):
+    if not self.group_size >= 2:
+      raise ConfigError(
+          f"grpo.group_size must be >= 2 (advantages compare samples), got {self.group_size!r}")
+    for name in ("prompts_per_step", "mu", "max_new_tokens"):
+      if not getattr(self, name) >= 1:
+        raise ConfigError(f"grpo.{name} must be >= 1, got {getattr(self, name)!r}")
+    if not self.epsilon > 0 or not self.epsilon_high >= self.epsilon:
+      raise ConfigError(
+          f"grpo.epsilon must be positive and grpo.epsilon_high >= grpo.epsilon, got "
+          f"{self.epsilon!r} and {self.epsilon_high!r}")
+    if not self.beta >= 0:
+      raise ConfigError(f"grpo.beta must be >= 0 (0 = no reference model), got {self.beta!r}")
+    if not self.temperature > 0:
+      raise ConfigError(f"grpo.temperature must be positive, got {self.temperature!r}")
+    if self.loss_agg not in self.LOSS_AGGS:
+      raise ConfigError(
+          f"grpo.loss_agg={self.loss_agg!r} is unknown; allowed: {', '.join(self.LOSS_AGGS)}")
+    if self.scale_rewards not in self.SCALE_REWARDS:
+      raise ConfigError(f"grpo.scale_rewards={self.scale_rewards!r} is unknown; allowed: "
+                        f"{', '.join(self.SCALE_REWARDS)}")
+
+
+# Each alignment stage's own section: config.<stage>.
+STAGE_SECTIONS = {"sft": SftSettings, "dpo": DpoSettings, "grpo": GrpoSettings}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSettings:
+  """An alignment stage's validated sections, built once by resolve_stage(); `stage` is the
+  stage's own section (SftSettings, DpoSettings or GrpoSettings)."""
+
+  task: TaskSettings
+  data: StageDataSettings
+  train: TrainSettings
+  eval: EvalSettings
+  checkpoint: CheckpointSettings
+  sharding: ShardingSettings
+  stage: Any
+
+
+def resolve_stage(config: ml_collections.ConfigDict, stage: str) -> StageSettings:
+  """Checks every setting of an alignment stage's config once (the model is the starting
+  policy's, train/align/stage.py); returns its typed sections. Raises ConfigError (MeshError for
+  sharding.*) in one line naming the setting."""
+  if stage not in STAGE_SECTIONS:
+    raise ConfigError(f"unknown alignment stage {stage!r}; allowed: {', '.join(STAGE_SECTIONS)}")
+  for name in (stage, "task", "data", "train", "eval", "checkpoint", "sharding"):
+    if name not in config:
+      raise ConfigError(f"config has no section {name!r}")
+  own = _from_section(STAGE_SECTIONS[stage], config[stage], stage, strict=True)
+  return StageSettings(
+      task=_from_section(TaskSettings, config.task, "task", strict=True),
+      data=_from_section(StageDataSettings, config.data, "data", strict=True),
+      train=TrainSettings.from_config(config.train),
+      eval=_from_section(EvalSettings, config.eval, "eval", strict=True),
+      checkpoint=CheckpointSettings.from_config(config.checkpoint),
+      sharding=ShardingSettings.from_config(config.sharding), stage=own)
 
 
 # Settings that fix the shape of a run's saved state and data: a workdir trained with one value

@@ -1,39 +1,14 @@
 """Config files: each module's get_config() returns one experiment's ConfigDict.
 
-model_section() and section() are the one place a config file lists its settings: the defaults
-of ModelConfig (model/config.py) and of the train, checkpoint and sharding dataclasses
-(train/settings.py), which document every field, so a config sets only what differs.
+A config file builds each section of a training run with train/config.py's section(cls,
+**overrides): every field at the default of its dataclass (ModelConfig in model/config.py; the
+data, train, checkpoint, sharding and alignment sections in train/config.py, which document every
+field), so a config states only what differs, and why.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
-
-from model.config import ModelConfig
-
-
-def section(cls: type, **overrides) -> ml_collections.ConfigDict:
-  """A config section with every field of the dataclass cls at its default, then `overrides`
-  (a name that is not a field is an error)."""
-  out = ml_collections.ConfigDict(dataclasses.asdict(cls()))
-  out.lock()
-  for name, value in overrides.items():
-    out[name] = value
-  out.unlock()
-  return out
-
-
-def model_section(**overrides) -> ml_collections.ConfigDict:
-  """The model.* section: every ModelConfig field at its default (model.moe.* from MoEConfig's),
-  then `overrides`, which may be FieldReferences (the model following data.*)."""
-  section = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))  # moe: a nested dict
-  section.lock()  # an override that is not a field is an error, not a new key
-  for name, value in overrides.items():
-    section[name] = value
-  section.unlock()
-  return section
 
 
 def shrink_to_smoke_test(run: ml_collections.ConfigDict) -> None:

@@ -18,20 +18,13 @@ VARIANTS = {
 
 
 def get_config():
-  c = default.get_config()
+  c = default.get_config()  # 4 layers, d_ff 512, vocabulary 2048, batch 16, lr 3e-3
   c.data.seq_len = 128
-  c.data.vocab_size = 2048
   c.model.d_model = 128
-  c.model.n_layers = 4
   c.model.n_heads = 4
-  c.model.n_kv_heads = 4
-  c.model.d_ff = 512
+  c.model.n_kv_heads = 4  # the base is MHA
   c.train.steps = 300
-  c.train.batch_size = 16
-  c.train.lr = 3e-3
   c.train.warmup_steps = 40
-  c.train.log_every = 10
   c.train.eval_every = 100
-  c.train.eval_batches = 8
   c.checkpoint.every_steps = 100
   return c

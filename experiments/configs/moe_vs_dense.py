@@ -34,10 +34,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
   b = default.get_config()
   b.data.seq_len = 128
-  b.model.update(d_model=128, n_heads=4, d_ff=512)
-  b.model.moe.n_experts = 0  # the dense arm; each MoE point sets its experts, top_k and d_expert
+  b.model.update(d_model=128, n_heads=4)  # d_ff: default.py's 512
+  # The dense arm (model.moe.n_experts stays 0); each MoE point sets its experts, top_k and
+  # d_expert. Capacity dispatch at MoEConfig's capacity_factor of 1.25.
   b.model.moe.dispatch = "capacity"
-  b.model.moe.capacity_factor = 1.25
   # 600 steps of 16 x 128 tokens (1.23M tokens), twice the first measurement's 300 steps.
   b.train.update(steps=600, warmup_steps=40, eval_every=100, eval_batches=16)
   b.checkpoint.update(every_steps=200, keep=2)

@@ -7,22 +7,21 @@ The model is used only without --init_workdir (with it, the init_workdir's model
 
 import ml_collections
 
-from experiments.configs import alignment, model_section
+from experiments.configs import alignment
+from model.config import ModelConfig
+from train import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = alignment.base()
 
   # A fresh model: ModelConfig's defaults (model/config.py), except
-  c.model = model_section(
-      max_seq_len=32)  # prompt "99+99=" (6) + eval.max_new_tokens (8) fits with room
+  c.model = config_lib.section(
+      ModelConfig, max_seq_len=32)  # prompt "99+99=" (6) + eval.max_new_tokens (8) fits with room
   del c.model.vocab_size  # the embedding follows the tokenizer (train/align/stage.py)
 
   c.train.update(steps=2000, lr=3e-3, warmup_steps=50)
 
-  # Stop at the first evaluation with at least this held-out accuracy: the chain wants a policy
-  # that solves some problems but not all, so that DPO and GRPO have something left to learn
-  # (GRPO's groups need per-prompt success rates strictly between 0 and 1).
-  c.sft = ml_collections.ConfigDict()
-  c.sft.stop_accuracy = 0.5
+  # Stops at sft.stop_accuracy held-out accuracy (train/config.py SftSettings says why 0.5).
+  c.sft = config_lib.section(config_lib.SftSettings)
   return c

@@ -31,12 +31,13 @@ from flax import nnx
 from model import transformer
 from train.align import stage as stage_lib
 from train.align import data as data_lib
+from train import config as config_lib
 from train import files
 from train import step as step_lib
 from train.config import ConfigError
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
-REJECTED = ("near_miss", "policy")
+LOSS_TYPES = config_lib.DpoSettings.LOSS_TYPES
+REJECTED = config_lib.DpoSettings.REJECTED
 REF_FILE = "reference_logps.npz"
 PAIRS_FILE = "pairs.jsonl"
 
@@ -223,43 +224,24 @@ def _stored_or_sampled_pairs(run: stage_lib.Run, examples, d, seed: int) -> list
   path = os.path.join(run.workdir, PAIRS_FILE)
   if not os.path.exists(path):
     pairs = policy_pairs(run.policy, examples, tries=d.policy_tries, key=jax.random.key(seed),
-                         batch_size=run.config.eval.batch_size,
-                         max_new_tokens=run.config.eval.max_new_tokens)
+                         batch_size=run.settings.eval.batch_size,
+                         max_new_tokens=run.settings.eval.max_new_tokens)
     files.write_jsonl_atomic(
         path, ({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs))
-  return data_lib.load_pairs(path, run.config.task, seed)
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  if "dpo" not in config:
-    raise ConfigError("config has no section 'dpo'")
-  d = config.dpo
-  if d.loss_type not in LOSS_TYPES:
-    raise ConfigError(f"dpo.loss_type={d.loss_type!r} is unknown; allowed: {', '.join(LOSS_TYPES)}")
-  if not d.beta > 0:
-    raise ConfigError(f"dpo.beta must be positive, got {d.beta!r}")
-  if d.rejected not in REJECTED:
-    raise ConfigError(f"dpo.rejected={d.rejected!r} is unknown; allowed: {', '.join(REJECTED)}")
-  if d.rejected == "policy" and not d.policy_tries >= 1:
-    raise ConfigError(f"dpo.policy_tries must be >= 1, got {d.policy_tries!r}")
-  if not d.nll_weight >= 0:
-    raise ConfigError(f"dpo.nll_weight must be >= 0 (0 = plain DPO), got {d.nll_weight!r}")
-  if not 0.0 <= d.label_smoothing < 0.5:
-    raise ConfigError(f"dpo.label_smoothing must be in [0, 0.5), got {d.label_smoothing!r}")
+  return data_lib.load_pairs(path, run.settings.task, seed)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) DPO in `workdir`, starting from (and referenced to) init_workdir."""
-  validate(config)
+  settings = config_lib.resolve_stage(config, "dpo")
   if not init_workdir:
     raise ConfigError("DPO needs --init_workdir: the policy to start from and to stay near")
-  settings = stage_lib.check_common(config)
-  d, t = config.dpo, settings.train
+  d, t, task, paths = settings.stage, settings.train, settings.task, settings.data
   if d.rejected == "policy":
-    examples = data_lib.load_examples(config.data.train_path, config.task, "train")
+    examples = data_lib.load_examples(paths.train_path, task, "train")
   else:
-    pairs = data_lib.load_pairs(config.data.train_path, config.task, t.seed)
+    pairs = data_lib.load_pairs(paths.train_path, task, t.seed)
   run = stage_lib.Run(config, workdir, init_workdir, stage="dpo", settings=settings,
                        total_updates=t.steps, profile_steps=profile_steps)
   tok = run.policy.tok
@@ -268,12 +250,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
   if not pairs:
     raise data_lib.DataError("no preference pairs: the policy answered every prompt right")
   heldout_pairs = []
-  if not config.data.train_path and not config.data.eval_path:
+  if not paths.train_path and not paths.eval_path:
     # Near misses of held-out problems: whether the preference generalises beyond the pairs
     # trained on, which rewards/accuracies on training batches cannot tell.
     rng = random.Random(t.seed)
     heldout_pairs = [data_lib.Pair(e.prompt, e.answer, data_lib.wrong_answer(e.answer, rng))
-                     for e in data_lib.task_examples(config.task, "heldout")[:config.eval.max_examples]]
+                     for e in data_lib.task_examples(task, "heldout")[:settings.eval.max_examples]]
   ids = [_pair_ids(tok, ps) for ps in (pairs, heldout_pairs) if ps]
   length = max(max(data_lib.needed_length(p, c) for p, c in pair_ids) for pair_ids in ids)
   if length + 1 > run.policy.model_cfg.max_seq_len:

@@ -32,11 +32,12 @@ from model import generation, sampling, transformer
 from train.align import stage as stage_lib
 from train.align import data as data_lib
 from train.align import rewards as rewards_lib
+from train import config as config_lib
 from train import step as step_lib
 from train.config import ConfigError
 
-SCALE_REWARDS = ("group", "none")
-LOSS_AGGS = ("grpo", "dr_grpo", "dapo")
+SCALE_REWARDS = config_lib.GrpoSettings.SCALE_REWARDS
+LOSS_AGGS = config_lib.GrpoSettings.LOSS_AGGS
 
 
 def group_advantages(rewards_PxG: jax.Array, *, scale_rewards: str, eps: float = 1e-4) -> jax.Array:
@@ -117,19 +118,10 @@ def grpo_loss_sums(logp_NxT: jax.Array, old_logp_NxT: Optional[jax.Array],
   return total, jnp.sum(mask_NxT), sums
 
 
-def grpo_loss(logp_NxT: jax.Array, old_logp_NxT: Optional[jax.Array],
-              ref_logp_NxT: Optional[jax.Array], advantages_N: jax.Array, mask_NxT: jax.Array,
-              **kw) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(loss, metrics) of one update on a whole batch: grpo_loss_sums divided by its count."""
-  total, n, sums = grpo_loss_sums(
-      logp_NxT, old_logp_NxT, ref_logp_NxT, advantages_N, mask_NxT, **kw)
-  n = jnp.maximum(n, 1.0)
-  return total / n, {k: v / n for k, v in sums.items()}
-
-
-def loss(graphdef: nnx.GraphDef, g: ml_collections.ConfigDict,
+def loss(graphdef: nnx.GraphDef, g: config_lib.GrpoSettings,
          aux_weights: tuple[float, float] = (0.0, 0.0)) -> step_lib.LossFn:
-  """GRPO's LossFn (config g = the grpo section), plus the router losses of an MoE policy.
+  """GRPO's LossFn (g: the grpo section's settings, or anything with its fields), plus the
+  router losses of an MoE policy.
 
   batch (N sampled sequences): {"inputs", "targets", "mask"} (N, T), "advantages" (N,),
   "mean_len" (N,) (see grpo_loss_sums), and where used "old_logp" (mu > 1) and "ref_logp"
@@ -165,28 +157,8 @@ def batch_of(seqs: data_lib.Sequences, adv_N: np.ndarray, old_logp_NxT=None,
   return batch
 
 
-def validate(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Checks config.grpo; returns the reward weights."""
-  if "grpo" not in config:
-    raise ConfigError("config has no section 'grpo'")
-  g = config.grpo
-  if not g.group_size >= 2:
-    raise ConfigError(f"grpo.group_size must be >= 2 (advantages compare samples), got {g.group_size!r}")
-  for name in ("prompts_per_step", "mu", "max_new_tokens"):
-    if not g[name] >= 1:
-      raise ConfigError(f"grpo.{name} must be >= 1, got {g[name]!r}")
-  if not g.epsilon > 0 or not g.epsilon_high >= g.epsilon:
-    raise ConfigError(f"grpo.epsilon must be positive and grpo.epsilon_high >= grpo.epsilon, got "
-                      f"{g.epsilon!r} and {g.epsilon_high!r}")
-  if not g.beta >= 0:
-    raise ConfigError(f"grpo.beta must be >= 0 (0 = no reference model), got {g.beta!r}")
-  if not g.temperature > 0:
-    raise ConfigError(f"grpo.temperature must be positive, got {g.temperature!r}")
-  if g.loss_agg not in LOSS_AGGS:
-    raise ConfigError(f"grpo.loss_agg={g.loss_agg!r} is unknown; allowed: {', '.join(LOSS_AGGS)}")
-  if g.scale_rewards not in SCALE_REWARDS:
-    raise ConfigError(
-        f"grpo.scale_rewards={g.scale_rewards!r} is unknown; allowed: {', '.join(SCALE_REWARDS)}")
+def reward_weights(g: config_lib.GrpoSettings) -> dict[str, float]:
+  """grpo.rewards as {reward function: weight}; ConfigError naming the setting otherwise."""
   try:
     return rewards_lib.parse_weights(g.rewards)
   except ValueError as e:
@@ -196,12 +168,12 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, float]:
 def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) GRPO in `workdir`, starting from (and referenced to) init_workdir."""
-  weights = validate(config)
+  settings = config_lib.resolve_stage(config, "grpo")
+  g, t = settings.stage, settings.train
+  weights = reward_weights(g)
   if not init_workdir:
     raise ConfigError("GRPO needs --init_workdir: a policy that already solves some prompts")
-  settings = stage_lib.check_common(config)
-  g, t = config.grpo, settings.train
-  examples = data_lib.load_examples(config.data.train_path, config.task, "train")
+  examples = data_lib.load_examples(settings.data.train_path, settings.task, "train")
   run = stage_lib.Run(config, workdir, init_workdir, stage="grpo", settings=settings,
                        total_updates=t.steps * g.mu,
                        batch_rows=g.prompts_per_step * g.group_size, profile_steps=profile_steps)

@@ -19,6 +19,7 @@ from flax import nnx
 from model import transformer
 from train.align import stage as stage_lib
 from train.align import data as data_lib
+from train import config as config_lib
 from train import step as step_lib
 from train.config import ConfigError
 
@@ -47,21 +48,12 @@ def batch_of(seqs: data_lib.Sequences, idx) -> dict[str, Any]:
           "mask": seqs.mask_NxT[idx]}
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  if "sft" not in config:
-    raise ConfigError("config has no section 'sft'")
-  if not 0.0 < config.sft.stop_accuracy <= 1.0:
-    raise ConfigError(
-        f"sft.stop_accuracy must be in (0, 1] (1 = never stop early), got {config.sft.stop_accuracy!r}")
-
-
 def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "",
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) SFT in `workdir`; returns the summary of the run."""
-  validate(config)
-  settings = stage_lib.check_common(config)
+  settings = config_lib.resolve_stage(config, "sft")
   t = settings.train
-  examples = data_lib.load_examples(config.data.train_path, config.task, "train")
+  examples = data_lib.load_examples(settings.data.train_path, settings.task, "train")
   run = stage_lib.Run(config, workdir, init_workdir, stage="sft", settings=settings,
                        total_updates=t.steps, profile_steps=profile_steps)
   p_ids, c_ids = data_lib.token_ids(run.policy.tok, [e.prompt for e in examples],
@@ -82,7 +74,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
     return state, metrics
 
   summary = run.loop(train_step,
-                     stop_when=lambda r: r["eval/accuracy"] >= config.sft.stop_accuracy)
+                     stop_when=lambda r: r["eval/accuracy"] >= settings.stage.stop_accuracy)
   summary["train_examples"] = len(examples)
   return summary
 

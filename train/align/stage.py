@@ -69,37 +69,6 @@ def byte_tokenizer() -> Tokenizer:
   return tokenizer_lib.train_bpe([], tokenizer_lib.min_vocab_size())
 
 
-@dataclasses.dataclass(frozen=True)
-class StageSettings:
-  """The sections every stage shares, typed (train/settings.py); built once by check_common."""
-
-  train: config_lib.TrainSettings
-  checkpoint: config_lib.CheckpointSettings
-  sharding: config_lib.ShardingSettings
-
-
-def check_common(config: ml_collections.ConfigDict) -> StageSettings:
-  """Validates the sections every stage shares; raises ConfigError naming the field."""
-  for section in ("task", "data", "train", "eval", "checkpoint", "sharding"):
-    if section not in config:
-      raise ConfigError(f"config has no section {section!r}")
-  train = config_lib.TrainSettings.from_config(config.train)
-  for name in ("batch_size", "max_new_tokens", "max_examples"):
-    if not config.eval[name] > 0:
-      raise ConfigError(f"eval.{name} must be positive, got {config.eval[name]!r}")
-  checkpoint = config_lib.CheckpointSettings.from_config(config.checkpoint)
-  task = config.task
-  if not task.digits > 0 or not task.n_train > 0 or not task.n_heldout > 0:
-    raise ConfigError("task.digits, task.n_train and task.n_heldout must be positive")
-  bad = sorted(set(task.ops) - set("+-*"))
-  if not task.ops or bad:
-    raise ConfigError(f"task.ops={task.ops!r} must be a non-empty string of '+', '-', '*'")
-  if not 0.0 < task.heldout_fraction < 1.0:
-    raise ConfigError(f"task.heldout_fraction must be in (0, 1), got {task.heldout_fraction!r}")
-  return StageSettings(train=train, checkpoint=checkpoint,
-                       sharding=config_lib.ShardingSettings.from_config(config.sharding))
-
-
 def start_policy(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
                  seed: int) -> Policy:
   """The starting policy: init_workdir's newest checkpoint, or a fresh model (config.model).
@@ -205,17 +174,18 @@ class Run:
   step of the stage's loss and the state (fresh or resumed) in its layout."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, init_workdir: str, *,
-               stage: str, settings: StageSettings, total_updates: int,
+               stage: str, settings: config_lib.StageSettings, total_updates: int,
                batch_rows: Optional[int] = None,
                profile_steps: Optional[tuple[int, int]] = None):
-    """settings: check_common(config), which the stage reads before the run starts.
+    """settings: config.resolve_stage(config, stage), which the stage reads before the run starts.
     batch_rows: the rows of one step's batch where that is not train.batch_size (GRPO's).
     profile_steps: (first, last) steps traced into <workdir>/profile, or None."""
     self.profile = loop_lib.profile_in(workdir, profile_steps)
+    self.settings = settings
     self.train, self.checkpoint, self.sharding = (
         settings.train, settings.checkpoint, settings.sharding)
     # Data files are read first, so that a malformed one fails before anything compiles.
-    heldout = data_lib.load_examples(config.data.eval_path, config.task, "heldout")
+    heldout = data_lib.load_examples(settings.data.eval_path, settings.task, "heldout")
     self.config, self.workdir, self.stage = config, workdir, stage
     self.init_workdir = init_workdir
     self.policy = start_policy(config, workdir, init_workdir, self.train.seed)
@@ -237,10 +207,10 @@ class Run:
     self.state: Optional[dict] = None
     self.start_step, self.data_state = 0, {}
     self.writer = metrics_lib.MetricsWriter(workdir)
-    self.evaluate = make_evaluator(
-        self.policy, heldout[:config.eval.max_examples], batch_size=config.eval.batch_size,
-        max_new_tokens=config.eval.max_new_tokens)
-    self.n_heldout = min(len(heldout), config.eval.max_examples)
+    ev = settings.eval
+    self.evaluate = make_evaluator(self.policy, heldout[:ev.max_examples],
+                                   batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
+    self.n_heldout = min(len(heldout), ev.max_examples)
 
   def start(self, loss_fn: step_lib.LossFn, example_batch: Any) -> Callable[[dict, Any], tuple]:
     """The stage's train step, step(state, batch of host arrays) -> (state, metrics), for batches

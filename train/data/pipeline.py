@@ -57,7 +57,7 @@ class Source:
   weight: float = 1.0
 
 
-# The data.* settings that choose the text and where its shards live (train/settings.py).
+# The data.* settings that choose the text and where its shards live (train/config.py DataSettings).
 Settings = config_lib.DataSettings
 
 
