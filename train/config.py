@@ -45,6 +45,26 @@ def _from_section(cls: type, section: Any, name: str, strict: bool) -> Any:
   return fields.from_dict(cls, d if strict else _known(cls, d), name)
 
 
+SCHEDULES = ("cosine", "wsd", "constant")
+DECAY_SHAPES = ("linear", "1-sqrt", "cosine")
+
+
+def wsd_decay_steps(decay_fraction: float, total_steps: int) -> int:
+  """The steps of a WSD schedule's final decay: decay_fraction of total_steps rounded half up,
+  at least 1."""
+  return max(1, int(decay_fraction * total_steps + 0.5))
+
+
+def parse_init_from(init_from: str) -> tuple[str, int]:
+  """train.init_from "PATH:STEP" as (PATH, STEP); ConfigError in one line otherwise."""
+  path, sep, step = str(init_from).rpartition(":")
+  if not sep or not path or not step.isdigit():
+    raise ConfigError(
+        f"train.init_from={init_from!r} must be PATH:STEP (a run's workdir and one of its "
+        "checkpoint steps), or \"\" to start from scratch")
+  return path, int(step)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
   """train.*: pretraining and the alignment stages share the section (an alignment config has no
@@ -65,6 +85,20 @@ class TrainSettings:
   # answers of questions "MARKER KEY" -> VALUE, the target one after the token that follows each
   # marker (train/step.py answer_targets); "" = every token.
   answer_marker: str = ""
+  # The learning-rate schedule after the linear warmup (train/optimizer.py schedule_for):
+  # "cosine" to lr / 10 at train.steps; "wsd" (warmup-stable-decay, Hagele et al. 2024) holds lr
+  # and decays to 0 over the last decay_fraction of train.steps in the shape decay_shape;
+  # "constant" holds lr (a stable run to branch cooldowns from, train.init_from).
+  schedule: str = "cosine"
+  decay_fraction: float = 0.2
+  decay_shape: str = "1-sqrt"
+  # PaLM's z-loss: z_loss * mean(logsumexp(logits)^2) over the counted tokens, added to the LM
+  # loss (train/step.py); 0 = off, PaLM used 1e-4.
+  z_loss: float = 0.0
+  # "PATH:STEP": a new workdir starts from run PATH's checkpoint at STEP (parameters, optimizer
+  # state, data position; train/branch.py); "" = from scratch. Ignored once the workdir has
+  # checkpoints of its own.
+  init_from: str = ""
 
   def __post_init__(self):
     for name in ("steps", "batch_size", "lr", "grad_clip", "grad_accum", "log_every", "eval_every",
@@ -73,6 +107,35 @@ class TrainSettings:
         raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)!r}")
     if self.warmup_steps < 0 or self.weight_decay < 0:
       raise ConfigError("train.warmup_steps and train.weight_decay must be >= 0")
+    self._check_schedule()
+    if isinstance(self.z_loss, bool) or not isinstance(self.z_loss, (int, float)) or self.z_loss < 0:
+      raise ConfigError(f"train.z_loss must be a number >= 0 (0 = off, PaLM: 1e-4), got {self.z_loss!r}")
+    if self.init_from:
+      parse_init_from(self.init_from)
+
+  def _check_schedule(self) -> None:
+    if self.schedule not in SCHEDULES:
+      raise ConfigError(f"train.schedule={self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+    if self.decay_shape not in DECAY_SHAPES:
+      raise ConfigError(
+          f"train.decay_shape={self.decay_shape!r} is unknown; allowed: {', '.join(DECAY_SHAPES)}")
+    if isinstance(self.decay_fraction, bool) or not 0 < self.decay_fraction <= 1:
+      raise ConfigError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction!r}")
+    if self.schedule == "wsd" and self.warmup_steps + self.decay_steps > self.steps:
+      raise ConfigError(
+          f"train.decay_fraction={self.decay_fraction} decays over {self.decay_steps} steps, which "
+          f"with train.warmup_steps={self.warmup_steps} exceeds train.steps={self.steps}")
+
+  @property
+  def decay_steps(self) -> int:
+    """WSD: the steps of the final decay over train.steps (wsd_decay_steps)."""
+    return wsd_decay_steps(self.decay_fraction, self.steps)
+
+  @property
+  def decay_start(self) -> int:
+    """WSD: the first step whose learning rate is below lr (the step a cooldown branch starts
+    from, train.init_from=PATH:decay_start)."""
+    return self.steps - self.decay_steps
 
   @classmethod
   def from_config(cls, section: Any, *, strict: bool = True) -> "TrainSettings":

@@ -93,5 +93,5 @@ def make_sharded_training(
   return build_sharded_training(
       graphdef, lambda key: transformer.create(model_cfg, key)[1], jax.random.key(t.seed),
       loss_fn, optimizer_lib.make(t, t.steps),
-      lr_schedule=optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps), grad_accum=t.grad_accum,
+      lr_schedule=optimizer_lib.schedule_for(t, t.steps), grad_accum=t.grad_accum,
       seed=t.seed, mesh=mesh, zero_stage=zero_stage)
