@@ -375,7 +375,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     record = {"loss": loss, "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
               "tokens_seen": step * tokens_per_step, "time": time.time()}
     for name, value in metrics.items():
-      if name.startswith("moe/"):  # router losses, drop fraction, each expert's share of tokens
+      if name.startswith("moe/") or name == "z_loss":  # router losses, drop fraction, experts' shares
         value = np.asarray(value)
         if value.ndim:
           record.update({f"{name}/{i}": float(v) for i, v in enumerate(value)})
