@@ -295,14 +295,10 @@ def _lookup(d: dict, dotted: str):
   return d
 
 
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a workdir whose saved config has another model or data shape."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
-  new = json.loads(config.to_json())
+def frozen_diffs(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """The FROZEN_KEYS on which a saved config.json (a dict) and `config` differ, as
+  'key: saved X, requested Y'."""
+  saved, new = dict(saved), json.loads(config.to_json())
   # The model as ModelConfig resolves it, defaults filled in: a workdir saved before a field
   # existed (or by a config that left it out) resumes when the field is at its default.
   saved["model"], new["model"] = (
@@ -315,6 +311,22 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
                 for k in sorted(set(old_v) | set(new_v)) if old_v.get(k) != new_v.get(k)]
     elif old_v != new_v:
       diffs.append(f"{key}: saved {old_v!r}, requested {new_v!r}")
+  return diffs
+
+
+def read_saved(workdir: str) -> Optional[dict]:
+  """The workdir's config.json as a dict, None when it has none."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir whose saved config has another model or data shape."""
+  saved = read_saved(workdir)
+  diffs = [] if saved is None else frozen_diffs(saved, config)
   if diffs:
     raise ConfigError(
         f"workdir {workdir} was trained with another shape ({'; '.join(diffs)}); "
@@ -322,4 +334,11 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
-  files.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+  """Writes config.json; the run it branched from ("parent", train/branch.py), once recorded,
+  stays in it on every resume."""
+  saved = read_saved(workdir)
+  if saved is None or "parent" not in saved:
+    files.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    return
+  files.write_json_atomic(os.path.join(workdir, "config.json"),
+                          {**json.loads(config.to_json()), "parent": saved["parent"]}, indent=2)

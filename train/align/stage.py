@@ -84,6 +84,9 @@ def check_common(config: ml_collections.ConfigDict) -> StageSettings:
     if section not in config:
       raise ConfigError(f"config has no section {section!r}")
   train = config_lib.TrainSettings.from_config(config.train)
+  if train.init_from:
+    raise ConfigError("train.init_from branches a pretraining run; an alignment stage starts "
+                      "from --init_workdir, so leave train.init_from empty")
   for name in ("batch_size", "max_new_tokens", "max_examples"):
     if not config.eval[name] > 0:
       raise ConfigError(f"eval.{name} must be positive, got {config.eval[name]!r}")
