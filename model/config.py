@@ -220,14 +220,52 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
           "active": active + embed}
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token: 6 N (forward + backward matmuls) plus the attention term.
+def matmul_params(cfg: ModelConfig) -> int:
+  """The matmul weights one token's forward pass multiplies by: the active non-embedding
+  parameters (an MoE token's router and top_k experts) without the norm scales, which multiply
+  elementwise, plus the LM head (vocab x d_model; the same table as the embedding when tied,
+  whose lookup is no matmul)."""
+  norms = cfg.n_layers * (2 * cfg.d_model + (2 * cfg.head_dim if cfg.qk_norm else 0)
+                          + cfg.kv_lora_rank) + cfg.d_model  # + each MLA layer's latent norm
+  return count_params(cfg)["active_non_embedding"] - norms + cfg.vocab_size * cfg.d_model
 
-  N counts the matmul weights a token touches (active non-embedding parameters plus the LM
-  head; an MoE token touches top_k experts). The attention scores and the weighted sum cost
-  12 * layers * heads * d_head * seq per token for forward+backward without a mask; a causal
-  mask halves that.
+
+def attended_keys(cfg: ModelConfig, layer: int, seq_len: int) -> float:
+  """The keys a query of layer `layer` attends to, on average over a sequence of seq_len: seq_len / 2
+  under the causal mask, and seq_len w - w^2 / 2 pairs over seq_len (the causal triangle less the
+  part beyond the window) for a sliding window w < seq_len."""
+  w = cfg.layer_window(layer)
+  if not w or w >= seq_len:
+    return seq_len / 2
+  return w - w * w / (2 * seq_len)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, *, count_masked: bool = False) -> float:
+  """Training FLOPs per token: 6 N (forward + backward matmuls) plus the attention products.
+
+  N = matmul_params(cfg): every weight matrix a token multiplies by, the LM head (tied or not)
+  included; an MoE token touches its router and top_k experts. Attention's score (Q K^T) and value
+  (P V) products cost 2 * 2 * heads * d_head FLOPs per attended key in the forward pass, twice
+  that backward: 12 * heads * d_head * keys per token and layer, where keys is attended_keys (a
+  causal mask halves it, a sliding window shorter than the sequence cuts it further). With
+  GQA the queries of every head still score every key. count_masked: count every key of the
+  sequence instead, as an implementation that computes the whole score matrix does (XLA's cost
+  analysis of reference attention); model FLOPs utilisation counts only the useful products.
   """
-  n = count_params(cfg)["active_non_embedding"] + cfg.vocab_size * cfg.d_model
-  attn = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len / 2
-  return 6.0 * n + attn
+  keys = [seq_len if count_masked else attended_keys(cfg, layer, seq_len)
+          for layer in range(cfg.n_layers)]
+  attn = 12 * cfg.n_heads * cfg.head_dim * sum(keys)
+  return 6.0 * matmul_params(cfg) + attn
+
+
+def training_flops(cfg: ModelConfig, seq_len: int, tokens: float) -> float:
+  """A training run's FLOPs counted in full: flops_per_token * tokens (the head and attention
+  included; the compute a scaling study's fit should use, Porian et al. 2024)."""
+  return flops_per_token(cfg, seq_len) * tokens
+
+
+def kaplan_flops(cfg: ModelConfig, tokens: float) -> float:
+  """Kaplan et al. 2020's C = 6 N D with N the non-embedding parameters (active ones for an
+  MoE): no head, no attention products. For comparison only: leaving those out is what moves
+  Kaplan's compute-optimal exponent away from Chinchilla's (Pearce & Song 2024)."""
+  return 6.0 * count_params(cfg)["active_non_embedding"] * tokens

@@ -62,6 +62,11 @@ def test_kv_heads_shrink_parameter_count():
     ("train.batch_size", 6, "train.batch_size=6 must be divisible by train.grad_accum=4"),
     ("data.seq_len", 100, "data.seq_len=100 exceeds model.max_seq_len=64"),
     ("checkpoint.keep", 0, "checkpoint.keep must be positive"),
+    ("train.schedule", "linear", r"train.schedule='linear' is unknown; allowed: cosine, wsd, constant"),
+    ("train.decay_shape", "sqrt", r"train.decay_shape='sqrt' is unknown; allowed: linear, 1-sqrt"),
+    ("train.decay_fraction", 0.0, r"train.decay_fraction must be in \(0, 1\], got 0.0"),
+    ("train.z_loss", -1e-4, "train.z_loss must be a number >= 0"),
+    ("train.init_from", "runs/stable", "train.init_from='runs/stable' must be PATH:STEP"),
 ])
 def test_experiment_config_errors_name_the_setting(dotted, value, needle):
   c = tiny_config("", **{"train.grad_accum": 4 if dotted == "train.batch_size" else 1})
@@ -74,6 +79,18 @@ def test_experiment_config_errors_name_the_setting(dotted, value, needle):
   node[leaf[-1]] = value
   with pytest.raises(ValueError, match=needle):
     config_lib.validate(c)
+
+
+def test_wsd_decay_must_fit_after_the_warmup():
+  """Catches: a WSD decay that overlaps the warmup accepted (the schedule would silently shorten
+  it), or the decay's length rounded differently from the schedule's (20% of 6 steps: 1)."""
+  c = tiny_config("", **{"train.schedule": "wsd", "train.steps": 6, "train.warmup_steps": 5,
+                         "train.decay_fraction": 0.2})
+  assert config_lib.resolve(c).train.decay_start == 5
+  c.train.decay_fraction = 0.3  # 2 decay steps + 5 warmup > 6
+  with pytest.raises(config_lib.ConfigError, match=r"^train.decay_fraction=0.3 decays over 2 "
+                     r"steps, which with train.warmup_steps=5 exceeds train.steps=6$"):
+    config_lib.resolve(c)
 
 
 def test_workdir_with_other_model_shape_is_refused(tmp_path):

@@ -87,3 +87,55 @@ def test_gradients_are_clipped_by_their_global_norm():
   mu = jax.tree.leaves(optax.tree_utils.tree_get(state, "mu"))
   np.testing.assert_allclose(mu[0][(0,) * mu[0].ndim], 0.1 * 3.0 / 5.0, rtol=1e-6)
   np.testing.assert_allclose(mu[1][(0,) * mu[1].ndim], 0.1 * 4.0 / 5.0, rtol=1e-6)
+
+
+def _wsd(shape: str, **kw) -> optax.Schedule:
+  # lr 1, warmup 4, 20 steps, decay over the last 0.2 * 20 = 4: steps 16..19, lr 0 at step 20.
+  t = TrainSettings(**{**dict(lr=1.0, warmup_steps=4, steps=20, schedule="wsd",
+                              decay_fraction=0.2, decay_shape=shape), **kw})
+  return optimizer.schedule_for(t, t.steps)
+
+
+@pytest.mark.parametrize("shape, quarter, last", [
+    ("1-sqrt", 1 - 0.5, 1 - np.sqrt(0.75)),  # lr (1 - sqrt(f)) at fraction f of the decay
+    ("linear", 0.75, 0.25),
+    ("cosine", 0.5 * (1 + np.cos(np.pi / 4)), 0.5 * (1 + np.cos(3 * np.pi / 4))),
+])
+def test_wsd_warms_up_holds_then_decays_in_its_shape_to_zero(shape, quarter, last):
+  """Catches: the decay starting one step early (step 16 below lr) or late (step 17 at lr), a
+  shape swapped for another (the quarter point differs between all three: 0.5, 0.75, 0.854), a
+  decay that ends above 0 or reaches 0 before the last update (step 19)."""
+  f = _wsd(shape)
+  got = {s: float(f(s)) for s in (3, 4, 15, 16, 17, 19, 20, 25)}
+  want = {3: 0.75, 4: 1.0, 15: 1.0, 16: 1.0, 17: quarter, 19: last, 20: 0.0, 25: 0.0}
+  assert got == pytest.approx(want, abs=1e-6)
+  assert TrainSettings(steps=20, warmup_steps=4, schedule="wsd", decay_fraction=0.2).decay_start == 16
+
+
+def test_wsd_mid_decay_and_constant_schedule():
+  """Catches: 1-sqrt computed as sqrt(1 - f) or (1 - f)^2 (half way: 0.293 against 0.707 or
+  0.25), and a constant schedule that decays or ends its warmup a step off."""
+  assert float(_wsd("1-sqrt")(18)) == pytest.approx(1 - np.sqrt(0.5), abs=1e-6)
+  t = TrainSettings(lr=0.3, warmup_steps=4, steps=20, schedule="constant")
+  f = optimizer.schedule_for(t, t.steps)
+  assert [float(f(s)) for s in (0, 2, 3, 4, 19, 20, 10**6)] == pytest.approx(
+      [0.0, 0.15, 0.225, 0.3, 0.3, 0.3, 0.3], abs=1e-7)
+
+
+def test_adamw_runs_on_the_chosen_schedule():
+  """Catches: make() ignoring train.schedule (always cosine). Zero gradients: a decayed weight
+  moves only by w * (1 - lr_s wd) at each step s, so three steps read back the schedule."""
+  params = _params()
+  t = _train_cfg(lr=0.5, warmup_steps=1, steps=4, schedule="wsd", decay_fraction=0.5)
+  tx = optimizer.make(t, total_steps=t.steps)
+
+  @jax.jit
+  def three_steps(params):
+    state, zeros, new = tx.init(params), jax.tree.map(jnp.zeros_like, params), params
+    for _ in range(3):  # lr 0, 0.5, 0.5 (the decay starts at step 2 and runs at lr there)
+      updates, state = tx.update(zeros, state, new)
+      new = optax.apply_updates(new, updates)
+    return new
+
+  w, new = _paths(params)["['blocks']['attn']['wq'].value"], _paths(three_steps(params))
+  np.testing.assert_allclose(new["['blocks']['attn']['wq'].value"], w * (1 - 0.05) ** 2, rtol=1e-6)

@@ -146,6 +146,62 @@ def test_token_logps_equal_the_tempered_log_softmax_at_the_targets_and_its_gradi
                              atol=1e-6)
 
 
+def test_z_loss_is_the_weighted_sum_of_squared_logsumexp_over_counted_targets_and_its_gradient():
+  """w * sum over non-padding targets of logsumexp(logits)^2, and its gradient
+  w * 2 lse softmax(logits) at those positions (0 at padding), by hand.
+
+  Catches: the square dropped (sum of lse: 3.41 + 1.10 + 3.07 against the squares' sum), the
+  sign flipped, padding counted, the logsumexp over the wrong axis."""
+  from train import step as step_lib
+
+  logits_np = np.array([[[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [3.0, -1.0, 0.5]]], np.float32)
+  targets = jnp.array([[1, 0, 2]])  # pad_id 0: the middle target is padding
+  mask = step_lib.counted_targets(targets, 0)
+  w = 1e-2
+
+  def objective(x):
+    return step_lib.z_loss_terms(x, mask, w)[0]
+
+  lse = np.log(np.exp(logits_np).sum(-1))  # (1, 3)
+  keep = np.array([[1.0, 0.0, 1.0]])
+  assert float(objective(jnp.asarray(logits_np))) == pytest.approx(
+      w * float(np.sum(lse**2 * keep)), rel=1e-6)
+  softmax = np.exp(logits_np) / np.exp(logits_np).sum(-1, keepdims=True)
+  np.testing.assert_allclose(jax.grad(objective)(jnp.asarray(logits_np)),
+                             w * 2 * (lse * keep)[..., None] * softmax, rtol=1e-5, atol=1e-8)
+  _, metrics = step_lib.z_loss_terms(jnp.asarray(logits_np), mask, w)
+  assert float(metrics["z_loss"]) == pytest.approx(float(np.sum(lse**2 * keep)), rel=1e-6)
+  assert step_lib.z_loss_terms(jnp.asarray(logits_np), mask, 0.0)[1] == {}
+
+
+def test_lm_loss_adds_the_z_loss_of_the_models_logits_over_counted_targets():
+  """lm_loss(z_loss=w) - lm_loss(z_loss=0) equals w * sum lse^2 of the model's own logits over
+  the non-padding targets. Catches: train.z_loss logged but left out of the objective, or taken
+  over the padded targets too."""
+  from model import transformer
+  from train import step as step_lib
+
+  cfg = ModelConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=16,
+                    max_seq_len=8, init_std=0.5)  # logits far from 0: a sizeable z-loss
+  graphdef, _ = transformer.abstract(cfg)
+  batch = jax.random.randint(jax.random.key(1), (2, 7), 1, 16).at[:, 3].set(0)  # padding
+
+  @jax.jit
+  def terms(key):
+    params = transformer.create(cfg, key)[1]
+    logits = transformer.apply(graphdef, params, batch[:, :-1])
+    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+    by_hand = jnp.sum(lse**2 * (batch[:, 1:] != 0))
+    (plain, n, _), (with_z, _, metrics) = (
+        step_lib.lm_loss(graphdef, 0, z_loss=w)(params, batch) for w in (0.0, 0.1))
+    return plain, with_z, n, by_hand, metrics["z_loss"]
+
+  plain, with_z, n, by_hand, metric = terms(jax.random.key(0))
+  assert int(n) == 2 * 6 - 2 and float(by_hand) > 1.0
+  assert float(with_z - plain) == pytest.approx(0.1 * float(by_hand), rel=1e-5)
+  assert float(metric) == pytest.approx(float(by_hand), rel=1e-5)
+
+
 def test_router_terms_add_the_weighted_layer_mean_losses_times_the_count():
   """n (w_lb mean(lb) + w_z mean(z)) over the MoE layers.
 

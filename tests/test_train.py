@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from tests.helpers import ROOT, run_script, script_cmd, script_env, tiny_config, train_args
@@ -242,3 +244,55 @@ def test_memory_preflight_refuses_stage_2_names_stage_3_and_stage_3_trains(tmp_p
   assert not workdir.exists()
   config.sharding.zero_stage = 3
   assert loop.train(config, str(workdir))["final_step"] == 2
+
+
+def _records(workdir) -> dict[int, dict]:
+  return {r["step"]: r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
+
+
+def test_cooldown_branch_continues_the_parent_exactly_under_its_own_schedule(tmp_path, tiny_corpus):
+  """A constant-lr parent (4 steps, checkpoints at 2 and 4) and a WSD branch from its step 2 whose
+  decay starts there (decay_fraction 0.5 of 4 steps): the branch's update 3 runs at lr, as the
+  parent's, and update 4 at lr (1 - sqrt(1/2)).
+
+  Catches: the parameters, Adam's moments or count, or the data position not taken from the
+  parent (the losses at steps 3 and 4, bit-identical, and the moments at step 4 would differ:
+  they depend on the gradients only, not on the lr), the branch keeping the parent's schedule
+  (its params at step 4 would equal the parent's), the parent not recorded, a branch that has
+  checkpoints of its own branching again, and the refusals not naming what is wrong."""
+  from train import checkpoint as ckpt_lib
+  from train.config import ConfigError
+
+  common = {"train.steps": 4, "checkpoint.every_steps": 2, "train.eval_every": 1000}
+  parent, branch = str(tmp_path / "parent"), str(tmp_path / "branch")
+  loop.train(tiny_config(tiny_corpus, **common, **{"train.schedule": "constant"}), parent)
+  cooldown = {**common, "train.schedule": "wsd", "train.decay_fraction": 0.5,
+              "train.init_from": f"{parent}:2"}
+  for bad, needle in [({"train.init_from": f"{tmp_path}/none:2"}, "holds no run"),
+                      ({"train.init_from": f"{parent}:3"}, "no checkpoint at step 3; its saved steps: 2, 4"),
+                      ({"model.d_model": 64}, "model.d_model: saved 32, requested 64"),
+                      ({"train.batch_size": 16}, "train.batch_size: saved 8, requested 16")]:
+    with pytest.raises(ConfigError, match=needle):
+      loop.train(tiny_config(tiny_corpus, **{**cooldown, **bad}), str(tmp_path / "refused"))
+
+  summary = loop.train(tiny_config(tiny_corpus, **cooldown), branch)
+  assert summary["start_step"] == 2
+  ours, theirs = _records(branch), _records(parent)
+  assert sorted(ours) == [3, 4]
+  assert [ours[s]["loss"] for s in (3, 4)] == [theirs[s]["loss"] for s in (3, 4)]
+  lr = tiny_config("").train.lr
+  assert (ours[3]["lr"], theirs[4]["lr"]) == pytest.approx((lr, lr))
+  assert ours[4]["lr"] == pytest.approx(lr * (1 - 0.5**0.5))
+  assert json.load(open(os.path.join(branch, "config.json")))["parent"] == {
+      "workdir": os.path.abspath(parent), "step": 2}
+
+  a, b = (ckpt_lib.read_step(os.path.join(d, "checkpoints"), 4, None)[0] for d in (parent, branch))
+  adam_a, adam_b = (jax.tree.leaves(s["opt_state"]) for s in (a, b))
+  assert all(np.array_equal(x, y) for x, y in zip(adam_a, adam_b))  # moments and count
+  assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a["params"]),
+                                                      jax.tree.leaves(b["params"])))
+  # Its own checkpoints now: init_from is ignored (a parent that no longer exists included).
+  again = loop.train(tiny_config(tiny_corpus, **{**cooldown, "train.steps": 5,
+                                                 "train.init_from": f"{tmp_path}/gone:2"}), branch)
+  assert again["start_step"] == 4 and again["final_step"] == 5
+  assert json.load(open(os.path.join(branch, "config.json")))["parent"]["step"] == 2

@@ -13,7 +13,8 @@ def _size(label: str, flops_per_token: float, params: int) -> wsd_plan.Size:
 def test_decay_start_takes_the_last_fraction_and_at_least_one_step():
   # Catches an off-by-one in the start (80 vs 79/81) and a decay of zero steps on short runs.
   assert wsd_plan.decay_start(100, 0.2) == 80
-  assert wsd_plan.decay_start(7, 0.2) == 6  # round(1.4) = 1 decay step
+  assert wsd_plan.decay_start(7, 0.2) == 6  # 1.4 rounds to 1 decay step
+  assert wsd_plan.decay_start(10, 0.25) == 7  # 2.5 rounds half up to 3 (banker's rounding: 2)
   assert wsd_plan.decay_start(10, 0.01) == 9  # round(0.1) = 0, raised to one
 
 

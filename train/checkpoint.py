@@ -223,6 +223,38 @@ class Checkpointer:
     self.manager.close()
 
 
+def _read_only(directory: str) -> ocp.CheckpointManager:
+  """A manager that reads another run's checkpoints and never writes, deletes or cleans up
+  anything there (that run may still be training)."""
+  return ocp.CheckpointManager(
+      os.path.abspath(directory), item_names=("state", "data"),
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+
+
+def saved_steps(directory: str) -> list[int]:
+  """The steps of the complete checkpoints in `directory` (none when it does not exist)."""
+  if not os.path.isdir(directory):
+    return []
+  manager = _read_only(directory)
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
+
+
+def read_step(directory: str, step: int, abstract_state: Any) -> tuple[Any, dict]:
+  """(state, data_state) of the checkpoint at `step` in another run's `directory`, laid out as
+  abstract_state says; read only (an unreadable one is an error, never moved aside)."""
+  manager = _read_only(directory)
+  try:
+    restored = manager.restore(
+        step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  finally:
+    manager.close()
+  return restored["state"], restored["data"]
+
+
 def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
   """(ModelConfig, graphdef, params) of the newest readable checkpoint in `workdir`, for
   inference and evaluation scripts, laid out as the run trained them.

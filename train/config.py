@@ -65,6 +65,26 @@ def _from_section(cls: type, section: Any, name: str, strict: bool) -> Any:
   return fields.from_dict(cls, d if strict else _known(cls, d), name)
 
 
+SCHEDULES = ("cosine", "wsd", "constant")
+DECAY_SHAPES = ("linear", "1-sqrt", "cosine")
+
+
+def wsd_decay_steps(decay_fraction: float, total_steps: int) -> int:
+  """The steps of a WSD schedule's final decay: decay_fraction of total_steps rounded half up,
+  at least 1."""
+  return max(1, int(decay_fraction * total_steps + 0.5))
+
+
+def parse_init_from(init_from: str) -> tuple[str, int]:
+  """train.init_from "PATH:STEP" as (PATH, STEP); ConfigError in one line otherwise."""
+  path, sep, step = str(init_from).rpartition(":")
+  if not sep or not path or not step.isdigit():
+    raise ConfigError(
+        f"train.init_from={init_from!r} must be PATH:STEP (a run's workdir and one of its "
+        "checkpoint steps), or \"\" to start from scratch")
+  return path, int(step)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
   """train.*: pretraining and the alignment stages share the section (an alignment config has no
@@ -85,6 +105,20 @@ class TrainSettings:
   # answers of questions "MARKER KEY" -> VALUE, the target one after the token that follows each
   # marker (train/step.py answer_targets); "" = every token.
   answer_marker: str = ""
+  # The learning-rate schedule after the linear warmup (train/optimizer.py schedule_for):
+  # "cosine" to lr / 10 at train.steps; "wsd" (warmup-stable-decay, Hagele et al. 2024) holds lr
+  # and decays to 0 over the last decay_fraction of train.steps in the shape decay_shape;
+  # "constant" holds lr (a stable run to branch cooldowns from, train.init_from).
+  schedule: str = "cosine"
+  decay_fraction: float = 0.2
+  decay_shape: str = "1-sqrt"
+  # PaLM's z-loss: z_loss * mean(logsumexp(logits)^2) over the counted tokens, added to the LM
+  # loss (train/step.py); 0 = off, PaLM used 1e-4.
+  z_loss: float = 0.0
+  # "PATH:STEP": a new workdir starts from run PATH's checkpoint at STEP (parameters, optimizer
+  # state, data position; train/branch.py); "" = from scratch. Ignored once the workdir has
+  # checkpoints of its own.
+  init_from: str = ""
 
   def __post_init__(self):
     for name in ("steps", "batch_size", "lr", "grad_clip", "grad_accum", "log_every", "eval_every",
@@ -93,6 +127,35 @@ class TrainSettings:
         raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)!r}")
     if self.warmup_steps < 0 or self.weight_decay < 0:
       raise ConfigError("train.warmup_steps and train.weight_decay must be >= 0")
+    self._check_schedule()
+    if isinstance(self.z_loss, bool) or not isinstance(self.z_loss, (int, float)) or self.z_loss < 0:
+      raise ConfigError(f"train.z_loss must be a number >= 0 (0 = off, PaLM: 1e-4), got {self.z_loss!r}")
+    if self.init_from:
+      parse_init_from(self.init_from)
+
+  def _check_schedule(self) -> None:
+    if self.schedule not in SCHEDULES:
+      raise ConfigError(f"train.schedule={self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+    if self.decay_shape not in DECAY_SHAPES:
+      raise ConfigError(
+          f"train.decay_shape={self.decay_shape!r} is unknown; allowed: {', '.join(DECAY_SHAPES)}")
+    if isinstance(self.decay_fraction, bool) or not 0 < self.decay_fraction <= 1:
+      raise ConfigError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction!r}")
+    if self.schedule == "wsd" and self.warmup_steps + self.decay_steps > self.steps:
+      raise ConfigError(
+          f"train.decay_fraction={self.decay_fraction} decays over {self.decay_steps} steps, which "
+          f"with train.warmup_steps={self.warmup_steps} exceeds train.steps={self.steps}")
+
+  @property
+  def decay_steps(self) -> int:
+    """WSD: the steps of the final decay over train.steps (wsd_decay_steps)."""
+    return wsd_decay_steps(self.decay_fraction, self.steps)
+
+  @property
+  def decay_start(self) -> int:
+    """WSD: the first step whose learning rate is below lr (the step a cooldown branch starts
+    from, train.init_from=PATH:decay_start)."""
+    return self.steps - self.decay_steps
 
   @classmethod
   def from_config(cls, section: Any, *, strict: bool = True) -> "TrainSettings":
@@ -446,10 +509,14 @@ def resolve_stage(config: ml_collections.ConfigDict, stage: str) -> StageSetting
     if name not in config:
       raise ConfigError(f"config has no section {name!r}")
   own = _from_section(STAGE_SECTIONS[stage], config[stage], stage, strict=True)
+  train = TrainSettings.from_config(config.train)
+  if train.init_from:
+    raise ConfigError("train.init_from branches a pretraining run; an alignment stage starts "
+                      "from --init_workdir, so leave train.init_from empty")
   return StageSettings(
       task=_from_section(TaskSettings, config.task, "task", strict=True),
       data=_from_section(StageDataSettings, config.data, "data", strict=True),
-      train=TrainSettings.from_config(config.train),
+      train=train,
       eval=_from_section(EvalSettings, config.eval, "eval", strict=True),
       checkpoint=CheckpointSettings.from_config(config.checkpoint),
       sharding=ShardingSettings.from_config(config.sharding), stage=own)
@@ -466,14 +533,10 @@ def _lookup(d: dict, dotted: str):
   return d
 
 
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a workdir whose saved config has another model or data shape."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
-  new = json.loads(config.to_json())
+def frozen_diffs(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """The FROZEN_KEYS on which a saved config.json (a dict) and `config` differ, as
+  'key: saved X, requested Y'."""
+  saved, new = dict(saved), json.loads(config.to_json())
   # The model as ModelConfig resolves it, defaults filled in: a workdir saved before a field
   # existed (or by a config that left it out) resumes when the field is at its default.
   saved["model"], new["model"] = (
@@ -486,6 +549,22 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
                 for k in sorted(set(old_v) | set(new_v)) if old_v.get(k) != new_v.get(k)]
     elif old_v != new_v:
       diffs.append(f"{key}: saved {old_v!r}, requested {new_v!r}")
+  return diffs
+
+
+def read_saved(workdir: str) -> Optional[dict]:
+  """The workdir's config.json as a dict, None when it has none."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir whose saved config has another model or data shape."""
+  saved = read_saved(workdir)
+  diffs = [] if saved is None else frozen_diffs(saved, config)
   if diffs:
     raise ConfigError(
         f"workdir {workdir} was trained with another shape ({'; '.join(diffs)}); "
@@ -493,4 +572,11 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
-  files.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+  """Writes config.json; the run it branched from ("parent", train/branch.py), once recorded,
+  stays in it on every resume."""
+  saved = read_saved(workdir)
+  if saved is None or "parent" not in saved:
+    files.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    return
+  files.write_json_atomic(os.path.join(workdir, "config.json"),
+                          {**json.loads(config.to_json()), "parent": saved["parent"]}, indent=2)

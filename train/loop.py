@@ -28,6 +28,7 @@ from sharding import memory as memory_lib
 from sharding import mesh as mesh_lib
 from sharding import validate as validate_lib
 from sharding import zero
+from train import branch as branch_lib
 from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train.data import pipeline as data_lib
@@ -282,6 +283,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   run_settings = config_lib.resolve(config)
   config_lib.check_workdir(workdir, config)
   model_cfg, t, settings = run_settings.model, run_settings.train, run_settings.data
+  parent = branch_lib.start(workdir, config, t)  # train.init_from: None unless a new branch
   mesh = mesh_lib.make_mesh(run_settings.sharding.mesh)
   validate_sharding(t, run_settings.sharding, model_cfg, mesh)
   data_lib.check_sources(settings)  # a bad file is one line before anything compiles
@@ -326,7 +328,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   train_iter = data_lib.train_iterator(
       [r.n_rows for r in corpus.train], corpus.weights, t.batch_size, t.seed)
   try:
-    restored = ckpt.restore_latest(run.abstract_state)
+    restored = branch_lib.restore(ckpt, run.abstract_state, parent, workdir)
   except ckpt_lib.UnreadableCheckpoints:
     ckpt.close()
     raise
@@ -375,7 +377,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     record = {"loss": loss, "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
               "tokens_seen": step * tokens_per_step, "time": time.time()}
     for name, value in metrics.items():
-      if name.startswith("moe/"):  # router losses, drop fraction, each expert's share of tokens
+      if name.startswith("moe/") or name == "z_loss":  # router losses, drop fraction, experts' shares
         value = np.asarray(value)
         if value.ndim:
           record.update({f"{name}/{i}": float(v) for i, v in enumerate(value)})

@@ -1,11 +1,16 @@
-"""AdamW with linear warmup and cosine decay, gradient clipping (optax)."""
+"""AdamW with a linear warmup and a cosine, warmup-stable-decay or constant schedule, gradient
+clipping (optax)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from train import config as config_lib
 from train.config import TrainSettings
 
 
@@ -15,6 +20,56 @@ def schedule(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=lr, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=lr / 10)
+
+
+# WSD's decay shapes: the fraction of lr left at fraction f in [0, 1] of the decay.
+DECAY_SHAPES: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "linear": lambda f: 1.0 - f,
+    "1-sqrt": lambda f: 1.0 - jnp.sqrt(f),  # Hagele et al. 2024: the best cooldown they tried
+    "cosine": lambda f: 0.5 * (1.0 + jnp.cos(jnp.pi * f)),
+}
+
+
+def _warmup(lr: float, warmup_steps: int, total_steps: int) -> tuple[optax.Schedule, int]:
+  """(linear warmup from 0 to lr, its length): at least one step (step 0 runs at lr 0), as the
+  cosine schedule's."""
+  warmup = max(1, min(warmup_steps, total_steps))
+  return optax.linear_schedule(0.0, lr, warmup), warmup
+
+
+def wsd_schedule(lr: float, warmup_steps: int, total_steps: int, decay_fraction: float,
+                 decay_shape: str) -> optax.Schedule:
+  """Warmup-stable-decay: linear warmup to lr, lr held, then a decay to 0 over the last
+  decay_fraction of total_steps (config.wsd_decay_steps) in decay_shape (DECAY_SHAPES).
+
+  The decay starts at S = total_steps - D (never before the warmup ends): step S runs at lr and
+  step S + k at lr * shape(k / D), so the last step, total_steps - 1, still updates (at
+  lr * shape((D - 1) / D)) and lr reaches 0 at total_steps, where training ends.
+  """
+  warmup, w = _warmup(lr, warmup_steps, total_steps)
+  start = max(w, total_steps - config_lib.wsd_decay_steps(decay_fraction, total_steps))
+  n_decay = max(1, total_steps - start)
+  shape = DECAY_SHAPES[decay_shape]
+
+  def decay(count: jax.Array) -> jax.Array:
+    return lr * shape(jnp.clip(count / n_decay, 0.0, 1.0))
+
+  return optax.join_schedules([warmup, optax.constant_schedule(lr), decay], [w, start])
+
+
+def constant_schedule(lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  """Linear warmup to lr, then lr for good (a stable run that cooldowns branch from)."""
+  warmup, w = _warmup(lr, warmup_steps, total_steps)
+  return optax.join_schedules([warmup, optax.constant_schedule(lr)], [w])
+
+
+def schedule_for(t: TrainSettings, total_steps: int) -> optax.Schedule:
+  """The learning rate of train.schedule over total_steps optimizer updates."""
+  if t.schedule == "wsd":
+    return wsd_schedule(t.lr, t.warmup_steps, total_steps, t.decay_fraction, t.decay_shape)
+  if t.schedule == "constant":
+    return constant_schedule(t.lr, t.warmup_steps, total_steps)
+  return schedule(t.lr, t.warmup_steps, total_steps)
 
 
 def decay_mask(params: nnx.State) -> nnx.State:
@@ -31,7 +86,7 @@ def make(cfg_train: TrainSettings, total_steps: int) -> optax.GradientTransforma
   """The optimizer of the train.* section: clip by global norm, then AdamW."""
   return optax.chain(
       optax.clip_by_global_norm(cfg_train.grad_clip),
-      optax.adamw(schedule(cfg_train.lr, cfg_train.warmup_steps, total_steps),
+      optax.adamw(schedule_for(cfg_train, total_steps),
                   b1=0.9, b2=0.95, eps=1e-8, weight_decay=cfg_train.weight_decay,
                   mask=decay_mask),
   )

@@ -85,13 +85,14 @@ def make_sharded_training(
 ) -> ShardedTraining:
   """Pretraining's sharded training: a fresh model (init takes a PRNG key), lm_loss on rows
   (B, L+1) of tokens (packed documents isolated as `documents` says, only the answers after
-  answer_marker counted when it is given), MoE router losses weighted as model_cfg.moe says."""
+  answer_marker counted when it is given), MoE router losses weighted as model_cfg.moe says, the
+  z-loss at train.z_loss."""
   graphdef, _ = transformer.abstract(model_cfg)
   loss_fn = step_lib.lm_loss(
       graphdef, pad_id, (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight), documents,
-      answer_marker)
+      answer_marker, t.z_loss)
   return build_sharded_training(
       graphdef, lambda key: transformer.create(model_cfg, key)[1], jax.random.key(t.seed),
       loss_fn, optimizer_lib.make(t, t.steps),
-      lr_schedule=optimizer_lib.schedule(t.lr, t.warmup_steps, t.steps), grad_accum=t.grad_accum,
+      lr_schedule=optimizer_lib.schedule_for(t, t.steps), grad_accum=t.grad_accum,
       seed=t.seed, mesh=mesh, zero_stage=zero_stage)

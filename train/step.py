@@ -54,15 +54,30 @@ def token_logps(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   return target_BxT - jax.nn.logsumexp(z_BxTxV, axis=-1)
 
 
+def counted_targets(targets_BxT: jax.Array, pad_id: int,
+                    keep_BxT: Optional[jax.Array] = None) -> jax.Array:
+  """(B, T) bool: the targets the loss counts, those that are not padding (and that keep_BxT
+  marks, when given)."""
+  mask_BxT = targets_BxT != pad_id
+  return mask_BxT if keep_BxT is None else mask_BxT & keep_BxT
+
+
 def token_loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array, pad_id: int,
                     keep_BxT: Optional[jax.Array] = None):
   """(sum of next-token cross-entropy over non-padding targets, number of such targets); with
   keep_BxT (bool), only over the targets it marks."""
-  mask_BxT = targets_BxT != pad_id
-  if keep_BxT is not None:
-    mask_BxT = mask_BxT & keep_BxT
+  mask_BxT = counted_targets(targets_BxT, pad_id, keep_BxT)
   ce_BxT = -token_logps(logits_BxTxV, targets_BxT)
   return jnp.sum(ce_BxT * mask_BxT), jnp.sum(mask_BxT)
+
+
+def z_loss_sum(logits_BxTxV: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+  """Sum over the positions mask_BxT marks of logsumexp(logits)^2, float32: PaLM's z-loss
+  (Chowdhery et al. 2022) before its weight and the mean. It pulls log Z, the softmax's
+  normaliser, towards 0, so that the logits cannot drift upwards together (the cross-entropy
+  alone does not see a shift shared by every logit)."""
+  lse_BxT = jax.nn.logsumexp(logits_BxTxV.astype(jnp.float32), axis=-1)
+  return jnp.sum(jnp.square(lse_BxT) * mask_BxT)
 
 
 # How packed documents are delimited in a row: (boundary token id, whether a document starts
@@ -120,20 +135,34 @@ def router_terms(stats, n: jax.Array, aux_weights: tuple[float, float]):
   return n * (aux_weights[0] * lb + aux_weights[1] * z), sums
 
 
+def z_loss_terms(logits_BxTxV: jax.Array, mask_BxT: jax.Array, weight: float):
+  """(objective term, metric sums) of the z-loss at `weight` (train.z_loss) over the counted
+  positions; zero and no metric at weight 0. The metric "z_loss" is the sum of logsumexp^2, so
+  the step reports its mean over the counted tokens, unweighted."""
+  if not weight:
+    return jnp.zeros(()), {}
+  z_sum = z_loss_sum(logits_BxTxV, mask_BxT)
+  return weight * z_sum, {"z_loss": z_sum}
+
+
 def lm_loss(graphdef, pad_id: int, aux_weights: tuple[float, float] = (0.0, 0.0),
-            documents: Documents = None, answer_marker: Optional[int] = None) -> LossFn:
-  """Pretraining: next-token cross-entropy over rows (B, L+1), plus the router losses. With
-  `documents`, the documents packed into a row are isolated (document_layout); with
-  `answer_marker` (a token id), only the answers after it count (answer_targets)."""
+            documents: Documents = None, answer_marker: Optional[int] = None,
+            z_loss: float = 0.0) -> LossFn:
+  """Pretraining: next-token cross-entropy over rows (B, L+1), plus the router losses and the
+  z-loss at weight z_loss (z_loss_terms). With `documents`, the documents packed into a row are
+  isolated (document_layout); with `answer_marker` (a token id), only the answers after it count
+  (answer_targets)."""
 
   def loss(params, batch_BxL1, use=None):
     inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
     positions, segment_ids = document_layout(inputs, documents)
     logits, stats = transformer.apply_with_aux(
         graphdef, params, inputs, positions, segment_ids, use=use)
-    ce_sum, n = token_loss_sums(logits, targets, pad_id, answer_targets(inputs, answer_marker))
+    keep = answer_targets(inputs, answer_marker)
+    ce_sum, n = token_loss_sums(logits, targets, pad_id, keep)
     aux, sums = router_terms(stats, n, aux_weights)
-    return ce_sum + aux, n, {"loss": ce_sum, **sums}
+    z, z_sums = z_loss_terms(logits, counted_targets(targets, pad_id, keep), z_loss)
+    return ce_sum + aux + z, n, {"loss": ce_sum, **sums, **z_sums}
 
   return loss
 

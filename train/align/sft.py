@@ -24,9 +24,11 @@ from train import step as step_lib
 from train.config import ConfigError
 
 
-def loss(graphdef: nnx.GraphDef, aux_weights: tuple[float, float] = (0.0, 0.0)) -> step_lib.LossFn:
+def loss(graphdef: nnx.GraphDef, aux_weights: tuple[float, float] = (0.0, 0.0),
+         z_loss: float = 0.0) -> step_lib.LossFn:
   """SFT's LossFn: cross-entropy summed over the completion tokens, counted per token (so the
-  step's loss is their mean over the batch), plus the router losses of an MoE policy.
+  step's loss is their mean over the batch), plus the router losses of an MoE policy and the
+  z-loss over the completion tokens at weight z_loss (train.z_loss; train/step.py z_loss_terms).
 
   batch: {"inputs": (B, T) int32, "targets": (B, T) int32, "mask": (B, T) float32}.
   """
@@ -37,7 +39,8 @@ def loss(graphdef: nnx.GraphDef, aux_weights: tuple[float, float] = (0.0, 0.0)) 
     total = -jnp.sum(step_lib.token_logps(logits_BxTxV, batch["targets"]) * mask_BxT)
     n = jnp.sum(mask_BxT)
     aux, sums = step_lib.router_terms(stats, n, aux_weights)
-    return total + aux, n, {"loss": total, **sums}
+    z, z_sums = step_lib.z_loss_terms(logits_BxTxV, mask_BxT, z_loss)
+    return total + aux + z, n, {"loss": total, **sums, **z_sums}
 
   return loss_fn
 
@@ -63,7 +66,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
     raise ConfigError(f"the longest example has {length + 1} tokens, more than the model's "
                       f"max_seq_len={run.policy.model_cfg.max_seq_len}")
   seqs = data_lib.pack(p_ids, c_ids, length, run.pad_id)
-  step_fn = run.start(loss(run.policy.graphdef, run.aux_weights),
+  step_fn = run.start(loss(run.policy.graphdef, run.aux_weights, run.train.z_loss),
                       jax.eval_shape(lambda: batch_of(seqs, np.arange(t.batch_size))))
 
   def train_step(step: int, state):

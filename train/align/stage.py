@@ -196,7 +196,7 @@ class Run:
     loop_lib.validate_sharding(t, self.sharding, self.policy.model_cfg, self.mesh,
                                batch_size=batch_rows)
     self.tx = optimizer_lib.make(t, total_updates)
-    self.lr_schedule = optimizer_lib.schedule(t.lr, t.warmup_steps, total_updates)
+    self.lr_schedule = optimizer_lib.schedule_for(t, total_updates)
     moe = self.policy.model_cfg.moe
     self.aux_weights = (moe.aux_loss_weight, moe.z_loss_weight)
     self._save_config()

@@ -5,14 +5,12 @@ the steps, matches a tuned cosine schedule; since the stable phase does not depe
 length, one stable run per size serves every token budget. For a model that costs F training
 FLOPs per token (model/config.py flops_per_token, counted in full), on T tokens per step, budget C
 is steps_C = round(C / (F T)) steps. Its cooldown is the last decay_fraction of them: a branch of
-the size's stable run at start_C = steps_C - round(decay_fraction * steps_C), trained to steps_C
-with the WSD schedule (train.schedule=wsd: the same decay start by the same rounding). The stable
+the size's stable run at start_C = TrainSettings.decay_start (steps_C less decay_fraction of it,
+rounded half up), trained to steps_C with the WSD schedule, whose decay starts there. The stable
 run trains to the largest start_C of its size and keeps a checkpoint at every start_C.
 
 Cost in steps, per size: max(start_C) + sum(steps_C - start_C), against sum(steps_C) for a sweep
 that trains every point from scratch (compute_saved).
-
-Pure planning: no jax, so `--launcher=print` plans a sweep in well under a second.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from typing import Sequence
 
 import ml_collections
 
+from train import config as config_lib
 from train.studies import sweep as sweep_lib
 
 
@@ -54,9 +53,9 @@ class SizePlan:
 
 
 def decay_start(steps: int, decay_fraction: float) -> int:
-  """The first step of the decay: steps - round(decay_fraction * steps), at least one decay step.
-  Must equal train/optimizer.py's WSD decay start (a test checks it)."""
-  return steps - max(1, round(decay_fraction * steps))
+  """The first step of the decay, as train.schedule=wsd places it (train/config.py): the branch
+  starts from the stable run's checkpoint there and its schedule decays from the next update."""
+  return steps - config_lib.wsd_decay_steps(decay_fraction, steps)
 
 
 def plan(sizes: Sequence[Size], budgets: Sequence[float], *, tokens_per_step: int,
