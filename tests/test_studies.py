@@ -181,8 +181,8 @@ def test_attention_scale_end_to_end_restarts_and_the_unscaled_softmax_saturates(
 
 
 def test_bpe_study_end_to_end_compresses_more_with_a_larger_vocabulary(tmp_path):
-  from experiments import bpe_study
   from experiments.configs import bpe
+  from train.studies import bpe_measures
 
   out = run_script("experiments.bpe_study", "--config=experiments/configs/bpe.py:tiny",
                    f"--workdir={tmp_path}", f"--out={tmp_path / 'out'}")
@@ -195,38 +195,38 @@ def test_bpe_study_end_to_end_compresses_more_with_a_larger_vocabulary(tmp_path)
     assert by_vocab["512"]["multi_piece_share"] < by_vocab["256"]["multi_piece_share"]
     assert by_vocab["512"]["unicode_round_trips"] == 5 * 10
   assert (tmp_path / "out" / "bpe.png").exists()
-  assert sweep.pending(str(tmp_path), bpe_study.make_points(bpe.get_config("tiny"))) == []
+  assert sweep.pending(str(tmp_path), bpe_measures.make_points(bpe.get_config("tiny"))) == []
 
 
 def test_bpe_unicode_check_fails_on_a_tokenizer_with_unknown_tokens():
   from tokenizers import Tokenizer, models, pre_tokenizers
   import pytest
 
-  from experiments import bpe_study
+  from train.studies import bpe_measures
 
-  samples = bpe_study.unicode_samples(3, 20, seed=0)
+  samples = bpe_measures.unicode_samples(3, 20, seed=0)
   vocab = {c: i for i, c in enumerate(["[UNK]"] + [chr(c) for c in range(32, 127)])}
   lossy = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
   lossy.pre_tokenizer = pre_tokenizers.Whitespace()
   with pytest.raises(AssertionError):
-    bpe_study.check_no_unknown(lossy, samples)
+    bpe_measures.check_no_unknown(lossy, samples)
 
 
 def test_bpe_prose_is_docstrings_and_comments_without_code():
-  from experiments import bpe_study
+  from train.studies import bpe_corpus
 
   source = ('"""Module doc."""\n\nimport os  # why os\n\n\ndef f(x):\n  """Adds one.\n\n  More.\n  """\n'
             '  # first line\n  # second line\n  return x + 1\n')
-  prose = bpe_study.prose_of(source)
+  prose = bpe_corpus.prose_of(source)
   assert prose == "Module doc.\n\nwhy os\n\nAdds one.\n\nMore.\n\nfirst line second line"
-  assert bpe_study.prose_of("def broken(:\n") == ""
+  assert bpe_corpus.prose_of("def broken(:\n") == ""
 
 
 def test_bpe_study_reads_the_same_stdlib_files_as_the_default_corpus():
-  from experiments import bpe_study
   from train.data import pipeline as data
+  from train.studies import bpe_corpus
 
-  assert sorted(bpe_study.source_files("", seed=0)) == data.stdlib_files()
+  assert sorted(bpe_corpus.source_files("", seed=0)) == data.stdlib_files()
 def test_accelerator_smoke_runs_every_section_without_grain_or_ml_collections(tmp_path):
   """Catches: a section that raises (it would be recorded under errors, not in sections), a
   results.json missing a number the docs quote, and an import of grain, ml_collections or
