@@ -140,21 +140,21 @@ def test_study_attention_with_the_scale_is_the_models_own_attention():
   import jax.numpy as jnp
   from flax import nnx
 
-  from experiments import attention_scale
   from experiments.configs import attention_scale as config
   from model import layers
+  from train.studies import score_scale_training as training
 
   tcfg = config.get_config("tiny").train
-  cfg = attention_scale.model_config(tcfg, 16)
+  cfg = training.model_config(tcfg, 16)
   base = layers.Attention(cfg, nnx.Rngs(params=jax.random.key(0)))
   x_BxTxD = jax.random.normal(jax.random.key(1), (2, tcfg.seq_len, cfg.d_model))
   positions_BxT = jnp.broadcast_to(jnp.arange(tcfg.seq_len)[None], (2, tcfg.seq_len))
   expected = base(x_BxTxD, positions_BxT)
-  study = attention_scale.study_attention_class()
+  study = training.study_attention_class()
   # The copy-for-study with the scale is the model's attention, and the scale reaches the scores.
   assert jnp.allclose(study(base, 16 ** -0.5)(x_BxTxD, positions_BxT), expected, atol=1e-5)
   assert not jnp.allclose(study(base, 1.0)(x_BxTxD, positions_BxT), expected, atol=1e-3)
-  graphdef, params = attention_scale.build_model(tcfg, 16, scaled=False, seed=0)
+  graphdef, params = training.build_model(tcfg, 16, scaled=False, seed=0)
   assert all(type(b.attn) is study and b.attn.scale == 1.0 for b in nnx.merge(graphdef, params).blocks)
 
 
