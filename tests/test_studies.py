@@ -267,9 +267,9 @@ def test_accelerator_smoke_runs_every_section_without_grain_or_ml_collections(tm
 
 
 def test_moe_vs_dense_aggregates_each_arm_over_its_seeds_and_pairs_seeds_across_arms():
-  from experiments import moe_vs_dense
+  from train.studies import moe_comparison
 
-  out = moe_vs_dense.aggregate({"dense": {0: 4.0, 1: 4.2, 2: 4.1}, "E8-k2": {2: 3.8, 0: 3.9, 1: 4.3}})
+  out = moe_comparison.aggregate({"dense": {0: 4.0, 1: 4.2, 2: 4.1}, "E8-k2": {2: 3.8, 0: 3.9, 1: 4.3}})
   dense, moe = out["arms"]["dense"], out["arms"]["E8-k2"]
   assert np.isclose(dense["mean"], 4.1) and np.isclose(dense["std"], 0.1)  # ddof 1
   assert np.isclose(moe["mean"], 4.0) and np.isclose(moe["std"], np.std([3.9, 4.3, 3.8], ddof=1))
@@ -278,34 +278,34 @@ def test_moe_vs_dense_aggregates_each_arm_over_its_seeds_and_pairs_seeds_across_
   assert np.allclose([d["paired"][s] for s in "012"], [-0.1, 0.1, -0.3])  # same seed, not same rank
   assert np.isclose(d["mean"], -0.1) and np.isclose(d["paired_std"], 0.2)
   assert not d["lower_by_more_than_std"] and not d["ranges_separate"]
-  clear = moe_vs_dense.aggregate({"dense": {0: 4.0, 1: 4.02}, "E8-k2": {0: 3.9, 1: 3.91}})
+  clear = moe_comparison.aggregate({"dense": {0: 4.0, 1: 4.02}, "E8-k2": {0: 3.9, 1: 3.91}})
   assert clear["difference"]["lower_by_more_than_std"] and clear["difference"]["ranges_separate"]
 
 
 def test_moe_vs_dense_hands_out_the_seeds_stage_of_the_best_setting_once_the_sweep_is_done(tmp_path):
-  from experiments import moe_vs_dense
   from experiments.configs import moe_vs_dense as config
+  from train.studies import moe_comparison
 
   cfg = config.get_config()
   cfg.sweep.settings = ("E8-k1", "E8-k2", "E16-k1", "E16-k2")
-  sweep_points = moe_vs_dense.sweep_points(cfg)
+  sweep_points = moe_comparison.sweep_points(cfg)
   assert [p.meta["setting"] for p in sweep_points] == ["dense", "E8-k1", "E8-k2", "E16-k1", "E16-k2"]
   assert sweep_points[2].overrides["model.moe.d_expert"] == cfg.base.model.d_ff // 2  # equal active
   loss = {"dense": 4.0, "E8-k1": 3.95, "E8-k2": 3.9, "E16-k1": 3.97, "E16-k2": 4.1}
   for p in sweep_points[:-1]:
     sweep.write_json(os.path.join(sweep.point_dir(str(tmp_path), p.name), sweep.RESULT),
                      {"name": p.name, "meta": p.meta, "eval_loss": loss[p.meta["setting"]]})
-  points, setting = moe_vs_dense.all_points(cfg, str(tmp_path))
+  points, setting = moe_comparison.all_points(cfg, str(tmp_path))
   assert (points, setting) == (sweep_points, "")  # a sweep run pending: the seeds stage waits
   p = sweep_points[-1]
   sweep.write_json(os.path.join(sweep.point_dir(str(tmp_path), p.name), sweep.RESULT),
                    {"name": p.name, "meta": p.meta, "eval_loss": loss["E16-k2"]})
-  points, setting = moe_vs_dense.all_points(cfg, str(tmp_path))
+  points, setting = moe_comparison.all_points(cfg, str(tmp_path))
   assert setting == "E8-k2" and points[:5] == sweep_points
   assert [(p.meta["setting"], p.meta["seed"]) for p in points[5:]] == [
       ("dense", 1), ("E8-k2", 1), ("dense", 2), ("E8-k2", 2)]  # seed 0: the sweep's runs
   cfg.compare = "E16-k1"
-  assert moe_vs_dense.all_points(cfg, str(tmp_path))[1] == "E16-k1"
+  assert moe_comparison.all_points(cfg, str(tmp_path))[1] == "E16-k1"
 
 
 def test_moe_vs_dense_end_to_end_and_restarts_without_retraining(tmp_path, tiny_corpus):
