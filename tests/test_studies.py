@@ -87,9 +87,9 @@ def _oracle_of_the_first_pair(tok):
 
 
 def test_lost_in_middle_end_to_end_and_from_an_init_workdir(tmp_path):
-  from experiments import lost_in_middle
   from experiments.configs import lost_in_middle as config
   from train.data import tokenizer as tokenizer_lib
+  from train.studies import retrieval_eval
 
   out = run_script("experiments.lost_in_middle", "--config=experiments/configs/lost_in_middle.py:tiny",
                    f"--workdir={tmp_path}")
@@ -112,7 +112,7 @@ def test_lost_in_middle_end_to_end_and_from_an_init_workdir(tmp_path):
   # the gold pair comes first.
   run = next(tmp_path.glob("points/*"))
   tok = tokenizer_lib.load(str(run))
-  oracle = lost_in_middle.position_rows(cfg, tok, row - 1, _oracle_of_the_first_pair(tok))
+  oracle = retrieval_eval.position_rows(cfg, tok, row - 1, _oracle_of_the_first_pair(tok))
   assert [r["accuracy"] for r in oracle] == [float(r["position"] == 1) for r in oracle]
 
   again = run_script("experiments.lost_in_middle", "--config=experiments/configs/lost_in_middle.py:tiny",
@@ -123,15 +123,15 @@ def test_lost_in_middle_end_to_end_and_from_an_init_workdir(tmp_path):
 
 
 def test_lost_in_middle_seed_mean_has_a_paired_interval_around_it():
-  from experiments import lost_in_middle
+  from train.studies import retrieval_eval
 
   row = {"variant": "after", "k": 4, "position": 1, "n": 4}
   per_seed = {0: [{**row, "accuracy": 1.0, "ci95": [0.5, 1.0], "correct": "1111"}],
               1: [{**row, "accuracy": 0.5, "ci95": [0.2, 0.8], "correct": "1100"}]}
-  (mean,) = lost_in_middle.combine(per_seed)
+  (mean,) = retrieval_eval.combine(per_seed)
   assert mean["accuracy"] == 0.75 and mean["accuracy_by_seed"] == [1.0, 0.5]
   assert 0.5 <= mean["ci95"][0] < 0.75 < mean["ci95"][1] <= 1.0  # resamples: 4 to 8 hits of 8
-  lo, hi = lost_in_middle.wilson(45, 50)
+  lo, hi = retrieval_eval.wilson(45, 50)
   assert 0.78 < lo < 0.79 and 0.95 < hi < 0.96  # 90% of 50: Wilson's 95% interval
 
 
