@@ -12,7 +12,7 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   # The built-in task: integer arithmetic with exact answers, seeded, split into train and
-  # held-out problems by train/align/arithmetic.py. Every stage of a chain must use the same task.
+  # held-out problems by train/data/arithmetic.py. Every stage of a chain must use the same task.
   c.task = ml_collections.ConfigDict()
   c.task.digits = 2  # both operands have exactly this many digits
   c.task.ops = "+-"  # any of "+-*"; subtraction answers are non-negative
