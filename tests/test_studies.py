@@ -33,13 +33,13 @@ def test_scaling_sweep_runs_collects_and_restarts_without_retraining(tmp_path, t
 
 
 def test_scaling_report_fits_and_plots_synthetic_runs(tmp_path):
-  from experiments import scaling
   from experiments.configs.sweeps import cpu_small
+  from train.studies import scaling_fit, scaling_grid
   from train.studies import scaling_law as sl
 
   cfg = cpu_small.get_config()
   cfg.fit.grid, cfg.fit.bootstrap, cfg.fit.max_iter = "minimal", 0, 200  # bootstrap: tested elsewhere
-  points = scaling.make_points(cfg)
+  points = scaling_grid.make_points(cfg)
   law = sl.ChinchillaFit(E=1.5, A=60.0, B=300.0, alpha=0.3, beta=0.35)
   for p in points:
     cfg_p = sweep.point_config(cfg.base, p)
@@ -50,7 +50,7 @@ def test_scaling_report_fits_and_plots_synthetic_runs(tmp_path):
         "name": p.name, "meta": p.meta, "params": n, "params_non_embedding": n, "tokens": d,
         "flops_6nd": 6.0 * n * d, "flops": 6.0 * n * d, "loss": 0, "eval_loss": float(law.loss(n, d)),
         "wall_s": 1.0, "cpu_s": 1.0})
-  summary = scaling.report(str(tmp_path), points, cfg, str(tmp_path / "out"))
+  summary = scaling_fit.report(str(tmp_path), points, cfg, str(tmp_path / "out"))
   assert summary["runs"] == len(points)
   assert abs(summary["law"]["alpha"] - 0.3) < 0.05 and abs(summary["law"]["beta"] - 0.35) < 0.05
   assert len(summary["plots"]) == 2 and all(os.path.exists(p) for p in summary["plots"])
