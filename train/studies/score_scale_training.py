@@ -111,7 +111,9 @@ def token_rows(tcfg, workdir: str):
 
 def train_point(tcfg, workdir: str, d_head: int, scaled: bool, seed: int) -> dict:
   """Trains one arm from one seed (the init and the batch order) with the library's train step on
-  one device; returns its held-out loss, loss curve and the trained attention's entropy."""
+  one device; returns its held-out loss, loss curve and the trained attention's entropy. A state
+  that turns NaN or Inf stops the point with loop.NonFiniteLoss, and SIGINT / SIGTERM stop it
+  unrecorded; either way a rerun trains it again."""
   import jax
   import numpy as np
 
