@@ -1,8 +1,8 @@
-"""train/align/arithmetic.py: determinism, exact answers, a held-out split that never leaks."""
+"""train/data/arithmetic.py: determinism, exact answers, a held-out split that never leaks."""
 
 import pytest
 
-from train.align import arithmetic
+from train.data import arithmetic
 
 
 def test_same_arguments_give_the_same_problems():

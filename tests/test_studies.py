@@ -33,13 +33,13 @@ def test_scaling_sweep_runs_collects_and_restarts_without_retraining(tmp_path, t
 
 
 def test_scaling_report_fits_and_plots_synthetic_runs(tmp_path):
-  from experiments import scaling
   from experiments.configs.sweeps import cpu_small
+  from train.studies import scaling_fit, scaling_grid
   from train.studies import scaling_law as sl
 
   cfg = cpu_small.get_config()
   cfg.fit.grid, cfg.fit.bootstrap, cfg.fit.max_iter = "minimal", 0, 200  # bootstrap: tested elsewhere
-  points = scaling.make_points(cfg)
+  points = scaling_grid.make_points(cfg)
   law = sl.ChinchillaFit(E=1.5, A=60.0, B=300.0, alpha=0.3, beta=0.35)
   for p in points:
     cfg_p = sweep.point_config(cfg.base, p)
@@ -50,7 +50,7 @@ def test_scaling_report_fits_and_plots_synthetic_runs(tmp_path):
         "name": p.name, "meta": p.meta, "params": n, "params_non_embedding": n, "tokens": d,
         "flops_6nd": 6.0 * n * d, "flops": 6.0 * n * d, "loss": 0, "eval_loss": float(law.loss(n, d)),
         "wall_s": 1.0, "cpu_s": 1.0})
-  summary = scaling.report(str(tmp_path), points, cfg, str(tmp_path / "out"))
+  summary = scaling_fit.report(str(tmp_path), points, cfg, str(tmp_path / "out"))
   assert summary["runs"] == len(points)
   assert abs(summary["law"]["alpha"] - 0.3) < 0.05 and abs(summary["law"]["beta"] - 0.35) < 0.05
   assert len(summary["plots"]) == 2 and all(os.path.exists(p) for p in summary["plots"])
@@ -87,9 +87,9 @@ def _oracle_of_the_first_pair(tok):
 
 
 def test_lost_in_middle_end_to_end_and_from_an_init_workdir(tmp_path):
-  from experiments import lost_in_middle
   from experiments.configs import lost_in_middle as config
   from train.data import tokenizer as tokenizer_lib
+  from train.studies import retrieval_eval
 
   out = run_script("experiments.lost_in_middle", "--config=experiments/configs/lost_in_middle.py:tiny",
                    f"--workdir={tmp_path}")
@@ -112,7 +112,7 @@ def test_lost_in_middle_end_to_end_and_from_an_init_workdir(tmp_path):
   # the gold pair comes first.
   run = next(tmp_path.glob("points/*"))
   tok = tokenizer_lib.load(str(run))
-  oracle = lost_in_middle.position_rows(cfg, tok, row - 1, _oracle_of_the_first_pair(tok))
+  oracle = retrieval_eval.position_rows(cfg, tok, row - 1, _oracle_of_the_first_pair(tok))
   assert [r["accuracy"] for r in oracle] == [float(r["position"] == 1) for r in oracle]
 
   again = run_script("experiments.lost_in_middle", "--config=experiments/configs/lost_in_middle.py:tiny",
@@ -123,15 +123,15 @@ def test_lost_in_middle_end_to_end_and_from_an_init_workdir(tmp_path):
 
 
 def test_lost_in_middle_seed_mean_has_a_paired_interval_around_it():
-  from experiments import lost_in_middle
+  from train.studies import retrieval_eval
 
   row = {"variant": "after", "k": 4, "position": 1, "n": 4}
   per_seed = {0: [{**row, "accuracy": 1.0, "ci95": [0.5, 1.0], "correct": "1111"}],
               1: [{**row, "accuracy": 0.5, "ci95": [0.2, 0.8], "correct": "1100"}]}
-  (mean,) = lost_in_middle.combine(per_seed)
+  (mean,) = retrieval_eval.combine(per_seed)
   assert mean["accuracy"] == 0.75 and mean["accuracy_by_seed"] == [1.0, 0.5]
   assert 0.5 <= mean["ci95"][0] < 0.75 < mean["ci95"][1] <= 1.0  # resamples: 4 to 8 hits of 8
-  lo, hi = lost_in_middle.wilson(45, 50)
+  lo, hi = retrieval_eval.wilson(45, 50)
   assert 0.78 < lo < 0.79 and 0.95 < hi < 0.96  # 90% of 50: Wilson's 95% interval
 
 
@@ -140,21 +140,21 @@ def test_study_attention_with_the_scale_is_the_models_own_attention():
   import jax.numpy as jnp
   from flax import nnx
 
-  from experiments import attention_scale
   from experiments.configs import attention_scale as config
   from model import layers
+  from train.studies import score_scale_training as training
 
   tcfg = config.get_config("tiny").train
-  cfg = attention_scale.model_config(tcfg, 16)
+  cfg = training.model_config(tcfg, 16)
   base = layers.Attention(cfg, nnx.Rngs(params=jax.random.key(0)))
   x_BxTxD = jax.random.normal(jax.random.key(1), (2, tcfg.seq_len, cfg.d_model))
   positions_BxT = jnp.broadcast_to(jnp.arange(tcfg.seq_len)[None], (2, tcfg.seq_len))
   expected = base(x_BxTxD, positions_BxT)
-  study = attention_scale.study_attention_class()
+  study = training.study_attention_class()
   # The copy-for-study with the scale is the model's attention, and the scale reaches the scores.
   assert jnp.allclose(study(base, 16 ** -0.5)(x_BxTxD, positions_BxT), expected, atol=1e-5)
   assert not jnp.allclose(study(base, 1.0)(x_BxTxD, positions_BxT), expected, atol=1e-3)
-  graphdef, params = attention_scale.build_model(tcfg, 16, scaled=False, seed=0)
+  graphdef, params = training.build_model(tcfg, 16, scaled=False, seed=0)
   assert all(type(b.attn) is study and b.attn.scale == 1.0 for b in nnx.merge(graphdef, params).blocks)
 
 
@@ -181,8 +181,8 @@ def test_attention_scale_end_to_end_restarts_and_the_unscaled_softmax_saturates(
 
 
 def test_bpe_study_end_to_end_compresses_more_with_a_larger_vocabulary(tmp_path):
-  from experiments import bpe_study
   from experiments.configs import bpe
+  from train.studies import bpe_measures
 
   out = run_script("experiments.bpe_study", "--config=experiments/configs/bpe.py:tiny",
                    f"--workdir={tmp_path}", f"--out={tmp_path / 'out'}")
@@ -195,38 +195,38 @@ def test_bpe_study_end_to_end_compresses_more_with_a_larger_vocabulary(tmp_path)
     assert by_vocab["512"]["multi_piece_share"] < by_vocab["256"]["multi_piece_share"]
     assert by_vocab["512"]["unicode_round_trips"] == 5 * 10
   assert (tmp_path / "out" / "bpe.png").exists()
-  assert sweep.pending(str(tmp_path), bpe_study.make_points(bpe.get_config("tiny"))) == []
+  assert sweep.pending(str(tmp_path), bpe_measures.make_points(bpe.get_config("tiny"))) == []
 
 
 def test_bpe_unicode_check_fails_on_a_tokenizer_with_unknown_tokens():
   from tokenizers import Tokenizer, models, pre_tokenizers
   import pytest
 
-  from experiments import bpe_study
+  from train.studies import bpe_measures
 
-  samples = bpe_study.unicode_samples(3, 20, seed=0)
+  samples = bpe_measures.unicode_samples(3, 20, seed=0)
   vocab = {c: i for i, c in enumerate(["[UNK]"] + [chr(c) for c in range(32, 127)])}
   lossy = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
   lossy.pre_tokenizer = pre_tokenizers.Whitespace()
   with pytest.raises(AssertionError):
-    bpe_study.check_no_unknown(lossy, samples)
+    bpe_measures.check_no_unknown(lossy, samples)
 
 
 def test_bpe_prose_is_docstrings_and_comments_without_code():
-  from experiments import bpe_study
+  from train.studies import bpe_corpus
 
   source = ('"""Module doc."""\n\nimport os  # why os\n\n\ndef f(x):\n  """Adds one.\n\n  More.\n  """\n'
             '  # first line\n  # second line\n  return x + 1\n')
-  prose = bpe_study.prose_of(source)
+  prose = bpe_corpus.prose_of(source)
   assert prose == "Module doc.\n\nwhy os\n\nAdds one.\n\nMore.\n\nfirst line second line"
-  assert bpe_study.prose_of("def broken(:\n") == ""
+  assert bpe_corpus.prose_of("def broken(:\n") == ""
 
 
 def test_bpe_study_reads_the_same_stdlib_files_as_the_default_corpus():
-  from experiments import bpe_study
   from train.data import pipeline as data
+  from train.studies import bpe_corpus
 
-  assert sorted(bpe_study.source_files("", seed=0)) == data.stdlib_files()
+  assert sorted(bpe_corpus.source_files("", seed=0)) == data.stdlib_files()
 def test_accelerator_smoke_runs_every_section_without_grain_or_ml_collections(tmp_path):
   """Catches: a section that raises (it would be recorded under errors, not in sections), a
   results.json missing a number the docs quote, and an import of grain, ml_collections or
@@ -267,9 +267,9 @@ def test_accelerator_smoke_runs_every_section_without_grain_or_ml_collections(tm
 
 
 def test_moe_vs_dense_aggregates_each_arm_over_its_seeds_and_pairs_seeds_across_arms():
-  from experiments import moe_vs_dense
+  from train.studies import moe_comparison
 
-  out = moe_vs_dense.aggregate({"dense": {0: 4.0, 1: 4.2, 2: 4.1}, "E8-k2": {2: 3.8, 0: 3.9, 1: 4.3}})
+  out = moe_comparison.aggregate({"dense": {0: 4.0, 1: 4.2, 2: 4.1}, "E8-k2": {2: 3.8, 0: 3.9, 1: 4.3}})
   dense, moe = out["arms"]["dense"], out["arms"]["E8-k2"]
   assert np.isclose(dense["mean"], 4.1) and np.isclose(dense["std"], 0.1)  # ddof 1
   assert np.isclose(moe["mean"], 4.0) and np.isclose(moe["std"], np.std([3.9, 4.3, 3.8], ddof=1))
@@ -278,34 +278,34 @@ def test_moe_vs_dense_aggregates_each_arm_over_its_seeds_and_pairs_seeds_across_
   assert np.allclose([d["paired"][s] for s in "012"], [-0.1, 0.1, -0.3])  # same seed, not same rank
   assert np.isclose(d["mean"], -0.1) and np.isclose(d["paired_std"], 0.2)
   assert not d["lower_by_more_than_std"] and not d["ranges_separate"]
-  clear = moe_vs_dense.aggregate({"dense": {0: 4.0, 1: 4.02}, "E8-k2": {0: 3.9, 1: 3.91}})
+  clear = moe_comparison.aggregate({"dense": {0: 4.0, 1: 4.02}, "E8-k2": {0: 3.9, 1: 3.91}})
   assert clear["difference"]["lower_by_more_than_std"] and clear["difference"]["ranges_separate"]
 
 
 def test_moe_vs_dense_hands_out_the_seeds_stage_of_the_best_setting_once_the_sweep_is_done(tmp_path):
-  from experiments import moe_vs_dense
   from experiments.configs import moe_vs_dense as config
+  from train.studies import moe_comparison
 
   cfg = config.get_config()
   cfg.sweep.settings = ("E8-k1", "E8-k2", "E16-k1", "E16-k2")
-  sweep_points = moe_vs_dense.sweep_points(cfg)
+  sweep_points = moe_comparison.sweep_points(cfg)
   assert [p.meta["setting"] for p in sweep_points] == ["dense", "E8-k1", "E8-k2", "E16-k1", "E16-k2"]
   assert sweep_points[2].overrides["model.moe.d_expert"] == cfg.base.model.d_ff // 2  # equal active
   loss = {"dense": 4.0, "E8-k1": 3.95, "E8-k2": 3.9, "E16-k1": 3.97, "E16-k2": 4.1}
   for p in sweep_points[:-1]:
     sweep.write_json(os.path.join(sweep.point_dir(str(tmp_path), p.name), sweep.RESULT),
                      {"name": p.name, "meta": p.meta, "eval_loss": loss[p.meta["setting"]]})
-  points, setting = moe_vs_dense.all_points(cfg, str(tmp_path))
+  points, setting = moe_comparison.all_points(cfg, str(tmp_path))
   assert (points, setting) == (sweep_points, "")  # a sweep run pending: the seeds stage waits
   p = sweep_points[-1]
   sweep.write_json(os.path.join(sweep.point_dir(str(tmp_path), p.name), sweep.RESULT),
                    {"name": p.name, "meta": p.meta, "eval_loss": loss["E16-k2"]})
-  points, setting = moe_vs_dense.all_points(cfg, str(tmp_path))
+  points, setting = moe_comparison.all_points(cfg, str(tmp_path))
   assert setting == "E8-k2" and points[:5] == sweep_points
   assert [(p.meta["setting"], p.meta["seed"]) for p in points[5:]] == [
       ("dense", 1), ("E8-k2", 1), ("dense", 2), ("E8-k2", 2)]  # seed 0: the sweep's runs
   cfg.compare = "E16-k1"
-  assert moe_vs_dense.all_points(cfg, str(tmp_path))[1] == "E16-k1"
+  assert moe_comparison.all_points(cfg, str(tmp_path))[1] == "E16-k1"
 
 
 def test_moe_vs_dense_end_to_end_and_restarts_without_retraining(tmp_path, tiny_corpus):

@@ -320,7 +320,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class TaskSettings:
   """task.*: the built-in task, integer arithmetic with exact answers, seeded, split into train and
-  held-out problems by train/align/arithmetic.py. Every stage of a chain must use the same task."""
+  held-out problems by train/data/arithmetic.py. Every stage of a chain must use the same task."""
 
   digits: int = 2  # both operands have exactly this many digits
   ops: str = "+-"  # any of "+-*"; subtraction answers are non-negative

@@ -24,7 +24,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.unicode = ml_collections.ConfigDict()
-  c.unicode.samples = 200  # random strings per kind (see bpe_study.unicode_samples)
+  c.unicode.samples = 200  # random strings per kind (see train/studies/bpe_measures.py unicode_samples)
   c.unicode.length = 40  # code points per string
   c.unicode.seed = 1
 

@@ -33,7 +33,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.data.problems_per_digit = 20000  # drawn with replacement; held-out ones removed
   c.data.held_out_fraction = 0.2
   c.data.per_document = 16  # problems per training document, one per line
-  c.data.spaced_digits = True  # one token per digit (see train/align/arithmetic.py)
+  c.data.spaced_digits = True  # one token per digit (see train/data/arithmetic.py)
   c.data.stdlib_fraction = 0.25  # share of the corpus's characters that is Python source
   c.data.seed = 0
 

@@ -16,7 +16,7 @@ see the same batches in the same order.
 
 Capacity dispatch is used: on a CPU, XLA lowers jax.lax.ragged_dot (dropless) to a masked dense
 matmul over all experts, so dropless costs n_experts / top_k times the active FLOPs
-(experiments/moe_vs_dense.py measures both from the compiled step).
+(train/studies/moe_measures.py measures both from the compiled step).
 
 `--config=experiments/configs/moe_vs_dense.py:tiny` is a one-MoE-setting, two-seed, two-step version
 for tests.

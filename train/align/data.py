@@ -70,12 +70,12 @@ def read_jsonl(path: str, fields: Sequence[str]) -> list[dict]:
 
 
 def task_problems(task, split: str) -> list:
-  """The arithmetic task's train or held-out problems (train/align/arithmetic.py), unique, in draw order.
+  """The arithmetic task's train or held-out problems (train/data/arithmetic.py), unique, in draw order.
 
   Problems are drawn from one seeded stream and sent to a side by arithmetic.split (a hash of
   the prompt), so the held-out set is the same whatever n_train is, and never overlaps training.
   """
-  from train.align import arithmetic
+  from train.data import arithmetic
 
   if split not in ("train", "heldout"):
     raise DataError(f"split must be 'train' or 'heldout', got {split!r}")
@@ -97,7 +97,7 @@ def task_problems(task, split: str) -> list:
 
 def task_examples(task, split: str) -> list[Prompted]:
   """Prompts with answers of the task's `split`, rendered as config.task.spaced_digits says."""
-  from train.align import arithmetic
+  from train.data import arithmetic
 
   return [Prompted(*arithmetic.render(p, task.spaced_digits)) for p in task_problems(task, split)]
 
@@ -116,7 +116,7 @@ def wrong_answer(answer: str, rng: random.Random) -> str:
 
 def task_pairs(task, seed: int) -> list[Pair]:
   """One preference pair per training problem: chosen the answer, rejected a near miss."""
-  from train.align import arithmetic
+  from train.data import arithmetic
 
   rng = random.Random(seed)
   pairs = []
