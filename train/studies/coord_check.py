@@ -89,11 +89,12 @@ def layer_outputs(model: transformer.Transformer, tokens_BxT: jax.Array) -> dict
   return outs
 
 
-def train_and_record(cfg: ModelConfig, check: CoordCheck, seed: int) -> dict[str, np.ndarray]:
-  """Layer -> RMS after each of steps 0 (initialisation) .. check.steps, (steps + 1,).
+def train_and_record(cfg: ModelConfig, check: CoordCheck,
+                     seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
+  """Per seed: layer -> RMS after each of steps 0 (initialisation) .. check.steps, (steps + 1,).
 
-  Initialisation, the steps (a lax.scan) and the records are one jitted function: one compile
-  per width.
+  Initialisation, the steps (a lax.scan) and the records are one jitted function of the seed's
+  key: one compile per width, whatever the number of seeds.
   """
   graphdef, _ = transformer.abstract(cfg)
   tx = optimizer_lib.with_lr_multipliers(optax.adam(check.lr))
@@ -124,7 +125,8 @@ def train_and_record(cfg: ModelConfig, check: CoordCheck, seed: int) -> dict[str
     at_init = rms_of_layers(params, inputs_BxT)
     return {k: jnp.concatenate([at_init[k][None], after_S[k]]) for k in at_init}
 
-  return {k: np.asarray(v, np.float64) for k, v in history(jax.random.key(seed)).items()}
+  return [{k: np.asarray(v, np.float64) for k, v in history(jax.random.key(seed)).items()}
+          for seed in seeds]
 
 
 def slopes(widths: Sequence[int], rms_by_width: Sequence[dict[str, np.ndarray]]) -> dict[str, list[float]]:
@@ -143,7 +145,7 @@ def run(check: CoordCheck, parametrization: str) -> dict:
   per_width = []
   for width in check.widths:
     cfg = check.model_config(width, parametrization)
-    runs = [train_and_record(cfg, check, seed) for seed in range(check.seeds)]
+    runs = train_and_record(cfg, check, range(check.seeds))
     per_width.append({k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]})
   return {"rms": {layer: {str(w): r[layer].tolist() for w, r in zip(check.widths, per_width)}
                   for layer in per_width[0]},
