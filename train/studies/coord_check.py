@@ -153,14 +153,14 @@ def run(check: CoordCheck, parametrization: str) -> dict:
 
 
 def provenance() -> dict:
-  """The commit, whether the tree had uncommitted changes, the command, date and machine."""
+  """The commit, whether tracked files had uncommitted changes, the command, date and machine."""
   def git(*args: str) -> str:
     try:
       return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
       return ""
 
-  return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain")),
+  return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
           "argv": sys.argv, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
           "jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": os.cpu_count()}
 
