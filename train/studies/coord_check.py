@@ -160,7 +160,8 @@ def provenance() -> dict:
     except (OSError, subprocess.CalledProcessError):
       return ""
 
-  return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+  dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+  return {"commit": git("rev-parse", "HEAD"), "dirty": dirty,
           "argv": sys.argv, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
           "jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": os.cpu_count()}
 
