@@ -1,7 +1,10 @@
 """Scaled dot-product attention, one entry point for every implementation.
 
 Attention(Q, K, V) = softmax(Q K^T / sqrt(d_head)) V, with future positions masked before the
-softmax when causal. Shapes: B batch, T query length, S key length, H query heads, K key/value
+softmax when causal. `scale` replaces 1/sqrt(d_head) (muP: sqrt(base_head_dim) / d_head) and
+`softcap` > 0 caps the scaled scores, cap * tanh(s / cap), before the mask (Gemma 2); every
+implementation takes a scale, only reference and flash a soft-cap (auto then picks flash).
+Shapes: B batch, T query length, S key length, H query heads, K key/value
 heads, G = H / K query heads per key/value head, Dh head dimension.
 
 MHA, MQA and GQA are one code path: the H query heads are viewed as K groups of G heads, and each
@@ -15,7 +18,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from model import flash, kernels
+from model import flash, kernels, primitives
 from model.masks import MASK_VALUE, make_mask
 
 # The dispatch table is built here from functions this module imports: flash and the kernels
@@ -33,9 +36,12 @@ def reference_attention(
     q_segment_ids_BxT: Optional[jax.Array] = None,
     kv_segment_ids_BxS: Optional[jax.Array] = None,
     window: int = 0,
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
 ) -> jax.Array:
   """Plain attention that materialises the (T, S) score matrix: the ground truth. window > 0:
-  sliding-window attention (model.masks.make_mask).
+  sliding-window attention (model.masks.make_mask). scale: None = dh ** -0.5; softcap > 0:
+  scores capped by softcap * tanh(scores / softcap) before the mask.
 
   The matmuls run with (B, K) as leading batch axes and Dh (scores) or S (the weighted sum) as
   the contracted minor axis: q, k and v are transposed into that layout once (B x T x H x Dh
@@ -51,7 +57,8 @@ def reference_attention(
   v_BxKxSxDh = v_BxSxKxDh.transpose(0, 2, 1, 3)
   scores_BxKxGxTxS = jnp.einsum(
       "bkgtd,bksd->bkgts", q_BxKxGxTxDh, k_BxKxSxDh, preferred_element_type=jnp.float32)
-  scores_BxKxGxTxS = scores_BxKxGxTxS * (dh ** -0.5)
+  scores_BxKxGxTxS = primitives.softcap(
+      scores_BxKxGxTxS * (dh ** -0.5 if scale is None else scale), softcap)
   mask = make_mask(
       t, s, causal=causal, q_positions_BxT=q_positions_BxT,
       q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS, window=window)
@@ -89,13 +96,15 @@ def available_implementations() -> tuple[str, ...]:
   return tuple(sorted(_IMPLEMENTATIONS))
 
 
-def _auto(q_BxTxHxDh: jax.Array, q_segment_ids_BxT: Optional[jax.Array], window: int) -> str:
+def _auto(q_BxTxHxDh: jax.Array, q_segment_ids_BxT: Optional[jax.Array], window: int,
+          softcap: float = 0.0) -> str:
   """The fastest implementation available here for these inputs; never one that would fail.
 
   cuDNN where it takes the dtype and head dim, unless segment ids are given (it would need a
-  dense (B, 1, T, S) mask: quadratic memory); the Pallas kernel on TPU; flash everywhere else.
+  dense (B, 1, T, S) mask: quadratic memory); the Pallas kernel on TPU; flash everywhere else,
+  and whenever a window or a soft-cap is asked for.
   """
-  if window:  # the kernels' wrappers take no window
+  if window or softcap:  # the kernels' wrappers take neither
     return "flash"
   if "cudnn" in _IMPLEMENTATIONS and q_segment_ids_BxT is None and kernels.cudnn_supports(
       q_BxTxHxDh.dtype, q_BxTxHxDh.shape[-1]):
@@ -116,15 +125,18 @@ def attention(
     q_segment_ids_BxT: Optional[jax.Array] = None,
     kv_segment_ids_BxS: Optional[jax.Array] = None,
     window: int = 0,
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
 ) -> jax.Array:
   """Dispatches to the named implementation; returns (B, T, H, Dh) in the dtype of q.
-  window > 0: sliding-window attention (reference and flash; auto picks flash)."""
+  window > 0: sliding-window attention, softcap > 0: capped scores (both reference and flash;
+  auto picks flash). scale: the scores' scale, None = 1/sqrt(Dh) (every implementation)."""
   h, kv = q_BxTxHxDh.shape[2], k_BxSxKxDh.shape[2]
   if h % kv:
     raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({kv})")
   _load_implementations()
   if implementation == "auto":
-    implementation = _auto(q_BxTxHxDh, q_segment_ids_BxT, window)
+    implementation = _auto(q_BxTxHxDh, q_segment_ids_BxT, window, softcap)
   fn = _IMPLEMENTATIONS.get(implementation)
   if fn is None:
     raise ValueError(
@@ -134,7 +146,14 @@ def attention(
   if window and implementation not in ("reference", "flash"):
     raise ValueError(f"attention implementation {implementation!r} has no sliding window; use "
                      "flash, reference or auto (model.attention_impl)")
-  window_kw = {"window": window} if window else {}
+  if softcap and implementation not in ("reference", "flash"):
+    raise ValueError(f"attention implementation {implementation!r} has no soft-cap; use flash, "
+                     "reference or auto (model.attention_impl) with model.attn_logit_softcap")
+  extra_kw = {"window": window} if window else {}
+  if scale is not None:
+    extra_kw["scale"] = scale
+  if softcap:
+    extra_kw["softcap"] = softcap
   return fn(
       q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
-      q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS, **window_kw)
+      q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS, **extra_kw)

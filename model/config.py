@@ -23,6 +23,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 # 5-bit exponent underflows small gradients unless the loss is scaled, which llmlab does not do.
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
+PARAMETRIZATIONS = ("sp", "mup")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,19 @@ class ModelConfig:
   remat: str = "none"  # rematerialisation policy of each layer: none | full | dots
   init_std: float = 0.02
   moe: MoEConfig = MoEConfig()  # n_experts = 0: every layer is a dense SwiGLU
+  # sp: standard parametrization (init_std everywhere, one learning rate, 1/sqrt(d_head) scores).
+  # mup: maximal update parametrization (Yang et al. 2022) relative to a base model of d_model
+  # base_width, m = d_model / base_width: hidden matrices init init_std / sqrt(m) and Adam lr / m,
+  # logits * 1/m, scores * sqrt(base_head_dim) / d_head; at m = 1 exactly sp (docs/training.md).
+  parametrization: str = "sp"
+  base_width: int = 0  # mup: the base model's d_model; 0 = d_model (m = 1)
+  # mup: the base model's head width; 0 = head_dim / m (n_heads fixed, the head widens with
+  # d_model); set it to d_head when the heads are added instead and keep their width.
+  base_head_dim: int = 0
+  # Soft-caps (Gemma 2: 30 and 50): cap * tanh(x / cap) on the output logits and on the scaled
+  # attention scores before the mask and softmax; 0 = off.
+  final_logit_softcap: float = 0.0
+  attn_logit_softcap: float = 0.0
 
   def __post_init__(self):
     if isinstance(self.moe, dict):  # from a config file or config.json
@@ -144,6 +158,8 @@ class ModelConfig:
     if self.remat not in REMAT_POLICIES:
       raise ValueError(
           f"model.remat={self.remat!r} is unknown; allowed: {', '.join(REMAT_POLICIES)}")
+    self._check_parametrization()
+    self._check_softcaps()
     if self.moe.enabled and self.n_layers % self.moe.every:
       raise ValueError(
           f"model.n_layers={self.n_layers} must be divisible by model.moe.every={self.moe.every}")
@@ -152,6 +168,60 @@ class ModelConfig:
       raise ValueError(
           f"model.moe.every={self.moe.every} mixes dense and MoE layers: set "
           "model.scan_layers=False (or model.moe.every=1)")
+
+  def _check_parametrization(self) -> None:
+    if self.parametrization not in PARAMETRIZATIONS:
+      raise ValueError(f"model.parametrization={self.parametrization!r} is unknown; allowed: "
+                       f"{', '.join(PARAMETRIZATIONS)}")
+    for name in ("base_width", "base_head_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"model.{name} must be >= 0 (0 = this model's own), got {value!r}")
+      if value and self.parametrization != "mup":
+        raise ValueError(f"model.{name} is read only by muP: set model.parametrization=mup "
+                         f"or model.{name}=0")
+    if self.parametrization == "mup" and (self.moe.enabled or self.kv_lora_rank):
+      # The router and the latent projections have no muP rule here (which widths scale?).
+      raise ValueError("model.parametrization=mup is not built for MoE (model.moe.n_experts) "
+                       "or latent attention (model.kv_lora_rank): use model.parametrization=sp")
+
+  def _check_softcaps(self) -> None:
+    for name in ("final_logit_softcap", "attn_logit_softcap"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"model.{name} must be >= 0 (0 = off; Gemma 2: 30 and 50), got {value!r}")
+    if self.attn_logit_softcap and self.attention_impl in ("cudnn", "pallas"):
+      raise ValueError(
+          f"model.attention_impl={self.attention_impl} has no attention soft-cap; use flash, "
+          "reference or auto with model.attn_logit_softcap")
+
+  @property
+  def width_mult(self) -> float:
+    """muP's width multiplier m = d_model / base_width; 1.0 under sp."""
+    if self.parametrization != "mup" or not self.base_width:
+      return 1.0
+    return self.d_model / self.base_width
+
+  @property
+  def hidden_init_std(self) -> float:
+    """Init std of the hidden matrices: init_std, over sqrt(m) under muP (variance ~ 1/fan_in)."""
+    m = self.width_mult
+    return self.init_std if m == 1.0 else self.init_std / m ** 0.5
+
+  @property
+  def output_mult(self) -> float:
+    """What the readout's logits are multiplied by: 1/m under muP, 1 under sp."""
+    return 1.0 / self.width_mult
+
+  @property
+  def attn_scale(self) -> float:
+    """The attention scores' scale: 1/sqrt(d_head) under sp; sqrt(base_head_dim) / d_head under
+    muP (1/d_head, equal to sp's at the base width)."""
+    dh = self.head_dim
+    if self.parametrization != "mup":
+      return dh ** -0.5
+    base_dh = self.base_head_dim or dh / self.width_mult
+    return (base_dh / dh) ** 0.5 * dh ** -0.5  # (1.0) * dh ** -0.5 exactly at the base width
 
   @property
   def d_expert(self) -> int:

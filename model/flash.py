@@ -9,7 +9,8 @@ and a running output acc, rescaled by exp(m_old - m_new) whenever the max grows.
 The backward pass is a `jax.custom_vjp` that saves only O, and the log-sum-exp per query row
 (lse = m + log l) and recomputes each score tile from Q, K and lse: P = exp(S - lse) is the exact
 softmax, so dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = dS K, dK = dS^T Q. No (T, S)
-tensor exists in the forward or the backward pass.
+tensor exists in the forward or the backward pass. With a soft-cap (scores c tanh(s / c)), dS is
+further multiplied by the cap's derivative 1 - (capped / c)^2, recomputed from the same tile.
 
 Causal key blocks that lie entirely in the future of every query in a query block are never
 visited: each query block loops over key blocks [0, hi) with hi computed from its largest query
@@ -39,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from model.masks import MASK_VALUE
+from model.primitives import softcap
 
 # Measured on a 2-core CPU (B=1, H=4, Dh=64, n=2048, forward+backward): 256 x 128 tiles were the
 # fastest of 128..1024; larger tiles spill the caches, smaller ones pay more per-iteration overhead.
@@ -56,6 +58,8 @@ class _Plan(NamedTuple):
   kv_len: int  # S before padding; keys at or past it are padding and always masked
   kv_padded: bool
   window: int = 0  # sliding window: a query at p sees keys p - window + 1..p; 0 = all
+  scale: float = 0.0  # the scores' scale (flash_attention fills in dh ** -0.5 when none is given)
+  softcap: float = 0.0  # > 0: scores capped by softcap * tanh(s / softcap) before the mask
 
 
 def round_up(n: int, m: int) -> int:
@@ -72,10 +76,13 @@ def flash_attention(
     q_segment_ids_BxT: Optional[jax.Array] = None,
     kv_segment_ids_BxS: Optional[jax.Array] = None,
     window: int = 0,
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
     block_q: int = DEFAULT_BLOCK_Q,
     block_k: int = DEFAULT_BLOCK_K,
 ) -> jax.Array:
   """Blockwise attention with an online softmax; the same masks and result as reference.
+  scale: None = dh ** -0.5; softcap > 0: capped scores (the backward pass differentiates the cap).
 
   Lengths need not be multiples of the block sizes: Q, K and V are padded to whole blocks
   internally and the padded keys masked. Returns (B, T, H, Dh) in the dtype of q.
@@ -87,7 +94,8 @@ def flash_attention(
   tp, sp = round_up(t, bq), round_up(s, bk)
   if window and not causal:
     raise ValueError("a sliding window needs causal attention")
-  plan = _Plan(causal=causal, block_q=bq, block_k=bk, kv_len=s, kv_padded=sp != s, window=window)
+  plan = _Plan(causal=causal, block_q=bq, block_k=bk, kv_len=s, kv_padded=sp != s, window=window,
+               scale=float(dh ** -0.5 if scale is None else scale), softcap=float(softcap))
 
   q_BxKxTxGxDh = q_BxTxHxDh.reshape(b, t, kv, g, dh).transpose(0, 2, 1, 3, 4)
   k_BxKxSxDh = k_BxSxKxDh.transpose(0, 2, 1, 3)
@@ -170,15 +178,20 @@ def _slice(x: Optional[jax.Array], start, size: int, axis: int) -> Optional[jax.
   return None if x is None else jax.lax.dynamic_slice_in_dim(x, start, size, axis)
 
 
-def _scores(plan, q_tile, k_tile, positions, q_seg, kv_seg, kv_start) -> jax.Array:
-  """Scaled, masked float32 scores (B, K, q, G, c) of one tile."""
-  dh = q_tile.shape[-1]
+def _scores(plan, q_tile, k_tile, positions, q_seg, kv_seg, kv_start):
+  """Scaled (soft-capped), masked float32 scores (B, K, q, G, c) of one tile, and the cap's
+  derivative d capped / d scaled = 1 - tanh^2 = 1 - (capped / cap)^2 there (None without a cap),
+  taken before the mask so that masked entries stay finite."""
   s_BxKxqxGxc = jnp.einsum(
-      "bkqgd,bkcd->bkqgc", q_tile, k_tile, preferred_element_type=jnp.float32) * (dh ** -0.5)
+      "bkqgd,bkcd->bkqgc", q_tile, k_tile, preferred_element_type=jnp.float32) * plan.scale
+  dcap_BxKxqxGxc = None
+  if plan.softcap:
+    s_BxKxqxGxc = softcap(s_BxKxqxGxc, plan.softcap)
+    dcap_BxKxqxGxc = 1.0 - jnp.square(s_BxKxqxGxc / plan.softcap)
   mask = _tile_mask(plan, positions, q_seg, kv_seg, kv_start)
   if mask is not None:
     s_BxKxqxGxc = jnp.where(mask, s_BxKxqxGxc, MASK_VALUE)
-  return s_BxKxqxGxc
+  return s_BxKxqxGxc, dcap_BxKxqxGxc
 
 
 def _forward(plan: _Plan, q, k, v, positions, q_seg, kv_seg):
@@ -198,8 +211,8 @@ def _forward(plan: _Plan, q, k, v, positions, q_seg, kv_seg):
     def k_block(j, stats):
       m, l, acc = stats
       k0 = j * bk
-      s = _scores(plan, q_tile, _slice(k, k0, bk, 2), pos_tile, q_seg_tile,
-                  _slice(kv_seg, k0, bk, 1), k0)
+      s, _ = _scores(plan, q_tile, _slice(k, k0, bk, 2), pos_tile, q_seg_tile,
+                     _slice(kv_seg, k0, bk, 1), k0)
       m_new = jnp.maximum(m, s.max(axis=-1))
       correction = jnp.exp(m - m_new)  # 0 on the first visit (m = -inf); s is finite, so m_new too
       p = jnp.exp(s - m_new[..., None])
@@ -228,7 +241,7 @@ def _backward(plan: _Plan, residuals, do):
   q, k, v, positions, q_seg, kv_seg, o, lse = residuals
   bq, bk = plan.block_q, plan.block_k
   n_q, n_k = q.shape[2] // bq, k.shape[2] // bk
-  scale = q.shape[-1] ** -0.5
+  scale = plan.scale
   hi_Q = _key_block_ends(plan, positions, n_q, n_k)
   # rowsum(dO * O) = sum_j P_ij dP_ij, the term the softmax Jacobian subtracts.
   delta_BxKxTxG = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
@@ -246,13 +259,16 @@ def _backward(plan: _Plan, residuals, do):
       dq_buf, dk_acc, dv_acc = acc
       q0 = i * bq
       q_tile, do_tile = _slice(q, q0, bq, 2), _slice(do, q0, bq, 2)
-      s = _scores(plan, q_tile, k_tile, _slice(positions, q0, bq, 1), _slice(q_seg, q0, bq, 1),
-                  kv_seg_tile, k0)
+      s, dcap = _scores(plan, q_tile, k_tile, _slice(positions, q0, bq, 1),
+                        _slice(q_seg, q0, bq, 1), kv_seg_tile, k0)
       p = jnp.exp(s - _slice(lse, q0, bq, 2)[..., None])  # the exact softmax, masked entries 0
       dv_acc += jnp.einsum("bkqgc,bkqgd->bkcd", p.astype(do.dtype), do_tile,
                            preferred_element_type=jnp.float32)
       dp = jnp.einsum("bkqgd,bkcd->bkqgc", do_tile, v_tile, preferred_element_type=jnp.float32)
-      ds = p * (dp - _slice(delta_BxKxTxG, q0, bq, 2)[..., None]) * scale
+      ds = p * (dp - _slice(delta_BxKxTxG, q0, bq, 2)[..., None])  # d loss / d capped scores
+      if dcap is not None:  # through the cap to the scaled scores
+        ds = ds * dcap
+      ds = ds * scale
       dq_tile = _slice(dq_buf, q0, bq, 2) + jnp.einsum(
           "bkqgc,bkcd->bkqgd", ds.astype(k.dtype), k_tile, preferred_element_type=jnp.float32)
       dk_acc += jnp.einsum("bkqgc,bkqgd->bkcd", ds.astype(q.dtype), q_tile,

@@ -10,7 +10,9 @@
 the first dispatch rather than at import, because asking JAX for its backend initialises it, which
 must not happen before a multi-host program has called jax.distributed.initialize.
 
-The kernels know less than `attention` promises, so each wrapper states what it does with the rest:
+Each kernel takes the scores' scale (muP's differs from 1/sqrt(Dh)); none takes a soft-cap, which
+`attention` refuses for them (and `auto` avoids them for). The kernels know less than `attention`
+promises, so each wrapper states what it does with the rest:
 - Causal masks in all three kernels are aligned top-left (query i sees keys 0..i), which equals our
   convention (queries are the last T of S positions) only when T == S. Calls with T != S or with
   explicit q_positions (decoding against a KV cache) go, for cuDNN, through an explicit (B, 1, T, S)
@@ -72,9 +74,12 @@ def dot_product_attention(
     q_segment_ids_BxT: Optional[jax.Array] = None,
     kv_segment_ids_BxS: Optional[jax.Array] = None,
     implementation: str = "cudnn",
+    scale: Optional[float] = None,
 ) -> jax.Array:
-  """`jax.nn.dot_product_attention` with our masks; implementation "xla" lets CPU tests run it."""
+  """`jax.nn.dot_product_attention` with our masks; implementation "xla" lets CPU tests run it.
+  scale: the scores' scale, None = 1/sqrt(Dh)."""
   t, dh = q_BxTxHxDh.shape[1], q_BxTxHxDh.shape[3]
+  scale = dh ** -0.5 if scale is None else scale
   s = k_BxSxKxDh.shape[1]
   if implementation == "cudnn" and not cudnn_supports(q_BxTxHxDh.dtype, dh):
     raise ValueError(
@@ -91,10 +96,10 @@ def dot_product_attention(
     # will be taken is unknown here; flash takes the same masks at any length.
     return flash_attention(
         q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
-        q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
+        q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS, scale=scale)
   return jax.nn.dot_product_attention(
       q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, mask=None if mask is None else mask[:, None],
-      scale=dh ** -0.5, is_causal=kernel_causal, implementation=implementation)
+      scale=scale, is_causal=kernel_causal, implementation=implementation)
 
 
 def _pallas_falls_back(t, s, q_positions_BxT, q_segment_ids_BxT, kv_segment_ids_BxS,
@@ -120,7 +125,8 @@ def _falls_back_to_flash(*, one_segment_array: bool):
                             one_segment_array=one_segment_array):
         return flash_attention(
             q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
-            q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS)
+            q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS,
+            scale=options.get("scale"))
       return kernel(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal, q_segment_ids_BxT,
                     kv_segment_ids_BxS, **options)
 
@@ -167,8 +173,10 @@ def _kernel_inputs(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_segment_ids_BxT, kv_seg
 
 @_falls_back_to_flash(one_segment_array=True)
 def pallas_gpu_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal, q_segment_ids_BxT,
-                         kv_segment_ids_BxS, interpret: bool = False) -> jax.Array:
-  """The Pallas Triton flash kernel; interpret=True runs it on CPU (tests)."""
+                         kv_segment_ids_BxS, interpret: bool = False,
+                         scale: Optional[float] = None) -> jax.Array:
+  """The Pallas Triton flash kernel; interpret=True runs it on CPU (tests). scale: None =
+  1/sqrt(Dh)."""
   from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
 
   t, dh = q_BxTxHxDh.shape[1], q_BxTxHxDh.shape[3]
@@ -179,15 +187,16 @@ def pallas_gpu_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal, q_segment_i
   q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, segments_BxL, _ = _kernel_inputs(
       q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, q_segment_ids_BxT, kv_segment_ids_BxS, length)
   o_BxLxHxDh = pallas_gpu.mha(
-      q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, segments_BxL, sm_scale=dh ** -0.5, causal=causal,
+      q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, segments_BxL, sm_scale=dh ** -0.5 if scale is None else scale, causal=causal,
       block_sizes=pallas_gpu.BlockSizes.get_default(), interpret=interpret)
   return o_BxLxHxDh[:, :t]
 
 
 @_falls_back_to_flash(one_segment_array=False)
 def pallas_tpu_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal, q_segment_ids_BxT,
-                         kv_segment_ids_BxS) -> jax.Array:
-  """The Pallas TPU flash kernel (runs on CPU under pltpu.force_tpu_interpret_mode())."""
+                         kv_segment_ids_BxS, scale: Optional[float] = None) -> jax.Array:
+  """The Pallas TPU flash kernel (runs on CPU under pltpu.force_tpu_interpret_mode()). scale:
+  None = 1/sqrt(Dh)."""
   from jax.experimental.pallas.ops.tpu import flash_attention as pallas_tpu
 
   t, dh = q_BxTxHxDh.shape[1], q_BxTxHxDh.shape[3]
@@ -198,7 +207,8 @@ def pallas_tpu_attention(q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal, q_segment_i
   to_heads_first = functools.partial(jnp.transpose, axes=(0, 2, 1, 3))
   o_BxHxLxDh = pallas_tpu.flash_attention(
       to_heads_first(q_BxLxHxDh), to_heads_first(k_BxLxHxDh), to_heads_first(v_BxLxHxDh),
-      segment_ids=segments, causal=causal, sm_scale=dh ** -0.5)
+      segment_ids=segments, causal=causal,
+      sm_scale=dh ** -0.5 if scale is None else scale)
   return to_heads_first(o_BxHxLxDh)[:, :t]
 
 

@@ -33,12 +33,13 @@ GQA and MQA shrink it by n_heads / n_kv_heads against MHA.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from model import primitives
 from model.config import ModelConfig
 from model.masks import MASK_VALUE
 
@@ -169,7 +170,8 @@ def _visible(q_positions_BxT: jax.Array, s: int, window: int) -> jax.Array:
 
 
 def attend_latent(q_BxTxHxC: jax.Array, latents_BxCxS: jax.Array, q_positions_BxT: jax.Array,
-                  n_value: int, *, scale: float, window: int = 0) -> jax.Array:
+                  n_value: int, *, scale: float, window: int = 0,
+                  softcap: float = 0.0) -> jax.Array:
   """Latent attention's decode (model/mla.py): each of the H query heads, mapped into latent
   space (C = Dc + Dr), against every cached latent; returns the softmax-weighted sum of the first
   n_value (= Dc) latent dims, (B, T, H, Dc). The H heads and T queries are the rows of one matmul
@@ -178,6 +180,7 @@ def attend_latent(q_BxTxHxC: jax.Array, latents_BxCxS: jax.Array, q_positions_Bx
   s = latents_BxCxS.shape[-1]
   scores_BxTHxS = jnp.einsum("bqc,bcs->bqs", q_BxTxHxC.reshape(b, t * h, c), latents_BxCxS,
                              preferred_element_type=jnp.float32) * scale
+  scores_BxTHxS = primitives.softcap(scores_BxTHxS, softcap)
   visible_BxTx1xS = _visible(q_positions_BxT, s, window)[:, :, None, :]
   scores_BxTxHxS = jnp.where(visible_BxTx1xS, scores_BxTHxS.reshape(b, t, h, s), MASK_VALUE)
   probs_BxTHxS = jax.nn.softmax(scores_BxTxHxS, axis=-1).reshape(b, t * h, s)
@@ -192,9 +195,13 @@ def attend(
     v_BKxSxDh: jax.Array,
     q_positions_BxT: jax.Array,
     window: int = 0,
+    *,
+    scale: Optional[float] = None,
+    softcap: float = 0.0,
 ) -> jax.Array:
   """Causal attention of T queries at q_positions over all S cache slots: (B, T, H, Dh).
   window > 0: a query at p sees slots p - window + 1..p only (sliding-window attention).
+  scale: the scores' scale, None = 1/sqrt(Dh); softcap > 0: capped scores, as in training.
 
   The same maths as model/attention.reference_attention (float32 softmax, slot s visible to a
   query at position p iff s <= p, G = H / K query heads per cache head), on this layout: the
@@ -208,7 +215,8 @@ def attend(
                 .reshape(b * kv, t * g, dh))
   scores_BKxTGxS = jnp.einsum(
       "nqd,nds->nqs", q_BKxTGxDh, k_BKxDhxS, preferred_element_type=jnp.float32)
-  scores_BxKxTxGxS = scores_BKxTGxS.reshape(b, kv, t, g, s) * (dh ** -0.5)
+  scores_BxKxTxGxS = primitives.softcap(
+      scores_BKxTGxS.reshape(b, kv, t, g, s) * (dh ** -0.5 if scale is None else scale), softcap)
   visible_BxTxS = _visible(q_positions_BxT, s, window)
   scores_BxKxTxGxS = jnp.where(visible_BxTxS[:, None, :, None, :], scores_BxKxTxGxS, MASK_VALUE)
   probs_BKxTGxS = jax.nn.softmax(scores_BxKxTxGxS, axis=-1).reshape(b * kv, t * g, s)

@@ -28,11 +28,12 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, n_stack: Optional[int] = None):
     self.cfg = cfg
     d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    p = dict(dtype=cfg.weight_dtype, n_stack=n_stack)
-    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # residual-branch scaling (GPT-2)
-    self.wq = make_param(rngs.params(), (d, h, dh), ("embed", "heads", "head_dim"), std=cfg.init_std, **p)
-    self.wk = make_param(rngs.params(), (d, k, dh), ("embed", "kv_heads", "head_dim"), std=cfg.init_std, **p)
-    self.wv = make_param(rngs.params(), (d, k, dh), ("embed", "kv_heads", "head_dim"), std=cfg.init_std, **p)
+    p = dict(dtype=cfg.weight_dtype, n_stack=n_stack, width_mult=cfg.width_mult)
+    std = cfg.hidden_init_std  # init_std, over sqrt(m) under muP
+    out_std = std / (2 * cfg.n_layers) ** 0.5  # residual-branch scaling (GPT-2)
+    self.wq = make_param(rngs.params(), (d, h, dh), ("embed", "heads", "head_dim"), std=std, **p)
+    self.wk = make_param(rngs.params(), (d, k, dh), ("embed", "kv_heads", "head_dim"), std=std, **p)
+    self.wv = make_param(rngs.params(), (d, k, dh), ("embed", "kv_heads", "head_dim"), std=std, **p)
     self.wo = make_param(rngs.params(), (h, dh, d), ("heads", "head_dim", "embed"), std=out_std, **p)
     if cfg.qk_norm:  # one scale over head_dim, shared by every head (as Qwen3's q_norm, k_norm)
       self.q_norm = RMSNorm(cfg, n_stack=n_stack, width=dh, axis="head_dim")
@@ -67,7 +68,8 @@ class Attention(nnx.Module):
     o_BxTxHxDh = attention(
         q, k, v, implementation=self.cfg.attention_impl, causal=True,
         q_segment_ids_BxT=segment_ids_BxT, kv_segment_ids_BxS=segment_ids_BxT,
-        window=self.cfg.sliding_window)
+        window=self.cfg.sliding_window, scale=self.cfg.attn_scale,
+        softcap=self.cfg.attn_logit_softcap)
     return self.project_out(o_BxTxHxDh)
 
   def decode(
@@ -88,7 +90,8 @@ class Attention(nnx.Module):
     q, k_new, v_new = self.project_qkv(x_BxTxD, positions_BxT)
     k_BKxDhxS = kv_cache.write_keys(k_BKxDhxS, k_new, positions_BxT[:, 0])
     v_BKxSxDh = kv_cache.write_values(v_BKxSxDh, v_new, positions_BxT[:, 0])
-    o_BxTxHxDh = kv_cache.attend(q, k_BKxDhxS, v_BKxSxDh, positions_BxT, self.cfg.sliding_window)
+    o_BxTxHxDh = kv_cache.attend(q, k_BKxDhxS, v_BKxSxDh, positions_BxT, self.cfg.sliding_window,
+                                 scale=self.cfg.attn_scale, softcap=self.cfg.attn_logit_softcap)
     return self.project_out(o_BxTxHxDh), k_BKxDhxS, v_BKxSxDh
 
 
@@ -98,10 +101,11 @@ class SwiGLU(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, n_stack: Optional[int] = None):
     self.cfg = cfg
     d, f = cfg.d_model, cfg.d_ff
-    p = dict(dtype=cfg.weight_dtype, n_stack=n_stack)
-    out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
-    self.w_gate = make_param(rngs.params(), (d, f), ("embed", "mlp"), std=cfg.init_std, **p)
-    self.w_up = make_param(rngs.params(), (d, f), ("embed", "mlp"), std=cfg.init_std, **p)
+    p = dict(dtype=cfg.weight_dtype, n_stack=n_stack, width_mult=cfg.width_mult)
+    std = cfg.hidden_init_std
+    out_std = std / (2 * cfg.n_layers) ** 0.5
+    self.w_gate = make_param(rngs.params(), (d, f), ("embed", "mlp"), std=std, **p)
+    self.w_up = make_param(rngs.params(), (d, f), ("embed", "mlp"), std=std, **p)
     self.w_down = make_param(rngs.params(), (f, d), ("mlp", "embed"), std=out_std, **p)
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:

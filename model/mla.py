@@ -80,7 +80,8 @@ class LatentAttention(nnx.Module):
     o_BxTxHxDh = attention(
         q, k_BxTxHxDh, v_BxTxHxDh, implementation=self.cfg.attention_impl, causal=True,
         q_segment_ids_BxT=segment_ids_BxT, kv_segment_ids_BxS=segment_ids_BxT,
-        window=self.cfg.sliding_window)
+        window=self.cfg.sliding_window, scale=self.cfg.attn_scale,
+        softcap=self.cfg.attn_logit_softcap)
     return self._out(o_BxTxHxDh)
 
   def decode(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, latents_BxCxS: jax.Array,
@@ -98,7 +99,7 @@ class LatentAttention(nnx.Module):
     q_lat_BxTxHxDc = jnp.einsum("bthn,chn->bthc", q[..., :dn], self.w_uk[...].astype(dt))
     q_BxTxHxC = jnp.concatenate([q_lat_BxTxHxDc, q[..., dn:]], axis=-1)
     o_lat_BxTxHxDc = kv_cache.attend_latent(
-        q_BxTxHxC, latents_BxCxS, positions_BxT, dc, scale=cfg.head_dim ** -0.5,
-        window=cfg.sliding_window)
+        q_BxTxHxC, latents_BxCxS, positions_BxT, dc, scale=cfg.attn_scale,
+        window=cfg.sliding_window, softcap=cfg.attn_logit_softcap)
     o_BxTxHxDh = jnp.einsum("bthc,chd->bthd", o_lat_BxTxHxDc.astype(dt), self.w_uv[...].astype(dt))
     return self._out(o_BxTxHxDh), latents_BxCxS, unused_BxSx0

@@ -3,7 +3,10 @@ and the projection x @ w with a weight gradient laid out for speed (dense, proje
 
 Every parameter is an nnx.Param carrying `logical_axes`, a tuple of names (vocab, embed, heads,
 kv_heads, head_dim, latent, mlp, norm, layers) that sharding/ maps onto mesh axes; the model never
-names a mesh axis.
+names a mesh axis. It also carries what the optimizer reads: `weight_decay` (whether AdamW decays
+it), `mup_kind` (embedding | hidden | readout | vector: its muP rule) and `width_mult` (muP's m,
+1.0 under the standard parametrization); train/optimizer.py builds the per-parameter learning rate
+multipliers from these two.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from flax import nnx
 
 from model.config import ModelConfig
 
+MUP_KINDS = ("embedding", "hidden", "readout", "vector")
+
 
 def make_param(
     key: jax.Array,
@@ -26,18 +31,32 @@ def make_param(
     dtype,
     n_stack: Optional[int] = None,
     weight_decay: bool = True,
+    mup_kind: Optional[str] = None,
+    width_mult: float = 1.0,
 ) -> nnx.Param:
   """A parameter drawn from N(0, std^2) (or ones when std is None).
 
-  Its metadata carries the logical axis names and whether AdamW decays it.
+  Its metadata carries the logical axis names, whether AdamW decays it, and its muP kind
+  (default: "vector" for a ones-initialised scale, "hidden" for a matrix) and width multiplier.
   """
+  if mup_kind is None:
+    mup_kind = "vector" if std is None else "hidden"
+  assert mup_kind in MUP_KINDS, mup_kind
   if n_stack is not None:
     shape, axes = (n_stack, *shape), ("layers", *axes)
   if std is None:
     value = jnp.ones(shape, dtype)
   else:
     value = (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-  return nnx.Param(value, logical_axes=axes, weight_decay=weight_decay)
+  return nnx.Param(value, logical_axes=axes, weight_decay=weight_decay, mup_kind=mup_kind,
+                   width_mult=float(width_mult))
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+  """cap * tanh(x / cap): x where |x| << cap, bounded by +-cap (Gemma 2); cap = 0: x unchanged."""
+  if not cap:
+    return x
+  return cap * jnp.tanh(x / cap)
 
 
 class RMSNorm(nnx.Module):
@@ -51,7 +70,7 @@ class RMSNorm(nnx.Module):
     self.eps = cfg.norm_eps
     self.scale = make_param(
         None, (width or cfg.d_model,), (axis,), std=None, dtype=cfg.weight_dtype,
-        n_stack=n_stack, weight_decay=False)
+        n_stack=n_stack, weight_decay=False, width_mult=cfg.width_mult)
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     x = x_BxTxD.astype(jnp.float32)

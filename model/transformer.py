@@ -13,7 +13,7 @@ from jax.ad_checkpoint import checkpoint_name
 from model.config import ModelConfig
 from model.kv_cache import KVCache
 from model.layers import Block
-from model.primitives import RMSNorm, make_param
+from model.primitives import RMSNorm, make_param, softcap
 
 _REMAT = {
     "full": None,  # save nothing inside a layer, recompute it all in the backward pass
@@ -68,7 +68,7 @@ class Transformer(nnx.Module):
     self.cfg = cfg
     self.embed = make_param(
         rngs.params(), (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), std=cfg.init_std,
-        dtype=cfg.weight_dtype, weight_decay=False)
+        dtype=cfg.weight_dtype, weight_decay=False, mup_kind="embedding", width_mult=cfg.width_mult)
     if cfg.scan_layers:  # one stacked block: all layers dense, or all MoE (config validates)
       self.blocks = Block(cfg, rngs, n_stack=cfg.n_layers, moe=cfg.moe.enabled)
     else:
@@ -78,7 +78,7 @@ class Transformer(nnx.Module):
     if not cfg.tie_embeddings:
       self.lm_head = make_param(
           rngs.params(), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std=cfg.init_std,
-          dtype=cfg.weight_dtype)
+          dtype=cfg.weight_dtype, mup_kind="readout", width_mult=cfg.width_mult)
 
   def embed_tokens(self, tokens_BxT: jax.Array, use: Optional[ParamUse] = None) -> jax.Array:
     embed_VxD = self.embed.get_value() if use is None else use(("embed",), self.embed.get_value())
@@ -97,7 +97,10 @@ class Transformer(nnx.Module):
     else:
       w = self.lm_head.get_value() if use is None else use(("lm_head",), self.lm_head.get_value())
       out = jnp.einsum("btd,dv->btv", x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
-    return out.astype(jnp.float32)
+    out = out.astype(jnp.float32)
+    if self.cfg.output_mult != 1.0:  # muP's readout multiplier 1/m (the tied table's input use
+      out = out * self.cfg.output_mult  # in embed_tokens stays unscaled)
+    return softcap(out, self.cfg.final_logit_softcap)
 
   def _layer_fn(self, blocks, path: tuple = ("blocks",), use: Optional[ParamUse] = None):
     """(stored state, body) with body(x, stored layer state, positions, segs) -> (x, MoEStats

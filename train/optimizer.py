@@ -1,9 +1,10 @@
 """AdamW with a linear warmup and a cosine, warmup-stable-decay or constant schedule, gradient
-clipping (optax)."""
+clipping (optax), and muP's per-parameter learning rate multipliers read from the parameters'
+metadata."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -82,11 +83,61 @@ def decay_mask(params: nnx.State) -> nnx.State:
       is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+# muP (Yang et al. 2022, Adam): each parameter kind's learning rate multiplier as a function of
+# the width multiplier m = d_model / base_width. Hidden matrices learn at lr / m; the embedding,
+# the readout (whose logits the model multiplies by 1/m instead) and vectors at lr.
+MUP_LR_MULTIPLIERS: dict[str, Callable[[float], float]] = {
+    "embedding": lambda m: 1.0,
+    "hidden": lambda m: 1.0 / m,
+    "readout": lambda m: 1.0,
+    "vector": lambda m: 1.0,
+}
+
+
+def _lr_multiplier(leaf: Any) -> float:
+  """A parameter's multiplier from its `mup_kind` and `width_mult` metadata (model/primitives.py
+  make_param); 1.0 for a leaf without them."""
+  if not isinstance(leaf, nnx.Variable):
+    return 1.0
+  meta = leaf.get_metadata()
+  return float(MUP_LR_MULTIPLIERS[meta.get("mup_kind", "vector")](meta.get("width_mult", 1.0)))
+
+
+def lr_multipliers(params: nnx.State) -> nnx.State:
+  """The tree of params with each parameter's learning rate multiplier (a float) as its value."""
+  return jax.tree.map(
+      lambda v: v.replace(_lr_multiplier(v)) if isinstance(v, nnx.Variable) else 1.0, params,
+      is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def with_lr_multipliers(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """inner, its updates multiplied per parameter by lr_multipliers(params): a per-parameter
+  learning rate (weight decay included, as torch's per-group lr scales AdamW's decay too).
+
+  The state is inner's own, so checkpoints keep their layout; where every multiplier is 1 (the
+  standard parametrization, muP at m = 1) the updates pass through untouched, bit for bit.
+  """
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("with_lr_multipliers needs the params to read their multipliers")
+    updates, state = inner.update(updates, state, params)
+    mults = lr_multipliers(params)
+    if all(m == 1.0 for m in jax.tree.leaves(mults)):
+      return updates, state
+    return jax.tree.map(lambda u, m: u if m == 1.0 else u * jnp.asarray(m, u.dtype),
+                        updates, mults), state
+
+  return optax.GradientTransformation(inner.init, update)
+
+
 def make(cfg_train: TrainSettings, total_steps: int) -> optax.GradientTransformation:
-  """The optimizer of the train.* section: clip by global norm, then AdamW."""
+  """The optimizer of the train.* section: clip by global norm, then AdamW with each parameter's
+  muP learning rate multiplier (all 1 under the standard parametrization)."""
   return optax.chain(
       optax.clip_by_global_norm(cfg_train.grad_clip),
-      optax.adamw(schedule_for(cfg_train, total_steps),
-                  b1=0.9, b2=0.95, eps=1e-8, weight_decay=cfg_train.weight_decay,
-                  mask=decay_mask),
+      with_lr_multipliers(
+          optax.adamw(schedule_for(cfg_train, total_steps),
+                      b1=0.9, b2=0.95, eps=1e-8, weight_decay=cfg_train.weight_decay,
+                      mask=decay_mask)),
   )
