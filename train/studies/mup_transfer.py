@@ -30,8 +30,10 @@ def make_points(cfg: ml_collections.ConfigDict) -> list[sweep_lib.Point]:
       shape = sweep_lib.model_overrides(cfg.n_layers, width, cfg.head_dim, cfg.ffn_mult)
       for lr in cfg.lrs:
         for seed in cfg.seeds:
-          over = {**shape, "model.parametrization": param, "model.base_width": cfg.base_width,
-                  "train.lr": float(lr), "train.seed": int(seed)}
+          over = {**shape, "model.parametrization": param, "train.lr": float(lr),
+                  "train.seed": int(seed)}
+          if param == "mup":  # heads keep their width as the model widens: base_head_dim = it
+            over |= {"model.base_width": cfg.base_width, "model.base_head_dim": cfg.head_dim}
           meta = {"parametrization": param, "width": width, "lr": float(lr), "seed": int(seed)}
           points.append(sweep_lib.make_point(f"{param}-D{width}-lr{lr:.2g}-s{seed}", cfg.base,
                                              over, meta))

@@ -2,7 +2,7 @@
 
 Two-layer models of head width 16 at d_model 32, 64, 128 and 256 (muP's base width: 32), each
 trained 300 steps of 16 x 64 tokens on the standard-library corpus with a 512-token BPE, at
-learning rates 2^-11 .. 2^-6 (factor 2 apart), cosine schedule as in the default config.
+learning rates 2^-10 .. 2^-5 (factor 2 apart), cosine schedule as in the default config.
 
   python -m experiments.mup_transfer --workdir=runs/mup_transfer --results_dir=results/mup_transfer
 """
@@ -22,7 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  if preset == "tiny":
+    return tiny()
   c = ml_collections.ConfigDict()
   c.study = "mup_transfer"
   c.base = base_config()
@@ -31,8 +33,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.ffn_mult = 3
   c.widths = (32, 64, 128, 256)
   c.base_width = 32
-  c.lrs = tuple(2.0 ** k for k in range(-11, -5))
+  c.lrs = tuple(2.0 ** k for k in range(-10, -4))
   c.parametrizations = ("sp", "mup")
   c.seeds = (0, 1)
   c.launch = configs.launch_section("llmlab-mup-transfer", "01:00:00")
+  return c
+
+
+def tiny() -> ml_collections.ConfigDict:
+  """Two widths, two rates, one seed, 2-step runs on a tiny vocabulary: the end-to-end test."""
+  c = get_config()
+  configs.shrink_to_smoke_test(c.base)
+  c.base.data.paths = ""
+  c.base.data.seq_len = 16
+  c.widths = (16, 32)
+  c.base_width = 16
+  c.lrs = (1e-3, 1e-2)
+  c.seeds = (0,)
   return c
