@@ -1,5 +1,5 @@
-"""The plots of experiments.decode_bench's sections, one PNG per section (train/studies/decode_runs.py
-measures them)."""
+"""The plots of experiments.decode_bench's sections, one PNG per section (measured by
+train/studies/decode_runs.py)."""
 
 from __future__ import annotations
 
