@@ -1,11 +1,12 @@
-"""experiments/attention_variants.py: the arms' equal parameter counts and the memory budget."""
+"""train/studies/attention_arms.py (experiments.attention_variants): the arms' equal parameter
+counts and the memory budget."""
 
 import numpy as np
 import pytest
 
-from experiments import attention_variants as study
 from experiments.configs import attention_variants as variants_cfg
 from model.config import ModelConfig, count_params
+from train.studies import attention_arms as study
 
 
 @pytest.mark.parametrize("name", list(variants_cfg.VARIANTS))

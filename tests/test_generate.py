@@ -160,7 +160,7 @@ def test_prefer_xla_dots_leaves_xla_flags_alone_where_an_accelerator_plugin_is_i
 def test_distinct_ngram_fraction_is_low_for_a_loop_and_one_for_varied_text():
   """decode_bench's measure of how loopy the target's greedy text is. Catches an off-by-one in
   the n-gram windows (a 4-token sequence has exactly one 4-gram) and counting tokens for n-grams."""
-  from experiments.decode_bench import distinct_ngram_fraction
+  from train.studies.decode_runs import distinct_ngram_fraction
 
   assert distinct_ngram_fraction([1, 2, 3, 4]) == 1.0
   assert distinct_ngram_fraction(list(range(10))) == 1.0
