@@ -170,7 +170,7 @@ def main(argv):
   cli.setup()
   from model.config import ModelConfig
   from experiments.configs import attention_variants as variants_cfg
-  from train import files, loop
+  from train import files, loop, pretrain
 
   unknown = [v for v in FLAGS.variants if v not in variants_cfg.VARIANTS]
   if unknown:
@@ -191,7 +191,7 @@ def main(argv):
           if key in variants_cfg.VARIANTS[name] or key == "d_ff":
             config.model[key] = value
       workdirs[name] = os.path.join(FLAGS.workdir, name)
-      loop.train(config, workdirs[name])
+      pretrain.train(config, workdirs[name])
       results["arms"][name] = summarise(config, model_cfg, workdirs[name])
     import jax.numpy as jnp
     for name, workdir in workdirs.items():

@@ -128,7 +128,7 @@ def phase_prepare(root: str, size_mb: int) -> dict:
 
 
 def phase_train(root: str, size_mb: int, steps: int) -> dict:
-  from train import loop
+  from train import pretrain
   from train import metrics as metrics_lib
 
   samples = []  # (time, {VmRSS, RssAnon, RssFile} in MB)
@@ -149,7 +149,7 @@ def phase_train(root: str, size_mb: int, steps: int) -> dict:
   before = rss_mb()
   thread.start()
   try:
-    summary = loop.train(config, workdir)
+    summary = pretrain.train(config, workdir)
   finally:
     stop.set()
     thread.join()

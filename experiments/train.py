@@ -50,11 +50,11 @@ def main(argv):
     cli.fail(e)
   import jax
 
-  from train import loop
+  from train import loop, pretrain
 
   t0 = time.perf_counter()
   try:
-    summary = loop.train(FLAGS.config, FLAGS.workdir, cli.profile_steps())
+    summary = pretrain.train(FLAGS.config, FLAGS.workdir, cli.profile_steps())
   except (ValueError, loop.NonFiniteLoss) as e:
     cli.fail(e)
   if jax.process_index() == 0:

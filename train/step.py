@@ -24,12 +24,13 @@ import optax
 from flax import nnx
 
 from model import masks, transformer
+from model.param_hook import AS_STORED, ParamHook
 from sharding import data_parallel as dp_lib
 
 TrainState = dict[str, Any]
-# (params, batch, use) -> (objective sum, count, metric sums). `use` goes to the model
-# (transformer.ParamUse): how the step's sharding hands each layer its parameters.
-LossFn = Callable[[Any, Any, Optional[transformer.ParamUse]], tuple[jax.Array, jax.Array, dict]]
+# (params, batch, hook) -> (objective sum, count, metric sums). The hook goes to the model
+# (model/param_hook.py): how the step's sharding hands each layer its parameters.
+LossFn = Callable[[Any, Any, ParamHook], tuple[jax.Array, jax.Array, dict]]
 
 
 def init_state(params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -126,11 +127,11 @@ def lm_loss(graphdef, pad_id: int, aux_weights: tuple[float, float] = (0.0, 0.0)
   `documents`, the documents packed into a row are isolated (document_layout); with
   `answer_marker` (a token id), only the answers after it count (answer_targets)."""
 
-  def loss(params, batch_BxL1, use=None):
+  def loss(params, batch_BxL1, hook: ParamHook = AS_STORED):
     inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
     positions, segment_ids = document_layout(inputs, documents)
     logits, stats = transformer.apply_with_aux(
-        graphdef, params, inputs, positions, segment_ids, use=use)
+        graphdef, params, inputs, positions, segment_ids, hook=hook)
     ce_sum, n = token_loss_sums(logits, targets, pad_id, answer_targets(inputs, answer_marker))
     aux, sums = router_terms(stats, n, aux_weights)
     return ce_sum + aux, n, {"loss": ce_sum, **sums}
@@ -162,7 +163,7 @@ def make_train_step(
 
   def grads_of(diff, micro, view: dp_lib.ParamView):
     def objective(d):
-      total, n, sums = loss_fn(view.assemble(d), micro, view.use)
+      total, n, sums = loss_fn(view.assemble(d), micro, view.hook)
       return total, (n, sums)
 
     (total, (n, sums)), grads = jax.value_and_grad(objective, has_aux=True)(diff)

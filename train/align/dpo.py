@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from model import transformer
+from model.param_hook import AS_STORED
 from train.align import stage as stage_lib
 from train.align import data as data_lib
 from train import files
@@ -42,10 +43,10 @@ PAIRS_FILE = "pairs.jsonl"
 
 
 def sequence_logps_aux(graphdef: nnx.GraphDef, params: nnx.State, inputs_BxT: jax.Array,
-                       targets_BxT: jax.Array, mask_BxT: jax.Array, use=None):
+                       targets_BxT: jax.Array, mask_BxT: jax.Array, hook=AS_STORED):
   """(sum over completion tokens of log pi(target | prefix) (B,) float32, the router statistics
-  of an MoE model or None). use: the train step's parameter hook (transformer.ParamUse)."""
-  logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_BxT, use=use)
+  of an MoE model or None). hook: the train step's parameter hook (model/param_hook.py)."""
+  logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_BxT, hook=hook)
   logp_BxT = step_lib.token_logps(logits_BxTxV, targets_BxT)
   return jnp.sum(logp_BxT * mask_BxT, axis=-1), stats
 
@@ -136,12 +137,12 @@ def loss(graphdef: nnx.GraphDef, *, beta: float, loss_type: str, label_smoothing
   pairs and divided by their number it is the per-token mean, on any split of the rows.
   """
 
-  def loss_fn(params, batch, use=None):
+  def loss_fn(params, batch, hook=AS_STORED):
     c, r = batch["chosen"], batch["rejected"]
     b = c["inputs"].shape[0]
     cat = lambda k: jnp.concatenate([c[k], r[k]])  # noqa: E731  one forward for both halves
     both_2B, stats = sequence_logps_aux(
-        graphdef, params, cat("inputs"), cat("targets"), cat("mask"), use=use)
+        graphdef, params, cat("inputs"), cat("targets"), cat("mask"), hook=hook)
     total, sums = dpo_loss_sums(
         both_2B[:b], both_2B[b:], batch["ref_chosen"], batch["ref_rejected"], beta=beta,
         loss_type=loss_type, label_smoothing=label_smoothing,

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from model import generation, sampling, transformer
+from model.param_hook import AS_STORED
 from train.align import stage as stage_lib
 from train.align import data as data_lib
 from train.align import rewards as rewards_lib
@@ -52,14 +53,14 @@ def group_advantages(rewards_PxG: jax.Array, *, scale_rewards: str, eps: float =
 
 
 def logps_and_entropy(graphdef: nnx.GraphDef, params: nnx.State, inputs_NxT: jax.Array,
-                      targets_NxT: jax.Array, temperature: float = 1.0, use=None):
+                      targets_NxT: jax.Array, temperature: float = 1.0, hook=AS_STORED):
   """(log pi(target), entropy of pi) per position, (N, T) each, pi = softmax(logits / temperature),
   and the router statistics of an MoE model (None for a dense one).
 
   The temperature is the sampler's: the ratio and the KL are then of the distribution the
   completions were really drawn from. use: the train step's parameter hook.
   """
-  logits_NxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_NxT, use=use)
+  logits_NxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_NxT, hook=hook)
   logp_NxT = step_lib.token_logps(logits_NxTxV, targets_NxT, temperature)
   # The entropy (a metric only) is the one use that needs the whole distribution.
   all_logp_NxTxV = jax.nn.log_softmax(logits_NxTxV.astype(jnp.float32) / temperature, axis=-1)
@@ -136,10 +137,10 @@ def loss(graphdef: nnx.GraphDef, g: ml_collections.ConfigDict,
   (beta > 0), (N, T) each.
   """
 
-  def loss_fn(params, batch, use=None):
+  def loss_fn(params, batch, hook=AS_STORED):
     mask_NxT = batch["mask"]
     logp_NxT, entropy_NxT, stats = logps_and_entropy(
-        graphdef, params, batch["inputs"], batch["targets"], g.temperature, use=use)
+        graphdef, params, batch["inputs"], batch["targets"], g.temperature, hook=hook)
     total, n, sums = grpo_loss_sums(
         logp_NxT, batch.get("old_logp"), batch.get("ref_logp"), batch["advantages"], mask_NxT,
         epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta, loss_agg=g.loss_agg,

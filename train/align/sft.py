@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from model import transformer
+from model.param_hook import AS_STORED
 from train.align import stage as stage_lib
 from train.align import data as data_lib
 from train import step as step_lib
@@ -30,8 +31,8 @@ def loss(graphdef: nnx.GraphDef, aux_weights: tuple[float, float] = (0.0, 0.0)) 
   batch: {"inputs": (B, T) int32, "targets": (B, T) int32, "mask": (B, T) float32}.
   """
 
-  def loss_fn(params, batch, use=None):
-    logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, batch["inputs"], use=use)
+  def loss_fn(params, batch, hook=AS_STORED):
+    logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, batch["inputs"], hook=hook)
     mask_BxT = batch["mask"]
     total = -jnp.sum(step_lib.token_logps(logits_BxTxV, batch["targets"]) * mask_BxT)
     n = jnp.sum(mask_BxT)
