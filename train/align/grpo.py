@@ -20,7 +20,7 @@ gradient, only the KL term.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -194,6 +194,39 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, float]:
     raise ConfigError(str(e)) from None
 
 
+def _encoded_prompts(policy: stage_lib.Policy, examples: list[data_lib.Prompted],
+                     max_new_tokens: int) -> data_lib.Prompts:
+  """The examples' prompts, right-padded to the longest; ConfigError when it and
+  grpo.max_new_tokens exceed the model's max_seq_len."""
+  p_len = data_lib.prompt_length(policy.tok, [e.prompt for e in examples])
+  if p_len + max_new_tokens > policy.model_cfg.max_seq_len:
+    raise ConfigError(f"prompts of {p_len} tokens plus grpo.max_new_tokens={max_new_tokens} "
+                      f"exceed the model's max_seq_len={policy.model_cfg.max_seq_len}")
+  return data_lib.encode_prompts(policy.tok, [e.prompt for e in examples], p_len)
+
+
+def _updates(update: Callable, state: dict, batch: Any, mu: int) -> tuple[dict, dict]:
+  """mu optimizer steps on one batch of rollouts: (state, each metric's mean over them)."""
+  inner = []
+  for _ in range(mu):
+    state, m = update(state, batch)
+    inner.append(m)
+  return state, {k: np.mean([float(m[k]) for m in inner]) for k in inner[0] if k != "tokens"}
+
+
+def _rollout_metrics(total_N: np.ndarray, rewards_PxG: np.ndarray,
+                     parts: dict[str, np.ndarray], completions: list) -> dict[str, float]:
+  """One step's rollouts: the reward's mean and spread, the share of groups whose rewards are
+  all equal (no advantage, no gradient), completion length, and each reward's mean."""
+  metrics = {
+      "reward/mean": float(total_N.mean()), "reward/std": float(total_N.std()),
+      "frac_reward_zero_std": float(np.mean(rewards_PxG.std(axis=1) == 0)),
+      "completion_length": float(np.mean([len(c) for c in completions])),
+  }
+  metrics.update({f"reward/{k}": float(v.mean()) for k, v in parts.items()})
+  return metrics
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) GRPO in `workdir`, starting from (and referenced to) init_workdir."""
@@ -207,11 +240,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
                        total_updates=t.steps * g.mu,
                        batch_rows=g.prompts_per_step * g.group_size, profile_steps=profile_steps)
   policy = run.policy
-  p_len = data_lib.prompt_length(policy.tok, [e.prompt for e in examples])
-  if p_len + g.max_new_tokens > policy.model_cfg.max_seq_len:
-    raise ConfigError(f"prompts of {p_len} tokens plus grpo.max_new_tokens={g.max_new_tokens} "
-                      f"exceed the model's max_seq_len={policy.model_cfg.max_seq_len}")
-  prompts = data_lib.encode_prompts(policy.tok, [e.prompt for e in examples], p_len)
+  prompts = _encoded_prompts(policy, examples, g.max_new_tokens)
+  p_len = prompts.tokens_NxP.shape[1]
   spec = generation.DecodeSpec(g.max_new_tokens, run.eot_id,
                            sampling.SamplingConfig(temperature=g.temperature))
   generate = generation.make_generate(policy.model_cfg, policy.graphdef, spec)
@@ -247,18 +277,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
     old = logps_fn(state["params"], seqs.inputs_NxT, seqs.targets_NxT) if g.mu > 1 else None
     ref = logps_fn(ref_params, seqs.inputs_NxT, seqs.targets_NxT) if g.beta > 0 else None
     batch = batch_of(seqs, adv_N, old, ref)
-    inner = []
-    for _ in range(g.mu):
-      state, m = update(state, batch)
-      inner.append(m)
-    metrics = {k: np.mean([float(m[k]) for m in inner]) for k in inner[0] if k != "tokens"}
-    metrics.update({
-        "reward/mean": float(total_N.mean()), "reward/std": float(total_N.std()),
-        "frac_reward_zero_std": float(np.mean(rewards_PxG.std(axis=1) == 0)),
-        "completion_length": float(np.mean([len(c) for c in completions])),
-    })
-    metrics.update({f"reward/{k}": float(v.mean()) for k, v in parts.items()})
-    return state, metrics
+    state, metrics = _updates(update, state, batch, g.mu)
+    return state, {**metrics, **_rollout_metrics(total_N, rewards_PxG, parts, completions)}
 
   summary = run.loop(train_step)
   summary.update(train_prompts=len(examples), group_size=g.group_size, beta=g.beta,
