@@ -82,34 +82,37 @@ class StopFlag:
       signal.signal(sig, old)
 
 
-def _global_array(global_BxF: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  lo, hi = local_rows(sharding, global_BxF.shape)
-  return jax.make_array_from_process_local_data(sharding, global_BxF[lo:hi], global_BxF.shape)
+def _global_array(global_BxF: np.ndarray, named_sharding: NamedSharding) -> jax.Array:
+  lo, hi = local_rows(named_sharding, global_BxF.shape)
+  return jax.make_array_from_process_local_data(named_sharding, global_BxF[lo:hi], global_BxF.shape)
 
 
-def local_rows(sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[int, int]:
+def local_rows(named_sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[int, int]:
   """[lo, hi): the rows of a global batch of `shape` that this process's devices hold."""
-  return data_lib.row_range(sharding.addressable_devices_indices_map(shape).values(), shape[0])
+  devices_indices = named_sharding.addressable_devices_indices_map(shape)
+  return data_lib.row_range(devices_indices.values(), shape[0])
 
 
-def global_batch(batch: Any, sharding: Any) -> Any:
+def global_batch(batch: Any, batch_sharding: Any) -> Any:
   """The batch (a tree of host arrays, rows first) as arrays over all processes' devices; this
-  process feeds only its own rows. sharding: one NamedSharding for every leaf, or a tree of them.
+  process feeds only its own rows. batch_sharding: one NamedSharding for every leaf, or a tree
+  of them.
 
   Every process holds the same global batch here (a deterministic function of the step);
   pretraining, whose batches are large, reads only its own rows instead (rows_batch).
   """
-  if isinstance(sharding, NamedSharding):
-    return jax.tree.map(lambda x: _global_array(np.asarray(x), sharding), batch)
-  return jax.tree.map(lambda x, s: _global_array(np.asarray(x), s), batch, sharding)
+  if isinstance(batch_sharding, NamedSharding):
+    return jax.tree.map(lambda x: _global_array(np.asarray(x), batch_sharding), batch)
+  return jax.tree.map(lambda x, s: _global_array(np.asarray(x), s), batch, batch_sharding)
 
 
-def rows_batch(rows: shards_lib.Rows, ids_B: np.ndarray, sharding: NamedSharding) -> jax.Array:
+def rows_batch(rows: shards_lib.Rows, ids_B: np.ndarray,
+               named_sharding: NamedSharding) -> jax.Array:
   """The (B, L+1) batch of rows ids_B as one array over all processes' devices. ids_B is the same
   on every process; each reads from the shards only the rows its own devices hold."""
   shape = (len(ids_B), rows.row_len)
-  lo, hi = local_rows(sharding, shape)
-  return jax.make_array_from_process_local_data(sharding, rows.read(ids_B[lo:hi]), shape)
+  lo, hi = local_rows(named_sharding, shape)
+  return jax.make_array_from_process_local_data(named_sharding, rows.read(ids_B[lo:hi]), shape)
 
 
 def _any_process(flag: bool) -> bool:
@@ -205,19 +208,19 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
   return state, step, signalled, early
 
 
-def validate_sharding(train: config_lib.TrainSettings, sharding: config_lib.ShardingSettings,
-                      model_cfg: ModelConfig, mesh: Mesh, *,
-                      batch_size: Optional[int] = None) -> None:
+def validate_sharding(train_settings: config_lib.TrainSettings,
+                      sharding_settings: config_lib.ShardingSettings, model_cfg: ModelConfig,
+                      mesh: Mesh, *, batch_size: Optional[int] = None) -> None:
   """sharding/validate.py's checks for this run; one-line MeshError before anything compiles.
   batch_size: the rows of one step's batch where that is not train.batch_size (GRPO's)."""
   validate_lib.check_all(
-      mesh_shape=dict(mesh.shape), batch_size=batch_size or train.batch_size,
-      grad_accum=train.grad_accum, zero_stage=sharding.zero_stage, d_model=model_cfg.d_model,
-      n_heads=model_cfg.n_heads, n_kv_heads=model_cfg.n_kv_heads, d_ff=model_cfg.d_ff,
-      n_experts=model_cfg.moe.n_experts or None)
+      mesh_shape=dict(mesh.shape), batch_size=batch_size or train_settings.batch_size,
+      grad_accum=train_settings.grad_accum, zero_stage=sharding_settings.zero_stage,
+      d_model=model_cfg.d_model, n_heads=model_cfg.n_heads, n_kv_heads=model_cfg.n_kv_heads,
+      d_ff=model_cfg.d_ff, n_experts=model_cfg.moe.n_experts or None)
 
 
-def check_memory(sharding: config_lib.ShardingSettings,
+def check_memory(sharding_settings: config_lib.ShardingSettings,
                  build: Callable[[int], ShardedTraining], abstract_batch: Any) -> None:
   """sharding.device_memory_gb against the compiled step's peak bytes per device (0: no check).
 
@@ -226,18 +229,19 @@ def check_memory(sharding: config_lib.ShardingSettings,
   MeshError with one line when it does not fit; pretraining calls it before any data is read or
   any file is written.
   """
-  budget = float(sharding.device_memory_gb)
+  budget = float(sharding_settings.device_memory_gb)
   if budget <= 0:
     return
-  stage = sharding.zero_stage
+  stage = sharding_settings.zero_stage
 
   built = {stage: build(stage)}  # the run's own stage; the others only when it does not fit
 
   def need_at(s: int) -> int:
-    run = built[s] if s in built else build(s)
+    training = built[s] if s in built else build(s)
     batch = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                         abstract_batch, run.batch_sharding)
-    return memory_lib.step_bytes(run.train_step.lower(run.abstract_state, batch).compile())
+                         abstract_batch, training.batch_sharding)
+    compiled = training.train_step.lower(training.abstract_state, batch).compile()
+    return memory_lib.step_bytes(compiled)
 
   own = built[stage]
   memory_lib.preflight(need_at, stage, budget, n_devices=mesh_lib.data_parallel_size(own.mesh),

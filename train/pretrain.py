@@ -45,10 +45,10 @@ class Meter:
   work that is not training (an evaluation, a checkpoint save).
   """
 
-  def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float):
-    """peak_flops: of all devices together."""
+  def __init__(self, tokens_per_step: int, train_flops_per_token: float, peak_flops: float):
+    """train_flops_per_token: model.config.flops_per_token; peak_flops: of all devices."""
     self.tokens_per_step = tokens_per_step
-    self.flops_per_token = flops_per_token
+    self.train_flops_per_token = train_flops_per_token
     self.peak_flops = peak_flops
     self._since: Optional[float] = None
     self._steps = 0
@@ -68,7 +68,7 @@ class Meter:
       seconds = now - self._since
       tokens_per_sec = self._steps * self.tokens_per_step / seconds
       rates = {"tokens_per_sec": tokens_per_sec, "step_time_s": seconds / self._steps,
-               "mfu": self.flops_per_token * tokens_per_sec / self.peak_flops}
+               "mfu": self.train_flops_per_token * tokens_per_sec / self.peak_flops}
     self._since, self._steps = now, 0
     return rates
 
@@ -291,13 +291,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   training = build_training(run_settings, mesh, data)
   ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
   start, state, row_ids = restore_or_init(ckpt, training, data, run_settings.train)
-  return run(run_settings, workdir, training, data, ckpt, start, state, row_ids,
-             profile_in(workdir, profile_steps))
+  return run_training(run_settings, workdir, training, data, ckpt, start, state, row_ids,
+                      profile_in(workdir, profile_steps))
 
 
-def run(run_settings: config_lib.RunSettings, workdir: str, training: ShardedTraining,
-        data: PretrainData, ckpt: ckpt_lib.Checkpointer, start: int, state: Any, row_ids: Any,
-        profile: Optional[Profile] = None) -> dict[str, Any]:
+def run_training(run_settings: config_lib.RunSettings, workdir: str, training: ShardedTraining,
+                 data: PretrainData, ckpt: ckpt_lib.Checkpointer, start: int, state: Any,
+                 row_ids: Any, profile: Optional[Profile] = None) -> dict[str, Any]:
   """Steps from `start` to train.steps in run_steps; closes the checkpointer and writers.
   Returns the summary: the parameter count, the final step, its loss and eval loss, the rows
   this process read per step, and the signal that stopped the run early, if any."""

@@ -316,13 +316,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
   validate(config)
   if not init_workdir:
     raise ConfigError("DPO needs --init_workdir: the policy to start from and to stay near")
-  settings = stage_lib.check_common(config)
-  d, t = config.dpo, settings.train
+  stage_settings = stage_lib.check_common(config)
+  d, t = config.dpo, stage_settings.train
   if d.rejected == "policy":
     examples = data_lib.load_examples(config.data.train_path, config.task, "train")
   else:
     pairs = data_lib.load_pairs(config.data.train_path, config.task, t.seed)
-  run = stage_lib.Run(config, workdir, init_workdir, stage="dpo", settings=settings,
+  run = stage_lib.Run(config, workdir, init_workdir, stage="dpo", settings=stage_settings,
                        total_updates=t.steps, profile_steps=profile_steps)
   if d.rejected == "policy":
     pairs = _stored_or_sampled_pairs(run, examples, d, t.seed)

@@ -233,10 +233,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
   weights = validate(config)
   if not init_workdir:
     raise ConfigError("GRPO needs --init_workdir: a policy that already solves some prompts")
-  settings = stage_lib.check_common(config)
-  g, t = config.grpo, settings.train
+  stage_settings = stage_lib.check_common(config)
+  g, t = config.grpo, stage_settings.train
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
-  run = stage_lib.Run(config, workdir, init_workdir, stage="grpo", settings=settings,
+  run = stage_lib.Run(config, workdir, init_workdir, stage="grpo", settings=stage_settings,
                        total_updates=t.steps * g.mu,
                        batch_rows=g.prompts_per_step * g.group_size, profile_steps=profile_steps)
   policy = run.policy

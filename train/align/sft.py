@@ -60,10 +60,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) SFT in `workdir`; returns the summary of the run."""
   validate(config)
-  settings = stage_lib.check_common(config)
-  t = settings.train
+  stage_settings = stage_lib.check_common(config)
+  t = stage_settings.train
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
-  run = stage_lib.Run(config, workdir, init_workdir, stage="sft", settings=settings,
+  run = stage_lib.Run(config, workdir, init_workdir, stage="sft", settings=stage_settings,
                        total_updates=t.steps, profile_steps=profile_steps)
   p_ids, c_ids = data_lib.token_ids(run.policy.tok, [e.prompt for e in examples],
                                     [e.answer for e in examples])

@@ -85,11 +85,11 @@ def check_common(config: ml_collections.ConfigDict) -> StageSettings:
   for section in ("task", "data", "train", "eval", "checkpoint", "sharding"):
     if section not in config:
       raise ConfigError(f"config has no section {section!r}")
-  train = config_lib.TrainSettings.from_config(config.train)
+  train_settings = config_lib.TrainSettings.from_config(config.train)
   for name in ("batch_size", "max_new_tokens", "max_examples"):
     if not config.eval[name] > 0:
       raise ConfigError(f"eval.{name} must be positive, got {config.eval[name]!r}")
-  checkpoint = config_lib.CheckpointSettings.from_config(config.checkpoint)
+  checkpoint_settings = config_lib.CheckpointSettings.from_config(config.checkpoint)
   task = config.task
   if not task.digits > 0 or not task.n_train > 0 or not task.n_heldout > 0:
     raise ConfigError("task.digits, task.n_train and task.n_heldout must be positive")
@@ -98,7 +98,7 @@ def check_common(config: ml_collections.ConfigDict) -> StageSettings:
     raise ConfigError(f"task.ops={task.ops!r} must be a non-empty string of '+', '-', '*'")
   if not 0.0 < task.heldout_fraction < 1.0:
     raise ConfigError(f"task.heldout_fraction must be in (0, 1), got {task.heldout_fraction!r}")
-  return StageSettings(train=train, checkpoint=checkpoint,
+  return StageSettings(train=train_settings, checkpoint=checkpoint_settings,
                        sharding=config_lib.ShardingSettings.from_config(config.sharding))
 
 
@@ -207,7 +207,7 @@ class Run:
   step of the stage's loss and the state (fresh or resumed) in its layout."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, init_workdir: str, *,
-               stage: str, settings: StageSettings, total_updates: int,
+               stage: str, stage_settings: StageSettings, total_updates: int,
                batch_rows: Optional[int] = None,
                profile_steps: Optional[tuple[int, int]] = None):
     """settings: check_common(config), which the stage reads before the run starts.
@@ -215,7 +215,7 @@ class Run:
     profile_steps: (first, last) steps traced into <workdir>/profile, or None."""
     self.profile = loop_lib.profile_in(workdir, profile_steps)
     self.train, self.checkpoint, self.sharding = (
-        settings.train, settings.checkpoint, settings.sharding)
+        stage_settings.train, stage_settings.checkpoint, stage_settings.sharding)
     # Data files are read first, so that a malformed one fails before anything compiles.
     heldout = data_lib.load_examples(config.data.eval_path, config.task, "heldout")
     self.config, self.workdir, self.stage = config, workdir, stage
