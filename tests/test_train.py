@@ -242,3 +242,24 @@ def test_memory_preflight_refuses_stage_2_names_stage_3_and_stage_3_trains(tmp_p
   assert not workdir.exists()
   config.sharding.zero_stage = 3
   assert pretrain.train(config, str(workdir))["final_step"] == 2
+
+
+def test_meter_rates_cover_the_steps_since_the_last_reading(monkeypatch):
+  """Catches: a rate over the wrong interval (from the first reading, or across a restart), steps
+  not reset after a reading, tokens per second or MFU inverted, step time per reading rather than
+  per step."""
+  now = [10.0]
+  monkeypatch.setattr(pretrain.time, "perf_counter", lambda: now[0])
+  meter = pretrain.Meter(tokens_per_step=100, train_flops_per_token=6.0, peak_flops=1200.0)
+  meter.count()
+  assert meter.read() == {}  # no interval yet: the first reading only starts one
+  now[0] = 11.0
+  meter.count()
+  now[0] = 13.0  # an evaluation: 2 s that are not training
+  meter.restart()
+  meter.count()
+  meter.count()
+  now[0] = 14.0
+  assert meter.read() == {"tokens_per_sec": 200.0, "step_time_s": 0.5, "mfu": 1.0}
+  now[0] = 15.0
+  assert meter.read() == {}  # no step since the last reading
