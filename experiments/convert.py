@@ -163,7 +163,7 @@ def import_workdir(hf_dir: str, workdir: str, *, param_dtype: Optional[str] = No
   with open(os.path.join(workdir, "config.py"), "w", encoding="utf-8") as f:
     f.write(CONFIG_PY)
 
-  # The train state exactly as train/loop.py builds it, but from the imported parameters.
+  # The train state exactly as train/state.py builds it, but from the imported parameters.
   graphdef, _ = transformer.abstract(model_cfg)
   tx = optimizer_lib.make(t, t.steps)
   state = step_lib.init_state(params, tx, t.seed)
