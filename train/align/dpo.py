@@ -322,7 +322,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
     examples = data_lib.load_examples(config.data.train_path, config.task, "train")
   else:
     pairs = data_lib.load_pairs(config.data.train_path, config.task, t.seed)
-  run = stage_lib.Run(config, workdir, init_workdir, stage="dpo", settings=stage_settings,
+  run = stage_lib.Run(config, workdir, init_workdir, stage="dpo", stage_settings=stage_settings,
                        total_updates=t.steps, profile_steps=profile_steps)
   if d.rejected == "policy":
     pairs = _stored_or_sampled_pairs(run, examples, d, t.seed)

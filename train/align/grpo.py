@@ -236,7 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
   stage_settings = stage_lib.check_common(config)
   g, t = config.grpo, stage_settings.train
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
-  run = stage_lib.Run(config, workdir, init_workdir, stage="grpo", settings=stage_settings,
+  run = stage_lib.Run(config, workdir, init_workdir, stage="grpo", stage_settings=stage_settings,
                        total_updates=t.steps * g.mu,
                        batch_rows=g.prompts_per_step * g.group_size, profile_steps=profile_steps)
   policy = run.policy

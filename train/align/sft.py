@@ -63,7 +63,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
   stage_settings = stage_lib.check_common(config)
   t = stage_settings.train
   examples = data_lib.load_examples(config.data.train_path, config.task, "train")
-  run = stage_lib.Run(config, workdir, init_workdir, stage="sft", settings=stage_settings,
+  run = stage_lib.Run(config, workdir, init_workdir, stage="sft", stage_settings=stage_settings,
                        total_updates=t.steps, profile_steps=profile_steps)
   p_ids, c_ids = data_lib.token_ids(run.policy.tok, [e.prompt for e in examples],
                                     [e.answer for e in examples])

@@ -210,7 +210,7 @@ class Run:
                stage: str, stage_settings: StageSettings, total_updates: int,
                batch_rows: Optional[int] = None,
                profile_steps: Optional[tuple[int, int]] = None):
-    """settings: check_common(config), which the stage reads before the run starts.
+    """stage_settings: check_common(config), which the stage reads before the run starts.
     batch_rows: the rows of one step's batch where that is not train.batch_size (GRPO's).
     profile_steps: (first, last) steps traced into <workdir>/profile, or None."""
     self.profile = loop_lib.profile_in(workdir, profile_steps)
