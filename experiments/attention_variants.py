@@ -46,7 +46,7 @@ def main(argv):
 
   from experiments.configs import attention_variants as variants_cfg
   from model.config import ModelConfig
-  from train import files, loop
+  from train import files, loop, pretrain
   from train.studies import attention_arms as arms
 
   unknown = [v for v in FLAGS.variants if v not in variants_cfg.VARIANTS]
@@ -64,7 +64,7 @@ def main(argv):
       model_cfg = arms.equal_param_d_ff(base, variants_cfg.VARIANTS[name])
       config = arms.arm_config(FLAGS.config, model_cfg, variants_cfg.VARIANTS[name])
       workdirs[name] = os.path.join(FLAGS.workdir, name)
-      loop.train(config, workdirs[name])
+      pretrain.train(config, workdirs[name])
       results["arms"][name] = arms.summarise(config, model_cfg, workdirs[name])
     for name, workdir in workdirs.items():
       arm = results["arms"][name]

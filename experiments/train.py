@@ -47,11 +47,11 @@ def main(argv):
     cli.fail(e)
   import jax
 
-  from train import loop, run_report
+  from train import loop, pretrain, run_report
 
   t0 = time.perf_counter()
   try:
-    summary = loop.train(FLAGS.config, FLAGS.workdir, cli.profile_steps())
+    summary = pretrain.train(FLAGS.config, FLAGS.workdir, cli.profile_steps())
   except (ValueError, loop.NonFiniteLoss) as e:
     cli.fail(e)
   if jax.process_index() == 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +13,7 @@ from jax.ad_checkpoint import checkpoint_name
 from model.config import ModelConfig
 from model.kv_cache import KVCache
 from model.layers import Block
+from model.param_hook import AS_STORED, ParamHook
 from model.primitives import RMSNorm, make_param, softcap
 
 _REMAT = {
@@ -20,45 +21,30 @@ _REMAT = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
-# use(path, stored) -> the arrays a computation reads. The model calls it where each group of
-# parameters is used: ("embed",), ("final_norm",), ("lm_head",), and ("blocks",) for one layer
-# of the scanned stack inside the scan body (its leading layers axis already sliced off), or
-# ("blocks", i) for layer i of an unscanned model. `stored` is the parameters as the caller
-# passed them in (nnx.State, or an array for embed and lm_head); what comes back must be the
-# same tree of arrays. The model never knows what it does: sharding/data_parallel.py uses it
-# to gather ZeRO-3 slices one layer at a time (sharding knows the mesh, the model does not).
-# use.expert_exchange, when use() has it, is a model.moe.ExpertExchange that every MoE layer
-# is given: then use(("blocks",), ...) leaves the expert weights as this device's share of the
-# experts, and the layer sends its tokens to them (expert parallelism).
-ParamUse = Callable[[tuple, Any], Any]
-# What use() returns is never saved for the backward pass: it is derived from the stored
-# parameters again (for ZeRO-3, re-gathered), so that the backward pass never holds every
-# layer's whole parameters at once. The name marks it for the rematerialisation policy.
+# Everything the hook reads is named USED_PARAM, so that the rematerialisation policy can leave
+# it out of what the backward pass saves (model/param_hook.py says why).
 USED_PARAM = "used_param"
 
 
-def _save_all_but_used(use: ParamUse):
-  """Remat policy: save every intermediate except the parameters use() delivered and the
+def _save_all_but_used(hook: ParamHook):
+  """Remat policy: save every intermediate except the parameters hook.read delivered and the
   primitives they come out of (a gather's output is the used parameter under another name);
-  these are derived again from the stored parameters. use.recompute(prim, params) -> bool, when
-  use() has it, names those primitives: the model does not know what use() does."""
-  recompute = getattr(use, "recompute", None)
+  these are derived again from the stored parameters. hook.recompute names those primitives: the
+  model does not know what hook.read does."""
 
   def policy(prim, *_, **params) -> bool:
     if prim.name == "name":
       return params.get("name") != USED_PARAM
-    return recompute is None or not recompute(prim, params)
+    return not hook.recompute(prim, params)
 
   return policy
 
 
-def _marked(use: ParamUse) -> ParamUse:
-  """use() whose outputs carry the USED_PARAM name (and the same `recompute`)."""
-  def marked(path, stored):
-    return jax.tree.map(lambda x: checkpoint_name(x, USED_PARAM), use(path, stored))
-  marked.recompute = getattr(use, "recompute", None)
-  marked.expert_exchange = getattr(use, "expert_exchange", None)
-  return marked
+def _marked(hook: ParamHook) -> ParamHook:
+  """The hook whose reads carry the USED_PARAM name (the rest unchanged)."""
+  def read(path, stored):
+    return jax.tree.map(lambda x: checkpoint_name(x, USED_PARAM), hook.read(path, stored))
+  return dataclasses.replace(hook, read=read)
 
 
 class Transformer(nnx.Module):
@@ -80,45 +66,42 @@ class Transformer(nnx.Module):
           rngs.params(), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std=cfg.init_std,
           dtype=cfg.weight_dtype, mup_kind="readout", width_mult=cfg.width_mult)
 
-  def embed_tokens(self, tokens_BxT: jax.Array, use: Optional[ParamUse] = None) -> jax.Array:
-    embed_VxD = self.embed.get_value() if use is None else use(("embed",), self.embed.get_value())
+  def embed_tokens(self, tokens_BxT: jax.Array, hook: ParamHook = AS_STORED) -> jax.Array:
+    embed_VxD = hook.read(("embed",), self.embed.get_value())
     return jnp.take(embed_VxD, tokens_BxT, axis=0).astype(self.cfg.compute_dtype)
 
-  def logits(self, x_BxTxD: jax.Array, use: Optional[ParamUse] = None) -> jax.Array:
+  def logits(self, x_BxTxD: jax.Array, hook: ParamHook = AS_STORED) -> jax.Array:
     norm = self.final_norm
-    if use is not None:
+    if not hook.reads_as_stored:
       norm_def, norm_state = nnx.split(norm)
-      norm = nnx.merge(norm_def, use(("final_norm",), norm_state))
+      norm = nnx.merge(norm_def, hook.read(("final_norm",), norm_state))
     x = norm(x_BxTxD)
     dt = self.cfg.compute_dtype
     if self.cfg.tie_embeddings:
-      w = self.embed.get_value() if use is None else use(("embed",), self.embed.get_value())
+      w = hook.read(("embed",), self.embed.get_value())
       out = jnp.einsum("btd,vd->btv", x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
     else:
-      w = self.lm_head.get_value() if use is None else use(("lm_head",), self.lm_head.get_value())
+      w = hook.read(("lm_head",), self.lm_head.get_value())
       out = jnp.einsum("btd,dv->btv", x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
     out = out.astype(jnp.float32)
     if self.cfg.output_mult != 1.0:  # muP's readout multiplier 1/m (the tied table's input use
       out = out * self.cfg.output_mult  # in embed_tokens stays unscaled)
     return softcap(out, self.cfg.final_logit_softcap)
 
-  def _layer_fn(self, blocks, path: tuple = ("blocks",), use: Optional[ParamUse] = None):
+  def _layer_fn(self, blocks, path: tuple = ("blocks",), hook: ParamHook = AS_STORED):
     """(stored state, body) with body(x, stored layer state, positions, segs) -> (x, MoEStats
-    or None). With `use`, the body turns the stored layer state into the arrays it computes
-    with (use(path, ...)) and the backward pass derives them again instead of saving them."""
+    or None). The body turns the stored layer state into the arrays it computes with
+    (hook.read(path, ...)); the backward pass derives those again instead of saving them."""
     graphdef, state = nnx.split(blocks)
-    exchange = getattr(use, "expert_exchange", None)
 
     def body(x_BxTxD, layer_state, positions_BxT, segment_ids_BxT):
-      if use is not None:
-        layer_state = use(path, layer_state)
-      return nnx.merge(graphdef, layer_state).forward(
-          x_BxTxD, positions_BxT, segment_ids_BxT, exchange)
+      return nnx.merge(graphdef, hook.read(path, layer_state)).forward(
+          x_BxTxD, positions_BxT, segment_ids_BxT, hook.expert_exchange)
 
     if self.cfg.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT[self.cfg.remat])
-    elif use is not None:  # save everything the layer computes except what use() returned
-      body = jax.checkpoint(body, policy=_save_all_but_used(use))
+    elif not hook.reads_as_stored:  # save everything the layer computes except what was read
+      body = jax.checkpoint(body, policy=_save_all_but_used(hook))
     return state, body
 
   def forward_with_aux(
@@ -126,19 +109,20 @@ class Transformer(nnx.Module):
       tokens_BxT: jax.Array,
       positions_BxT: Optional[jax.Array] = None,
       segment_ids_BxT: Optional[jax.Array] = None,
-      use: Optional[ParamUse] = None,
+      hook: ParamHook = AS_STORED,
   ):
     """(logits BxTxV float32, MoEStats stacked over the MoE layers, or None for a dense model).
 
-    use: see ParamUse; None reads the parameters as they are.
+    hook: how each group of parameters is read where it is used (model/param_hook.py).
     """
     b, t = tokens_BxT.shape
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(t)[None], (b, t))
-    use = None if use is None else _marked(use)
-    x_BxTxD = self.embed_tokens(tokens_BxT, use)
+    if not hook.reads_as_stored:
+      hook = _marked(hook)
+    x_BxTxD = self.embed_tokens(tokens_BxT, hook)
     if self.cfg.scan_layers:
-      state, body = self._layer_fn(self.blocks, ("blocks",), use)
+      state, body = self._layer_fn(self.blocks, ("blocks",), hook)
 
       def scan_body(x, layer_state):
         return body(x, layer_state, positions_BxT, segment_ids_BxT)
@@ -147,12 +131,12 @@ class Transformer(nnx.Module):
     else:
       per_layer = []
       for i, block in enumerate(self.blocks):
-        state, body = self._layer_fn(block, ("blocks", i), use)
+        state, body = self._layer_fn(block, ("blocks", i), hook)
         x_BxTxD, layer_stats = body(x_BxTxD, state, positions_BxT, segment_ids_BxT)
         if layer_stats is not None:
           per_layer.append(layer_stats)
       stats = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if per_layer else None
-    return self.logits(x_BxTxD, use), stats
+    return self.logits(x_BxTxD, hook), stats
 
   def __call__(
       self,
@@ -230,15 +214,15 @@ def apply_with_aux(
     tokens_BxT: jax.Array,
     positions_BxT: Optional[jax.Array] = None,
     segment_ids_BxT: Optional[jax.Array] = None,
-    use: Optional[ParamUse] = None,
+    hook: ParamHook = AS_STORED,
 ):
   """Pure forward pass: (logits, MoEStats stacked over MoE layers, or None when dense).
 
-  With `use` (see ParamUse), params are stored parameters that use() turns into the arrays each
-  layer computes with, where and when it computes.
+  params are stored parameters that hook.read turns into the arrays each layer computes with,
+  where and when it computes (model/param_hook.py); AS_STORED computes with them as they are.
   """
   return nnx.merge(graphdef, params).forward_with_aux(
-      tokens_BxT, positions_BxT, segment_ids_BxT, use=use)
+      tokens_BxT, positions_BxT, segment_ids_BxT, hook=hook)
 
 
 def unstack_layers(

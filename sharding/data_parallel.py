@@ -16,15 +16,15 @@ stage (sharding/zero.py holds the layouts):
 Expert weights are the exception to "gathered where used": with an `expert` mesh axis each device
 keeps its own experts (gathered only over the other data-parallel axes, at stage 3) and the MoE
 layer sends tokens to them by all-to-all (model/moe.py, ExpertExchange, which this module builds
-and hands to the model as use.expert_exchange). Their gradient then sums over the devices that
+and hands to the model as hook.expert_exchange). Their gradient then sums over the devices that
 share those experts: the all-to-all's transpose brings back the cotangents of every expert-axis
 peer's tokens, and the sum over the other axes is the transpose of the weights' replication there
 (stages 0-2) or of their gather (stage 3, a reduce-scatter).
 
 So at stages 2 and 3 no device ever holds a whole gradient (only one layer's, for a moment), and
 gradient accumulation carries slices; at stage 3 no device holds whole parameters either, only
-one layer's. The model stays mesh-agnostic: it calls a `use(path, stored)` hook where it reads
-each group of parameters (model/transformer.py, ParamUse), and this module supplies the hook.
+one layer's. The model stays mesh-agnostic: it calls hook.read(path, stored) where it reads
+each group of parameters (model/param_hook.py, ParamHook), and this module builds the hook.
 
 The collectives are written by hand in a shard_map over the data-parallel mesh axes: under plain
 jit, whether a sum of which each device needs only a slice becomes a reduce-scatter depends on the
@@ -44,6 +44,7 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
 from model.moe import ExpertExchange
+from model.param_hook import AS_STORED, ParamHook
 from sharding.mesh import BATCH_AXES
 from sharding.rules import logical_axes
 
@@ -81,12 +82,12 @@ class ParamView:
   """How the gradient function of one device reads the parameters.
 
   It differentiates with respect to `diff` (a tree like the params: whole parameters, slices,
-  or gradient taps), builds what the model is given with assemble(diff), and passes `use` to the
-  model (None: the model reads what it is given as it is).
+  or gradient taps), builds what the model is given with assemble(diff), and passes `hook` to
+  the model (AS_STORED: the model reads what it is given as it is).
   """
 
   assemble: Callable[[Any], Any] = lambda diff: diff
-  use: Optional[Callable[[tuple, Any], Any]] = None
+  hook: ParamHook = AS_STORED
 
 
 WHOLE = ParamView()  # one device, or no data parallelism: the parameters as they are
@@ -181,40 +182,90 @@ def _expert_exchange(mesh: Mesh, dp: tuple[str, ...]) -> ExpertExchange:
       token_mean=lambda x: jax.lax.pmean(x, dp))
 
 
-def _layerwise_use(param_specs: Any, grad_specs: Any, dp: tuple[str, ...],
-                   expert_dims: Any = None, exchange: Optional[ExpertExchange] = None):
-  """The model's use() hook: gathers stored slices, and taps the gradient of whole parameters
+def _recomputed(prim, params) -> bool:
+  """The primitives whose outputs are used parameters: the model's backward pass derives them
+  again (a re-gather of slices, a cast for a tap) rather than saving every layer's."""
+  if prim.name == "all_gather":
+    return True
+  if prim.name == "custom_jvp_call":  # a gradient tap: a custom JVP around one cast
+    return all(e.primitive.name == "pvary" for e in params["call_jaxpr"].jaxpr.eqns)
+  return False
+
+
+def _layerwise_hook(param_specs: Any, grad_specs: Any, dp: tuple[str, ...],
+                    expert_dims: Any = None,
+                    exchange: Optional[ExpertExchange] = None) -> ParamHook:
+  """The model's parameter hook: gathers stored slices, and taps the gradient of whole parameters
   whose gradient is partitioned (ZeRO-2), one layer at a time where the model uses them. Expert
   weights are never gathered over their expert dimension: the exchange brings tokens to them."""
 
-  def use_leaf(x, pspec, gspec, edim=0):
+  def read_leaf(x, pspec, gspec, edim=0):
     if isinstance(x, GradTap):
       return _grad_tap(dp, splits_of(_layer_spec(gspec, x.whole.ndim)))(x.tap, x.whole)
     splits = splits_of(_layer_spec(pspec, x.ndim))  # no split: x as it is
     return _gather(x, [(d, axes) for d, axes in splits if not edim or d != x.ndim + edim])
 
-  def use(path, stored):
+  def read(path, stored):
     psub, gsub = _subtree(param_specs, path), _subtree(grad_specs, path)
     esub = _subtree(expert_dims, path) if expert_dims is not None else jax.tree.map(
         lambda _: 0, psub, is_leaf=_is_spec)
     if isinstance(stored, nnx.State):
-      return jax.tree.map(use_leaf, stored, psub, gsub, esub,
+      return jax.tree.map(read_leaf, stored, psub, gsub, esub,
                           is_leaf=lambda x: isinstance(x, GradTap))
     first = lambda sub: jax.tree.leaves(sub, is_leaf=_is_spec)[0]  # noqa: E731
-    return use_leaf(stored, first(psub), first(gsub), first(esub))
+    return read_leaf(stored, first(psub), first(gsub), first(esub))
 
-  def recompute(prim, params) -> bool:
-    """The primitives whose outputs are used parameters: the model's backward pass derives them
-    again (a re-gather of slices, a cast for a tap) rather than saving every layer's."""
-    if prim.name == "all_gather":
-      return True
-    if prim.name == "custom_jvp_call":  # a gradient tap: a custom JVP around one cast
-      return all(e.primitive.name == "pvary" for e in params["call_jaxpr"].jaxpr.eqns)
-    return False
+  return ParamHook(read=read, recompute=_recomputed, expert_exchange=exchange)
 
-  use.recompute = recompute
-  use.expert_exchange = exchange
-  return use
+
+def _is_layerwise(pspec: PartitionSpec, gspec: PartitionSpec) -> bool:
+  """Whether a parameter is gathered or tapped where used (stored split, or gradient split)."""
+  return bool(splits_of(pspec) or splits_of(gspec))
+
+
+def _param_hook(mesh: Mesh, dp: tuple[str, ...], param_sharding: Any, param_specs: Any,
+                grad_specs: Any) -> ParamHook:
+  """The hook each device's model reads its parameters through: layerwise where any parameter
+  is stored or differentiated in slices, or where the model has experts; else AS_STORED."""
+  any_layerwise = any(_is_layerwise(p, g) for p, g in zip(
+      jax.tree.leaves(param_specs, is_leaf=_is_spec), jax.tree.leaves(grad_specs, is_leaf=_is_spec)))
+  expert_dims = _expert_dims(param_sharding)
+  # An MoE model always gets the exchange: its router statistics are means over all tokens
+  # (token_mean), and with an expert axis its tokens travel to their experts.
+  has_experts = any(jax.tree.leaves(expert_dims))
+  if not (any_layerwise or has_experts):
+    return AS_STORED
+  return _layerwise_hook(param_specs, grad_specs, dp, expert_dims,
+                         _expert_exchange(mesh, dp) if has_experts else None)
+
+
+def _differentiated(x: jax.Array, pspec: PartitionSpec, gspec: PartitionSpec, mesh: Mesh,
+                    dp: tuple[str, ...]) -> jax.Array:
+  """What this device differentiates with respect to, for one parameter."""
+  if splits_of(pspec):
+    return x  # this device's slice
+  if not splits_of(gspec):
+    # The whole parameter, typed as varying over the data-parallel axes: its gradient is then
+    # this device's own, which _finished sums. (A parameter typed invariant would get a gradient
+    # that shard_map had already summed, and summing it again would scale it by N.)
+    return jax.lax.pcast(x, dp, to="varying")
+  shape = list(x.shape)  # a zero tap, the shape of this device's gradient slice
+  for dim, axes in splits_of(gspec):
+    shape[dim] //= math.prod(mesh.shape[a] for a in axes)
+  axes = tuple(a for _, ax in splits_of(gspec) for a in ax)
+  return jax.lax.pcast(jnp.zeros(shape, x.dtype), axes, to="varying")
+
+
+def _finished(g: jax.Array, pspec: PartitionSpec, gspec: PartitionSpec, mesh: Mesh,
+              dp: tuple[str, ...]) -> jax.Array:
+  """The gradient in its layout: summed if the backward pass has not summed it already."""
+  if not _is_layerwise(pspec, gspec):
+    return jax.lax.psum(g, dp)
+  for dim, axes in splits_of(gspec):  # split further than stored: slice the finished sum
+    if (dim, axes) not in splits_of(pspec) and splits_of(pspec):
+      size = g.shape[dim] // math.prod(mesh.shape[a] for a in axes)
+      g = jax.lax.dynamic_slice_in_dim(g, jax.lax.axis_index(axes) * size, size, dim)
+  return g
 
 
 def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any,
@@ -226,7 +277,7 @@ def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any,
     stored split (stage 3; experts over the expert axis at any stage)  the device differentiates
         its slice; the model gathers it where used; the gradient comes back reduce-scattered.
         Over the expert axis nothing is gathered: the layer's tokens come to the experts
-        (use.expert_exchange), and the gradient of the device's experts is its own, summed over
+        (hook.expert_exchange), and the gradient of the device's experts is its own, summed over
         the other axes by the transpose of their replication
     stored whole, gradient split (stage 2)  a GradTap: the gradient comes back reduce-scattered
     both whole (stages 0, 1)  the whole parameter; its gradient is all-reduced after the backward
@@ -238,51 +289,19 @@ def data_parallel(grad_fn: GradFn, mesh: Mesh, param_sharding: Any,
     return lambda params, batch: grad_fn(params, batch, WHOLE)  # nothing to sum
   specs = lambda tree: jax.tree.map(lambda s: manual_spec(s.spec, dp), tree)  # noqa: E731
   param_specs, grad_specs = specs(param_sharding), specs(grad_sharding)
-  layerwise = lambda ps, gs: bool(splits_of(ps) or splits_of(gs))  # noqa: E731
-  any_layerwise = any(layerwise(p, g) for p, g in zip(
-      jax.tree.leaves(param_specs, is_leaf=_is_spec), jax.tree.leaves(grad_specs, is_leaf=_is_spec)))
-  expert_dims = _expert_dims(param_sharding)
-  # An MoE model always gets the exchange: its router statistics are means over all tokens
-  # (token_mean), and with an expert axis its tokens travel to their experts.
-  has_experts = any(jax.tree.leaves(expert_dims))
-  use = (_layerwise_use(param_specs, grad_specs, dp, expert_dims,
-                        _expert_exchange(mesh, dp) if has_experts else None)
-         if any_layerwise or has_experts else None)
-
-  def differentiated(x, pspec, gspec):
-    """What this device differentiates with respect to, for one parameter."""
-    if splits_of(pspec):
-      return x  # this device's slice
-    if not splits_of(gspec):
-      # The whole parameter, typed as varying over the data-parallel axes: its gradient is then
-      # this device's own, which `finish` sums. (A parameter typed invariant would get a gradient
-      # that shard_map had already summed, and summing it again would scale it by N.)
-      return jax.lax.pcast(x, dp, to="varying")
-    shape = list(x.shape)  # a zero tap, the shape of this device's gradient slice
-    for dim, axes in splits_of(gspec):
-      shape[dim] //= math.prod(mesh.shape[a] for a in axes)
-    axes = tuple(a for _, ax in splits_of(gspec) for a in ax)
-    return jax.lax.pcast(jnp.zeros(shape, x.dtype), axes, to="varying")
-
-  def finish(g, pspec, gspec):
-    """The gradient in its layout: summed if the backward pass has not summed it already."""
-    if not layerwise(pspec, gspec):
-      return jax.lax.psum(g, dp)
-    for dim, axes in splits_of(gspec):  # split further than stored: slice the finished sum
-      if (dim, axes) not in splits_of(pspec) and splits_of(pspec):
-        size = g.shape[dim] // math.prod(mesh.shape[a] for a in axes)
-        g = jax.lax.dynamic_slice_in_dim(g, jax.lax.axis_index(axes) * size, size, dim)
-    return g
+  hook = _param_hook(mesh, dp, param_sharding, param_specs, grad_specs)
 
   def local(params, batch):
-    diff = jax.tree.map(differentiated, params, param_specs, grad_specs, is_leaf=_is_spec)
+    diff = jax.tree.map(lambda x, p, g: _differentiated(x, p, g, mesh, dp), params, param_specs,
+                        grad_specs, is_leaf=_is_spec)
 
     def assemble(d):
       """The model's parameters: GradTaps where a whole parameter has a partitioned gradient."""
       return jax.tree.map(lambda t, w: GradTap(t, w) if t.shape != w.shape else t, d, params)
 
-    objective, n, grads, sums = grad_fn(diff, batch, ParamView(assemble, use))
-    grads = jax.tree.map(finish, grads, param_specs, grad_specs, is_leaf=_is_spec)
+    objective, n, grads, sums = grad_fn(diff, batch, ParamView(assemble, hook))
+    grads = jax.tree.map(lambda g, p, gs: _finished(g, p, gs, mesh, dp), grads, param_specs,
+                         grad_specs, is_leaf=_is_spec)
     return (jax.lax.psum(objective, dp), jax.lax.psum(n, dp), grads,
             jax.tree.map(lambda x: jax.lax.psum(x, dp), sums))
 

@@ -83,10 +83,10 @@ def batch_shardings(mesh: Mesh, abstract_batch: Any) -> Any:
   """A tree like `abstract_batch` (any arrays whose leading dimension is the rows) whose leaves
   split those rows over every data-parallel mesh axis; None (no structure given): one sharding,
   a prefix of every such tree."""
-  sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+  rows_sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
   if abstract_batch is None:
-    return sharding
-  return jax.tree.map(lambda _: sharding, abstract_batch)
+    return rows_sharding
+  return jax.tree.map(lambda _: rows_sharding, abstract_batch)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

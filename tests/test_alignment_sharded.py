@@ -21,7 +21,7 @@ from model.config import ModelConfig
 from sharding import mesh as mesh_lib
 from train.align import data as data_lib
 from train.align import dpo, grpo, sft
-from train import loop, optimizer as optimizer_lib
+from train import loop, optimizer as optimizer_lib, state as state_lib
 from train import step as step_lib
 from train.data import tokenizer as tokenizer_lib
 from train.config import TrainSettings
@@ -90,7 +90,7 @@ def _metrics(objective: str, mesh_spec: dict, zero_stage: int, grad_accum: int) 
   tx, lr_schedule = _tx()
   abstract = lambda tree: jax.tree.map(  # noqa: E731
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-  training = loop.build_sharded_training(
+  training = state_lib.build_sharded_training(
       graphdef, lambda p: jax.tree.map(jnp.copy, p), abstract(initial["params"]),
       _loss(objective, graphdef), tx, lr_schedule=lr_schedule, grad_accum=grad_accum, seed=0,
       mesh=mesh, zero_stage=zero_stage, abstract_batch=abstract(_batch(objective, 0)))

@@ -220,7 +220,7 @@ def test_bad_gzip_line_names_file_and_line(tmp_path):
 ])
 def test_bad_mixture_source_is_one_line_before_anything_is_written(tmp_path, tiny_corpus, case,
                                                                    needle):
-  from train import loop
+  from train import pretrain
 
   (tmp_path / "empty.txt").write_text("")
   (tmp_path / "broken.jsonl.gz").write_bytes(b"not gzip at all")
@@ -228,7 +228,7 @@ def test_bad_mixture_source_is_one_line_before_anything_is_written(tmp_path, tin
             "unreadable": {"paths": str(tmp_path / "broken.jsonl.gz"), "weight": 1}}[case]
   config = tiny_config("", **{"data.sources": ({"paths": tiny_corpus, "weight": 1}, second)})
   with pytest.raises((config_lib.ConfigError, data_lib.DataError), match=needle) as e:
-    loop.train(config, str(tmp_path / "run"))
+    pretrain.train(config, str(tmp_path / "run"))
   assert "\n" not in str(e.value)
   assert not (tmp_path / "run").exists()
 

@@ -180,7 +180,7 @@ def test_training_with_flash_gives_the_reference_losses():
   from model.config import ModelConfig
   from sharding import mesh as mesh_lib
   from train import config as config_lib
-  from train import loop
+  from train import loop, state as state_lib
 
   config = tiny_config("")
   train_settings = config_lib.resolve(config).train
@@ -190,12 +190,13 @@ def test_training_with_flash_gives_the_reference_losses():
   losses = {}
   for impl in ("reference", "flash"):
     model_cfg = ModelConfig.from_dict({**config.model.to_dict(), "attention_impl": impl})
-    run = loop.make_sharded_training(model_cfg, train_settings, mesh, 0, pad_id=-1,
-                                     documents=(0, False))
-    state = run.init(jax.random.key(0))
+    training = state_lib.make_sharded_training(model_cfg, train_settings, mesh, 0, pad_id=-1,
+                                               documents=(0, False))
+    state = training.init(jax.random.key(0))
     losses[impl] = []
     for _ in range(3):
-      state, metrics = run.train_step(state, loop.global_batch(rows, run.batch_sharding))
+      state, metrics = training.train_step(
+          state, loop.global_batch(rows, training.batch_sharding))
       losses[impl].append(float(metrics["loss"]))
   assert losses["flash"][-1] < losses["flash"][0]  # it trains (lr warms up from 0 at step 0)
   np.testing.assert_allclose(losses["flash"], losses["reference"], rtol=0, atol=1e-5)

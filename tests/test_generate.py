@@ -14,7 +14,7 @@ from tests.helpers import run_script, tiny_config
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   """A tiny model trained for a few steps (one per module: training is the slow part)."""
-  from train import loop
+  from train import pretrain
 
   root = tmp_path_factory.mktemp("generate")
   rng = random.Random(0)
@@ -22,7 +22,7 @@ def tiny_run(tmp_path_factory):
   for i in range(4):
     (root / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)) + "\n")
   workdir = str(root / "run")
-  loop.train(tiny_config(str(root / "*.txt"), **{"train.steps": 3}), workdir)
+  pretrain.train(tiny_config(str(root / "*.txt"), **{"train.steps": 3}), workdir)
   return workdir
 
 

@@ -9,7 +9,7 @@ from sharding import rules as rules_lib
 from sharding import validate, zero
 from sharding.mesh import MeshError
 from tests.helpers import tiny_config
-from train import loop
+from train import pretrain
 
 
 def _one_line(excinfo) -> str:
@@ -101,7 +101,7 @@ def test_batch_must_divide_over_the_data_parallel_devices():
 def test_train_rejects_a_bad_layout_before_touching_the_workdir(tmp_path, overrides, needle):
   wd = tmp_path / "run"
   with pytest.raises(ValueError) as e:
-    loop.train(tiny_config("unused", **overrides), str(wd))
+    pretrain.train(tiny_config("unused", **overrides), str(wd))
   assert needle in _one_line(e)
   assert not wd.exists()  # nothing prepared, nothing compiled
   assert len(jax.devices()) == 8

@@ -201,14 +201,15 @@ def test_moe_training_on_an_expert_mesh_logs_router_metrics(tmp_path, tiny_corpu
   device does: test_expert_parallel_training_matches_one_device below.) Catches: metrics of an
   MoE run not reaching metrics.jsonl, shares that do not sum to one, experts stored whole."""
   from tests.helpers import tiny_config
-  from train import loop
+  from train import config as config_lib
   from train import metrics as metrics_lib
+  from train import pretrain
 
   moe_overrides = {"model.moe.n_experts": 4, "model.moe.top_k": 2, "train.steps": 3,
                    "checkpoint.every_steps": 3, "train.eval_every": 3}
   import jax
   sharded = tiny_config(tiny_corpus, **moe_overrides, **{"sharding.mesh": {"data": 2, "expert": 4}})
-  loop.train(sharded, str(tmp_path / "ep"))
+  pretrain.train(sharded, str(tmp_path / "ep"))
   b = metrics_lib.read_jsonl(str(tmp_path / "ep" / "metrics.jsonl"))
   assert [r["step"] for r in b if "loss" in r] == [1, 2, 3]
   last = b[-1]
@@ -220,7 +221,7 @@ def test_moe_training_on_an_expert_mesh_logs_router_metrics(tmp_path, tiny_corpu
   from sharding import mesh as mesh_lib
   from sharding import rules
 
-  _, abstract = transformer.abstract(loop.config_lib.validate(sharded))
+  _, abstract = transformer.abstract(config_lib.validate(sharded))
   shardings = rules.param_shardings(abstract, mesh_lib.make_mesh(sharded.sharding.mesh),
                                     rules.TENSOR_PARALLEL)
   assert shardings["blocks"]["mlp"]["w_gate"].get_value().spec[1] == "expert"
@@ -275,7 +276,7 @@ def _ep_training(name: str):
   """(training, compiled train step); "one_device" is the reference (dropless: with room for
   every token, capacity dispatch computes the same)."""
   from sharding import mesh as mesh_lib
-  from train import loop
+  from train import state as state_lib
 
   if name == "one_device":
     spec, stage, dispatch = {"data": 1}, 0, "dropless"
@@ -284,7 +285,7 @@ def _ep_training(name: str):
     spec, stage, dispatch = EP_RUNS[name]
     mesh = mesh_lib.make_mesh(spec)
   config, model = _ep_model(dispatch)
-  training = loop.make_sharded_training(
+  training = state_lib.make_sharded_training(
       model, TrainSettings.from_config(config.train), mesh, stage, pad_id=0)
   batch = _ep_batches()[0]
   struct = jax.ShapeDtypeStruct(batch.shape, jnp.int32, sharding=training.batch_sharding)

@@ -20,7 +20,7 @@ import pytest
 
 from sharding import distributed
 from tests.helpers import ROOT, script_cmd, script_env, tiny_config, train_args
-from train import loop
+from train import pretrain
 from train import metrics as metrics_lib
 
 STEPS = 6  # tiny.py checkpoints every 3 steps
@@ -95,7 +95,7 @@ def runs(tmp_path_factory):
   read = lambda name: (root / name).read_text()  # noqa: E731
   for attempt in range(LAUNCH_ATTEMPTS):
     shutil.rmtree(two, ignore_errors=True)
-    meanwhile = (lambda: loop.train(tiny_config(corpus, **OVERRIDES), str(one))) if attempt == 0 else None
+    meanwhile = (lambda: pretrain.train(tiny_config(corpus, **OVERRIDES), str(one))) if attempt == 0 else None
     codes = _run_two_processes(root, two, corpus, flags, meanwhile)  # meanwhile: 1 process, 8 devices
     err = [read(f"err{i}.txt") for i in range(2)]
     if codes == [0, 0] or not any(_PORT_TAKEN.search(e) for e in err):
@@ -116,7 +116,7 @@ def test_two_processes_give_the_losses_of_one_process_with_8_devices(runs):
 def test_only_process_0_writes_logs_and_the_progress_bar(runs):
   summary = json.loads(runs.out[0].strip().splitlines()[-1])
   assert summary["final_step"] == STEPS
-  # Each process read only its half of every batch from the shards (train/loop.rows_batch), and
+  # Each process read only its half of every batch from the shards (train/loop.py's rows_batch), and
   # the losses above still equal one process's: the halves make up the global batch.
   assert summary["rows_read_per_step"] == tiny_config("").train.batch_size // 2
   # gloo's C++ library announces its connections on stdout ("[Gloo] Rank 7 is connected to 7 peer
@@ -138,7 +138,7 @@ def test_checkpoint_of_two_processes_resumes_in_one_under_another_stage_and_mesh
   wd = tmp_path / "resumed"
   shutil.copytree(runs.two, wd)
   shutil.rmtree(wd / "checkpoints" / "6")
-  summary = loop.train(tiny_config(runs.corpus, **{
+  summary = pretrain.train(tiny_config(runs.corpus, **{
       **OVERRIDES, "sharding.zero_stage": 1, "sharding.mesh": {"data": 4, "tensor": 2}}), str(wd))
   assert summary["start_step"] == 3
   before, after = _losses(runs.two), _losses(wd)  # steps 4..6 logged again, the last value kept

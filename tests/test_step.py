@@ -17,7 +17,7 @@ from jax.extend import core as jcore
 from model.config import ModelConfig
 from sharding import mesh as mesh_lib
 from tests.helpers import tiny_config
-from train import loop
+from train import state as state_lib
 from train.config import TrainSettings
 
 STEPS = 50
@@ -27,7 +27,7 @@ def _training(dtype: str):
   config = tiny_config("", **{"model.dtype": dtype, "train.steps": STEPS, "train.warmup_steps": 5})
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   mesh = mesh_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  return config, loop.make_sharded_training(
+  return config, state_lib.make_sharded_training(
       model_cfg, TrainSettings.from_config(config.train), mesh, 0, pad_id=0)
 
 

@@ -17,7 +17,7 @@ def _points(base):
 
 
 class FakeTrainer:
-  """Stands in for train.loop.train: 'trains' by writing its step to the workdir, resumes from
+  """Stands in for train.pretrain.train: 'trains' by writing its step to the workdir, resumes from
   it, and can be told to stop (as on SIGTERM) at a step of one run."""
 
   def __init__(self, stop_at=None):

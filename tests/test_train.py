@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import ROOT, run_script, script_cmd, script_env, tiny_config, train_args
-from train import loop
+from train import config as config_lib, loop, pretrain, state as state_lib
 from train import metrics as metrics_lib
 
 
@@ -89,7 +89,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, t
   monkeypatch.setattr(ckpt_lib, "RETRY_AFTER_S", 0.0)
   wd = str(tmp_path / "run")
   config = tiny_config(tiny_corpus, **{"train.steps": 9})
-  loop.train(config, wd)  # checkpoints at 3, 6 and 9
+  pretrain.train(config, wd)  # checkpoints at 3, 6 and 9
   before = _losses(wd)
   assert _steps(wd) == [3, 6, 9]
 
@@ -101,7 +101,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, t
 
   truncate(9)
   capfd.readouterr()
-  summary = loop.train(config, wd)
+  summary = pretrain.train(config, wd)
   out, err = capfd.readouterr()
   log_path = os.path.join(wd, "restore.log")
   [line] = out.splitlines()
@@ -121,18 +121,18 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, t
   with pytest.raises(ckpt_lib.UnreadableCheckpoints,
                      match=r"only unreadable-3-\d+, unreadable-6-\d+, unreadable-9-\d+, "
                            r"unreadable-9-\d+ .*restart_if_unreadable=True"):
-    loop.train(config, wd)
+    pretrain.train(config, wd)
   assert _losses(wd) == before  # nothing was retrained over the run's metrics
 
 
 def test_leftover_temporary_save_is_ignored(tmp_path, tiny_corpus):
   wd = str(tmp_path / "run")
-  loop.train(tiny_config(tiny_corpus, **{"train.steps": 3}), wd)
+  pretrain.train(tiny_config(tiny_corpus, **{"train.steps": 3}), wd)
   junk = os.path.join(wd, "checkpoints", "6.orbax-checkpoint-tmp-1234567")
   os.makedirs(os.path.join(junk, "state"))
   with open(os.path.join(junk, "state", "half"), "wb") as f:
     f.write(b"\0" * 100)
-  summary = loop.train(tiny_config(tiny_corpus, **{"train.steps": 6}), wd)
+  summary = pretrain.train(tiny_config(tiny_corpus, **{"train.steps": 6}), wd)
   assert summary["start_step"] == 3 and summary["final_step"] == 6
 
 
@@ -141,17 +141,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_corpus
   Inf saved at a checkpoint step although that step's loss, computed before the update, was
   finite."""
   wd = str(tmp_path / "run")
-  loop.train(tiny_config(tiny_corpus, **{"train.steps": 3}), wd)
+  pretrain.train(tiny_config(tiny_corpus, **{"train.steps": 3}), wd)
   # An infinite lr: step 4's loss (before its update) is finite, the state after it is not.
   # Both runs compile the same step; only where they save differs.
   blow_up = {"train.steps": 30, "train.lr": float("inf")}
   with pytest.raises(loop.NonFiniteLoss, match=r"NaN or Inf after step 4; stopped without saving"):
-    loop.train(tiny_config(tiny_corpus, **blow_up, **{"checkpoint.every_steps": 4}), wd)
+    pretrain.train(tiny_config(tiny_corpus, **blow_up, **{"checkpoint.every_steps": 4}), wd)
   assert _steps(wd) == [3]
   with pytest.raises(loop.NonFiniteLoss, match=r"loss is (nan|inf) at step \d+.*checkpoint \(3\) is untouched"):
-    loop.train(tiny_config(tiny_corpus, **blow_up), wd)
+    pretrain.train(tiny_config(tiny_corpus, **blow_up), wd)
   assert _steps(wd) == [3]
-  summary = loop.train(tiny_config(tiny_corpus, **{"train.steps": 4}), wd)
+  summary = pretrain.train(tiny_config(tiny_corpus, **{"train.steps": 4}), wd)
   assert summary["start_step"] == 3
 
 
@@ -159,9 +159,9 @@ def test_finished_run_extends_when_steps_grow_and_traces_the_profiled_steps(tmp_
   """Also catches: --profile_steps not reaching the loop, or a range that starts before the
   resumed run's first step never starting the trace (no trace file)."""
   wd = str(tmp_path / "run")
-  loop.train(tiny_config(tiny_corpus), wd)
+  pretrain.train(tiny_config(tiny_corpus), wd)
   assert not os.path.exists(os.path.join(wd, "profile"))
-  summary = loop.train(tiny_config(tiny_corpus, **{"train.steps": 9}), wd, profile_steps=(2, 7))
+  summary = pretrain.train(tiny_config(tiny_corpus, **{"train.steps": 9}), wd, profile_steps=(2, 7))
   assert summary["start_step"] == 6 and summary["final_step"] == 9
   assert glob.glob(os.path.join(wd, "profile", "plugins", "profile", "*", "*.xplane.pb"))
   assert set(metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))[-1]) >= {
@@ -224,26 +224,27 @@ def test_memory_preflight_refuses_stage_2_names_stage_3_and_stage_3_trains(tmp_p
                "checkpoint.every_steps": 2, "train.eval_every": 2, "data.seq_len": 16,
                "sharding.mesh": {"data": 8}, "sharding.zero_stage": 2}
   config = tiny_config(tiny_corpus, **overrides)
-  settings = loop.config_lib.resolve(config)
-  mesh = mesh_lib.make_mesh(settings.sharding.mesh)
+  run_settings = config_lib.resolve(config)
+  mesh = mesh_lib.make_mesh(run_settings.sharding.mesh)
 
   def need(stage):
     # As the pre-flight builds it (the same program, so the compilation cache serves both).
-    run = loop.make_sharded_training(settings.model, settings.train, mesh, stage, pad_id=-1,
-                                     documents=(-1, False))
-    struct = jax.ShapeDtypeStruct((8, 17), np.int32, sharding=run.batch_sharding)
-    return memory_lib.step_bytes(run.train_step.lower(run.abstract_state, struct).compile())
+    training = state_lib.make_sharded_training(
+        run_settings.model, run_settings.train, mesh, stage, pad_id=-1, documents=(-1, False))
+    struct = jax.ShapeDtypeStruct((8, 17), np.int32, sharding=training.batch_sharding)
+    return memory_lib.step_bytes(
+        training.train_step.lower(training.abstract_state, struct).compile())
 
   need_3 = need(3)
   config.sharding.device_memory_gb = 1.02 * need_3 / memory_lib.GB
   workdir = tmp_path / "run"
   with pytest.raises(mesh_lib.MeshError) as e:
-    loop.train(config, str(workdir))
+    pretrain.train(config, str(workdir))
   assert "per device at sharding.zero_stage=2, over sharding.device_memory_gb=" in str(e.value)
   assert str(e.value).endswith(f"zero_stage=3 needs {need_3 / memory_lib.GB:.3g} GB")
   assert not workdir.exists()
   config.sharding.zero_stage = 3
-  assert loop.train(config, str(workdir))["final_step"] == 2
+  assert pretrain.train(config, str(workdir))["final_step"] == 2
 
 
 def _records(workdir) -> dict[int, dict]:
@@ -265,7 +266,7 @@ def test_cooldown_branch_continues_the_parent_exactly_under_its_own_schedule(tmp
 
   common = {"train.steps": 4, "checkpoint.every_steps": 2, "train.eval_every": 1000}
   parent, branch = str(tmp_path / "parent"), str(tmp_path / "branch")
-  loop.train(tiny_config(tiny_corpus, **common, **{"train.schedule": "constant"}), parent)
+  pretrain.train(tiny_config(tiny_corpus, **common, **{"train.schedule": "constant"}), parent)
   cooldown = {**common, "train.schedule": "wsd", "train.decay_fraction": 0.5,
               "train.init_from": f"{parent}:2"}
   for bad, needle in [({"train.init_from": f"{tmp_path}/none:2"}, "holds no run"),
@@ -273,9 +274,9 @@ def test_cooldown_branch_continues_the_parent_exactly_under_its_own_schedule(tmp
                       ({"model.d_model": 64}, "model.d_model: saved 32, requested 64"),
                       ({"train.batch_size": 16}, "train.batch_size: saved 8, requested 16")]:
     with pytest.raises(ConfigError, match=needle):
-      loop.train(tiny_config(tiny_corpus, **{**cooldown, **bad}), str(tmp_path / "refused"))
+      pretrain.train(tiny_config(tiny_corpus, **{**cooldown, **bad}), str(tmp_path / "refused"))
 
-  summary = loop.train(tiny_config(tiny_corpus, **cooldown), branch)
+  summary = pretrain.train(tiny_config(tiny_corpus, **cooldown), branch)
   assert summary["start_step"] == 2
   ours, theirs = _records(branch), _records(parent)
   assert sorted(ours) == [3, 4]
@@ -292,7 +293,28 @@ def test_cooldown_branch_continues_the_parent_exactly_under_its_own_schedule(tmp
   assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a["params"]),
                                                       jax.tree.leaves(b["params"])))
   # Its own checkpoints now: init_from is ignored (a parent that no longer exists included).
-  again = loop.train(tiny_config(tiny_corpus, **{**cooldown, "train.steps": 5,
+  again = pretrain.train(tiny_config(tiny_corpus, **{**cooldown, "train.steps": 5,
                                                  "train.init_from": f"{tmp_path}/gone:2"}), branch)
   assert again["start_step"] == 4 and again["final_step"] == 5
   assert json.load(open(os.path.join(branch, "config.json")))["parent"]["step"] == 2
+
+
+def test_meter_rates_cover_the_steps_since_the_last_reading(monkeypatch):
+  """Catches: a rate over the wrong interval (from the first reading, or across a restart), steps
+  not reset after a reading, tokens per second or MFU inverted, step time per reading rather than
+  per step."""
+  now = [10.0]
+  monkeypatch.setattr(pretrain.time, "perf_counter", lambda: now[0])
+  meter = pretrain.Meter(tokens_per_step=100, train_flops_per_token=6.0, peak_flops=1200.0)
+  meter.count()
+  assert meter.read() == {}  # no interval yet: the first reading only starts one
+  now[0] = 11.0
+  meter.count()
+  now[0] = 13.0  # an evaluation: 2 s that are not training
+  meter.restart()
+  meter.count()
+  meter.count()
+  now[0] = 14.0
+  assert meter.read() == {"tokens_per_sec": 200.0, "step_time_s": 0.5, "mfu": 1.0}
+  now[0] = 15.0
+  assert meter.read() == {}  # no step since the last reading

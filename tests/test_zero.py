@@ -23,7 +23,7 @@ from sharding import mesh as mesh_lib
 from sharding import zero
 from tests.helpers import tiny_config
 from train import checkpoint as ckpt_lib
-from train import loop
+from train import state as state_lib
 from train.config import TrainSettings
 
 STEPS = 5
@@ -65,7 +65,7 @@ def _batches(n=STEPS + 1):
 
 @dataclasses.dataclass
 class Run:
-  training: loop.ShardedTraining
+  training: state_lib.ShardedTraining
   compiled: object  # the train step, compiled once
   hlo: str
   state: dict  # after STEPS steps
@@ -78,7 +78,7 @@ def _initial_state():
   """The initial train state on the host: every device_put of it makes new buffers, which the
   train step may then donate."""
   mesh = mesh_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  training = loop.make_sharded_training(
+  training = state_lib.make_sharded_training(
       MODEL, TrainSettings.from_config(CONFIG.train), mesh, 0, pad_id=PAD_ID)
   return jax.device_get(training.init(jax.random.key(0)))
 
@@ -91,7 +91,7 @@ def _run(name: str) -> Run:
     spec, stage, accum = RUNS[name]
     mesh = mesh_lib.make_mesh(spec)
   t = dataclasses.replace(TrainSettings.from_config(CONFIG.train), grad_accum=accum)
-  training = loop.make_sharded_training(MODEL, t, mesh, stage, pad_id=PAD_ID)
+  training = state_lib.make_sharded_training(MODEL, t, mesh, stage, pad_id=PAD_ID)
   batch_struct = jax.ShapeDtypeStruct((B, L1), jnp.int32, sharding=training.batch_sharding)
   compiled = training.train_step.lower(training.abstract_state, batch_struct).compile()
   # Every run starts from the same values, laid out its own way. (Compiling each layout's own

@@ -150,10 +150,12 @@ class Checkpointer:
         self.directory, options=options, item_names=("state", "data"))
 
   @classmethod
-  def of(cls, directory: str, settings: config_lib.CheckpointSettings) -> "Checkpointer":
+  def of(cls, directory: str,
+         checkpoint_settings: config_lib.CheckpointSettings) -> "Checkpointer":
     """From the checkpoint.* section."""
-    return cls(directory, keep=settings.keep, every_steps=settings.every_steps,
-               restart_if_unreadable=settings.restart_if_unreadable)
+    return cls(directory, keep=checkpoint_settings.keep,
+               every_steps=checkpoint_settings.every_steps,
+               restart_if_unreadable=checkpoint_settings.restart_if_unreadable)
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -283,19 +285,20 @@ def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
   model_cfg = ModelConfig.from_dict(saved["model"])
   # A saved record, not a user's settings: keys of other versions are ignored, and what an older
   # workdir lacks (its whole sharding section, say) takes the dataclass's default.
-  train = config_lib.TrainSettings.from_config(saved["train"], strict=False)
-  sharding = config_lib.ShardingSettings.from_config(saved.get("sharding", {}), strict=False)
+  train_settings = config_lib.TrainSettings.from_config(saved["train"], strict=False)
+  sharding_settings = config_lib.ShardingSettings.from_config(
+      saved.get("sharding", {}), strict=False)
   graphdef, _ = transformer.abstract(model_cfg)
-  tx = optimizer_lib.make(train, train.steps)
+  tx = optimizer_lib.make(train_settings, train_settings.steps)
 
   def init_fn(key):
     _, params = transformer.create(model_cfg, key)
-    return step_lib.init_state(params, tx, train.seed)
+    return step_lib.init_state(params, tx, train_settings.seed)
 
-  stage = sharding.zero_stage
+  stage = sharding_settings.zero_stage
   if mesh is None:
     try:
-      mesh = mesh_lib.make_mesh(sharding.mesh)
+      mesh = mesh_lib.make_mesh(sharding_settings.mesh)
     except mesh_lib.MeshError:  # the run's device count is not this machine's
       mesh = mesh_lib.make_mesh({"data": -1})
   abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
@@ -306,11 +309,11 @@ def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
     shardings = jax.tree.map(lambda _: one, shardings)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-  restored = Checkpointer(os.path.join(workdir, "checkpoints"), keep=10**6, every_steps=1)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=10**6, every_steps=1)
   try:
-    found = restored.restore_latest(abstract_state)
+    found = checkpointer.restore_latest(abstract_state)
   finally:
-    restored.close()
+    checkpointer.close()
   if found is None:
     raise FileNotFoundError(f"{workdir}/checkpoints holds no readable checkpoint")
   return model_cfg, graphdef, found[1]["params"]

@@ -286,25 +286,27 @@ def resolve(config: ml_collections.ConfigDict) -> RunSettings:
     if name not in config:
       raise ConfigError(f"config has no section {name!r}")
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
-  train = TrainSettings.from_config(config.train)
-  if train.batch_size % train.grad_accum:
+  train_settings = TrainSettings.from_config(config.train)
+  if train_settings.batch_size % train_settings.grad_accum:
     raise ConfigError(
-        f"train.batch_size={train.batch_size} must be divisible by "
-        f"train.grad_accum={train.grad_accum}")
-  data = DataSettings.from_config(config.data)
-  if data.seq_len > model_cfg.max_seq_len:
+        f"train.batch_size={train_settings.batch_size} must be divisible by "
+        f"train.grad_accum={train_settings.grad_accum}")
+  data_settings = DataSettings.from_config(config.data)
+  if data_settings.seq_len > model_cfg.max_seq_len:
     raise ConfigError(
-        f"data.seq_len={data.seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}; "
+        f"data.seq_len={data_settings.seq_len} exceeds "
+        f"model.max_seq_len={model_cfg.max_seq_len}; "
         "lower one or raise the other")
-  if data.vocab_size > model_cfg.vocab_size:
+  if data_settings.vocab_size > model_cfg.vocab_size:
     raise ConfigError(
-        f"data.vocab_size={data.vocab_size} exceeds model.vocab_size={model_cfg.vocab_size}")
-  checkpoint = CheckpointSettings.from_config(config.checkpoint)
+        f"data.vocab_size={data_settings.vocab_size} exceeds "
+        f"model.vocab_size={model_cfg.vocab_size}")
+  checkpoint_settings = CheckpointSettings.from_config(config.checkpoint)
   # A config without a sharding section runs on every device, replicated (the defaults).
-  sharding = ShardingSettings.from_config(
+  sharding_settings = ShardingSettings.from_config(
       config.sharding if "sharding" in config else {})
-  return RunSettings(model=model_cfg, data=data, train=train, checkpoint=checkpoint,
-                                  sharding=sharding)
+  return RunSettings(model=model_cfg, data=data_settings, train=train_settings,
+                     checkpoint=checkpoint_settings, sharding=sharding_settings)
 
 
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:

@@ -124,7 +124,7 @@ def _copy_hf_files(hf_dir: str, workdir: str, tok: Optional[Tokenizer],
 
 def _save_step_0(workdir: str, model_cfg: ModelConfig, params: Any,
                  run: config_lib.RunSettings) -> None:
-  """checkpoints/0: the train state exactly as train/loop.py builds it, but from params."""
+  """checkpoints/0: the train state exactly as train/state.py builds it, but from params."""
   t = run.train
   graphdef, _ = transformer.abstract(model_cfg)
   tx = optimizer_lib.make(t, t.steps)

@@ -1,46 +1,34 @@
-"""The training loop: the thin stateful shell around the jitted train step.
+"""The one training loop (run_steps) and what every run needs around it.
 
-config -> mesh -> data -> model -> train step -> checkpoint. Rerunning with the same workdir
-resumes from the newest readable checkpoint; losses are then bit-identical (on CPU) to a run
-that never stopped, because the state, the PRNG key and the data iterator's position are all
-restored. SIGTERM / SIGINT finish the current step, save and return normally.
+Pretraining (train/pretrain.py) and the alignment stages (train/align/stage.py) both step through
+run_steps: a step's metrics are read back one step late, checkpoints are saved where the run's
+Hooks say, a state with NaN or Inf is never saved (NonFiniteLoss), and SIGTERM / SIGINT finish
+the current step, save and return normally. Also here: the batch as an array over every process's
+devices (global_batch, rows_batch), and the checks of a run's mesh and memory before it compiles.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import signal
-import time
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
-from tqdm import tqdm
 
-from model.config import ModelConfig, count_params, flops_per_token
+from model.config import ModelConfig
 from sharding import memory as memory_lib
 from sharding import mesh as mesh_lib
 from sharding import validate as validate_lib
 from sharding import zero
-from train import branch as branch_lib
-from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train.data import pipeline as data_lib
-from train import metrics as metrics_lib
-from train import mfu as mfu_lib
 from train.data import shards as shards_lib
-from train import step as step_lib
-from train.data import tokenizer as tokenizer_lib
-# Re-exported: the sharded step is built in its own module (it needs no data pipeline, so
-# experiments.accelerator can compile it where grain is not installed).
-from train.state import (  # noqa: F401
-    ShardedTraining, build_sharded_training, make_sharded_training)
+from train.state import ShardedTraining
 
 
 class NonFiniteLoss(RuntimeError):
@@ -94,34 +82,37 @@ class StopFlag:
       signal.signal(sig, old)
 
 
-def _global_array(global_BxF: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  lo, hi = local_rows(sharding, global_BxF.shape)
-  return jax.make_array_from_process_local_data(sharding, global_BxF[lo:hi], global_BxF.shape)
+def _global_array(global_BxF: np.ndarray, named_sharding: NamedSharding) -> jax.Array:
+  lo, hi = local_rows(named_sharding, global_BxF.shape)
+  return jax.make_array_from_process_local_data(named_sharding, global_BxF[lo:hi], global_BxF.shape)
 
 
-def local_rows(sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[int, int]:
+def local_rows(named_sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[int, int]:
   """[lo, hi): the rows of a global batch of `shape` that this process's devices hold."""
-  return data_lib.row_range(sharding.addressable_devices_indices_map(shape).values(), shape[0])
+  devices_indices = named_sharding.addressable_devices_indices_map(shape)
+  return data_lib.row_range(devices_indices.values(), shape[0])
 
 
-def global_batch(batch: Any, sharding: Any) -> Any:
+def global_batch(batch: Any, batch_sharding: Any) -> Any:
   """The batch (a tree of host arrays, rows first) as arrays over all processes' devices; this
-  process feeds only its own rows. sharding: one NamedSharding for every leaf, or a tree of them.
+  process feeds only its own rows. batch_sharding: one NamedSharding for every leaf, or a tree
+  of them.
 
   Every process holds the same global batch here (a deterministic function of the step);
   pretraining, whose batches are large, reads only its own rows instead (rows_batch).
   """
-  if isinstance(sharding, NamedSharding):
-    return jax.tree.map(lambda x: _global_array(np.asarray(x), sharding), batch)
-  return jax.tree.map(lambda x, s: _global_array(np.asarray(x), s), batch, sharding)
+  if isinstance(batch_sharding, NamedSharding):
+    return jax.tree.map(lambda x: _global_array(np.asarray(x), batch_sharding), batch)
+  return jax.tree.map(lambda x, s: _global_array(np.asarray(x), s), batch, batch_sharding)
 
 
-def rows_batch(rows: shards_lib.Rows, ids_B: np.ndarray, sharding: NamedSharding) -> jax.Array:
+def rows_batch(rows: shards_lib.Rows, ids_B: np.ndarray,
+               named_sharding: NamedSharding) -> jax.Array:
   """The (B, L+1) batch of rows ids_B as one array over all processes' devices. ids_B is the same
   on every process; each reads from the shards only the rows its own devices hold."""
   shape = (len(ids_B), rows.row_len)
-  lo, hi = local_rows(sharding, shape)
-  return jax.make_array_from_process_local_data(sharding, rows.read(ids_B[lo:hi]), shape)
+  lo, hi = local_rows(named_sharding, shape)
+  return jax.make_array_from_process_local_data(named_sharding, rows.read(ids_B[lo:hi]), shape)
 
 
 def _any_process(flag: bool) -> bool:
@@ -217,19 +208,19 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
   return state, step, signalled, early
 
 
-def validate_sharding(train: config_lib.TrainSettings, sharding: config_lib.ShardingSettings,
-                      model_cfg: ModelConfig, mesh: Mesh, *,
-                      batch_size: Optional[int] = None) -> None:
+def validate_sharding(train_settings: config_lib.TrainSettings,
+                      sharding_settings: config_lib.ShardingSettings, model_cfg: ModelConfig,
+                      mesh: Mesh, *, batch_size: Optional[int] = None) -> None:
   """sharding/validate.py's checks for this run; one-line MeshError before anything compiles.
   batch_size: the rows of one step's batch where that is not train.batch_size (GRPO's)."""
   validate_lib.check_all(
-      mesh_shape=dict(mesh.shape), batch_size=batch_size or train.batch_size,
-      grad_accum=train.grad_accum, zero_stage=sharding.zero_stage, d_model=model_cfg.d_model,
-      n_heads=model_cfg.n_heads, n_kv_heads=model_cfg.n_kv_heads, d_ff=model_cfg.d_ff,
-      n_experts=model_cfg.moe.n_experts or None)
+      mesh_shape=dict(mesh.shape), batch_size=batch_size or train_settings.batch_size,
+      grad_accum=train_settings.grad_accum, zero_stage=sharding_settings.zero_stage,
+      d_model=model_cfg.d_model, n_heads=model_cfg.n_heads, n_kv_heads=model_cfg.n_kv_heads,
+      d_ff=model_cfg.d_ff, n_experts=model_cfg.moe.n_experts or None)
 
 
-def check_memory(sharding: config_lib.ShardingSettings,
+def check_memory(sharding_settings: config_lib.ShardingSettings,
                  build: Callable[[int], ShardedTraining], abstract_batch: Any) -> None:
   """sharding.device_memory_gb against the compiled step's peak bytes per device (0: no check).
 
@@ -238,197 +229,20 @@ def check_memory(sharding: config_lib.ShardingSettings,
   MeshError with one line when it does not fit; pretraining calls it before any data is read or
   any file is written.
   """
-  budget = float(sharding.device_memory_gb)
+  budget = float(sharding_settings.device_memory_gb)
   if budget <= 0:
     return
-  stage = sharding.zero_stage
+  stage = sharding_settings.zero_stage
 
   built = {stage: build(stage)}  # the run's own stage; the others only when it does not fit
 
   def need_at(s: int) -> int:
-    run = built[s] if s in built else build(s)
+    training = built[s] if s in built else build(s)
     batch = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                         abstract_batch, run.batch_sharding)
-    return memory_lib.step_bytes(run.train_step.lower(run.abstract_state, batch).compile())
+                         abstract_batch, training.batch_sharding)
+    compiled = training.train_step.lower(training.abstract_state, batch).compile()
+    return memory_lib.step_bytes(compiled)
 
   own = built[stage]
   memory_lib.preflight(need_at, stage, budget, n_devices=mesh_lib.data_parallel_size(own.mesh),
                        state_bytes=sum(zero.unpartitioned_bytes(own.abstract_state).values()))
-
-
-def answer_marker_id(tok, marker: str) -> Optional[int]:
-  """The token id of train.answer_marker, None when it is unset; ConfigError unless the tokenizer
-  reads it as exactly one token."""
-  if not marker:
-    return None
-  ids = tokenizer_lib.encode(tok, marker)
-  if len(ids) != 1:
-    raise config_lib.ConfigError(
-        f"train.answer_marker={marker!r} is {len(ids)} tokens in this tokenizer; it must be one")
-  return ids[0]
-
-
-def train(config: ml_collections.ConfigDict, workdir: str,
-          profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
-  """Trains (or resumes) the run in `workdir`. Returns a summary of the final step.
-
-  profile_steps: (first, last) steps traced into <workdir>/profile (see Profile), or None.
-
-  config: the experiment's ConfigDict, turned into typed settings once (train/config.settings).
-  config.sharding.mesh and config.sharding.zero_stage say where the state lives; any mesh and
-  stage resume any checkpoint of the same model.
-  """
-  # Validated and typed once; past this point the ConfigDict is only compared with, and saved
-  # as, the workdir's config.json.
-  run_settings = config_lib.resolve(config)
-  config_lib.check_workdir(workdir, config)
-  model_cfg, t, settings = run_settings.model, run_settings.train, run_settings.data
-  parent = branch_lib.start(workdir, config, t)  # train.init_from: None unless a new branch
-  mesh = mesh_lib.make_mesh(run_settings.sharding.mesh)
-  validate_sharding(t, run_settings.sharding, model_cfg, mesh)
-  data_lib.check_sources(settings)  # a bad file is one line before anything compiles
-  check_memory(  # pad_id changes no byte of the step; the document mask adds a few
-      run_settings.sharding, lambda stage: make_sharded_training(
-          model_cfg, t, mesh, stage, pad_id=-1, documents=(-1, False)),
-      jax.ShapeDtypeStruct((t.batch_size, settings.seq_len + 1), np.int32))
-
-  os.makedirs(workdir, exist_ok=True)
-  prepare = functools.partial(data_lib.prepare, workdir, settings,
-                              progress=jax.process_index() == 0)
-  if jax.process_count() == 1:
-    prepared = prepare()
-  else:  # process 0 trains the tokenizer and writes the shards; the others then reuse them
-    if jax.process_index() == 0:
-      prepared = prepare()
-    multihost_utils.sync_global_devices("llmlab: data prepared")
-    if jax.process_index() != 0:
-      prepared = prepare()
-  tok = prepared.tokenizer
-  corpus = data_lib.open_corpus(prepared, settings.seq_len, t.batch_size)
-  if tok.get_vocab_size() > model_cfg.vocab_size:
-    raise config_lib.ConfigError(
-        f"the tokenizer in {workdir} has {tok.get_vocab_size()} tokens but model.vocab_size="
-        f"{model_cfg.vocab_size}; raise model.vocab_size or use a new --workdir")
-  pad_id = tokenizer_lib.special_id(tok, tokenizer_lib.PAD)
-  documents = tokenizer_lib.document_boundary(tok)  # packed documents never attend to each other
-  answer_marker = answer_marker_id(tok, t.answer_marker)
-  if jax.process_index() == 0:
-    config_lib.save(workdir, config)
-
-  # Model and optimizer state, initialised directly in its sharded layout.
-  run = make_sharded_training(
-      model_cfg, t, mesh, run_settings.sharding.zero_stage, pad_id=pad_id, documents=documents,
-      answer_marker=answer_marker)
-  batch_sharding = run.batch_sharding
-
-  ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
-  # The global batch's row ids on every process: one iterator, one state to checkpoint; each
-  # process then reads only its own rows (rows_batch).
-  train_rows = corpus.train_rows
-  train_iter = data_lib.train_iterator(
-      [r.n_rows for r in corpus.train], corpus.weights, t.batch_size, t.seed)
-  try:
-    restored = branch_lib.restore(ckpt, run.abstract_state, parent, workdir)
-  except ckpt_lib.UnreadableCheckpoints:
-    ckpt.close()
-    raise
-  if restored is None:
-    state = run.init(jax.random.key(t.seed))
-    start = 0
-  else:
-    start, state, data_state = restored
-    train_iter.set_state(data_state)
-
-  train_step = run.train_step
-  eval_step = jax.jit(
-      step_lib.make_eval_step(run.graphdef, pad_id=pad_id, documents=documents,
-                              answer_marker=answer_marker),
-      in_shardings=(run.shardings.params, batch_sharding))
-  val_ids = data_lib.eval_indices(corpus.val.n_rows, t.batch_size, t.eval_batches)
-
-  def evaluate(params) -> float:
-    total, count = 0.0, 0
-    for ids in val_ids:
-      s, n = eval_step(params, rows_batch(corpus.val, ids, batch_sharding))
-      total, count = total + float(s), count + int(n)
-    return total / max(count, 1)
-
-  flops_tok = flops_per_token(model_cfg, settings.seq_len)
-  peak = mfu_lib.peak_flops() * jax.device_count()
-  writer = metrics_lib.MetricsWriter(workdir)
-  is_main = jax.process_index() == 0
-  lo, hi = local_rows(batch_sharding, (t.batch_size, settings.seq_len + 1))  # what it reads
-  bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
-  summary: dict[str, Any] = {"start_step": start, "params": count_params(model_cfg),
-                             "unigram_entropy": corpus.unigram_entropy,
-                             "rows_read_per_step": hi - lo}
-  tokens_per_step = t.batch_size * settings.seq_len
-  timer = {"t": None, "steps": 0}
-
-  def inspect(step: int, metrics) -> dict:
-    """Reads a step's metrics back (one step late, so the device is never idle) and logs them."""
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-      raise NonFiniteLoss(
-          f"loss is {loss} at step {step}; stopped without saving, the last good checkpoint "
-          f"({max(ckpt.steps(), default='none')}) is untouched. Lower train.lr or raise "
-          "train.warmup_steps")
-    now = time.perf_counter()
-    record = {"loss": loss, "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
-              "tokens_seen": step * tokens_per_step, "time": time.time()}
-    for name, value in metrics.items():
-      if name.startswith("moe/") or name == "z_loss":  # router losses, drop fraction, experts' shares
-        value = np.asarray(value)
-        if value.ndim:
-          record.update({f"{name}/{i}": float(v) for i, v in enumerate(value)})
-        else:
-          record[name] = float(value)
-    if timer["t"] is not None and timer["steps"]:
-      tps = timer["steps"] * tokens_per_step / (now - timer["t"])
-      record["tokens_per_sec"] = tps
-      record["mfu"] = flops_tok * tps / peak
-    timer["t"], timer["steps"] = now, 0
-    summary.update(step=step, loss=loss)
-    return record
-
-  def report(step: int, metrics, state) -> dict:
-    record = inspect(step, metrics)
-    if step % t.eval_every == 0 or step == t.steps:
-      record["eval_loss"] = summary["eval_loss"] = evaluate(state["params"])
-      timer["t"] = time.perf_counter()  # evaluation time is not training throughput
-    if step % t.log_every == 0 or "eval_loss" in record or step == t.steps:
-      writer.write(step, record)
-    postfix = {"loss": f"{record['loss']:.3f}"}
-    if "tokens_per_sec" in record:
-      postfix["tok/s"] = f"{record['tokens_per_sec']:.0f}"
-    bar.set_postfix(postfix, refresh=False)
-    bar.update(step - bar.n)
-    return record
-
-  def train_step_at(step: int, state):
-    timer["steps"] += 1
-    return train_step(state, rows_batch(train_rows, next(train_iter), batch_sharding))
-
-  def save(step: int, state, early: bool) -> None:
-    del early  # pretraining has no stop condition
-    ckpt.save(step, state, train_iter.get_state())
-    timer["t"] = time.perf_counter()
-
-  hooks = Hooks(
-      report=report, save=save,
-      must_save=lambda step: step % run_settings.checkpoint.every_steps == 0,
-      read_now=lambda step: step % t.eval_every == 0)
-  try:
-    state, step, signalled, _ = run_steps(state, start, t.steps, train_step_at, hooks,
-                                          profile_in(workdir, profile_steps))
-    if signalled is not None:
-      summary["stopped_by_signal"] = signalled
-      if is_main:
-        bar.write(f"received {signalled}: saved step {step}, exiting")
-  finally:
-    bar.close()
-    writer.close()
-    ckpt.close()
-  summary["final_step"] = step
-  return summary
-

@@ -18,7 +18,7 @@ def write_results(workdir: str, results_dir: str, summary: dict, wall_s: float) 
   included; a resumed run's covers only its own steps, and start_step says where it began), the
   losses from metrics.jsonl, the unigram entropy baseline and a sample (SAMPLE's settings).
 
-  summary is what train.loop.train returns."""
+  summary is what train.pretrain.train returns."""
   records = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   evals = [{"step": r["step"], "eval_loss": r["eval_loss"]} for r in records if "eval_loss" in r]
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:

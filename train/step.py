@@ -24,12 +24,13 @@ import optax
 from flax import nnx
 
 from model import masks, transformer
+from model.param_hook import AS_STORED, ParamHook
 from sharding import data_parallel as dp_lib
 
 TrainState = dict[str, Any]
-# (params, batch, use) -> (objective sum, count, metric sums). `use` goes to the model
-# (transformer.ParamUse): how the step's sharding hands each layer its parameters.
-LossFn = Callable[[Any, Any, Optional[transformer.ParamUse]], tuple[jax.Array, jax.Array, dict]]
+# (params, batch, hook) -> (objective sum, count, metric sums). The hook goes to the model
+# (model/param_hook.py): how the step's sharding hands each layer its parameters.
+LossFn = Callable[[Any, Any, ParamHook], tuple[jax.Array, jax.Array, dict]]
 
 
 def init_state(params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -153,11 +154,11 @@ def lm_loss(graphdef, pad_id: int, aux_weights: tuple[float, float] = (0.0, 0.0)
   isolated (document_layout); with `answer_marker` (a token id), only the answers after it count
   (answer_targets)."""
 
-  def loss(params, batch_BxL1, use=None):
+  def loss(params, batch_BxL1, hook: ParamHook = AS_STORED):
     inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
     positions, segment_ids = document_layout(inputs, documents)
     logits, stats = transformer.apply_with_aux(
-        graphdef, params, inputs, positions, segment_ids, use=use)
+        graphdef, params, inputs, positions, segment_ids, hook=hook)
     keep = answer_targets(inputs, answer_marker)
     ce_sum, n = token_loss_sums(logits, targets, pad_id, keep)
     aux, sums = router_terms(stats, n, aux_weights)
@@ -167,38 +168,23 @@ def lm_loss(graphdef, pad_id: int, aux_weights: tuple[float, float] = (0.0, 0.0)
   return loss
 
 
-def make_train_step(
-    loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_accum: int,
-    lr_schedule: Callable[[jax.Array], jax.Array],
-    data_parallel: Optional[Callable[[dp_lib.GradFn], Callable]] = None,
-    update_sharding: Optional[Any] = None,
-):
-  """Returns train_step(state, batch) -> (state, metrics), not yet jitted.
+def summed_grads(loss_fn: LossFn, grad_accum: int) -> dp_lib.GradFn:
+  """batch_grads(diff, batch, view) -> (objective sum, count, gradient sum, metric sums) over
+  the rows of batch, with respect to diff as view says the model reads it (dp_lib.ParamView).
 
-  The update is the gradient of loss_fn's objective sum divided by its count, summed over the
-  whole batch. With grad_accum = A the batch is cut into A micro-batches whose gradients are
-  summed in a scan, so the update equals the one on the whole batch while activations are those
-  of B / A rows. metrics: every metric sum divided by the count, the gradient norm, the learning
-  rate, and the count ("tokens").
-
-  The sharding of the step (sharding/zero.py) comes in as two hooks, both optional:
-    data_parallel    wraps the gradient sum over a batch so that each data-parallel device sums
-                     its own rows and the devices' sums are combined by explicit collectives, at
-                     ZeRO 2 and 3 layer by layer inside the backward pass
-    update_sharding  pins the optimizer's updates to the layout of its moments, so that under
-                     ZeRO 1-3 each device updates only its own slice of the parameters
+  With grad_accum = A the batch is cut into A micro-batches whose sums are added in a scan, so
+  the result equals the whole batch's while activations are those of B / A rows.
   """
 
   def grads_of(diff, micro, view: dp_lib.ParamView):
     def objective(d):
-      total, n, sums = loss_fn(view.assemble(d), micro, view.use)
+      total, n, sums = loss_fn(view.assemble(d), micro, view.hook)
       return total, (n, sums)
 
     (total, (n, sums)), grads = jax.value_and_grad(objective, has_aux=True)(diff)
     return total, n, grads, sums
 
   def batch_grads(diff, batch, view: dp_lib.ParamView):
-    """(objective sum, count, gradient sum, metric sums) over the rows of batch."""
     if grad_accum == 1:
       return grads_of(diff, batch, view)
     # Micro-batch m takes rows m, m + A, m + 2A, ...: every device keeps a share of every
@@ -216,6 +202,29 @@ def make_train_step(
     sums, _ = jax.lax.scan(acc, grads_of(diff, first, view), rest)
     return sums
 
+  return batch_grads
+
+
+def make_train_step(
+    loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_accum: int,
+    lr_schedule: Callable[[jax.Array], jax.Array],
+    data_parallel: Optional[Callable[[dp_lib.GradFn], Callable]] = None,
+    update_sharding: Optional[Any] = None,
+):
+  """Returns train_step(state, batch) -> (state, metrics), not yet jitted.
+
+  The update is the gradient of loss_fn's objective sum divided by its count, summed over the
+  whole batch (in grad_accum micro-batches: summed_grads). metrics: every metric sum divided by
+  the count, the gradient norm, the learning rate, and the count ("tokens").
+
+  The sharding of the step (sharding/zero.py) comes in as two hooks, both optional:
+    data_parallel    wraps the gradient sum over a batch so that each data-parallel device sums
+                     its own rows and the devices' sums are combined by explicit collectives, at
+                     ZeRO 2 and 3 layer by layer inside the backward pass
+    update_sharding  pins the optimizer's updates to the layout of its moments, so that under
+                     ZeRO 1-3 each device updates only its own slice of the parameters
+  """
+  batch_grads = summed_grads(loss_fn, grad_accum)
   if data_parallel is not None:
     summed = data_parallel(batch_grads)
   else:

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from model import transformer
+from model.param_hook import AS_STORED
 from train.align import stage as stage_lib
 from train.align import data as data_lib
 from train import config as config_lib
@@ -43,10 +44,10 @@ PAIRS_FILE = "pairs.jsonl"
 
 
 def sequence_logps_aux(graphdef: nnx.GraphDef, params: nnx.State, inputs_BxT: jax.Array,
-                       targets_BxT: jax.Array, mask_BxT: jax.Array, use=None):
+                       targets_BxT: jax.Array, mask_BxT: jax.Array, hook=AS_STORED):
   """(sum over completion tokens of log pi(target | prefix) (B,) float32, the router statistics
-  of an MoE model or None). use: the train step's parameter hook (transformer.ParamUse)."""
-  logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_BxT, use=use)
+  of an MoE model or None). hook: the train step's parameter hook (model/param_hook.py)."""
+  logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_BxT, hook=hook)
   logp_BxT = step_lib.token_logps(logits_BxTxV, targets_BxT)
   return jnp.sum(logp_BxT * mask_BxT, axis=-1), stats
 
@@ -137,12 +138,12 @@ def loss(graphdef: nnx.GraphDef, *, beta: float, loss_type: str, label_smoothing
   pairs and divided by their number it is the per-token mean, on any split of the rows.
   """
 
-  def loss_fn(params, batch, use=None):
+  def loss_fn(params, batch, hook=AS_STORED):
     c, r = batch["chosen"], batch["rejected"]
     b = c["inputs"].shape[0]
     cat = lambda k: jnp.concatenate([c[k], r[k]])  # noqa: E731  one forward for both halves
     both_2B, stats = sequence_logps_aux(
-        graphdef, params, cat("inputs"), cat("targets"), cat("mask"), use=use)
+        graphdef, params, cat("inputs"), cat("targets"), cat("mask"), hook=hook)
     total, sums = dpo_loss_sums(
         both_2B[:b], both_2B[b:], batch["ref_chosen"], batch["ref_rejected"], beta=beta,
         loss_type=loss_type, label_smoothing=label_smoothing,
@@ -224,44 +225,96 @@ def _stored_or_sampled_pairs(run: stage_lib.Run, examples, d, seed: int) -> list
   path = os.path.join(run.workdir, PAIRS_FILE)
   if not os.path.exists(path):
     pairs = policy_pairs(run.policy, examples, tries=d.policy_tries, key=jax.random.key(seed),
-                         batch_size=run.settings.eval.batch_size,
-                         max_new_tokens=run.settings.eval.max_new_tokens)
+                         batch_size=run.stage_settings.eval.batch_size,
+                         max_new_tokens=run.stage_settings.eval.max_new_tokens)
     files.write_jsonl_atomic(
         path, ({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs))
-  return data_lib.load_pairs(path, run.settings.task, seed)
+  return data_lib.load_pairs(path, run.stage_settings.task, seed)
+
+
+def _heldout_pairs(stage_settings: config_lib.StageSettings, seed: int) -> list[data_lib.Pair]:
+  """Near misses of held-out problems, for a run on the built-in task (no data files): whether
+  the preference generalises beyond the pairs trained on, which rewards/accuracies on training
+  batches cannot tell. [] when the data comes from files."""
+  paths = stage_settings.data
+  if paths.train_path or paths.eval_path:
+    return []
+  rng = random.Random(seed)
+  heldout = data_lib.task_examples(stage_settings.task, "heldout")
+  return [data_lib.Pair(e.prompt, e.answer, data_lib.wrong_answer(e.answer, rng))
+          for e in heldout[:stage_settings.eval.max_examples]]
+
+
+def _packed(tok, pair_lists: list[list[data_lib.Pair]], pad_id: int,
+            max_seq_len: int) -> tuple[tuple[data_lib.Sequences, ...], ...]:
+  """Each list of pairs as (chosen, rejected) Sequences, all of one length: the longest pair's;
+    () for an empty list. ConfigError when that is longer than the model's max_seq_len."""
+  ids = [_pair_ids(tok, pairs) if pairs else () for pairs in pair_lists]
+  # Each of ids is ((prompt ids, chosen ids), (prompt ids, rejected ids)).
+  length = max(data_lib.needed_length(p, c) for pair_ids in ids for p, c in pair_ids)
+  if length + 1 > max_seq_len:
+    raise ConfigError(f"the longest pair has {length + 1} tokens, more than the model's "
+                      f"max_seq_len={max_seq_len}")
+  return tuple(tuple(data_lib.pack(*pc, length, pad_id) for pc in pair_ids) for pair_ids in ids)
+
+
+def _stored_reference(path: str, pair_logps: Callable, ref_params: nnx.State,
+                      chosen: data_lib.Sequences, rejected: data_lib.Sequences,
+                      batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """The reference's (chosen, rejected) log-probs of every pair: read from path, or computed
+  once and written there (a resumed run reads them again). ConfigError when the file holds
+  another number of pairs than the data."""
+  if os.path.exists(path):
+    stored = np.load(path)
+    ref_all = (stored["chosen"], stored["rejected"])
+  else:
+    ref_all = precompute_reference(pair_logps, ref_params, chosen, rejected, batch_size)
+    np.savez(path + ".tmp.npz", chosen=ref_all[0], rejected=ref_all[1])
+    os.replace(path + ".tmp.npz", path)
+  n_pairs = len(chosen.inputs_NxT)
+  if len(ref_all[0]) != n_pairs:
+    raise ConfigError(f"{path} holds {len(ref_all[0])} pairs but the data has {n_pairs}; "
+                      "use a new --workdir")
+  return ref_all
+
+
+def _with_pair_metrics(evaluate_generation: Callable[[nnx.State], dict[str, float]],
+                       pair_logps: Callable, ref_params: nnx.State, held: tuple,
+                       beta: float, batch_size: int) -> Callable[[nnx.State], dict[str, float]]:
+  """evaluate(params): evaluate_generation's metrics plus rewards/accuracies and
+  rewards/margins (sigmoid DPO) on the held-out pairs `held` (chosen, rejected Sequences)."""
+  held_ref = precompute_reference(pair_logps, ref_params, *held, batch_size)
+
+  def evaluate(params) -> dict[str, float]:
+    pc, pr = precompute_reference(pair_logps, params, *held, batch_size)
+    _, m = dpo_loss(pc, pr, held_ref[0], held_ref[1], beta=beta, loss_type="sigmoid")
+    out = evaluate_generation(params)
+    out.update({k: float(m[k]) for k in ("rewards/accuracies", "rewards/margins")})
+    return out
+
+  return evaluate
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) DPO in `workdir`, starting from (and referenced to) init_workdir."""
-  settings = config_lib.resolve_stage(config, "dpo")
+  stage_settings = config_lib.resolve_stage(config, "dpo")
   if not init_workdir:
     raise ConfigError("DPO needs --init_workdir: the policy to start from and to stay near")
-  d, t, task, paths = settings.stage, settings.train, settings.task, settings.data
+  d, t, task, paths = (stage_settings.stage, stage_settings.train, stage_settings.task,
+                       stage_settings.data)
   if d.rejected == "policy":
     examples = data_lib.load_examples(paths.train_path, task, "train")
   else:
     pairs = data_lib.load_pairs(paths.train_path, task, t.seed)
-  run = stage_lib.Run(config, workdir, init_workdir, stage="dpo", settings=settings,
+  run = stage_lib.Run(config, workdir, init_workdir, stage="dpo", stage_settings=stage_settings,
                        total_updates=t.steps, profile_steps=profile_steps)
-  tok = run.policy.tok
   if d.rejected == "policy":
     pairs = _stored_or_sampled_pairs(run, examples, d, t.seed)
   if not pairs:
     raise data_lib.DataError("no preference pairs: the policy answered every prompt right")
-  heldout_pairs = []
-  if not paths.train_path and not paths.eval_path:
-    # Near misses of held-out problems: whether the preference generalises beyond the pairs
-    # trained on, which rewards/accuracies on training batches cannot tell.
-    rng = random.Random(t.seed)
-    heldout_pairs = [data_lib.Pair(e.prompt, e.answer, data_lib.wrong_answer(e.answer, rng))
-                     for e in data_lib.task_examples(task, "heldout")[:settings.eval.max_examples]]
-  ids = [_pair_ids(tok, ps) for ps in (pairs, heldout_pairs) if ps]
-  length = max(max(data_lib.needed_length(p, c) for p, c in pair_ids) for pair_ids in ids)
-  if length + 1 > run.policy.model_cfg.max_seq_len:
-    raise ConfigError(f"the longest pair has {length + 1} tokens, more than the model's "
-                      f"max_seq_len={run.policy.model_cfg.max_seq_len}")
-  chosen, rejected = (data_lib.pack(*pc, length, run.pad_id) for pc in ids[0])
+  (chosen, rejected), held = _packed(run.policy.tok, [pairs, _heldout_pairs(stage_settings, t.seed)],
+                                     run.pad_id, run.policy.model_cfg.max_seq_len)
   pair_logps = make_pair_logps(run.policy.graphdef)
   nll = d.nll_weight > 0
   rows = np.arange(t.batch_size) % len(pairs)
@@ -275,32 +328,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
   # in the policy's sharded layout.
   ref_params = run.shard(run.policy.params)
   run.policy.params = None
-  ref_path = os.path.join(workdir, REF_FILE)
   ref_all = None
   if d.precompute_ref:
-    if os.path.exists(ref_path):
-      stored = np.load(ref_path)
-      ref_all = (stored["chosen"], stored["rejected"])
-    else:
-      ref_all = precompute_reference(pair_logps, ref_params, chosen, rejected, t.batch_size)
-      np.savez(ref_path + ".tmp.npz", chosen=ref_all[0], rejected=ref_all[1])
-      os.replace(ref_path + ".tmp.npz", ref_path)
-    if len(ref_all[0]) != len(pairs):
-      raise ConfigError(f"{ref_path} holds {len(ref_all[0])} pairs but the data has {len(pairs)}; "
-                        "use a new --workdir")
-  if heldout_pairs:
-    held = tuple(data_lib.pack(*pc, length, run.pad_id) for pc in ids[1])
-    held_ref = precompute_reference(pair_logps, ref_params, *held, t.batch_size)
-    evaluate_generation = run.evaluate
-
-    def evaluate(params) -> dict[str, float]:
-      pc, pr = precompute_reference(pair_logps, params, *held, t.batch_size)
-      _, m = dpo_loss(pc, pr, held_ref[0], held_ref[1], beta=d.beta, loss_type="sigmoid")
-      out = evaluate_generation(params)
-      out.update({k: float(m[k]) for k in ("rewards/accuracies", "rewards/margins")})
-      return out
-
-    run.evaluate = evaluate
+    ref_all = _stored_reference(os.path.join(workdir, REF_FILE), pair_logps, ref_params, chosen,
+                                rejected, t.batch_size)
+  if held:
+    run.evaluate = _with_pair_metrics(run.evaluate, pair_logps, ref_params, held, d.beta,
+                                      t.batch_size)
   if d.precompute_ref:
     ref_params = None  # nothing of the reference stays in memory
 

@@ -20,7 +20,7 @@ gradient, only the KL term.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from model import generation, sampling, transformer
+from model.param_hook import AS_STORED
 from train.align import stage as stage_lib
 from train.align import data as data_lib
 from train.align import rewards as rewards_lib
@@ -53,14 +54,14 @@ def group_advantages(rewards_PxG: jax.Array, *, scale_rewards: str, eps: float =
 
 
 def logps_and_entropy(graphdef: nnx.GraphDef, params: nnx.State, inputs_NxT: jax.Array,
-                      targets_NxT: jax.Array, temperature: float = 1.0, use=None):
+                      targets_NxT: jax.Array, temperature: float = 1.0, hook=AS_STORED):
   """(log pi(target), entropy of pi) per position, (N, T) each, pi = softmax(logits / temperature),
   and the router statistics of an MoE model (None for a dense one).
 
   The temperature is the sampler's: the ratio and the KL are then of the distribution the
   completions were really drawn from. use: the train step's parameter hook.
   """
-  logits_NxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_NxT, use=use)
+  logits_NxTxV, stats = transformer.apply_with_aux(graphdef, params, inputs_NxT, hook=hook)
   logp_NxT = step_lib.token_logps(logits_NxTxV, targets_NxT, temperature)
   # The entropy (a metric only) is the one use that needs the whole distribution.
   all_logp_NxTxV = jax.nn.log_softmax(logits_NxTxV.astype(jnp.float32) / temperature, axis=-1)
@@ -128,10 +129,10 @@ def loss(graphdef: nnx.GraphDef, g: config_lib.GrpoSettings,
   (beta > 0), (N, T) each.
   """
 
-  def loss_fn(params, batch, use=None):
+  def loss_fn(params, batch, hook=AS_STORED):
     mask_NxT = batch["mask"]
     logp_NxT, entropy_NxT, stats = logps_and_entropy(
-        graphdef, params, batch["inputs"], batch["targets"], g.temperature, use=use)
+        graphdef, params, batch["inputs"], batch["targets"], g.temperature, hook=hook)
     total, n, sums = grpo_loss_sums(
         logp_NxT, batch.get("old_logp"), batch.get("ref_logp"), batch["advantages"], mask_NxT,
         epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta, loss_agg=g.loss_agg,
@@ -165,24 +166,54 @@ def reward_weights(g: config_lib.GrpoSettings) -> dict[str, float]:
     raise ConfigError(str(e)) from None
 
 
+def _encoded_prompts(policy: stage_lib.Policy, examples: list[data_lib.Prompted],
+                     max_new_tokens: int) -> data_lib.Prompts:
+  """The examples' prompts, right-padded to the longest; ConfigError when it and
+  grpo.max_new_tokens exceed the model's max_seq_len."""
+  p_len = data_lib.prompt_length(policy.tok, [e.prompt for e in examples])
+  if p_len + max_new_tokens > policy.model_cfg.max_seq_len:
+    raise ConfigError(f"prompts of {p_len} tokens plus grpo.max_new_tokens={max_new_tokens} "
+                      f"exceed the model's max_seq_len={policy.model_cfg.max_seq_len}")
+  return data_lib.encode_prompts(policy.tok, [e.prompt for e in examples], p_len)
+
+
+def _updates(update: Callable, state: dict, batch: Any, mu: int) -> tuple[dict, dict]:
+  """mu optimizer steps on one batch of rollouts: (state, each metric's mean over them)."""
+  inner = []
+  for _ in range(mu):
+    state, m = update(state, batch)
+    inner.append(m)
+  return state, {k: np.mean([float(m[k]) for m in inner]) for k in inner[0] if k != "tokens"}
+
+
+def _rollout_metrics(total_N: np.ndarray, rewards_PxG: np.ndarray,
+                     parts: dict[str, np.ndarray], completions: list) -> dict[str, float]:
+  """One step's rollouts: the reward's mean and spread, the share of groups whose rewards are
+  all equal (no advantage, no gradient), completion length, and each reward's mean."""
+  metrics = {
+      "reward/mean": float(total_N.mean()), "reward/std": float(total_N.std()),
+      "frac_reward_zero_std": float(np.mean(rewards_PxG.std(axis=1) == 0)),
+      "completion_length": float(np.mean([len(c) for c in completions])),
+  }
+  metrics.update({f"reward/{k}": float(v.mean()) for k, v in parts.items()})
+  return metrics
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) GRPO in `workdir`, starting from (and referenced to) init_workdir."""
-  settings = config_lib.resolve_stage(config, "grpo")
-  g, t = settings.stage, settings.train
+  stage_settings = config_lib.resolve_stage(config, "grpo")
+  g, t = stage_settings.stage, stage_settings.train
   weights = reward_weights(g)
   if not init_workdir:
     raise ConfigError("GRPO needs --init_workdir: a policy that already solves some prompts")
-  examples = data_lib.load_examples(settings.data.train_path, settings.task, "train")
-  run = stage_lib.Run(config, workdir, init_workdir, stage="grpo", settings=settings,
+  examples = data_lib.load_examples(stage_settings.data.train_path, stage_settings.task, "train")
+  run = stage_lib.Run(config, workdir, init_workdir, stage="grpo", stage_settings=stage_settings,
                        total_updates=t.steps * g.mu,
                        batch_rows=g.prompts_per_step * g.group_size, profile_steps=profile_steps)
   policy = run.policy
-  p_len = data_lib.prompt_length(policy.tok, [e.prompt for e in examples])
-  if p_len + g.max_new_tokens > policy.model_cfg.max_seq_len:
-    raise ConfigError(f"prompts of {p_len} tokens plus grpo.max_new_tokens={g.max_new_tokens} "
-                      f"exceed the model's max_seq_len={policy.model_cfg.max_seq_len}")
-  prompts = data_lib.encode_prompts(policy.tok, [e.prompt for e in examples], p_len)
+  prompts = _encoded_prompts(policy, examples, g.max_new_tokens)
+  p_len = prompts.tokens_NxP.shape[1]
   spec = generation.DecodeSpec(g.max_new_tokens, run.eot_id,
                            sampling.SamplingConfig(temperature=g.temperature))
   generate = generation.make_generate(policy.model_cfg, policy.graphdef, spec)
@@ -218,18 +249,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
     old = logps_fn(state["params"], seqs.inputs_NxT, seqs.targets_NxT) if g.mu > 1 else None
     ref = logps_fn(ref_params, seqs.inputs_NxT, seqs.targets_NxT) if g.beta > 0 else None
     batch = batch_of(seqs, adv_N, old, ref)
-    inner = []
-    for _ in range(g.mu):
-      state, m = update(state, batch)
-      inner.append(m)
-    metrics = {k: np.mean([float(m[k]) for m in inner]) for k in inner[0] if k != "tokens"}
-    metrics.update({
-        "reward/mean": float(total_N.mean()), "reward/std": float(total_N.std()),
-        "frac_reward_zero_std": float(np.mean(rewards_PxG.std(axis=1) == 0)),
-        "completion_length": float(np.mean([len(c) for c in completions])),
-    })
-    metrics.update({f"reward/{k}": float(v.mean()) for k, v in parts.items()})
-    return state, metrics
+    state, metrics = _updates(update, state, batch, g.mu)
+    return state, {**metrics, **_rollout_metrics(total_N, rewards_PxG, parts, completions)}
 
   summary = run.loop(train_step)
   summary.update(train_prompts=len(examples), group_size=g.group_size, beta=g.beta,

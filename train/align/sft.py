@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from model import transformer
+from model.param_hook import AS_STORED
 from train.align import stage as stage_lib
 from train.align import data as data_lib
 from train import config as config_lib
@@ -33,8 +34,8 @@ def loss(graphdef: nnx.GraphDef, aux_weights: tuple[float, float] = (0.0, 0.0),
   batch: {"inputs": (B, T) int32, "targets": (B, T) int32, "mask": (B, T) float32}.
   """
 
-  def loss_fn(params, batch, use=None):
-    logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, batch["inputs"], use=use)
+  def loss_fn(params, batch, hook=AS_STORED):
+    logits_BxTxV, stats = transformer.apply_with_aux(graphdef, params, batch["inputs"], hook=hook)
     mask_BxT = batch["mask"]
     total = -jnp.sum(step_lib.token_logps(logits_BxTxV, batch["targets"]) * mask_BxT)
     n = jnp.sum(mask_BxT)
@@ -54,10 +55,10 @@ def batch_of(seqs: data_lib.Sequences, idx) -> dict[str, Any]:
 def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "",
           profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
   """Runs (or resumes) SFT in `workdir`; returns the summary of the run."""
-  settings = config_lib.resolve_stage(config, "sft")
-  t = settings.train
-  examples = data_lib.load_examples(settings.data.train_path, settings.task, "train")
-  run = stage_lib.Run(config, workdir, init_workdir, stage="sft", settings=settings,
+  stage_settings = config_lib.resolve_stage(config, "sft")
+  t = stage_settings.train
+  examples = data_lib.load_examples(stage_settings.data.train_path, stage_settings.task, "train")
+  run = stage_lib.Run(config, workdir, init_workdir, stage="sft", stage_settings=stage_settings,
                        total_updates=t.steps, profile_steps=profile_steps)
   p_ids, c_ids = data_lib.token_ids(run.policy.tok, [e.prompt for e in examples],
                                     [e.answer for e in examples])
@@ -77,7 +78,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
     return state, metrics
 
   summary = run.loop(train_step,
-                     stop_when=lambda r: r["eval/accuracy"] >= settings.stage.stop_accuracy)
+                     stop_when=lambda r: r["eval/accuracy"] >= stage_settings.stage.stop_accuracy)
   summary["train_examples"] = len(examples)
   return summary
 

@@ -10,7 +10,7 @@ continues as if it had never stopped. The frozen reference (DPO, GRPO with beta 
 init_workdir's policy, read again on resume.
 
 A stage trains exactly as pretraining does: its objective is a loss function (sft.loss, dpo.loss,
-grpo.loss) run by train/step.py's one step, sharded by loop.build_sharded_training over the
+grpo.loss) run by train/step.py's one step, sharded by state.build_sharded_training over the
 config's `sharding` section (mesh, zero_stage; any mesh resumes any checkpoint of the run), in
 loop.run_steps. Generation and the reference's log-probs are jitted functions of the sharded
 parameters: XLA gathers what they read.
@@ -22,6 +22,7 @@ simplicity is worth more than the overlap of host and device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -44,6 +45,7 @@ from train import loop as loop_lib
 from train import metrics as metrics_lib
 from train import optimizer as optimizer_lib
 from train import plots
+from train import state as state_lib
 from train.align import rewards as rewards_lib
 from train import config as config_lib
 from train import step as step_lib
@@ -174,18 +176,18 @@ class Run:
   step of the stage's loss and the state (fresh or resumed) in its layout."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, init_workdir: str, *,
-               stage: str, settings: config_lib.StageSettings, total_updates: int,
+               stage: str, stage_settings: config_lib.StageSettings, total_updates: int,
                batch_rows: Optional[int] = None,
                profile_steps: Optional[tuple[int, int]] = None):
-    """settings: config.resolve_stage(config, stage), which the stage reads before the run starts.
+    """stage_settings: config.resolve_stage(config, stage), which the stage reads before the run starts.
     batch_rows: the rows of one step's batch where that is not train.batch_size (GRPO's).
     profile_steps: (first, last) steps traced into <workdir>/profile, or None."""
     self.profile = loop_lib.profile_in(workdir, profile_steps)
-    self.settings = settings
+    self.stage_settings = stage_settings
     self.train, self.checkpoint, self.sharding = (
-        settings.train, settings.checkpoint, settings.sharding)
+        stage_settings.train, stage_settings.checkpoint, stage_settings.sharding)
     # Data files are read first, so that a malformed one fails before anything compiles.
-    heldout = data_lib.load_examples(settings.data.eval_path, settings.task, "heldout")
+    heldout = data_lib.load_examples(stage_settings.data.eval_path, stage_settings.task, "heldout")
     self.config, self.workdir, self.stage = config, workdir, stage
     self.init_workdir = init_workdir
     self.policy = start_policy(config, workdir, init_workdir, self.train.seed)
@@ -203,11 +205,15 @@ class Run:
     self.pad_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.PAD)
     self.eot_id = tokenizer_lib.special_id(self.policy.tok, tokenizer_lib.EOT)
     self.ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), self.checkpoint)
-    self.training: Optional[loop_lib.ShardedTraining] = None
+    self.training: Optional[state_lib.ShardedTraining] = None
     self.state: Optional[dict] = None
     self.start_step, self.data_state = 0, {}
+    # Set by loop(): when it started, when the current step started, the newest checkpoint's
+    # data state.
+    self._t0 = self._step_started = 0.0
+    self._saved: dict = {}
     self.writer = metrics_lib.MetricsWriter(workdir)
-    ev = settings.eval
+    ev = stage_settings.eval
     self.evaluate = make_evaluator(self.policy, heldout[:ev.max_examples],
                                    batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
     self.n_heldout = min(len(heldout), ev.max_examples)
@@ -221,7 +227,7 @@ class Run:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
     # The copy keeps the state's buffers apart from the ones it starts from, which the donating
     # train step would otherwise free.
-    build = lambda stage: loop_lib.build_sharded_training(  # noqa: E731
+    build = lambda stage: state_lib.build_sharded_training(  # noqa: E731
         self.policy.graphdef, lambda p: jax.tree.map(jnp.copy, p), abstract(self.policy.params),
         loss_fn, self.tx, lr_schedule=self.lr_schedule, grad_accum=t.grad_accum, seed=t.seed,
         mesh=self.mesh, zero_stage=stage, abstract_batch=abstract(example_batch))
@@ -260,7 +266,6 @@ class Run:
     gain is measured from), every train.eval_every steps and at the end. stop_when(record) ends
     the run early after an evaluation (SFT's target accuracy).
     """
-    t = self.train
     summary: dict[str, Any] = {"stage": self.stage, "invocation_start_step": self.start_step,
                                "params": count_params(self.policy.model_cfg)["total"],
                                "heldout_examples": self.n_heldout,
@@ -269,45 +274,19 @@ class Run:
       first = {f"eval/{k}": v for k, v in self.evaluate(self.state["params"]).items()}
       self.writer.write(0, first)
       print(f"[{self.stage}] step 0: held-out accuracy {first['eval/accuracy']:.3f}", flush=True)
-    t0 = time.perf_counter()
-    data_state = dict(self.data_state)
-    last = t.steps
+    self._t0 = self._step_started = time.perf_counter()
+    self._saved = dict(self.data_state)  # what the newest checkpoint holds beside the state
+    last = self.train.steps
     if self.data_state.get("stopped_early"):  # a rerun of a finished run changes nothing
       summary["stopped_early"] = self.data_state["stopped_early"]
       last = self.start_step
-    step_started = [t0]
 
     def timed_step(step: int, state):
-      step_started[0] = time.perf_counter()
+      self._step_started = time.perf_counter()
       return train_step(step, state)
 
-    def report(step: int, metrics, state) -> dict:
-      record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      record["step_time_s"] = time.perf_counter() - step_started[0]
-      if not np.isfinite(record["loss"]):
-        raise NonFiniteLoss(
-            f"loss is {record['loss']} at step {step}; stopped without saving, the last good "
-            f"checkpoint ({max(self.ckpt.steps(), default='none')}) is untouched; lower "
-            "train.lr")
-      if step % t.eval_every == 0 or step == t.steps:
-        record.update({f"eval/{k}": v for k, v in self.evaluate(state["params"]).items()})
-        print(f"[{self.stage}] step {step}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in record.items() if k != "step_time_s"), flush=True)
-      if step % t.log_every == 0 or "eval/accuracy" in record:
-        self.writer.write(step, record)
-      return record
-
-    def save(step: int, state, early: bool) -> None:
-      data_state.clear()
-      data_state.update(step=step,
-                        wall_s=self.data_state.get("wall_s", 0.0) + time.perf_counter() - t0)
-      if early:
-        summary["stopped_early"] = data_state["stopped_early"] = (
-            f"stop condition met at step {step}")
-      self.ckpt.save(step, state, data_state)
-
     hooks = loop_lib.Hooks(
-        report=report, save=save,
+        report=self._report, save=functools.partial(self._save, summary),
         must_save=lambda step: step % self.checkpoint.every_steps == 0,
         read_now=lambda step: True,  # small models, short steps: simplicity over overlap
         stop_when=lambda r: "eval/accuracy" in r and stop_when is not None and stop_when(r))
@@ -320,10 +299,38 @@ class Run:
       self.writer.close()
       self.ckpt.close()
     summary["final_step"] = step
-    summary["invocation_wall_time_s"] = time.perf_counter() - t0  # this invocation's loop
+    summary["invocation_wall_time_s"] = time.perf_counter() - self._t0  # this invocation's loop
     # The training loops of every invocation up to the last checkpoint, resumptions included.
-    summary["wall_time_s_total"] = data_state.get("wall_s", summary["invocation_wall_time_s"])
+    summary["wall_time_s_total"] = self._saved.get("wall_s", summary["invocation_wall_time_s"])
     return summary
+
+  def _report(self, step: int, metrics, state) -> dict:
+    """loop.Hooks.report: the step's metrics and time, held-out accuracy when due, logged."""
+    t = self.train
+    record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    record["step_time_s"] = time.perf_counter() - self._step_started
+    if not np.isfinite(record["loss"]):
+      raise NonFiniteLoss(
+          f"loss is {record['loss']} at step {step}; stopped without saving, the last good "
+          f"checkpoint ({max(self.ckpt.steps(), default='none')}) is untouched; lower "
+          "train.lr")
+    if step % t.eval_every == 0 or step == t.steps:
+      record.update({f"eval/{k}": v for k, v in self.evaluate(state["params"]).items()})
+      print(f"[{self.stage}] step {step}: " + ", ".join(
+          f"{k} {v:.4g}" for k, v in record.items() if k != "step_time_s"), flush=True)
+    if step % t.log_every == 0 or "eval/accuracy" in record:
+      self.writer.write(step, record)
+    return record
+
+  def _save(self, summary: dict[str, Any], step: int, state, early: bool) -> None:
+    """loop.Hooks.save: the state, with the training wall time so far beside it (and, after an
+    early stop, why: a rerun then changes nothing)."""
+    saved = {"step": step,
+             "wall_s": self.data_state.get("wall_s", 0.0) + time.perf_counter() - self._t0}
+    if early:
+      summary["stopped_early"] = saved["stopped_early"] = f"stop condition met at step {step}"
+    self.ckpt.save(step, state, saved)
+    self._saved = saved
 
 
 # ---------------------------------------------------------------------------------------------

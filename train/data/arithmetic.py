@@ -64,10 +64,10 @@ def split(problems: Iterable[Problem], fraction: float = 0.2) -> tuple[list[Prob
   """(train, held_out): every problem goes to one side by held_out(problem, fraction)."""
   if not 0.0 <= fraction <= 1.0:
     raise ValueError(f"the held-out fraction must be in [0, 1], got {fraction}")
-  train, test = [], []
+  train_set, held_set = [], []
   for p in problems:
-    (test if held_out(p, fraction) else train).append(p)
-  return train, test
+    (held_set if held_out(p, fraction) else train_set).append(p)
+  return train_set, held_set
 
 
 def spaced(text: str) -> str:

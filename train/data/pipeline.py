@@ -61,12 +61,12 @@ class Source:
 Settings = config_lib.DataSettings
 
 
-def sources_of(settings: Settings) -> list[Source]:
+def sources_of(data_settings: Settings) -> list[Source]:
   """The sources to mix; their weights were checked when the settings were built."""
-  if not settings.sources:
-    return [Source("data.paths", tuple(parse_paths(settings.paths)))]
+  if not data_settings.sources:
+    return [Source("data.paths", tuple(parse_paths(data_settings.paths)))]
   return [Source(f"data.sources[{i}]", tuple(parse_paths(s["paths"])), float(s.get("weight", 1.0)))
-          for i, s in enumerate(settings.sources)]
+          for i, s in enumerate(data_settings.sources)]
 
 
 def source_files(source: Source) -> list[str]:
@@ -77,10 +77,10 @@ def source_files(source: Source) -> list[str]:
   return documents_lib.resolve_files(source.patterns, setting)
 
 
-def check_sources(settings: Settings) -> list[list[str]]:
+def check_sources(data_settings: Settings) -> list[list[str]]:
   """Every source's files: a glob matching nothing, a file that cannot be opened or a source of
   empty files is a one-line DataError here, before anything compiles."""
-  return [source_files(s) for s in sources_of(settings)]
+  return [source_files(s) for s in sources_of(data_settings)]
 
 
 def source_folder(root: str, source: Source, text_field: str) -> str:
@@ -94,8 +94,10 @@ def source_folder(root: str, source: Source, text_field: str) -> str:
   return os.path.join(root, "src-" + hashlib.sha1(key.encode()).hexdigest()[:12])
 
 
-def data_dir(workdir: str, settings: Settings) -> str:
-  return os.path.expanduser(settings.prepared) if settings.prepared else os.path.join(workdir, "data")
+def data_dir(workdir: str, data_settings: Settings) -> str:
+  if data_settings.prepared:
+    return os.path.expanduser(data_settings.prepared)
+  return os.path.join(workdir, "data")
 
 
 def _split_texts(source: Source, files: Sequence[str], text_field: str,
@@ -130,19 +132,20 @@ def _tokenizer_sample(sources: Sequence[Source], files: Sequence[Sequence[str]],
         yield text
 
 
-def tokenizer_for(workdir: str, settings: Settings) -> Tokenizer:
+def tokenizer_for(workdir: str, data_settings: Settings) -> Tokenizer:
   """The run's tokenizer: the workdir's; else the one its shard folder was prepared with (a new
   run on shared shards adopts it); else one trained on a sample of the training text. Saved in
   the workdir (and the shard folder) when it was not there."""
   if os.path.exists(os.path.join(workdir, tokenizer_lib.FILENAME)):
     return tokenizer_lib.load(workdir)
-  sources, files, folder = sources_of(settings), check_sources(settings), data_dir(workdir, settings)
+  sources, files = sources_of(data_settings), check_sources(data_settings)
+  folder = data_dir(workdir, data_settings)
   os.makedirs(workdir, exist_ok=True)
   if os.path.exists(os.path.join(folder, tokenizer_lib.FILENAME)):
     tok = tokenizer_lib.load(folder)
   else:
-    tok = tokenizer_lib.train_bpe(_tokenizer_sample(sources, files, settings.text_field),
-                                  settings.vocab_size)
+    tok = tokenizer_lib.train_bpe(_tokenizer_sample(sources, files, data_settings.text_field),
+                                  data_settings.vocab_size)
     os.makedirs(folder, exist_ok=True)
     tokenizer_lib.save(tok, folder)
   tokenizer_lib.save(tok, workdir)
@@ -158,7 +161,7 @@ class Prepared:
   written: tuple[bool, ...]  # per source: tokenized now (False: its shards were reused)
 
 
-def prepare(workdir: str, settings: Settings, *, progress: bool = True,
+def prepare(workdir: str, data_settings: Settings, *, progress: bool = True,
             max_shard_tokens: int = shards_lib.MAX_SHARD_TOKENS) -> Prepared:
   """Trains (or reuses) the tokenizer in `workdir` and makes sure every source has complete shards
   made with it: reused when present, written (tokenized once, with a progress bar) otherwise.
@@ -166,18 +169,18 @@ def prepare(workdir: str, settings: Settings, *, progress: bool = True,
   Raises DataError naming the setting or folder to change: a bad file, a corpus without text, or
   shards made with another tokenizer.
   """
-  if settings.vocab_size < tokenizer_lib.min_vocab_size():
+  if data_settings.vocab_size < tokenizer_lib.min_vocab_size():
     raise DataError(
-        f"data.vocab_size={settings.vocab_size} is too small: byte-level BPE needs at least "
+        f"data.vocab_size={data_settings.vocab_size} is too small: byte-level BPE needs at least "
         f"{tokenizer_lib.min_vocab_size()} (256 bytes + special tokens)")
-  sources = sources_of(settings)
-  files = check_sources(settings)
-  root = data_dir(workdir, settings)
-  tok = tokenizer_for(workdir, settings)
+  sources = sources_of(data_settings)
+  files = check_sources(data_settings)
+  root = data_dir(workdir, data_settings)
+  tok = tokenizer_for(workdir, data_settings)
   tok_sha = shards_lib.tokenizer_sha256(tok)
   folders, manifests, written = [], [], []
   for source, fs in zip(sources, files):
-    folder = source_folder(root, source, settings.text_field)
+    folder = source_folder(root, source, data_settings.text_field)
     manifest = shards_lib.read_manifest(folder)
     written.append(manifest is None)
     if manifest is None:
@@ -187,9 +190,9 @@ def prepare(workdir: str, settings: Settings, *, progress: bool = True,
                 desc=f"tokenize {os.path.basename(folder)}", disable=not progress,
                 dynamic_ncols=True) as bar:
         manifest = shards_lib.write_source(
-            folder, _split_texts(source, fs, settings.text_field, bar), tok,
+            folder, _split_texts(source, fs, data_settings.text_field, bar), tok,
             source={"setting": source.setting, "paths": list(source.patterns),
-                    "text_field": settings.text_field}, files=fs,
+                    "text_field": data_settings.text_field}, files=fs,
             max_shard_tokens=max_shard_tokens)
       if not any(manifest["splits"][s]["documents"] for s in shards_lib.SPLITS):
         shutil.rmtree(folder, ignore_errors=True)
@@ -255,18 +258,18 @@ def open_corpus(prepared: Prepared, seq_len: int, batch_size: int) -> Corpus:
   row_len = seq_len + 1
   trains, vals = [], []
   for source, folder, manifest in zip(prepared.sources, prepared.folders, prepared.manifests):
-    train = shards_lib.open_split(folder, manifest, "train", row_len)
-    val = shards_lib.open_split(folder, manifest, "val", row_len)
-    n = train.n_rows
-    if val.n_rows == 0 and n > 1:
+    train_rows = shards_lib.open_split(folder, manifest, "train", row_len)
+    val_rows = shards_lib.open_split(folder, manifest, "val", row_len)
+    n = train_rows.n_rows
+    if val_rows.n_rows == 0 and n > 1:
       n_val = max(1, n // 20)
-      train, val = train.take(0, n - n_val), train.take(n - n_val, n)
-    if train.n_rows == 0:
+      train_rows, val_rows = train_rows.take(0, n - n_val), train_rows.take(n - n_val, n)
+    if train_rows.n_rows == 0:
       raise DataError(
           f"{source.setting} has no sequence of data.seq_len+1={row_len} tokens; lower "
           "data.seq_len or add text to it")
-    trains.append(train)
-    vals.append(val)
+    trains.append(train_rows)
+    vals.append(val_rows)
   n_train = sum(t.n_rows for t in trains)
   if n_train < batch_size:
     raise DataError(

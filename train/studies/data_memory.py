@@ -101,7 +101,7 @@ def measure_training(config, workdir: str, steps: int) -> dict:
   every 50 ms: each before training, at its peak, and at every step."""
   # Imported here, not above: the prepare phase's child process imports this module too, and its
   # peak RSS must not count the training stack (optax, flax, orbax) it never uses.
-  from train import loop
+  from train import pretrain
 
   samples = []  # (time, {VmRSS, RssAnon, RssFile} in MB)
   stop = threading.Event()
@@ -119,7 +119,7 @@ def measure_training(config, workdir: str, steps: int) -> dict:
   before = rss_mb()
   thread.start()
   try:
-    summary = loop.train(config, workdir)
+    summary = pretrain.train(config, workdir)
   finally:
     stop.set()
     thread.join()

@@ -19,7 +19,7 @@ def step_flops_per_token(config, dispatch=None) -> float:
 
   from model.config import ModelConfig
   from sharding import mesh as mesh_lib
-  from train import loop
+  from train import state as state_lib
   from train.config import TrainSettings
 
   config = config.copy_and_resolve_references()
@@ -30,7 +30,7 @@ def step_flops_per_token(config, dispatch=None) -> float:
   config.model.scan_layers = False
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
-  st = loop.make_sharded_training(
+  st = state_lib.make_sharded_training(
       model_cfg, TrainSettings.from_config(config.train), mesh, 0, pad_id=-1)
   batch = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len + 1), jnp.int32,
                                sharding=st.batch_sharding)

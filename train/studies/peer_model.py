@@ -81,13 +81,13 @@ class PeerDecoder(nn.Module):
 
 def make_train_step(cfg: PeerConfig, key: jax.Array) -> tuple[Callable, dict]:
   """(step(state, batch_BxL1) -> (state, loss), jitted and donating the state; initial state)."""
-  model = PeerDecoder(cfg)
-  params = model.init(key, jnp.zeros((1, cfg.seq_len), jnp.int32))
+  decoder = PeerDecoder(cfg)
+  params = decoder.init(key, jnp.zeros((1, cfg.seq_len), jnp.int32))
   tx = optax.adamw(1e-3, weight_decay=0.1)
   state = {"params": params, "opt_state": tx.init(params)}
 
   def loss_fn(params, batch_BxL1):
-    logits_BxLxV = model.apply(params, batch_BxL1[:, :-1])
+    logits_BxLxV = decoder.apply(params, batch_BxL1[:, :-1])
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch_BxL1[:, 1:]).mean()
 
   def step(state, batch_BxL1):

@@ -8,7 +8,7 @@ each a name and the overrides of one run. Layout of a sweep's workdir:
   ROOT/points/NAME/result.json the done record, written atomically when the run has finished
 
 A point is done exactly when its result.json exists, so rerunning a sweep skips finished runs and
-resumes an interrupted one from its newest checkpoint (train.loop does that by itself). A point's
+resumes an interrupted one from its newest checkpoint (train.pretrain does that by itself). A point's
 name ends in a hash of its overrides. Before anything runs, every point that has a saved config is
 checked against the settings now asked for (model, data and train, logging aside): a difference
 is an error naming the setting, never a silent reuse of a run trained otherwise. Settings added
@@ -199,8 +199,8 @@ def run_point(root: str, base: ml_collections.ConfigDict, point: Point,
   """Trains (or resumes) one point and writes its done record. Returns the record, or None when
   the run stopped early (a signal), in which case the sweep should stop too."""
   if train_fn is None:
-    from train import loop
-    train_fn = loop.train
+    from train import pretrain
+    train_fn = pretrain.train
   from model.config import ModelConfig, count_params, flops_per_token
 
   config = point_config(base, point)

@@ -23,7 +23,7 @@ from sharding import memory as memory_lib
 from sharding import mesh as mesh_lib
 from sharding import zero
 from train import plots
-from train import state as sharded
+from train import state as state_lib
 from train.config import TrainSettings
 from train.studies.train_speed import train_settings
 
@@ -32,7 +32,7 @@ def compile_step(model_cfg: ModelConfig, train_cfg: TrainSettings, stage: int, n
                  batch: int, seq_len: int):
   """(ShardedTraining, compiled step) on the first n devices, from abstract shapes only."""
   mesh = mesh_lib.make_mesh({"data": n}, devices=jax.devices()[:n])
-  run = sharded.make_sharded_training(model_cfg, train_cfg, mesh, stage, pad_id=-1)
+  run = state_lib.make_sharded_training(model_cfg, train_cfg, mesh, stage, pad_id=-1)
   struct = jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32, sharding=run.batch_sharding)
   return run, run.train_step.lower(run.abstract_state, struct).compile()
 

@@ -1,0 +1,341 @@
+"""Pretraining: config -> mesh -> data -> sharded state (fresh or restored) -> steps -> summary.
+
+train() runs these stages in order, each a function below. Rerunning with the same workdir
+resumes from the newest readable checkpoint; losses are then bit-identical (on CPU) to a run that
+never stopped, because the state, the PRNG key and the data iterator's position are all restored.
+SIGTERM / SIGINT finish the current step, save and return normally (train/loop.py's run_steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from model.config import count_params, flops_per_token
+from sharding import mesh as mesh_lib
+from train import branch as branch_lib
+from train import checkpoint as ckpt_lib
+from train import config as config_lib
+from train import metrics as metrics_lib
+from train import mfu as mfu_lib
+from train import step as step_lib
+from train.data import pipeline as data_lib
+from train.data import tokenizer as tokenizer_lib
+from train.loop import (
+    Hooks, NonFiniteLoss, Profile, check_memory, local_rows, profile_in, rows_batch, run_steps,
+    validate_sharding)
+from train.state import ShardedTraining, make_sharded_training
+
+
+class Meter:
+  """Training throughput between two readings: tokens per second, seconds per step, MFU.
+
+  count() once per step dispatched; read() at each report returns the rates since the last
+  reading (nothing at the first) and starts the next interval; restart() starts it afresh after
+  work that is not training (an evaluation, a checkpoint save).
+  """
+
+  def __init__(self, tokens_per_step: int, train_flops_per_token: float, peak_flops: float):
+    """train_flops_per_token: model.config.flops_per_token; peak_flops: of all devices."""
+    self.tokens_per_step = tokens_per_step
+    self.train_flops_per_token = train_flops_per_token
+    self.peak_flops = peak_flops
+    self._since: Optional[float] = None
+    self._steps = 0
+
+  def count(self) -> None:
+    self._steps += 1
+
+  def restart(self) -> None:
+    self._since, self._steps = time.perf_counter(), 0
+
+  def read(self) -> dict[str, float]:
+    """{"tokens_per_sec", "step_time_s", "mfu"} over the steps counted since the last reading or
+    restart; {} when there is none."""
+    now = time.perf_counter()
+    rates = {}
+    if self._since is not None and self._steps:
+      seconds = now - self._since
+      tokens_per_sec = self._steps * self.tokens_per_step / seconds
+      rates = {"tokens_per_sec": tokens_per_sec, "step_time_s": seconds / self._steps,
+               "mfu": self.train_flops_per_token * tokens_per_sec / self.peak_flops}
+    self._since, self._steps = now, 0
+    return rates
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainData:
+  """The prepared corpus and what the step needs to know of its tokenizer."""
+
+  corpus: data_lib.Corpus
+  tokenizer: Tokenizer
+  pad_id: int
+  documents: step_lib.Documents  # packed documents never attend to each other
+  answer_marker: Optional[int]
+
+
+def answer_marker_id(tok: Tokenizer, marker: str) -> Optional[int]:
+  """The token id of train.answer_marker, None when it is unset; ConfigError unless the tokenizer
+  reads it as exactly one token."""
+  if not marker:
+    return None
+  ids = tokenizer_lib.encode(tok, marker)
+  if len(ids) != 1:
+    raise config_lib.ConfigError(
+        f"train.answer_marker={marker!r} is {len(ids)} tokens in this tokenizer; it must be one")
+  return ids[0]
+
+
+def resolve_settings(config: ml_collections.ConfigDict, workdir: str) -> config_lib.RunSettings:
+  """Validated and typed once; past this point the ConfigDict is only compared with, and saved
+  as, the workdir's config.json."""
+  run_settings = config_lib.resolve(config)
+  config_lib.check_workdir(workdir, config)
+  return run_settings
+
+
+def build_mesh(run_settings: config_lib.RunSettings) -> Mesh:
+  """The run's mesh, checked against the model and the batch (one-line MeshError)."""
+  mesh = mesh_lib.make_mesh(run_settings.sharding.mesh)
+  validate_sharding(run_settings.train, run_settings.sharding, run_settings.model, mesh)
+  return mesh
+
+
+def preflight(run_settings: config_lib.RunSettings, mesh: Mesh) -> None:
+  """The data sources and the compiled step's memory, checked before any data is read or any
+  file is written: a bad file or a step that does not fit is one line, not a late failure."""
+  model_cfg, t, data_settings = run_settings.model, run_settings.train, run_settings.data
+  data_lib.check_sources(data_settings)
+  check_memory(  # pad_id changes no byte of the step; the document mask adds a few
+      run_settings.sharding, lambda stage: make_sharded_training(
+          model_cfg, t, mesh, stage, pad_id=-1, documents=(-1, False)),
+      jax.ShapeDtypeStruct((t.batch_size, data_settings.seq_len + 1), np.int32))
+
+
+def _prepare_everywhere(prepare: Callable[[], data_lib.Prepared]) -> data_lib.Prepared:
+  """prepare() on every process: process 0 first (it trains the tokenizer and writes the
+  shards), then the others, which reuse them."""
+  if jax.process_count() == 1:
+    return prepare()
+  if jax.process_index() == 0:
+    prepared = prepare()
+  multihost_utils.sync_global_devices("llmlab: data prepared")
+  if jax.process_index() != 0:
+    prepared = prepare()
+  return prepared
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str,
+                 run_settings: config_lib.RunSettings) -> PretrainData:
+  """Tokenizer and shards in workdir (made once, reused on resume), the corpus opened, and the
+  config saved as workdir/config.json."""
+  model_cfg, t, data_settings = run_settings.model, run_settings.train, run_settings.data
+  os.makedirs(workdir, exist_ok=True)
+  prepared = _prepare_everywhere(functools.partial(
+      data_lib.prepare, workdir, data_settings, progress=jax.process_index() == 0))
+  tok = prepared.tokenizer
+  corpus = data_lib.open_corpus(prepared, data_settings.seq_len, t.batch_size)
+  if tok.get_vocab_size() > model_cfg.vocab_size:
+    raise config_lib.ConfigError(
+        f"the tokenizer in {workdir} has {tok.get_vocab_size()} tokens but model.vocab_size="
+        f"{model_cfg.vocab_size}; raise model.vocab_size or use a new --workdir")
+  data = PretrainData(
+      corpus=corpus, tokenizer=tok, pad_id=tokenizer_lib.special_id(tok, tokenizer_lib.PAD),
+      documents=tokenizer_lib.document_boundary(tok),
+      answer_marker=answer_marker_id(tok, t.answer_marker))
+  if jax.process_index() == 0:
+    config_lib.save(workdir, config)
+  return data
+
+
+def build_training(run_settings: config_lib.RunSettings, mesh: Mesh,
+                   data: PretrainData) -> ShardedTraining:
+  """Model and optimizer state, initialised directly in its sharded layout, and the step."""
+  return make_sharded_training(
+      run_settings.model, run_settings.train, mesh, run_settings.sharding.zero_stage,
+      pad_id=data.pad_id, documents=data.documents, answer_marker=data.answer_marker)
+
+
+def restore_or_init(ckpt: ckpt_lib.Checkpointer, training: ShardedTraining, data: PretrainData,
+                    t: config_lib.TrainSettings, parent: Optional[branch_lib.Parent] = None,
+                    workdir: str = "") -> tuple[int, Any, Any]:
+  """(start step, state, row-id iterator): the newest checkpoint's; else, for a new branch
+  (train.init_from, `parent` from branch.start), the parent's at its step; else a fresh state at
+  step 0.
+
+  The iterator yields the global batch's row ids on every process: one iterator, one state to
+  checkpoint; each process then reads only its own rows (rows_batch).
+  """
+  corpus = data.corpus
+  row_ids = data_lib.train_iterator(
+      [r.n_rows for r in corpus.train], corpus.weights, t.batch_size, t.seed)
+  try:
+    restored = branch_lib.restore(ckpt, training.abstract_state, parent, workdir)
+  except ckpt_lib.UnreadableCheckpoints:
+    ckpt.close()
+    raise
+  if restored is None:
+    return 0, training.init(jax.random.key(t.seed)), row_ids
+  start, state, data_state = restored
+  row_ids.set_state(data_state)
+  return start, state, row_ids
+
+
+def make_evaluator(training: ShardedTraining, data: PretrainData,
+                   t: config_lib.TrainSettings) -> Callable[[Any], float]:
+  """evaluate(params) -> mean validation loss per token over train.eval_batches fixed batches."""
+  eval_step = jax.jit(
+      step_lib.make_eval_step(training.graphdef, pad_id=data.pad_id, documents=data.documents,
+                              answer_marker=data.answer_marker),
+      in_shardings=(training.shardings.params, training.batch_sharding))
+  val = data.corpus.val
+  val_ids = data_lib.eval_indices(val.n_rows, t.batch_size, t.eval_batches)
+
+  def evaluate(params) -> float:
+    total, count = 0.0, 0
+    for ids in val_ids:
+      loss_sum, n = eval_step(params, rows_batch(val, ids, training.batch_sharding))
+      total, count = total + float(loss_sum), count + int(n)
+    return total / max(count, 1)
+
+  return evaluate
+
+
+class Reporter:
+  """Pretraining's report hook (loop.Hooks.report): reads a step's metrics back (one step late,
+  so the device is never idle), evaluates when due, writes metrics.jsonl and the progress bar.
+  latest: the newest step, loss and eval_loss, for the run's summary."""
+
+  def __init__(self, t: config_lib.TrainSettings, meter: Meter, evaluate: Callable[[Any], float],
+               writer: metrics_lib.MetricsWriter, bar: tqdm, ckpt: ckpt_lib.Checkpointer):
+    self.t, self.meter, self.evaluate = t, meter, evaluate
+    self.writer, self.bar, self.ckpt = writer, bar, ckpt
+    self.latest: dict[str, Any] = {}
+
+  def record(self, step: int, metrics: dict) -> dict:
+    """The step's metrics as floats (MoE vectors one entry per expert) and the throughput;
+    NonFiniteLoss when the loss is NaN or Inf."""
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+      raise NonFiniteLoss(
+          f"loss is {loss} at step {step}; stopped without saving, the last good checkpoint "
+          f"({max(self.ckpt.steps(), default='none')}) is untouched. Lower train.lr or raise "
+          "train.warmup_steps")
+    record = {"loss": loss, "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
+              "tokens_seen": step * self.meter.tokens_per_step, "time": time.time()}
+    for name, value in metrics.items():
+      if name.startswith("moe/") or name == "z_loss":  # router losses, drop fraction, experts' shares
+        value = np.asarray(value)
+        if value.ndim:
+          record.update({f"{name}/{i}": float(v) for i, v in enumerate(value)})
+        else:
+          record[name] = float(value)
+    record.update(self.meter.read())
+    self.latest.update(step=step, loss=loss)
+    return record
+
+  def __call__(self, step: int, metrics: dict, state: Any) -> dict:
+    t = self.t
+    record = self.record(step, metrics)
+    if step % t.eval_every == 0 or step == t.steps:
+      record["eval_loss"] = self.latest["eval_loss"] = self.evaluate(state["params"])
+      self.meter.restart()  # evaluation time is not training throughput
+    if step % t.log_every == 0 or "eval_loss" in record or step == t.steps:
+      self.writer.write(step, record)
+    postfix = {"loss": f"{record['loss']:.3f}"}
+    if "tokens_per_sec" in record:
+      postfix["tok/s"] = f"{record['tokens_per_sec']:.0f}"
+    self.bar.set_postfix(postfix, refresh=False)
+    self.bar.update(step - self.bar.n)
+    return record
+
+
+def make_hooks(run_settings: config_lib.RunSettings, reporter: Reporter,
+               ckpt: ckpt_lib.Checkpointer, row_ids: Any) -> Hooks:
+  """Report every step (evaluation steps at once), save every checkpoint.every_steps with the
+  data iterator's position beside the state."""
+  t = run_settings.train
+
+  def save(step: int, state, early: bool) -> None:
+    del early  # pretraining has no stop condition
+    ckpt.save(step, state, row_ids.get_state())
+    reporter.meter.restart()  # nor is saving
+
+  return Hooks(
+      report=reporter, save=save,
+      must_save=lambda step: step % run_settings.checkpoint.every_steps == 0,
+      read_now=lambda step: step % t.eval_every == 0)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          profile_steps: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+  """Trains (or resumes) the run in `workdir`. Returns a summary of the final step.
+
+  profile_steps: (first, last) steps traced into <workdir>/profile (loop.Profile), or None.
+
+  config: the experiment's ConfigDict, turned into typed settings once (train/config.resolve).
+  config.sharding.mesh and config.sharding.zero_stage say where the state lives; any mesh and
+  stage resume any checkpoint of the same model.
+  """
+  run_settings = resolve_settings(config, workdir)
+  parent = branch_lib.start(workdir, config, run_settings.train)  # train.init_from, or None
+  mesh = build_mesh(run_settings)
+  preflight(run_settings, mesh)
+  data = prepare_data(config, workdir, run_settings)
+  training = build_training(run_settings, mesh, data)
+  ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
+  start, state, row_ids = restore_or_init(ckpt, training, data, run_settings.train, parent,
+                                          workdir)
+  return run_training(run_settings, workdir, training, data, ckpt, start, state, row_ids,
+                      profile_in(workdir, profile_steps))
+
+
+def run_training(run_settings: config_lib.RunSettings, workdir: str, training: ShardedTraining,
+                 data: PretrainData, ckpt: ckpt_lib.Checkpointer, start: int, state: Any,
+                 row_ids: Any, profile: Optional[Profile] = None) -> dict[str, Any]:
+  """Steps from `start` to train.steps in run_steps; closes the checkpointer and writers.
+  Returns the summary: the parameter count, the final step, its loss and eval loss, the rows
+  this process read per step, and the signal that stopped the run early, if any."""
+  model_cfg, t, seq_len = run_settings.model, run_settings.train, run_settings.data.seq_len
+  is_main = jax.process_index() == 0
+  meter = Meter(t.batch_size * seq_len, flops_per_token(model_cfg, seq_len),
+                mfu_lib.peak_flops() * jax.device_count())
+  writer = metrics_lib.MetricsWriter(workdir)
+  bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
+  reporter = Reporter(t, meter, make_evaluator(training, data, t), writer, bar, ckpt)
+
+  def train_step_at(step: int, state):
+    meter.count()
+    return training.train_step(
+        state, rows_batch(data.corpus.train_rows, next(row_ids), training.batch_sharding))
+
+  lo, hi = local_rows(training.batch_sharding, (t.batch_size, seq_len + 1))  # what it reads
+  summary: dict[str, Any] = {"start_step": start, "params": count_params(model_cfg),
+                             "unigram_entropy": data.corpus.unigram_entropy,
+                             "rows_read_per_step": hi - lo}
+  try:
+    state, step, signalled, _ = run_steps(
+        state, start, t.steps, train_step_at, make_hooks(run_settings, reporter, ckpt, row_ids),
+        profile)
+    if signalled is not None:
+      summary["stopped_by_signal"] = signalled
+      if is_main:
+        bar.write(f"received {signalled}: saved step {step}, exiting")
+  finally:
+    bar.close()
+    writer.close()
+    ckpt.close()
+  summary.update(reporter.latest)
+  summary["final_step"] = step
+  return summary
