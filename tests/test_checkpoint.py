@@ -70,3 +70,20 @@ def test_all_unreadable_is_an_error_unless_restart_is_asked_for(tmp_path, monkey
   ckpt = ckpt_lib.Checkpointer(str(directory), keep=10, every_steps=1, restart_if_unreadable=True)
   assert ckpt.restore_latest(_abstract()) is None
   ckpt.close()
+
+
+def test_keep_steps_survive_the_rotation(tmp_path):
+  """Catches: checkpoint.keep_steps saved but rotated out by keep (a WSD stable run would lose
+  the checkpoints its cooldowns branch from), or keep ignored for the other steps."""
+  from train import config as config_lib
+
+  settings = config_lib.CheckpointSettings(every_steps=3, keep=1, keep_steps=(5, 2))
+  assert settings.keep_steps == (2, 5)
+  assert [s for s in range(1, 8) if settings.must_save(s)] == [2, 3, 5, 6]
+  ckpt = ckpt_lib.Checkpointer.of(str(tmp_path), settings)
+  for step in [2, 3, 5, 6]:
+    ckpt.save(step, STATE, {"position": step})
+  assert ckpt.steps() == [2, 5, 6]
+  ckpt.close()
+  with pytest.raises(config_lib.ConfigError, match="checkpoint.keep_steps"):
+    config_lib.CheckpointSettings(keep_steps=(0,))

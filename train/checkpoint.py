@@ -129,21 +129,31 @@ def unreadable_file(step_dir: str, error: BaseException) -> Optional[str]:
   return None
 
 
+def _preservation(keep: int, keep_steps: tuple[int, ...]):
+  """Orbax's rule for which checkpoints survive a save: the newest `keep`, and every step of
+  keep_steps (a checkpoint either rule keeps is kept)."""
+  policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+  if keep_steps:
+    policies.append(ocp.checkpoint_managers.CustomSteps(steps=list(keep_steps)))
+  return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+
+
 class Checkpointer:
   """A thin shell around ocp.CheckpointManager for {'state': pytree, 'data': json}.
 
   restart_if_unreadable: when every checkpoint in the directory is unreadable, start over
   (restore_latest returns None) instead of raising UnreadableCheckpoints.
+  keep_steps: steps kept besides the newest `keep` (checkpoint.keep_steps).
   """
 
   def __init__(self, directory: str, *, keep: int, every_steps: int,
-               restart_if_unreadable: bool = False):
+               restart_if_unreadable: bool = False, keep_steps: tuple[int, ...] = ()):
     self.directory = os.path.abspath(directory)
     os.makedirs(self.directory, exist_ok=True)
     self.log_path = os.path.join(os.path.dirname(self.directory), RESTORE_LOG)
     self.restart_if_unreadable = restart_if_unreadable
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=1, create=True,
+        save_interval_steps=1, create=True, preservation_policy=_preservation(keep, keep_steps),
         enable_async_checkpointing=False)  # a save is on disk when save() returns
     self.every_steps = every_steps
     self.manager = ocp.CheckpointManager(
@@ -155,7 +165,8 @@ class Checkpointer:
     """From the checkpoint.* section."""
     return cls(directory, keep=checkpoint_settings.keep,
                every_steps=checkpoint_settings.every_steps,
-               restart_if_unreadable=checkpoint_settings.restart_if_unreadable)
+               restart_if_unreadable=checkpoint_settings.restart_if_unreadable,
+               keep_steps=checkpoint_settings.keep_steps)
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())

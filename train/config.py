@@ -170,11 +170,22 @@ class CheckpointSettings:
   every_steps: int = 80
   keep: int = 3
   restart_if_unreadable: bool = False
+  # Steps also saved, and never rotated out by `keep`: a WSD stable run keeps the checkpoint each
+  # cooldown branches from (train.init_from=PATH:STEP).
+  keep_steps: tuple = ()
 
   def __post_init__(self):
     for name in ("every_steps", "keep"):
       if not getattr(self, name) > 0:
         raise ConfigError(f"checkpoint.{name} must be positive, got {getattr(self, name)!r}")
+    steps = tuple(self.keep_steps or ())
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
+      raise ConfigError(f"checkpoint.keep_steps={steps!r} must be step numbers >= 1")
+    object.__setattr__(self, "keep_steps", tuple(sorted(set(steps))))
+
+  def must_save(self, step: int) -> bool:
+    """Whether the loop saves at `step` (besides the last step and a signal)."""
+    return step % self.every_steps == 0 or step in self.keep_steps
 
   @classmethod
   def from_config(cls, section: Any, *, strict: bool = True) -> "CheckpointSettings":

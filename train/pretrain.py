@@ -274,7 +274,7 @@ def make_hooks(run_settings: config_lib.RunSettings, reporter: Reporter,
 
   return Hooks(
       report=reporter, save=save,
-      must_save=lambda step: step % run_settings.checkpoint.every_steps == 0,
+      must_save=run_settings.checkpoint.must_save,
       read_now=lambda step: step % t.eval_every == 0)
 
 
