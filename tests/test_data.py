@@ -185,6 +185,18 @@ def test_eval_batches_are_the_same_every_time_and_wrap_a_small_split():
   assert [list(x) for x in a] == [[0, 1, 2, 3], [4, 0, 1, 2], [3, 4, 0, 1]]
 
 
+def test_a_test_split_halves_the_validation_rows_without_overlap():
+  # Catches test rows drawn from the validation half (a missing offset: the reported test loss
+  # would be the loss settings were chosen on) and a test split that changes validation when off.
+  val, test = data_lib.heldout_indices(11, 2, 3, 2)
+  assert [list(x) for x in val] == [[0, 1], [2, 3], [4, 0]]  # rows 0..4, wrapped
+  assert [list(x) for x in test] == [[5, 6], [7, 8]]  # rows 5..10
+  same, none = data_lib.heldout_indices(11, 2, 3, 0)
+  assert none == [] and [list(x) for x in same] == [list(x) for x in data_lib.eval_indices(11, 2, 3)]
+  with pytest.raises(data_lib.DataError, match="train.test_batches"):
+    data_lib.heldout_indices(1, 2, 1, 1)
+
+
 def _gz(path, lines):
   with gzip.open(path, "wt", encoding="utf-8") as f:
     f.write("".join(lines))

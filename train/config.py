@@ -101,6 +101,10 @@ class TrainSettings:
   log_every: int = 10
   eval_every: int = 80
   eval_batches: int = 8
+  # Batches of a test split scored once, at the last step, as summary["test_loss"]: the
+  # validation rows are then halved, the first half for eval_loss (which studies choose
+  # settings by), the second for test_loss (which they report). 0 = no test split.
+  test_batches: int = 0
   # Pretraining only: where set (a text that is one token, e.g. " ?"), the loss counts only the
   # answers of questions "MARKER KEY" -> VALUE, the target one after the token that follows each
   # marker (train/step.py answer_targets); "" = every token.
@@ -125,8 +129,8 @@ class TrainSettings:
                  "eval_batches"):
       if not getattr(self, name) > 0:
         raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)!r}")
-    if self.warmup_steps < 0 or self.weight_decay < 0:
-      raise ConfigError("train.warmup_steps and train.weight_decay must be >= 0")
+    if self.warmup_steps < 0 or self.weight_decay < 0 or self.test_batches < 0:
+      raise ConfigError("train.warmup_steps, train.weight_decay and train.test_batches must be >= 0")
     self._check_schedule()
     if isinstance(self.z_loss, bool) or not isinstance(self.z_loss, (int, float)) or self.z_loss < 0:
       raise ConfigError(f"train.z_loss must be a number >= 0 (0 = off, PaLM: 1e-4), got {self.z_loss!r}")

@@ -192,24 +192,30 @@ def restore_or_init(ckpt: ckpt_lib.Checkpointer, training: ShardedTraining, data
   return start, state, row_ids
 
 
-def make_evaluator(training: ShardedTraining, data: PretrainData,
-                   t: config_lib.TrainSettings) -> Callable[[Any], float]:
-  """evaluate(params) -> mean validation loss per token over train.eval_batches fixed batches."""
+def make_evaluators(training: ShardedTraining, data: PretrainData, t: config_lib.TrainSettings
+                    ) -> tuple[Callable[[Any], float], Optional[Callable[[Any], float]]]:
+  """(evaluate, evaluate_test): each params -> mean loss per token over fixed held-out batches,
+  train.eval_batches of the validation rows and train.test_batches of the test rows
+  (data_lib.heldout_indices keeps the two apart); evaluate_test is None without a test split.
+  One compiled eval step serves both."""
   eval_step = jax.jit(
       step_lib.make_eval_step(training.graphdef, pad_id=data.pad_id, documents=data.documents,
                               answer_marker=data.answer_marker),
       in_shardings=(training.shardings.params, training.batch_sharding))
   val = data.corpus.val
-  val_ids = data_lib.eval_indices(val.n_rows, t.batch_size, t.eval_batches)
+  val_ids, test_ids = data_lib.heldout_indices(val.n_rows, t.batch_size, t.eval_batches,
+                                               t.test_batches)
 
-  def evaluate(params) -> float:
-    total, count = 0.0, 0
-    for ids in val_ids:
-      loss_sum, n = eval_step(params, rows_batch(val, ids, training.batch_sharding))
-      total, count = total + float(loss_sum), count + int(n)
-    return total / max(count, 1)
+  def over(batches: list[np.ndarray]) -> Callable[[Any], float]:
+    def evaluate(params) -> float:
+      total, count = 0.0, 0
+      for ids in batches:
+        loss_sum, n = eval_step(params, rows_batch(val, ids, training.batch_sharding))
+        total, count = total + float(loss_sum), count + int(n)
+      return total / max(count, 1)
+    return evaluate
 
-  return evaluate
+  return over(val_ids), (over(test_ids) if test_ids else None)
 
 
 class Reporter:
@@ -218,8 +224,9 @@ class Reporter:
   latest: the newest step, loss and eval_loss, for the run's summary."""
 
   def __init__(self, t: config_lib.TrainSettings, meter: Meter, evaluate: Callable[[Any], float],
-               writer: metrics_lib.MetricsWriter, bar: tqdm, ckpt: ckpt_lib.Checkpointer):
-    self.t, self.meter, self.evaluate = t, meter, evaluate
+               writer: metrics_lib.MetricsWriter, bar: tqdm, ckpt: ckpt_lib.Checkpointer,
+               evaluate_test: Optional[Callable[[Any], float]] = None):
+    self.t, self.meter, self.evaluate, self.evaluate_test = t, meter, evaluate, evaluate_test
     self.writer, self.bar, self.ckpt = writer, bar, ckpt
     self.latest: dict[str, Any] = {}
 
@@ -250,6 +257,8 @@ class Reporter:
     record = self.record(step, metrics)
     if step % t.eval_every == 0 or step == t.steps:
       record["eval_loss"] = self.latest["eval_loss"] = self.evaluate(state["params"])
+      if step == t.steps and self.evaluate_test is not None:
+        record["test_loss"] = self.latest["test_loss"] = self.evaluate_test(state["params"])
       self.meter.restart()  # evaluation time is not training throughput
     if step % t.log_every == 0 or "eval_loss" in record or step == t.steps:
       self.writer.write(step, record)
@@ -313,7 +322,8 @@ def run_training(run_settings: config_lib.RunSettings, workdir: str, training: S
                 mfu_lib.peak_flops() * jax.device_count())
   writer = metrics_lib.MetricsWriter(workdir)
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
-  reporter = Reporter(t, meter, make_evaluator(training, data, t), writer, bar, ckpt)
+  evaluate, evaluate_test = make_evaluators(training, data, t)
+  reporter = Reporter(t, meter, evaluate, writer, bar, ckpt, evaluate_test)
 
   def train_step_at(step: int, state):
     meter.count()

@@ -303,6 +303,21 @@ def train_iterator(n_rows: Sequence[int], weights: Sequence[float], batch_size: 
   return iter(index_dataset(n_rows, weights, batch_size, seed).to_iter_dataset())
 
 
+def heldout_indices(n_rows: int, batch_size: int, eval_batches: int,
+                    test_batches: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """(validation batches, test batches) of row ids. Without a test split (test_batches 0) the
+  validation batches are eval_indices over every row; with one, the rows are halved: validation
+  batches from [0, n_rows // 2), test batches from [n_rows // 2, n_rows), so no row is in both."""
+  if not test_batches:
+    return eval_indices(n_rows, batch_size, eval_batches), []
+  half = n_rows // 2
+  if half == 0:
+    raise DataError(f"the validation split has {n_rows} row(s): too few to halve for "
+                    "train.test_batches; set it to 0 or add text")
+  test = [ids + half for ids in eval_indices(n_rows - half, batch_size, test_batches)]
+  return eval_indices(half, batch_size, eval_batches), test
+
+
 def eval_indices(n_rows: int, batch_size: int, n_batches: int) -> list[np.ndarray]:
   """The first n_batches validation batches' row ids, the same every time (wrapping a small split)."""
   idx = np.arange(n_batches * batch_size) % max(n_rows, 1)

@@ -226,6 +226,7 @@ def run_point(root: str, base: ml_collections.ConfigDict, point: Point,
       "flops": flops_per_token(model_cfg, config.data.seq_len) * tokens,
       "loss": summary.get("loss"),
       "eval_loss": summary.get("eval_loss"),
+      "test_loss": summary.get("test_loss"),  # None unless train.test_batches > 0
       "unigram_entropy": summary.get("unigram_entropy"),
       # Of the attempt that finished the run: a resumed run's earlier attempts are not included.
       "wall_s": wall_s,
