@@ -12,6 +12,10 @@ results.json, loss_vs_flops.png and isoflop.png. With --launcher=print or slurm 
 pending points to a scheduler instead; rerun the same command afterwards to collect and fit.
 The grid of points is train/studies/scaling_grid.py, the fits and plots train/studies/scaling_fit.py
 (the law itself: train/studies/scaling_law.py).
+
+sweep.mode "wsd" (experiments/configs/sweeps/cpu_wsd.py, accelerator.py) trains one stable run
+per size and branches a cooldown from it at every budget (train/studies/wsd_plan.py); a budget
+added later extends the same stable runs.
 """
 
 from __future__ import annotations
@@ -44,7 +48,14 @@ def main(argv):
   cli.setup()
   cfg = FLAGS.sweep
   try:
-    points = scaling_grid.make_points(cfg)
+    if cfg.get("mode", "cosine") == "wsd":  # stable runs and cooldown branches
+      from train.studies import wsd_plan
+
+      points = scaling_grid.make_wsd_points(cfg, FLAGS.workdir)
+      for name in wsd_plan.reopen_extended(FLAGS.workdir, points):
+        print(f"{name}: extended for a larger budget", file=sys.stderr)
+    else:  # every point from scratch, its own cosine schedule
+      points = scaling_grid.make_points(cfg)
     done = sweep_lib.launch(
         FLAGS.workdir, cfg.base, points, launcher=FLAGS.launcher, point=FLAGS.point, argv=sys.argv,
         job_name=cfg.launch.job_name, slurm_options=tuple(cfg.launch.slurm_options))

@@ -84,3 +84,40 @@ def test_points_run_stable_first_and_branch_from_its_checkpoints(tmp_path):
   assert branch.overrides["train.init_from"] == f"{tmp_path}/points/{stable_a.name}:320"
   assert branch.overrides["train.steps"] == 400 and branch.overrides["train.schedule"] == "wsd"
   assert branch.overrides["train.lr"] == 0.01 and branch.overrides["train.warmup_steps"] == 3
+
+
+def test_a_larger_budget_extends_the_same_stable_run(tmp_path):
+  """Catches a stable run renamed (retrained from scratch) when a budget is added, its saved
+  config refused for the longer train.steps, and a finished shorter run not reopened."""
+  from train.studies import sweep as sweep_lib
+
+  base = ml_collections.ConfigDict({
+      "model": {"d_model": 0},
+      "train": {"steps": 0, "warmup_steps": 0, "schedule": "cosine", "decay_fraction": 0.2,
+                "decay_shape": "1-sqrt", "init_from": ""},
+      "checkpoint": {"keep_steps": ()}})
+  kw = dict(tokens_per_step=1, decay_fraction=0.2, min_steps=1, tokens_per_param=(1.0, 1e6),
+            warmup_steps={"a": 1})
+  small = wsd_plan.points(wsd_plan.plan([_size("a", 1.0, 1)], [100.0], **kw), base,
+                          str(tmp_path), decay_fraction=0.2, decay_shape="1-sqrt",
+                          warmup_steps={"a": 1})
+  large = wsd_plan.points(wsd_plan.plan([_size("a", 1.0, 1)], [100.0, 1000.0], **kw), base,
+                          str(tmp_path), decay_fraction=0.2, decay_shape="1-sqrt",
+                          warmup_steps={"a": 1})
+  assert small[0].name == large[0].name  # one stable run per size, whatever its length
+  assert small[0].overrides["train.steps"] == 80 and large[0].overrides["train.steps"] == 800
+  workdir = tmp_path / "points" / small[0].name
+  workdir.mkdir(parents=True)
+  saved = sweep_lib.point_config(base, small[0])
+  (workdir / "config.json").write_text(saved.to_json())
+  (workdir / "result.json").write_text('{"steps": 80}')
+  sweep_lib.check_points(str(tmp_path), base, large)  # the longer stable run is the same run
+  assert wsd_plan.reopen_extended(str(tmp_path), small) == []  # as long as asked: stays done
+  assert wsd_plan.reopen_extended(str(tmp_path), large) == [small[0].name]
+  assert not (workdir / "result.json").exists() and (workdir / "result.80.json").exists()
+  other = dict(large[0].overrides, **{"model.d_model": 2})
+  changed = sweep_lib.make_point("a-stable", base, other, large[0].meta, grows=wsd_plan.GROWS)
+  (workdir.parent / changed.name).mkdir()
+  (workdir.parent / changed.name / "config.json").write_text(saved.to_json())
+  with pytest.raises(ValueError, match="model.d_model: saved 1, requested 2"):
+    sweep_lib.check_points(str(tmp_path), base, [changed])

@@ -15,32 +15,55 @@ from train.studies import sweep as sweep_lib
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
 
-def runs_table(records: list[dict]) -> list[dict]:
-  """One row per finished run: what the fits and plots read."""
+ACCOUNTINGS = ("kaplan", "full")
+
+
+def runs_table(records: list[dict], accounting: str = "kaplan") -> list[dict]:
+  """One row per finished run with a budget (a WSD sweep's stable runs have none): what the fits
+  and plots read. accounting "kaplan": N the non-embedding parameters, C = 6 N D (today's
+  protocol); "full": N every parameter, C the training FLOPs counted in full (model/config.py
+  flops_per_token: every matmul, the head, attention's score and value products)."""
+  if accounting not in ACCOUNTINGS:
+    raise ValueError(f"sweep.accounting={accounting!r} is unknown; allowed: {', '.join(ACCOUNTINGS)}")
+  full = accounting == "full"
   return [{"name": r["name"], "n_layers": r["meta"]["n_layers"], "d_model": r["meta"]["d_model"],
-           "budget": r["meta"]["budget"], "N": r["params_non_embedding"], "params": r["params"],
-           "D": r["tokens"], "C": r["flops_6nd"], "flops": r["flops"], "eval_loss": r["eval_loss"],
-           "train_loss": r["loss"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"]} for r in records]
+           "budget": r["meta"]["budget"], "N": r["params"] if full else r["params_non_embedding"],
+           "params": r["params"], "params_non_embedding": r["params_non_embedding"],
+           "D": r["tokens"], "C": r["flops"] if full else r["flops_6nd"], "flops": r["flops"],
+           "flops_6nd": r["flops_6nd"], "eval_loss": r["eval_loss"],
+           "test_loss": r.get("test_loss"), "train_loss": r["loss"], "wall_s": r["wall_s"],
+           "cpu_s": r["cpu_s"]} for r in records if "budget" in r["meta"]]
 
 
-def fit(rows: list[dict], cfg) -> dict:
-  """The Chinchilla fit and isoFLOP exponents, each with bootstrap intervals."""
+def reported_loss(rows: list[dict]) -> str:
+  """The loss the fits report: the test split's when every run has one (settings were chosen on
+  the validation split), else the validation loss (a sweep without train.test_batches)."""
+  return "test_loss" if rows and all(r.get("test_loss") is not None for r in rows) else "eval_loss"
+
+
+def fit(rows: list[dict], cfg, loss_key: str = "eval_loss") -> dict:
+  """The Chinchilla fit and isoFLOP exponents of rows[loss_key], each with bootstrap intervals.
+  The bootstrap refits start from cfg.bootstrap_starts best starts of the full fit, or with
+  bootstrap_starts 0 from the whole grid cfg.bootstrap_grid (each resample its own optimum)."""
   import numpy as np
 
   from train.studies import scaling_law as sl
 
   n = np.array([r["N"] for r in rows], float)
   d = np.array([r["D"] for r in rows], float)
-  loss = np.array([r["eval_loss"] for r in rows], float)
+  loss = np.array([r[loss_key] for r in rows], float)
   budget = np.array([r["budget"] for r in rows], float)
-  out: dict = {"n_runs": len(rows), "chinchilla_reference": CHINCHILLA}
+  out: dict = {"n_runs": len(rows), "loss": loss_key, "chinchilla_reference": CHINCHILLA}
   ci = lambda vals: sl.interval(vals, cfg.level)  # noqa: E731
   if len(rows) >= 5:
     law, ranked = sl.fit_chinchilla(n, d, loss, delta=cfg.delta, inits=sl.init_grid(cfg.grid),
                                     max_iter=cfg.max_iter)
+    starts = (ranked[:cfg.bootstrap_starts] if cfg.get("bootstrap_starts", 0)
+              else sl.init_grid(cfg.get("bootstrap_grid", cfg.grid)))
     boots = sl.bootstrap_chinchilla(n, d, loss, n_resamples=cfg.bootstrap, seed=cfg.seed,
-                                    inits=ranked[:cfg.bootstrap_starts], delta=cfg.delta,
+                                    inits=starts, delta=cfg.delta,
                                     max_iter=cfg.max_iter) if cfg.bootstrap else []
+    out["bootstrap_starts"] = len(starts)
     keys = ("E", "A", "B", "alpha", "beta", "n_exponent", "d_exponent")
     out["law"] = law.to_dict()
     out["law_ci"] = {k: ci([getattr(b, k) for b in boots]) for k in keys}
@@ -150,15 +173,34 @@ def plot_isoflop(rows: list[dict], fits: dict, law, out_dir: str) -> str:
 
 
 def report(root: str, points, cfg, out_dir: str) -> dict:
-  """Writes results.jsonl (one row per finished run), results.json (the fits, with the machine)
-  and the plots into out_dir; returns the summary."""
-  rows = runs_table(sweep_lib.collect(root, points))
+  """Writes results.jsonl (one row per finished run), results.json (the fits, with the machine
+  and provenance) and the plots into out_dir; returns the summary."""
+  from train import provenance
+
+  records = sweep_lib.collect(root, points)
+  rows = runs_table(records, cfg.get("accounting", "kaplan"))
   os.makedirs(out_dir, exist_ok=True)
   sweep_lib.write_jsonl(os.path.join(out_dir, "results.jsonl"), rows)
-  fits = fit(rows, cfg.fit)
-  summary = {"study": "scaling", "machine": sweep_lib.machine_info(), "runs": len(rows),
+  fits = fit(rows, cfg.fit, reported_loss(rows))
+  extra = {"compute": wsd_compute(records)} if cfg.get("mode", "cosine") == "wsd" else {}
+  summary = {"study": "scaling", "provenance": provenance.provenance(cfg),
+             "machine": sweep_lib.machine_info(), "accounting": cfg.get("accounting", "kaplan"),
+             "mode": cfg.get("mode", "cosine"), **extra, "runs": len(rows),
              "points": len(points), "wall_s_total": sum(r["wall_s"] for r in rows),
              "cpu_s_total": sum(r["cpu_s"] for r in rows), **fits}
   sweep_lib.write_json(os.path.join(out_dir, "results.json"), summary)
   summary["plots"] = plot(rows, fits, out_dir) if rows else []
   return summary
+
+
+def wsd_compute(records: list[dict]) -> dict:
+  """Training FLOPs (in full) a WSD sweep spent, against training every cooldown point from
+  scratch: its stable runs plus each cooldown's own steps (steps - start of its horizon's
+  FLOPs), against the sum of the cooldown points' horizons."""
+  stable = sum(r["flops"] for r in records if r["meta"].get("role") == "stable")
+  cooldowns = [r for r in records if r["meta"].get("role") == "cooldown"]
+  own = sum(r["flops"] * (r["steps"] - r["meta"]["start"]) / r["steps"] for r in cooldowns)
+  scratch = sum(r["flops"] for r in cooldowns)
+  return {"wsd_flops": stable + own, "scratch_flops": scratch,
+          "ratio": (stable + own) / scratch if scratch else None,
+          "cpu_s_wsd": sum(r["cpu_s"] for r in records)}

@@ -38,3 +38,42 @@ def make_points(sweep) -> list[sweep_lib.Point]:
     raise ValueError("the sweep has no point: widen sweep.tokens_per_param or change the budgets")
   return points
 
+
+
+def sizes(sweep) -> list:
+  """The sweep's models as wsd_plan.Sizes: FLOPs per token counted in full (model/config.py
+  flops_per_token: every matmul, the head and attention's score and value products), parameters
+  counted in total (embeddings included), as the budgets are."""
+  from model.config import ModelConfig, count_params, flops_per_token
+  from train.studies import wsd_plan
+
+  out = []
+  for n_layers, d_model in sweep.models:
+    over = sweep_lib.model_overrides(n_layers, d_model, sweep.head_dim, sweep.ffn_mult)
+    cfg = ModelConfig.from_dict(sweep_lib.apply_overrides(sweep.base, over).model.to_dict())
+    out.append(wsd_plan.Size(f"L{n_layers}-D{d_model}", over,
+                             flops_per_token(cfg, sweep.base.data.seq_len),
+                             count_params(cfg)["total"],
+                             {"n_layers": n_layers, "d_model": d_model}))
+  return out
+
+
+def make_wsd_points(sweep, root: str) -> list[sweep_lib.Point]:
+  """mode "wsd": per model size one stable run (constant learning rate after warmup) and a
+  cooldown branch per budget (train/studies/wsd_plan.py), budgets in full training FLOPs. Warmup
+  is warmup_fraction of the size's shortest cooldown run."""
+  from train.studies import wsd_plan
+
+  base = sweep.base
+  tokens_per_step = base.train.batch_size * base.data.seq_len
+  all_sizes = sizes(sweep)
+  warmup = {}
+  for size in all_sizes:
+    steps = [round(b / (size.flops_per_token * tokens_per_step)) for b in sweep.budgets]
+    shortest = min([s for s in steps if s >= sweep.min_steps], default=sweep.min_steps)
+    warmup[size.label] = max(1, round(sweep.warmup_fraction * shortest))
+  plans = wsd_plan.plan(all_sizes, sweep.budgets, tokens_per_step=tokens_per_step,
+                        decay_fraction=sweep.decay_fraction, min_steps=sweep.min_steps,
+                        tokens_per_param=tuple(sweep.tokens_per_param), warmup_steps=warmup)
+  return wsd_plan.points(plans, base, root, decay_fraction=sweep.decay_fraction,
+                         decay_shape=sweep.decay_shape, warmup_steps=warmup)

@@ -68,10 +68,17 @@ def apply_overrides(base: ml_collections.ConfigDict, overrides: dict) -> ml_coll
   return config
 
 
-def make_point(label: str, base: ml_collections.ConfigDict, overrides: dict, meta: dict) -> Point:
-  """A point named `label-<hash of its overrides>`; the overrides must exist in `base`."""
+def make_point(label: str, base: ml_collections.ConfigDict, overrides: dict, meta: dict,
+               grows: Sequence[str] = ()) -> Point:
+  """A point named `label-<hash of its overrides>`; the overrides must exist in `base`.
+
+  grows: settings left out of the name and of the saved-config check, because the point may be
+  asked for more of them later (a WSD stable run's train.steps, extended for a larger budget)."""
   apply_overrides(base, overrides)  # unknown keys fail here, before anything runs
-  key = json.dumps(overrides, sort_keys=True, default=str)
+  if grows:
+    meta = {**meta, "grows": list(grows)}
+  key = json.dumps({k: v for k, v in overrides.items() if k not in grows}, sort_keys=True,
+                   default=str)
   return Point(f"{label}-{hashlib.sha1(key.encode()).hexdigest()[:6]}", dict(overrides), dict(meta))
 
 
@@ -79,16 +86,18 @@ COMPARED = ("model", "data", "train")  # what a run's result depends on
 IGNORED = ("train.log_every", "train.eval_every")
 
 
-def config_conflicts(saved: dict, requested: dict, prefix: str = "") -> list[str]:
-  """Settings present in both configs whose values differ, as 'key: saved X, requested Y'."""
+def config_conflicts(saved: dict, requested: dict, prefix: str = "",
+                     ignored: Sequence[str] = ()) -> list[str]:
+  """Settings present in both configs whose values differ, as 'key: saved X, requested Y'
+  (IGNORED and `ignored` aside)."""
   out = []
   for key in sorted(set(saved) & set(requested)):
     dotted = prefix + key
-    if not prefix and key not in COMPARED or dotted in IGNORED:
+    if not prefix and key not in COMPARED or dotted in IGNORED or dotted in ignored:
       continue
     a, b = saved[key], requested[key]
     if isinstance(a, dict) and isinstance(b, dict):
-      out += config_conflicts(a, b, dotted + ".")
+      out += config_conflicts(a, b, dotted + ".", ignored)
     elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b)):
       out.append(f"{dotted}: saved {a!r}, requested {b!r}")
   return out
@@ -102,7 +111,8 @@ def check_points(root: str, base: ml_collections.ConfigDict, points: Sequence[Po
       continue
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
-    conflicts = config_conflicts(saved, json.loads(point_config(base, p).to_json()))
+    conflicts = config_conflicts(saved, json.loads(point_config(base, p).to_json()),
+                                 ignored=p.meta.get("grows", ()))
     if conflicts:
       raise ValueError(
           f"{os.path.dirname(path)} was trained with other settings ({'; '.join(conflicts[:3])}); "

@@ -33,6 +33,7 @@ class Size:
   overrides: dict
   flops_per_token: float
   params: int
+  meta: dict = dataclasses.field(default_factory=dict)  # recorded with its points (depth, width)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,29 @@ def compute_saved(plans: Sequence[SizePlan], tokens_per_step: int) -> dict:
   return out
 
 
+GROWS = ("train.steps", "checkpoint.keep_steps")  # what a stable run may be asked more of
+
+
+def reopen_extended(root: str, points: Sequence[sweep_lib.Point]) -> list[str]:
+  """Stable runs finished shorter than now asked (a budget added to the sweep): their done
+  record is set aside (result.json -> result.<steps>.json), so the sweep resumes them from their
+  last checkpoint up to the new length; the constant learning rate makes the extension exact.
+  Returns the reopened names. A new budget whose cooldown starts inside the part already trained
+  finds no checkpoint there and stops with one line naming the saved steps."""
+  import os
+
+  reopened = []
+  for p in points:
+    record = sweep_lib.load_result(root, p.name)
+    if p.meta.get("role") != "stable" or record is None:
+      continue
+    if record["steps"] < p.overrides["train.steps"]:
+      path = os.path.join(sweep_lib.point_dir(root, p.name), sweep_lib.RESULT)
+      os.replace(path, path.replace(".json", f".{record['steps']}.json"))
+      reopened.append(p.name)
+  return reopened
+
+
 def stable_name(plan_: SizePlan) -> str:
   return f"{plan_.size.label}-stable"
 
@@ -119,12 +143,13 @@ def points(plans: Sequence[SizePlan], base: ml_collections.ConfigDict, root: str
   for p in plans:
     common = {**p.size.overrides, **extra, "train.warmup_steps": warmup_steps[p.size.label]}
     starts = tuple(c.start for c in p.cooldowns)
+    # Its length is left out of its name: a larger budget later extends the same stable run.
     stable = sweep_lib.make_point(
         stable_name(p), base,
         {**common, "train.steps": p.stable_steps, "train.schedule": "constant",
          "checkpoint.keep_steps": starts},
-        {"label": p.size.label, "role": "stable", "params": p.size.params,
-         "flops_per_token": p.size.flops_per_token})
+        {**p.size.meta, "label": p.size.label, "role": "stable", "params": p.size.params,
+         "flops_per_token": p.size.flops_per_token}, grows=GROWS)
     stables.append(stable)
     for c in p.cooldowns:
       parent = sweep_lib.point_dir(root, stable.name)
@@ -133,7 +158,8 @@ def points(plans: Sequence[SizePlan], base: ml_collections.ConfigDict, root: str
           {**common, "train.steps": c.steps, "train.schedule": "wsd",
            "train.decay_fraction": decay_fraction, "train.decay_shape": decay_shape,
            "train.init_from": f"{parent}:{c.start}"},
-          {"label": p.size.label, "role": "cooldown", "budget": c.budget, "start": c.start,
+          {**p.size.meta, "label": p.size.label, "role": "cooldown", "budget": c.budget,
+           "start": c.start,
            "params": p.size.params, "flops_per_token": p.size.flops_per_token,
            "parent": stable.name}))
   return stables + branches
