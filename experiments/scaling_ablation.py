@@ -1,0 +1,81 @@
+"""The scaling study's ablation table: the compute-optimal exponent and tokens per parameter under
+successive corrections of the protocol (train/studies/scaling_ablation.py).
+
+  python -m experiments.scaling_ablation --out=results/scaling_ablation \
+      --rows="(i) today's protocol=results/scaling/results.jsonl:kaplan:iso" \
+      --rows="(ii) + full FLOPs=results/scaling/results.jsonl:full" \
+      --rows="(iv) + muP, WSD cooldowns=results/scaling_wsd/results.jsonl:full:iso"
+
+Each --rows is LABEL=RESULTS_JSONL:ACCOUNTING[:iso] (iso: the file's budget groups are isoFLOP
+under that accounting). Writes results.json (every row with its intervals, the fit settings and
+provenance) and table.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from train import cli
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_dict("fit", _fit_defaults(), "Fit settings (as a sweep's fit.*).")
+  flags.DEFINE_multi_string("rows", [], "LABEL=RESULTS_JSONL:ACCOUNTING[:iso], in table order.")
+  flags.DEFINE_string("out", "results/scaling_ablation", "Where results.json and table.md go.")
+
+
+def _fit_defaults():
+  import ml_collections
+
+  return ml_collections.ConfigDict(dict(delta=1e-3, grid="chinchilla", max_iter=300,
+                                        bootstrap=100, bootstrap_starts=0,
+                                        bootstrap_grid="coarse", level=0.9, seed=0))
+
+
+def parse_row(text: str) -> tuple[str, str, str, bool]:
+  label, sep, spec = text.rpartition("=")
+  parts = spec.split(":")
+  if not sep or len(parts) not in (2, 3) or parts[1] not in ("kaplan", "full") or (
+      len(parts) == 3 and parts[2] != "iso"):
+    raise ValueError(f"--rows={text!r}: expected LABEL=RESULTS_JSONL:kaplan|full[:iso]")
+  return label, parts[0], parts[1], len(parts) == 3
+
+
+def main(argv):
+  del argv
+  cli.setup()
+  from train import provenance
+  from train.studies import scaling_ablation as ablation
+  from train.studies import sweep as sweep_lib
+
+  try:
+    specs = [parse_row(r) for r in FLAGS.rows]
+    if not specs:
+      raise ValueError("no --rows given")
+    table = []
+    for label, path, accounting, iso in specs:
+      if not os.path.exists(path):
+        raise ValueError(f"--rows {label!r}: {path} does not exist; run its sweep first")
+      with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+      table.append({**ablation.row(label, rows, accounting, FLAGS.fit, isoflop=iso),
+                    "source": path})
+  except ValueError as e:
+    cli.fail(e)
+  os.makedirs(FLAGS.out, exist_ok=True)
+  sweep_lib.write_json(os.path.join(FLAGS.out, "results.json"), {
+      "study": "scaling_ablation", "provenance": provenance.provenance(FLAGS.fit),
+      "chinchilla_a": ablation.CHINCHILLA_A, "rows": table})
+  with open(os.path.join(FLAGS.out, "table.md"), "w", encoding="utf-8") as f:
+    f.write(ablation.markdown(table) + "\n")
+  print(ablation.markdown(table))
+
+
+if __name__ == "__main__":
+  cli.run(main, define_flags)
