@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from train.studies import sweep
 from tests.helpers import run_script
@@ -332,3 +333,26 @@ def test_moe_vs_dense_end_to_end_and_restarts_without_retraining(tmp_path, tiny_
   again = run_script("experiments.moe_vs_dense", *args, "--launcher=print")
   assert again.returncode == 0 and again.stdout == ""  # nothing pending, nothing printed
   assert [os.stat(p).st_mtime_ns for p in sorted(tmp_path.glob("points/*/result.json"))] == stamps
+
+
+def test_wsd_scaling_sweep_branches_cooldowns_from_one_stable_run(tmp_path, tiny_corpus):
+  """End to end: the stable run keeps the checkpoints its cooldowns branch from (not only the
+  newest), each cooldown starts from its parent's step and records it, the fit reads the test
+  split's loss, and the compute counts the stable run once (a sweep that trained every point
+  from scratch, or branched from the wrong step, would show other numbers)."""
+  args = ["--sweep=experiments/configs/sweeps/tiny_wsd.py", f"--sweep.base.data.paths={tiny_corpus}",
+          f"--workdir={tmp_path}"]
+  done = run_script("experiments.scaling", *args)
+  assert done.returncode == 0, done.stderr[-2000:]
+  stable = next(tmp_path.glob("points/L1-D16-stable-*"))
+  assert sorted(int(p.name) for p in (stable / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8]
+  for steps, start in ((5, 4), (10, 8)):
+    branch = next(p for p in tmp_path.glob("points/L1-D16-C*")
+                  if json.load(open(p / "result.json"))["steps"] == steps)
+    assert json.load(open(branch / "config.json"))["parent"] == {"workdir": str(stable), "step": start}
+  rows = _rows(tmp_path / "results.jsonl")
+  assert len(rows) == 2 and all(r["test_loss"] > 0 for r in rows)
+  summary = json.load(open(tmp_path / "results.json"))
+  assert summary["loss"] == "test_loss" and summary["accounting"] == "full"
+  assert summary["compute"]["ratio"] == pytest.approx((8 + 1 + 2) / (5 + 10))
+  assert summary["provenance"]["command"].startswith("python")
