@@ -54,11 +54,15 @@ def main(argv):
       points = scaling_grid.make_wsd_points(cfg, FLAGS.workdir)
       for name in wsd_plan.reopen_extended(FLAGS.workdir, points):
         print(f"{name}: extended for a larger budget", file=sys.stderr)
+      # A scheduler runs points in parallel: hand out a cooldown once its stable run is done.
+      launched = (points if FLAGS.launcher == "local" or FLAGS.point
+                  else wsd_plan.ready(FLAGS.workdir, points))
     else:  # every point from scratch, its own cosine schedule
-      points = scaling_grid.make_points(cfg)
+      points = launched = scaling_grid.make_points(cfg)
     done = sweep_lib.launch(
-        FLAGS.workdir, cfg.base, points, launcher=FLAGS.launcher, point=FLAGS.point, argv=sys.argv,
-        job_name=cfg.launch.job_name, slurm_options=tuple(cfg.launch.slurm_options))
+        FLAGS.workdir, cfg.base, launched, launcher=FLAGS.launcher, point=FLAGS.point,
+        argv=sys.argv, job_name=cfg.launch.job_name,
+        slurm_options=tuple(cfg.launch.slurm_options)) and len(launched) == len(points)
     if FLAGS.point:
       return
     finished = len(points) - len(sweep_lib.pending(FLAGS.workdir, points))

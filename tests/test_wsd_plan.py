@@ -121,3 +121,24 @@ def test_a_larger_budget_extends_the_same_stable_run(tmp_path):
   (workdir.parent / changed.name / "config.json").write_text(saved.to_json())
   with pytest.raises(ValueError, match="model.d_model: saved 1, requested 2"):
     sweep_lib.check_points(str(tmp_path), base, [changed])
+
+
+def test_a_scheduler_gets_a_cooldown_only_once_its_stable_run_is_done(tmp_path):
+  # Catches cooldowns handed to a job array beside their stable run (they would start before
+  # the checkpoint they branch from exists), and stable runs held back.
+  base = ml_collections.ConfigDict({
+      "model": {"d_model": 0},
+      "train": {"steps": 0, "warmup_steps": 0, "schedule": "cosine", "decay_fraction": 0.2,
+                "decay_shape": "1-sqrt", "init_from": ""},
+      "checkpoint": {"keep_steps": ()}})
+  plans = wsd_plan.plan([_size("a", 1.0, 1), _size("b", 2.0, 2)], [100.0, 400.0],
+                        tokens_per_step=1, decay_fraction=0.2, min_steps=1,
+                        tokens_per_param=(1.0, 1e6), warmup_steps={"a": 1, "b": 1})
+  pts = wsd_plan.points(plans, base, str(tmp_path), decay_fraction=0.2, decay_shape="1-sqrt",
+                        warmup_steps={"a": 1, "b": 1})
+  assert [p.meta["role"] for p in wsd_plan.ready(str(tmp_path), pts)] == ["stable", "stable"]
+  done = tmp_path / "points" / pts[0].name
+  done.mkdir(parents=True)
+  (done / "result.json").write_text('{"steps": 320}')
+  ready = wsd_plan.ready(str(tmp_path), pts)
+  assert [p.meta["label"] for p in ready if p.meta["role"] == "cooldown"] == ["a", "a"]

@@ -128,6 +128,13 @@ def reopen_extended(root: str, points: Sequence[sweep_lib.Point]) -> list[str]:
   return reopened
 
 
+def ready(root: str, points: Sequence[sweep_lib.Point]) -> list[sweep_lib.Point]:
+  """The points a scheduler may start now: every stable run, and the cooldowns whose stable run
+  is done (the print and slurm launchers run points in parallel; the local one in order)."""
+  done = {p.name for p in points if sweep_lib.load_result(root, p.name) is not None}
+  return [p for p in points if p.meta.get("role") != "cooldown" or p.meta["parent"] in done]
+
+
 def stable_name(plan_: SizePlan) -> str:
   return f"{plan_.size.label}-stable"
 
