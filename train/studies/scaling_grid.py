@@ -13,19 +13,22 @@ def budget_label(c: float) -> str:
 
 def make_points(sweep) -> list[sweep_lib.Point]:
   """Every (model, budget) whose tokens per parameter fall in the window and whose run is at
-  least min_steps long; D = C / 6N, rounded to whole steps."""
-  from model.config import ModelConfig, count_params
+  least min_steps long, each trained from scratch on its own cosine schedule. D = C / 6N with N
+  the non-embedding parameters (sweep.accounting "kaplan", the default), or D = C / F with F the
+  training FLOPs per token in full and N every parameter ("full"); rounded to whole steps."""
+  from model.config import ModelConfig, count_params, flops_per_token
 
   base = sweep.base
   tokens_per_step = base.train.batch_size * base.data.seq_len
   lo, hi = sweep.tokens_per_param
+  full = sweep.get("accounting", "kaplan") == "full"
   points = []
   for budget in sweep.budgets:
     for n_layers, d_model in sweep.models:
       over = sweep_lib.model_overrides(n_layers, d_model, sweep.head_dim, sweep.ffn_mult)
       cfg = ModelConfig.from_dict(sweep_lib.apply_overrides(base, over).model.to_dict())
-      n = count_params(cfg)["non_embedding"]
-      d = budget / (6.0 * n)
+      n = count_params(cfg)["total" if full else "non_embedding"]
+      d = budget / (flops_per_token(cfg, base.data.seq_len) if full else 6.0 * n)
       steps = round(d / tokens_per_step)
       if not lo <= d / n <= hi or steps < sweep.min_steps:
         continue
