@@ -18,7 +18,6 @@ from __future__ import annotations
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from train import cli
 from train.studies import emergence_tasks as tasks
@@ -28,13 +27,11 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
-  config_flags.DEFINE_config_file("config", "experiments/configs/emergence.py", "Study config.")
-  flags.DEFINE_string("workdir", "runs/emergence", "Root of the study: data, one sub-workdir per size.")
-  flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How pending sizes are trained.")
-  flags.DEFINE_string("point", "", "Train and evaluate only this size (what the launchers hand out).")
-  flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+  """The flags of this script (cli.run defines them before parsing)."""
+  sweep_lib.define_training_study_flags(
+      "config", "experiments/configs/emergence.py", "runs/emergence",
+      "Root of the study: data, one sub-workdir per size.",
+      "Train and evaluate only this size (what the launchers hand out).")
 
 
 def main(argv):
@@ -43,18 +40,10 @@ def main(argv):
   cfg = FLAGS.config
   try:
     base, points = tasks.make_points(cfg, FLAGS.workdir)
-    done = sweep_lib.launch(
-        FLAGS.workdir, base, points, launcher=FLAGS.launcher, point=FLAGS.point, argv=sys.argv,
-        job_name=cfg.launch.job_name, slurm_options=tuple(cfg.launch.slurm_options),
-        on_done=lambda workdir, _: tasks.evaluate_point(workdir, cfg))
-    if FLAGS.point:
+    if not sweep_lib.launch_training_study(
+        FLAGS, base, points, cfg.launch, unit="sizes",
+        on_done=lambda workdir, _: tasks.evaluate_point(workdir, cfg)):
       return
-    if not done:
-      finished = len(points) - len(sweep_lib.pending(FLAGS.workdir, points))
-      print(f"{finished} of {len(points)} sizes done; rerun this command to continue or collect",
-            file=sys.stderr)
-      if FLAGS.launcher == "local" or not finished:
-        return
     summary = tasks.report(FLAGS.workdir, points, cfg, FLAGS.results_dir or FLAGS.workdir)
   except (ValueError, FileNotFoundError) as e:
     cli.fail(e)

@@ -28,7 +28,6 @@ import os
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from train import cli
 from train.studies import retrieval_eval as eval_lib
@@ -39,14 +38,11 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
-  config_flags.DEFINE_config_file("config", "experiments/configs/lost_in_middle.py", "Study config.")
-  flags.DEFINE_string("workdir", "runs/lost_in_middle", "Root of the study: data, the run, results.")
+  """The flags of this script (cli.run defines them before parsing)."""
+  sweep_lib.define_training_study_flags(
+      "config", "experiments/configs/lost_in_middle.py", "runs/lost_in_middle",
+      "Root of the study: data, the run, results.")
   flags.DEFINE_string("init_workdir", "", "Evaluate the model trained in this workdir instead of training.")
-  flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How the training run is started.")
-  flags.DEFINE_string("point", "", "Train only this point (what the launchers hand out).")
-  flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
 
 
 def main(argv):

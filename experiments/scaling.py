@@ -23,7 +23,6 @@ from __future__ import annotations
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from train import cli
 from train.studies import scaling_fit, scaling_grid
@@ -33,14 +32,10 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
-  config_flags.DEFINE_config_file(
-      "sweep", "experiments/configs/sweeps/cpu_small.py", "Sweep config (models, budgets, fit).")
-  flags.DEFINE_string("workdir", "runs/scaling", "Root of the sweep: one sub-workdir per point.")
-  flags.DEFINE_enum("launcher", "local", sweep_lib.LAUNCHERS, "How pending points run.")
-  flags.DEFINE_string("point", "", "Train only this point (the command the launchers hand out).")
-  flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+  """The flags of this script (cli.run defines them before parsing)."""
+  sweep_lib.define_training_study_flags(
+      "sweep", "experiments/configs/sweeps/cpu_small.py", "runs/scaling",
+      "Root of the sweep: one sub-workdir per point.")
 
 
 def main(argv):
@@ -59,18 +54,8 @@ def main(argv):
                   else wsd_plan.ready(FLAGS.workdir, points))
     else:  # every point from scratch, its own cosine schedule
       points = launched = scaling_grid.make_points(cfg)
-    done = sweep_lib.launch(
-        FLAGS.workdir, cfg.base, launched, launcher=FLAGS.launcher, point=FLAGS.point,
-        argv=sys.argv, job_name=cfg.launch.job_name,
-        slurm_options=tuple(cfg.launch.slurm_options)) and len(launched) == len(points)
-    if FLAGS.point:
+    if not sweep_lib.launch_training_study(FLAGS, cfg.base, points, cfg.launch, launched=launched):
       return
-    finished = len(points) - len(sweep_lib.pending(FLAGS.workdir, points))
-    if not done:
-      print(f"{finished} of {len(points)} points done; rerun this command to continue or collect",
-            file=sys.stderr)
-      if FLAGS.launcher == "local" or not finished:
-        return
     summary = scaling_fit.report(FLAGS.workdir, points, cfg, FLAGS.results_dir or FLAGS.workdir)
   except ValueError as e:
     cli.fail(e)

@@ -157,3 +157,14 @@ def attention(
   return fn(
       q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, causal=causal, q_positions_BxT=q_positions_BxT,
       q_segment_ids_BxT=q_segment_ids_BxT, kv_segment_ids_BxS=kv_segment_ids_BxS, **extra_kw)
+
+
+def causal_self_attention(q_BxTxHxDh: jax.Array, k_BxTxKxDh: jax.Array, v_BxTxKxDh: jax.Array,
+                          cfg, segment_ids_BxT: Optional[jax.Array] = None) -> jax.Array:
+  """Causal self-attention over training rows as a ModelConfig `cfg` asks: its implementation,
+  sliding window, score scale (muP's included) and soft-cap; packed documents kept apart by
+  their segment ids. What every attention layer of the model calls (GQA and latent)."""
+  return attention(
+      q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, implementation=cfg.attention_impl, causal=True,
+      q_segment_ids_BxT=segment_ids_BxT, kv_segment_ids_BxS=segment_ids_BxT,
+      window=cfg.sliding_window, scale=cfg.attn_scale, softcap=cfg.attn_logit_softcap)

@@ -15,7 +15,7 @@ from flax import nnx
 
 from model import kv_cache
 from model import moe as moe_lib
-from model.attention import attention
+from model.attention import causal_self_attention
 from model.config import ModelConfig
 from model.mla import LatentAttention
 from model.primitives import RMSNorm, make_param, project
@@ -65,11 +65,7 @@ class Attention(nnx.Module):
       segment_ids_BxT: Optional[jax.Array] = None,
   ) -> jax.Array:
     q, k, v = self.project_qkv(x_BxTxD, positions_BxT)
-    o_BxTxHxDh = attention(
-        q, k, v, implementation=self.cfg.attention_impl, causal=True,
-        q_segment_ids_BxT=segment_ids_BxT, kv_segment_ids_BxS=segment_ids_BxT,
-        window=self.cfg.sliding_window, scale=self.cfg.attn_scale,
-        softcap=self.cfg.attn_logit_softcap)
+    o_BxTxHxDh = causal_self_attention(q, k, v, self.cfg, segment_ids_BxT)
     return self.project_out(o_BxTxHxDh)
 
   def decode(

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model import kv_cache
-from model.attention import attention
+from model.attention import causal_self_attention
 from model.config import ModelConfig
 from model.primitives import RMSNorm, make_param, project
 from model.rope import rope
@@ -77,11 +77,7 @@ class LatentAttention(nnx.Module):
     kr_BxTxHxDr = jnp.broadcast_to(kr_BxTxDr[:, :, None], (*kr_BxTxDr.shape[:2], h, kr_BxTxDr.shape[-1]))
     k_BxTxHxDh = jnp.concatenate([k_nope_BxTxHxDn, kr_BxTxHxDr.astype(dt)], axis=-1)
     v_BxTxHxDh = jnp.einsum("btc,chd->bthd", c_BxTxDc, self.w_uv[...].astype(dt))
-    o_BxTxHxDh = attention(
-        q, k_BxTxHxDh, v_BxTxHxDh, implementation=self.cfg.attention_impl, causal=True,
-        q_segment_ids_BxT=segment_ids_BxT, kv_segment_ids_BxS=segment_ids_BxT,
-        window=self.cfg.sliding_window, scale=self.cfg.attn_scale,
-        softcap=self.cfg.attn_logit_softcap)
+    o_BxTxHxDh = causal_self_attention(q, k_BxTxHxDh, v_BxTxHxDh, self.cfg, segment_ids_BxT)
     return self._out(o_BxTxHxDh)
 
   def decode(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, latents_BxCxS: jax.Array,

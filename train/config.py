@@ -48,6 +48,15 @@ def section(cls: type, **overrides) -> ml_collections.ConfigDict:
   return out
 
 
+def require_positive(section: Any, prefix: str, *names: str) -> None:
+  """ConfigError naming the first of `names` (fields of the dataclass `section`, whose config
+  section is `prefix`) that is not > 0."""
+  for name in names:
+    value = getattr(section, name)
+    if not value > 0:
+      raise ConfigError(f"{prefix}.{name} must be positive, got {value!r}")
+
+
 def _as_dict(section: Any) -> dict:
   """A ConfigDict (FieldReferences resolved) or a mapping as a plain dict."""
   return section.to_dict() if hasattr(section, "to_dict") else dict(section)
@@ -125,10 +134,8 @@ class TrainSettings:
   init_from: str = ""
 
   def __post_init__(self):
-    for name in ("steps", "batch_size", "lr", "grad_clip", "grad_accum", "log_every", "eval_every",
-                 "eval_batches"):
-      if not getattr(self, name) > 0:
-        raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)!r}")
+    require_positive(self, "train", "steps", "batch_size", "lr", "grad_clip", "grad_accum",
+                     "log_every", "eval_every", "eval_batches")
     if self.warmup_steps < 0 or self.weight_decay < 0 or self.test_batches < 0:
       raise ConfigError("train.warmup_steps, train.weight_decay and train.test_batches must be >= 0")
     self._check_schedule()
@@ -179,9 +186,7 @@ class CheckpointSettings:
   keep_steps: tuple = ()
 
   def __post_init__(self):
-    for name in ("every_steps", "keep"):
-      if not getattr(self, name) > 0:
-        raise ConfigError(f"checkpoint.{name} must be positive, got {getattr(self, name)!r}")
+    require_positive(self, "checkpoint", "every_steps", "keep")
     steps = tuple(self.keep_steps or ())
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
       raise ConfigError(f"checkpoint.keep_steps={steps!r} must be step numbers >= 1")
@@ -268,9 +273,7 @@ class DataSettings:
     object.__setattr__(self, "sources", tuple(self.sources or ()))
     object.__setattr__(self, "text_field", self.text_field or "text")
     object.__setattr__(self, "prepared", self.prepared or "")
-    for name in ("seq_len", "vocab_size"):
-      if not getattr(self, name) > 0:
-        raise ConfigError(f"data.{name} must be positive, got {getattr(self, name)!r}")
+    require_positive(self, "data", "seq_len", "vocab_size")
     check_sources(self.sources)
 
   @classmethod
@@ -371,16 +374,15 @@ class StageDataSettings:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-  """eval.*: held-out exact match with greedy decoding."""
+  """eval.*: held-out exact match with greedy decoding (train/align/stage.py make_evaluator), on
+  at most max_examples held-out prompts, batch_size at a time, answers up to max_new_tokens."""
 
   max_examples: int = 500
   batch_size: int = 250
   max_new_tokens: int = 8
 
   def __post_init__(self):
-    for name in ("batch_size", "max_new_tokens", "max_examples"):
-      if not getattr(self, name) > 0:
-        raise ConfigError(f"eval.{name} must be positive, got {getattr(self, name)!r}")
+    require_positive(self, "eval", "batch_size", "max_new_tokens", "max_examples")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,24 +48,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.launch.slurm_options = ("--cpus-per-task=2", "--time=00:30:00")
 
   if preset == "tiny":
-    c.init.d_k = (16, 256)
-    c.init.batch = 2
-    c.init.n_queries = 16
-    c.init.n_keys = 64
-    c.init.model_d_model = 0  # the model's own init: skipped (its compiles cost seconds)
-    c.train.d_head = (16,)
-    c.train.seeds = (0,)
-    c.train.d_model = 32
-    c.train.n_layers = 1
-    c.train.d_ff = 64
-    c.train.vocab_size = 300
-    c.train.seq_len = 16
-    c.train.batch_size = 2
-    c.train.steps = 2
-    c.train.warmup_steps = 1
-    c.train.train_chars = 20_000
-    c.train.val_chars = 4_000
-    c.train.eval_batches = 2
+    # model_d_model 0: the model's own init is skipped (its compiles cost seconds).
+    c.init.update(d_k=(16, 256), batch=2, n_queries=16, n_keys=64, model_d_model=0)
+    c.train.update(d_head=(16,), seeds=(0,), d_model=32, n_layers=1, d_ff=64, vocab_size=300,
+                   seq_len=16, batch_size=2, steps=2, warmup_steps=1, train_chars=20_000,
+                   val_chars=4_000, eval_batches=2)
   elif preset:
     raise ValueError(f"unknown preset {preset!r}; allowed: tiny")
   return c

@@ -207,13 +207,17 @@ def _plot_memory(plt: Any, results: dict, summary: dict, record: dict, out: str)
     if skipped:  # compiled but too big to run here: hollow markers
       ax.plot(*zip(*skipped), "o", mfc="white", color=line.get_color(),
               label=f"{impl}: compiled, not run (> {record['reference_limit_gib']} GiB)")
-  ax.set(xscale="log", yscale="log", xlabel="sequence length n",
-         ylabel="compiled temporary memory (MiB)")
+  _finish(fig, ax, "compiled temporary memory (MiB)", record, os.path.join(out, "memory.png"))
+
+
+def _finish(fig: Any, ax: Any, ylabel: str, record: dict, path: str) -> None:
+  """Log-log axes against n (base 2), the run's title, grid, legend; saved to path."""
+  ax.set(xscale="log", yscale="log", xlabel="sequence length n", ylabel=ylabel)
   ax.set_xscale("log", base=2)
   ax.set_title(_title(record), fontsize=8)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
-  plots.save(fig, os.path.join(out, "memory.png"), dpi=120)
+  plots.save(fig, path, dpi=120)
 
 
 def _plot_time(plt: Any, results: dict, record: dict, out: str) -> None:
@@ -222,12 +226,7 @@ def _plot_time(plt: Any, results: dict, record: dict, out: str) -> None:
     ns = sorted(n for n, p in points.items() if "time_s" in p)
     if ns:
       ax.plot(ns, [points[n]["time_s"] * 1e3 for n in ns], "o-", label=impl)
-  ax.set(xscale="log", yscale="log", xlabel="sequence length n", ylabel="forward+backward time (ms)")
-  ax.set_xscale("log", base=2)
-  ax.set_title(_title(record), fontsize=8)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
-  plots.save(fig, os.path.join(out, "time.png"), dpi=120)
+  _finish(fig, ax, "forward+backward time (ms)", record, os.path.join(out, "time.png"))
 
 
 def plot(results: dict, summary: dict, record: dict, out: str) -> None:

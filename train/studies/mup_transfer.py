@@ -99,3 +99,22 @@ def plot(analysis: dict, out_dir: str) -> str:
   path = os.path.join(out_dir, "mup_transfer.png")
   plots.save(fig, path, dpi=110)
   return path
+
+
+def report(root: str, points: Sequence[sweep_lib.Point], cfg: ml_collections.ConfigDict,
+           out_dir: str) -> dict[str, Any]:
+  """results.jsonl (one row per run), results.json (the analysis, the drifts, provenance) and
+  mup_transfer.png in out_dir; returns the summary."""
+  from train import provenance
+
+  rows = [{**r["meta"], "eval_loss": r["eval_loss"], "loss": r["loss"], "cpu_s": r["cpu_s"]}
+          for r in sweep_lib.collect(root, points)]
+  analysis = analyse(rows)
+  os.makedirs(out_dir, exist_ok=True)
+  sweep_lib.write_jsonl(os.path.join(out_dir, "results.jsonl"), rows)
+  summary = {"study": "mup_transfer", "provenance": provenance.provenance(cfg), "runs": len(rows),
+             "cpu_s_total": sum(r["cpu_s"] for r in rows),
+             "drift": {p: analysis[p]["drift"] for p in analysis}, "arms": analysis}
+  sweep_lib.write_json(os.path.join(out_dir, "results.json"), summary)
+  plot(analysis, out_dir)
+  return summary

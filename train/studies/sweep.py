@@ -410,6 +410,42 @@ def launch_records(
   return not todo
 
 
+def define_training_study_flags(config_flag: str, config_file: str, workdir: str,
+                                workdir_help: str, point_help: str = "Train only this point "
+                                "(the command the launchers hand out).") -> None:
+  """The flags every training sweep's script shares: --CONFIG_FLAG (the study's config file),
+  --workdir, --launcher, --point and --results_dir (read by launch_training_study)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file(config_flag, config_file, "Study config.")
+  flags.DEFINE_string("workdir", workdir, workdir_help)
+  flags.DEFINE_enum("launcher", "local", LAUNCHERS, "How pending points are trained.")
+  flags.DEFINE_string("point", "", point_help)
+  flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+
+
+def launch_training_study(fv: Any, base: ml_collections.ConfigDict, points: Sequence[Point],
+                          launch_cfg: ml_collections.ConfigDict, *, unit: str = "points",
+                          launched: Optional[Sequence[Point]] = None,
+                          on_done: Optional[Callable[[str, Point], None]] = None) -> bool:
+  """Trains or hands out the pending points from a study's flag values fv (workdir, launcher,
+  point; launched: the subset to hand out now, default all) and says how far the sweep is.
+  True when the study should collect and report now: every point done, or some done under a
+  scheduler (print, slurm) whose partial report is worth a look."""
+  launched = points if launched is None else launched
+  done = launch(fv.workdir, base, launched, launcher=fv.launcher, point=fv.point, argv=sys.argv,
+                job_name=launch_cfg.job_name, slurm_options=tuple(launch_cfg.slurm_options),
+                on_done=on_done) and len(launched) == len(points)
+  if fv.point:
+    return False
+  if not done:
+    finished = len(points) - len(pending(fv.workdir, points))
+    _log(f"{finished} of {len(points)} {unit} done; rerun this command to continue or collect")
+    return fv.launcher != "local" and finished > 0
+  return True
+
+
 def define_records_study_flags(name: str, workdir_help: str, out_help: str) -> None:
   """The flags run_records_study reads, for the study NAME: --config (experiments/configs/NAME.py),
   --workdir (runs/NAME), --out (results/NAME), --launcher and --point."""
