@@ -91,6 +91,9 @@ class WorkdirLock:
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_FILE)
     self.fd: Optional[int] = None
+    # The folders acquire() created, deepest first: removed again at release while empty, so a
+    # run refused before it wrote anything leaves no trace.
+    self.created: list[str] = []
 
   def __enter__(self) -> "WorkdirLock":
     return self
@@ -100,25 +103,37 @@ class WorkdirLock:
 
   def acquire(self) -> "WorkdirLock":
     """Takes the lock or raises WorkdirBusy naming the holder. Creates the workdir."""
-    try:
-      os.makedirs(self.workdir, exist_ok=True)
-    except OSError as e:
-      raise WorkdirBusy(f"cannot use --workdir={self.workdir}: {e.strerror or e}") from None
+    self._make_workdir()
     key = os.path.realpath(self.path)
     with _HELD_GUARD:
       held = _HELD.get(key)
       if held is not None and held.fd is not None:  # adopt this process's own lock
         self.fd, held.fd = held.fd, None
+        self.created = held.created
         _HELD[key] = self
         return self
       self._take()
       _HELD[key] = self
     return self
 
+  def _make_workdir(self) -> None:
+    missing, d = [], os.path.abspath(self.workdir)
+    while d and not os.path.exists(d) and d != os.path.dirname(d):
+      missing.append(d)
+      d = os.path.dirname(d)
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+    except OSError as e:
+      raise WorkdirBusy(f"cannot use --workdir={self.workdir}: {e.strerror or e}") from None
+    self.created = self.created or missing
+
   def _take(self) -> None:
-    for _ in range(8):  # retried while a releasing holder unlinks the file we opened
+    for _ in range(8):  # retried while a releasing holder unlinks the file (or folder) we opened
+      self._make_workdir()
       try:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      except FileNotFoundError:  # the folder was just removed by a releasing holder
+        continue
       except OSError as e:
         raise WorkdirBusy(f"cannot lock --workdir={self.workdir}: {e.strerror or e}") from None
       locked = _flock(fd)
@@ -176,6 +191,11 @@ class WorkdirLock:
         pass
       os.close(self.fd)  # closing the descriptor drops the flock
       self.fd = None
+      for d in self.created:
+        try:
+          os.rmdir(d)  # only while empty: the run wrote nothing there
+        except OSError:
+          break
       key = os.path.realpath(self.path)
       if _HELD.get(key) is self:
         del _HELD[key]
