@@ -16,7 +16,8 @@ checkpoint.load_params, the generation script, experiments.train and the alignme
   checkpoints/0/   the imported parameters, a fresh optimizer state and data position
 
 --to_hf writes DIR from the newest readable checkpoint of the workdir; transformers loads it with
-AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR). The work is
+AutoModelForCausalLM.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR). A DIR that holds
+an llmlab workdir, or any file the export would write, is refused unless --overwrite. The work is
 train/hf_workdir.py's.
 """
 
@@ -42,6 +43,9 @@ def define_flags() -> None:
                        "most the model's max_position_embeddings.")
   flags.DEFINE_string("max_shard_size", "5GB",
                       "--to_hf: largest safetensors file, e.g. 5GB, 500MB, 2GiB; above it, shards.")
+  flags.DEFINE_bool("overwrite", False,
+                    "--to_hf: replace the files of a directory that already holds an export, "
+                    "tokenizer files or an llmlab workdir (refused without it).")
   flags.mark_flag_as_required("workdir")
 
 
@@ -66,7 +70,8 @@ def main(argv):
               '({"<|endoftext|>": "TOKEN"}) before training or generating', flush=True)
     else:
       summary = hf_workdir.export_workdir(
-          FLAGS.workdir, FLAGS.to_hf, max_shard_bytes=hf_workdir.parse_size(FLAGS.max_shard_size))
+          FLAGS.workdir, FLAGS.to_hf, max_shard_bytes=hf_workdir.parse_size(FLAGS.max_shard_size),
+          overwrite=FLAGS.overwrite)
   except (InteropError, ValueError, FileNotFoundError) as e:
     cli.fail(e)
   print(cli.format_summary(summary), flush=True)

@@ -8,6 +8,7 @@ transformers must load them and give the same logits, from the very same tensors
 
 import json
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -576,3 +577,40 @@ def test_convert_cli_errors_are_one_line(tmp_path):
                          f"--workdir={tmp_path / 'run'}")
   assert r.returncode == 2 and "hidden_act" in r.stderr, r.stderr
   assert not os.path.exists(tmp_path / "run" / "config.json")
+
+
+def _tree_bytes(root) -> dict:
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(pathlib.Path(root).rglob("*"))
+          if p.is_file()}
+
+
+def test_to_hf_into_a_workdir_or_over_an_export_is_refused_unless_overwrite(converted, tmp_path):
+  """Catches: --to_hf writing over an llmlab workdir (its config.json replaced: training it then
+  fails with KeyError 'model'), over the files of an earlier export, or --overwrite not reaching
+  the export (or leaving stale safetensors beside the new ones)."""
+  from train import config as config_lib
+  from train import hf_workdir
+
+  _, workdir = converted
+  target = tmp_path / "other_run"
+  shutil.copytree(workdir, target)
+  before = _tree_bytes(target)
+  with pytest.raises(config_lib.ConfigError, match=(
+      rf"^--to_hf={target} holds an llmlab workdir .*pass --overwrite to replace its files$")):
+    hf_workdir.export_workdir(str(workdir), str(target))
+  assert _tree_bytes(target) == before
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "model-00001-of-00002.safetensors").write_bytes(b"stale")
+  (out / "notes.txt").write_text("kept")
+  with pytest.raises(config_lib.ConfigError, match=(
+      rf"^--to_hf={out} already holds model-00001-of-00002.safetensors, which the export would "
+      "replace; export into a new directory, or pass --overwrite$")):
+    hf_workdir.export_workdir(str(workdir), str(out))
+  r = helpers.run_script("experiments.convert", f"--to_hf={target}", f"--workdir={workdir}",
+                         "--overwrite")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "architectures" in json.loads((target / "config.json").read_text())
+  hf_workdir.export_workdir(str(workdir), str(out), overwrite=True)
+  assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+  assert (out / "notes.txt").read_text() == "kept"

@@ -16,6 +16,7 @@ experiments.convert is the command line.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from tokenizers import Tokenizer
 
 from model import interop, transformer
 from model.config import ModelConfig, count_params
-from model.interop import hf_tokenizer
+from model.interop import hf_tokenizer, safetensors_io
 from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train import optimizer as optimizer_lib
@@ -162,9 +163,64 @@ def import_workdir(hf_dir: str, workdir: str, *, defaults: ml_collections.Config
           "tokenizer": tok is not None, **tokens}
 
 
-def export_workdir(workdir: str, hf_dir: str, *, max_shard_bytes: Optional[int] = None) -> dict:
-  """Writes the newest checkpoint of workdir as a Hugging Face directory; returns a summary."""
+def _holds_workdir(directory: str) -> bool:
+  """Does directory hold an llmlab workdir (checkpoints/, or a config.json with a model section)?"""
+  if os.path.isdir(os.path.join(directory, "checkpoints")):
+    return True
+  try:
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(config, dict) and isinstance(config.get("model"), dict)
+
+
+def export_targets(workdir: str, hf_dir: str) -> list[str]:
+  """The files in hf_dir an export of workdir would replace: config.json, the tokenizer's files,
+  the workdir's carried side files, and any safetensors file or index (stale weights)."""
+  side = os.path.join(workdir, HF_DIR)
+  names = {"config.json", tokenizer_lib.FILENAME, safetensors_io.INDEX,
+           *hf_tokenizer.SIDE_FILES, *(os.listdir(side) if os.path.isdir(side) else ())}
+  found = {n for n in names if os.path.lexists(os.path.join(hf_dir, n))}
+  found |= {os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(hf_dir),
+                                                                "*.safetensors"))}
+  return sorted(found)
+
+
+def check_export_target(workdir: str, hf_dir: str, overwrite: bool) -> list[str]:
+  """ConfigError (one line) when hf_dir holds an llmlab workdir or a file the export would
+  replace, unless overwrite; returns the files that will be replaced."""
+  if os.path.abspath(hf_dir) == os.path.abspath(workdir):
+    raise config_lib.ConfigError(f"--to_hf={hf_dir} is the workdir itself; export into a new "
+                                 "directory")
+  if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
+    raise config_lib.ConfigError(f"--to_hf={hf_dir} is a file; export into a new directory")
+  replaced = export_targets(workdir, hf_dir) if os.path.isdir(hf_dir) else []
+  if overwrite:
+    return replaced
+  if os.path.isdir(hf_dir) and _holds_workdir(hf_dir):
+    raise config_lib.ConfigError(
+        f"--to_hf={hf_dir} holds an llmlab workdir (its config.json or checkpoints/); export "
+        "into a new directory, or pass --overwrite to replace its files")
+  if replaced:
+    raise config_lib.ConfigError(
+        f"--to_hf={hf_dir} already holds {', '.join(replaced)}, which the export would replace; "
+        "export into a new directory, or pass --overwrite")
+  return replaced
+
+
+def export_workdir(workdir: str, hf_dir: str, *, max_shard_bytes: Optional[int] = None,
+                   overwrite: bool = False) -> dict:
+  """Writes the newest checkpoint of workdir as a Hugging Face directory; returns a summary.
+
+  Refuses (ConfigError, before reading anything) a directory that holds an llmlab workdir or any
+  file the export would write, unless overwrite, which replaces them (old safetensors files
+  removed first: stale shards beside new ones would load the wrong weights)."""
+  replaced = check_export_target(workdir, hf_dir, overwrite)
   model_cfg, _, params = ckpt_lib.load_params(workdir)
+  for name in replaced:
+    if name.endswith(".safetensors") or name == safetensors_io.INDEX:
+      os.remove(os.path.join(hf_dir, name))
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     data = json.load(f).get("data", {})
   tok_path = os.path.join(workdir, tokenizer_lib.FILENAME)

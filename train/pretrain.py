@@ -30,6 +30,7 @@ from train import config as config_lib
 from train import metrics as metrics_lib
 from train import mfu as mfu_lib
 from train import step as step_lib
+from train import workdir_lock
 from train.data import pipeline as data_lib
 from train.data import tokenizer as tokenizer_lib
 from train.loop import (
@@ -298,16 +299,19 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   stage resume any checkpoint of the same model.
   """
   run_settings = resolve_settings(config, workdir)
-  parent = branch_lib.start(workdir, config, run_settings.train)  # train.init_from, or None
-  mesh = build_mesh(run_settings)
-  preflight(run_settings, mesh)
-  data = prepare_data(config, workdir, run_settings)
-  training = build_training(run_settings, mesh, data)
-  ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
-  start, state, row_ids = restore_or_init(ckpt, training, data, run_settings.train, parent,
-                                          workdir)
-  return run_training(run_settings, workdir, training, data, ckpt, start, state, row_ids,
-                      profile_in(workdir, profile_steps))
+  # One run per workdir (held by process 0 for the whole run, released however it ends): a
+  # second run on it stops here with one line naming the holder.
+  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+    parent = branch_lib.start(workdir, config, run_settings.train)  # train.init_from, or None
+    mesh = build_mesh(run_settings)
+    preflight(run_settings, mesh)
+    data = prepare_data(config, workdir, run_settings)
+    training = build_training(run_settings, mesh, data)
+    ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
+    start, state, row_ids = restore_or_init(ckpt, training, data, run_settings.train, parent,
+                                            workdir)
+    return run_training(run_settings, workdir, training, data, ckpt, start, state, row_ids,
+                        profile_in(workdir, profile_steps))
 
 
 def run_training(run_settings: config_lib.RunSettings, workdir: str, training: ShardedTraining,

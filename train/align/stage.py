@@ -49,6 +49,7 @@ from train import state as state_lib
 from train.align import rewards as rewards_lib
 from train import config as config_lib
 from train import step as step_lib
+from train import workdir_lock
 from train.data import tokenizer as tokenizer_lib
 from train.config import ConfigError
 from train.loop import NonFiniteLoss
@@ -181,7 +182,22 @@ class Run:
                profile_steps: Optional[tuple[int, int]] = None):
     """stage_settings: config.resolve_stage(config, stage), which the stage reads before the run starts.
     batch_rows: the rows of one step's batch where that is not train.batch_size (GRPO's).
-    profile_steps: (first, last) steps traced into <workdir>/profile, or None."""
+    profile_steps: (first, last) steps traced into <workdir>/profile, or None.
+
+    Holds the workdir's lock (train/workdir_lock.py) from here to the end of loop(); a second
+    run on the workdir stops here naming the holder. A failure in between leaves it to the
+    process's exit (or to this process's next Run on the workdir, which adopts it)."""
+    self.lock = workdir_lock.hold(workdir, enabled=jax.process_index() == 0)
+    try:
+      self._setup(config, workdir, init_workdir, stage, stage_settings, total_updates,
+                  batch_rows, profile_steps)
+    except BaseException:
+      self.lock.release()
+      raise
+
+  def _setup(self, config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
+             stage: str, stage_settings: config_lib.StageSettings, total_updates: int,
+             batch_rows: Optional[int], profile_steps: Optional[tuple[int, int]]) -> None:
     self.profile = loop_lib.profile_in(workdir, profile_steps)
     self.stage_settings = stage_settings
     self.train, self.checkpoint, self.sharding = (
@@ -298,6 +314,7 @@ class Run:
     finally:
       self.writer.close()
       self.ckpt.close()
+      self.lock.release()
     summary["final_step"] = step
     summary["invocation_wall_time_s"] = time.perf_counter() - self._t0  # this invocation's loop
     # The training loops of every invocation up to the last checkpoint, resumptions included.

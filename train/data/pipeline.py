@@ -182,6 +182,8 @@ def prepare(workdir: str, data_settings: Settings, *, progress: bool = True,
   for source, fs in zip(sources, files):
     folder = source_folder(root, source, data_settings.text_field)
     manifest = shards_lib.read_manifest(folder)
+    if manifest is not None:  # reused only while its input files are the ones it was made from
+      shards_lib.check_source_files(folder, manifest, fs)
     written.append(manifest is None)
     if manifest is None:
       where = (f"{source.setting}={','.join(source.patterns)!r}" if source.patterns
@@ -258,8 +260,9 @@ def open_corpus(prepared: Prepared, seq_len: int, batch_size: int) -> Corpus:
   row_len = seq_len + 1
   trains, vals = [], []
   for source, folder, manifest in zip(prepared.sources, prepared.folders, prepared.manifests):
-    train_rows = shards_lib.open_split(folder, manifest, "train", row_len)
-    val_rows = shards_lib.open_split(folder, manifest, "val", row_len)
+    vocab_size = prepared.tokenizer.get_vocab_size()  # every id is checked against it
+    train_rows = shards_lib.open_split(folder, manifest, "train", row_len, vocab_size)
+    val_rows = shards_lib.open_split(folder, manifest, "val", row_len, vocab_size)
     n = train_rows.n_rows
     if val_rows.n_rows == 0 and n > 1:
       n_val = max(1, n // 20)

@@ -14,6 +14,14 @@ into place whole, so a killed preparation leaves nothing that looks complete.
 
 Rows are cut when read, not when written, so one preparation serves any seq_len: row r of a shard
 is tokens [r * (L+1), (r+1) * (L+1)), and each shard's last incomplete row is dropped.
+
+Shards prove themselves before they are trusted: the manifest records each shard's size and
+crc32, and each input file's size, mtime and sha256. On a shard's first use in a process
+(verify_shard, memoised by path, size and mtime) its size and crc32 are checked and every token id
+is range-checked against the vocabulary; before a folder is reused (check_source_files) each input
+file's size and mtime are compared, and its sha256 when they differ. A mismatch is one DataError
+naming the file. Manifests written before checksums existed (no "crc32" / "mtime_ns") skip those
+checks; ids are still range-checked.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import json
 import mmap
 import os
 import shutil
+import zlib
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -53,12 +62,28 @@ def token_dtype(vocab_size: int) -> np.dtype:
   return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def file_record(path: str) -> dict:
+def file_sha256(path: str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
-  return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+  return h.hexdigest()
+
+
+def file_record(path: str) -> dict:
+  """An input file as the manifest records it: absolute path, size, mtime, sha256."""
+  st = os.stat(path)
+  return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+          "sha256": file_sha256(path)}
+
+
+def file_crc32(path: str) -> str:
+  """crc32 of the file's bytes, 8 hex digits (zlib's, over a read-only memory map)."""
+  with open(path, "rb") as f:
+    if not os.fstat(f.fileno()).st_size:
+      return f"{zlib.crc32(b''):08x}"
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+      return f"{zlib.crc32(mm):08x}"
 
 
 def encode_chunk(texts: Sequence[str], tok: Tokenizer) -> np.ndarray:
@@ -98,8 +123,10 @@ class _SplitWriter:
   def _write(self, n: int) -> None:
     stream = np.concatenate(self.buffer)
     name = f"{self.split}-{len(self.shards):05d}.npy"
-    np.save(os.path.join(self.folder, name), stream[:n])
-    self.shards.append({"file": name, "tokens": int(n)})
+    path = os.path.join(self.folder, name)
+    np.save(path, stream[:n])
+    self.shards.append({"file": name, "tokens": int(n), "bytes": os.path.getsize(path),
+                        "crc32": file_crc32(path)})
     rest = stream[n:]
     self.buffer, self.buffered = ([rest] if rest.size else []), int(rest.size)
 
@@ -180,17 +207,76 @@ def _remove_abandoned(folder: str) -> None:
       pass
 
 
+_MANIFEST_KEYS = ("tokenizer_sha256", "vocab_size", "splits", "unigram_entropy")
+
+
+def _manifest_problem(manifest) -> Optional[str]:
+  """What is missing from a manifest (None when nothing is): the keys every reader uses."""
+  if not isinstance(manifest, dict):
+    return "is not a JSON object"
+  missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+  if missing:
+    return f"lacks {', '.join(missing)}"
+  for split in SPLITS:
+    entry = manifest["splits"].get(split) if isinstance(manifest["splits"], dict) else None
+    if not isinstance(entry, dict) or any(k not in entry for k in ("documents", "tokens", "shards")):
+      return f"lacks splits.{split} (documents, tokens, shards)"
+    if any(not isinstance(x, dict) or "file" not in x or "tokens" not in x
+           for x in entry["shards"]):
+      return f"lists a {split} shard without its file and tokens"
+  return None
+
+
 def read_manifest(folder: str) -> Optional[dict]:
-  """The folder's manifest, or None when the folder was never completed."""
+  """The folder's manifest, or None when the folder was never completed. DataError naming the
+  folder when it is not JSON or lacks a key the readers need."""
   path = os.path.join(folder, MANIFEST)
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise files_lib.DataError(
+        f"{path} is not valid JSON ({e}); delete {folder} to prepare it again") from None
+  problem = _manifest_problem(manifest)
+  if problem:
+    raise files_lib.DataError(f"{path} {problem}; delete {folder} to prepare it again")
+  return manifest
+
+
+def check_source_files(folder: str, manifest: dict, files: Sequence[str]) -> None:
+  """Refuses shards whose input files changed since they were prepared: a file added to or gone
+  from the source, or one whose size differs, or whose mtime differs and its sha256 too (a file
+  touched but not edited passes). Manifests without mtimes compare sizes only."""
+  recorded = {r["path"]: r for r in manifest.get("files", [])}
+  current = {os.path.abspath(f) for f in files}
+  fix = f"delete {folder} to prepare it again"
+  if not recorded:
+    return  # a manifest without file records has nothing to compare
+  added, gone = sorted(current - set(recorded)), sorted(set(recorded) - current)
+  if added:
+    raise files_lib.DataError(f"{added[0]} was not among the files {folder} was prepared "
+                              f"from; {fix}")
+  if gone:
+    raise files_lib.DataError(f"{gone[0]}, which {folder} was prepared from, is no longer a "
+                              f"source file; {fix}")
+  for path in sorted(current):
+    r, st = recorded[path], os.stat(path)
+    changed = st.st_size != r.get("bytes", st.st_size)
+    if not changed and "mtime_ns" in r and st.st_mtime_ns != r["mtime_ns"]:
+      changed = "sha256" in r and file_sha256(path) != r["sha256"]
+    if changed:
+      raise files_lib.DataError(
+          f"{path} changed since {folder} was prepared from it (size {r.get('bytes')} -> "
+          f"{st.st_size} bytes); {fix}, or restore the file")
 
 
 def unigram_counts(folder: str) -> np.ndarray:
-  return np.load(os.path.join(folder, COUNTS))
+  path = os.path.join(folder, COUNTS)
+  if not os.path.exists(path):
+    raise files_lib.DataError(f"{path} is missing; delete {folder} to prepare it again")
+  return np.load(path)
 
 
 # Linux maps the pages around a page fault too (fault-around, 64 KiB): the window to unmap.
@@ -259,11 +345,76 @@ class Rows:
     return Rows(parts[0].row_len, tuple(p for part in parts for p in part.pieces))
 
 
-def open_split(folder: str, manifest: dict, split: str, row_len: int) -> Rows:
-  """The split's shards memory-mapped (np.load mmap_mode="r": pages are read when a row is)."""
+# (path, size, mtime_ns, vocab_size) of every shard verify_shard passed in this process.
+_VERIFIED: set[tuple[str, int, int, int]] = set()
+_RANGE_CHUNK = 1 << 24  # tokens per range-check chunk
+
+
+def _first_out_of_range(path: str, offset: int, dtype: np.dtype, count: int,
+                        vocab_size: int) -> Optional[tuple[int, int]]:
+  """(position, id) of the first token id >= vocab_size in a .npy's data, or None. Reads through
+  a memory map of its own, closed after: the pages it touched are not left in the run's."""
+  if not count:
+    return None
+  with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    # The array is a temporary: its hold on the map ends with the call, before the map closes.
+    return _scan_ids(np.frombuffer(mm, dtype=dtype, count=count, offset=offset), vocab_size)
+
+
+def _scan_ids(tokens: np.ndarray, vocab_size: int) -> Optional[tuple[int, int]]:
+  for lo in range(0, len(tokens), _RANGE_CHUNK):
+    chunk = tokens[lo:lo + _RANGE_CHUNK]
+    if int(chunk.max()) >= vocab_size:
+      at = int(np.argmax(chunk >= vocab_size))
+      return lo + at, int(chunk[at])
+  return None
+
+
+def verify_shard(folder: str, shard: dict, vocab_size: int) -> None:
+  """DataError naming the shard file unless it exists, has the size and crc32 its manifest
+  records (when it records them) and holds only ids below vocab_size. Once per process for a
+  file of the same size and mtime."""
+  path = os.path.join(folder, shard["file"])
+  fix = f"delete {folder} to prepare it again"
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    raise files_lib.DataError(f"{path} is missing; {fix}") from None
+  key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, vocab_size)
+  if key in _VERIFIED:
+    return
+  if "bytes" in shard and st.st_size != shard["bytes"]:
+    raise files_lib.DataError(
+        f"{path}: {st.st_size} bytes, its manifest says {shard['bytes']}; {fix}")
+  crc = file_crc32(path) if "crc32" in shard else None
+  if crc is not None and crc != shard["crc32"]:
+    raise files_lib.DataError(
+        f"{path}: checksum mismatch (manifest crc32 {shard['crc32']}, file {crc}); {fix}")
+  tokens = _load_shard(path, fix)
+  bad = _first_out_of_range(path, tokens.offset, tokens.dtype, len(tokens), vocab_size)
+  if bad is not None:
+    raise files_lib.DataError(f"{path}: token id {bad[1]} at position {bad[0]} is outside the "
+                              f"vocabulary of {vocab_size}; {fix}")
+  _VERIFIED.add(key)
+
+
+def _load_shard(path: str, fix: str) -> np.memmap:
+  """The shard memory-mapped; DataError naming it when it is not a readable .npy."""
+  try:
+    return np.load(path, mmap_mode="r")
+  except (OSError, ValueError) as e:
+    raise files_lib.DataError(f"{path} cannot be read as a shard ({e}); {fix}") from None
+
+
+def open_split(folder: str, manifest: dict, split: str, row_len: int,
+               vocab_size: Optional[int] = None) -> Rows:
+  """The split's shards memory-mapped (np.load mmap_mode="r": pages are read when a row is),
+  each verified first (verify_shard) against vocab_size (default: the manifest's)."""
   pieces = []
   for shard in manifest["splits"][split]["shards"]:
-    tokens = np.load(os.path.join(folder, shard["file"]), mmap_mode="r")
+    verify_shard(folder, shard, vocab_size or int(manifest["vocab_size"]))
+    tokens = _load_shard(os.path.join(folder, shard["file"]),
+                         f"delete {folder} to prepare it again")
     if len(tokens) != shard["tokens"]:
       raise files_lib.DataError(
           f"{folder}/{shard['file']} holds {len(tokens)} tokens, its manifest says "
