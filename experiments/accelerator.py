@@ -49,8 +49,7 @@ SECTIONS = ("train_step", "attention", "decode", "speculative", "zero")
 
 
 def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  """The flags of this script (cli.run defines them before parsing)."""
   flags.DEFINE_string("out", "results/accelerator", "Output directory for results.json.")
   flags.DEFINE_bool("smoke", False, "Tiny sizes everywhere: a CPU runs it all in seconds.")
   flags.DEFINE_list("sections", list(SECTIONS), f"Sections to run, of {', '.join(SECTIONS)}.")

@@ -29,8 +29,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  """The flags of this script (cli.run defines them before parsing)."""
   flags.DEFINE_list("sizes", [], "Sequence lengths; default 512..16384 on CPU, 512..65536 on GPU/TPU.")
   flags.DEFINE_list("implementations", [], "Default: every implementation available on the backend.")
   flags.DEFINE_integer("batch", 1, "Sequences per call.")

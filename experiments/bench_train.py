@@ -30,8 +30,7 @@ VARIANTS = ("llmlab", "peer", "both")
 
 
 def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  """The flags of this script (cli.run defines them before parsing)."""
   flags.DEFINE_integer("steps", 5, "Timed steps per variant (after one compile-and-warm-up step).")
   flags.DEFINE_integer("batch_size", 8, "Sequences per step.")
   flags.DEFINE_integer("seq_len", 512, "Tokens per sequence.")

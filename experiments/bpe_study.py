@@ -39,8 +39,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  """The flags of this script (cli.run defines them before parsing)."""
   sweep_lib.define_records_study_flags("bpe", "Cached corpora and one record per point.", "Where results.json and bpe.png go.")
 
 

@@ -45,8 +45,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  """The flags of this script (cli.run defines them before parsing)."""
   flags.DEFINE_string("target", "runs/decode_target", "Target run (experiments/configs/decode_target.py).")
   flags.DEFINE_string("draft", "runs/decode_draft", "Draft run (experiments/configs/decode_draft.py).")
   flags.DEFINE_string("out", "results/decode", "Where results.json and the plots go.")

@@ -32,8 +32,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  """The flags of this script (cli.run defines them before parsing)."""
   config_flags.DEFINE_config_file("config", "experiments/configs/moe_vs_dense.py", "Study config.")
   flags.DEFINE_string("workdir", "runs/moe_vs_dense", "Root of the study: one sub-workdir per run.")
   flags.DEFINE_string("out", "results/moe_vs_dense", "Where results.json and the plot go.")

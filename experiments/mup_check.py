@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """Defined on demand, not at import (absl refuses a flag defined twice)."""
+  """The flags of this script (cli.run defines them before parsing)."""
   flags.DEFINE_list("widths", ["32", "64", "96", "128", "192", "256"], "d_model of each model.")
   flags.DEFINE_integer("base_width", 32, "muP's base d_model (m = width / base_width).")
   flags.DEFINE_integer("n_layers", 2, "Depth, fixed across widths.")

@@ -36,8 +36,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """The flags of this script. Defined on demand, not at import, so tests and other scripts can
-  import its functions beside other experiment scripts (absl refuses a flag defined twice)."""
+  """The flags of this script (cli.run defines them before parsing)."""
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Model and optimizer.")
