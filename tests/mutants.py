@@ -49,7 +49,8 @@ MUTANTS = [
              ("kv_pos[None, None, :] <= q_positions_BxT[:, :, None]",
               "q_positions_BxT[:, :, None] <= kv_pos[None, None, :]")]),
     *_in("model/attention.py", ("tests/test_model.py", "-k", "reference_attention_matches"),
-         attention_scale=[("scores_BxKxGxTxS * (dh ** -0.5)", "scores_BxKxGxTxS * (dh ** 0.5)")]),
+         attention_scale=[("scores_BxKxGxTxS * (dh ** -0.5 if scale is None else scale)",
+                          "scores_BxKxGxTxS * (dh ** 0.5 if scale is None else scale)")]),
     *_in("model/rope.py", ("tests/test_layers.py",),
          rope_sign=[
              ("[x1 * cos - x2 * sin, x2 * cos + x1 * sin]",
@@ -77,7 +78,7 @@ MUTANTS = [
     *_in("model/kv_cache.py", ("tests/test_generation.py", "-k", "ring"),
          ring_slot_not_modulo=[("slots_B = start_B % k_BKxDhxS.shape[2]", "slots_B = start_B")]),
     *_in("model/mla.py", ("tests/test_generation.py", "-k", "mla"),
-         mla_absorbed_scale=[("scale=cfg.head_dim ** -0.5", "scale=(dc + cfg.qk_rope_head_dim) ** -0.5")]),
+         mla_absorbed_scale=[("dc, scale=cfg.attn_scale,", "dc, scale=(dc + cfg.qk_rope_head_dim) ** -0.5,")]),
     *_in("train/step.py", ("tests/test_step.py", "-k", "loss_sums or router"),
          ce_padding_mask=[
              ("mask_BxT = targets_BxT != pad_id", "mask_BxT = targets_BxT == pad_id")],
@@ -88,8 +89,8 @@ MUTANTS = [
              ("return n * (aux_weights[0] * lb + aux_weights[1] * z), sums",
               "return n * (aux_weights[1] * lb + aux_weights[0] * z), sums")],
          lm_loss_without_router_terms=[
-             ('return ce_sum + aux, n, {"loss": ce_sum, **sums}',
-              'return ce_sum, n, {"loss": ce_sum, **sums}')]),
+             ('return ce_sum + aux + z, n, {"loss": ce_sum, **sums, **z_sums}',
+              'return ce_sum + z, n, {"loss": ce_sum, **sums, **z_sums}')]),
     *_in("train/step.py", ("tests/test_step.py", "-k", "token_logps"),
          token_logps_temperature_inverted=[
              ("logits_BxTxV.astype(jnp.float32) / temperature",
@@ -123,8 +124,8 @@ MUTANTS = [
               "jnp.repeat(jnp.arange(n), k), r.weight_NxK.reshape(-1)")]),
     *_in("train/optimizer.py", ("tests/test_optimizer.py",),
          decay_mask_removed=[
-             ("weight_decay=cfg_train.weight_decay,\n                  mask=decay_mask),",
-              "weight_decay=cfg_train.weight_decay),")],
+             ("weight_decay=cfg_train.weight_decay,\n                      mask=decay_mask)),",
+              "weight_decay=cfg_train.weight_decay)),")],
          # (Flipping the metadata's default alone is an equivalent mutant: make_param always
          # sets it.)
          decay_mask_inverted=[
@@ -157,8 +158,8 @@ MUTANTS = [
          flash_no_acc_rescale=[("acc * correction[..., None] + pv", "acc + pv")],
          flash_no_l_rescale=[("l = l * correction + p.sum(axis=-1)", "l = l + p.sum(axis=-1)")],
          flash_scale=[
-             ("preferred_element_type=jnp.float32) * (dh ** -0.5)",
-              "preferred_element_type=jnp.float32) * (dh ** 0.5)")]),
+             ("scale=float(dh ** -0.5 if scale is None else scale)",
+              "scale=float(dh ** 0.5 if scale is None else scale)")]),
     *_in("model/kernels.py", ("tests/test_kernels.py", "-k", "jaxpr"),
          pallas_always_falls_back=[
              ("if _pallas_falls_back(q_BxTxHxDh.shape[1]",
