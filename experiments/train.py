@@ -2,6 +2,7 @@
 
   python -m experiments.train --workdir=runs/NAME [--config=experiments/configs/default.py]
       [--config.model.n_layers=4 --config.train.steps=100 ...] [--profile_steps=5:7]
+      [--print_config] [--dry_run]
 
 Rerunning the same command resumes from the newest checkpoint; raising train.steps extends a
 finished run.
@@ -24,12 +25,17 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The flags of this script (cli.run defines them before parsing)."""
-  config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Experiment config.")
+  config_flags.DEFINE_config_file(
+      "config", "experiments/configs/default.py", "Experiment config file; --config.KEY=VALUE "
+      "overrides one field (--print_config lists them all).")
   flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, metrics, tokenizer).")
   flags.mark_flag_as_required("workdir")
   flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
+  flags.DEFINE_boolean(
+      "dry_run", False, "Check the settings, build the mesh, check the data sources and the memory "
+      "pre-flight, print the start-up banner and exit: no data prepared, nothing written.")
   cli.define_profile_steps_flag()
   flags.DEFINE_string(
       "results_dir", "", "Also write results.json here: wall time of this invocation, losses, "
@@ -51,6 +57,9 @@ def main(argv):
 
   t0 = time.perf_counter()
   try:
+    if FLAGS.dry_run:
+      pretrain.dry_run(FLAGS.config, FLAGS.workdir)
+      return
     summary = pretrain.train(FLAGS.config, FLAGS.workdir, cli.profile_steps())
   except (ValueError, loop.NonFiniteLoss) as e:
     cli.fail(e)

@@ -277,7 +277,9 @@ def parse_flags(argv: list[str], flag_values=None) -> list[str]:
   try:
     rest = flag_values(argv)
   except Exception as e:  # noqa: BLE001 - absl, ml_collections and the config file raise anything
-    raise UsageError(_explain(argv, e, flag_values)) from None
+    if not _only_printing_config(e, flag_values):
+      raise UsageError(_explain(argv, e, flag_values)) from None
+    rest = argv[:1]
   finally:
     sys.argv = saved
   for name, flag in _config_flags(flag_values).items():
@@ -286,16 +288,75 @@ def parse_flags(argv: list[str], flag_values=None) -> list[str]:
   return rest
 
 
+def _only_printing_config(error: Exception, flag_values) -> bool:
+  """Whether a parse failed only for a required flag (--workdir) left out of a --print_config
+  command line, which reads no workdir. absl has set every flag's value before it validates."""
+  from absl import flags
+
+  return ("print_config" in flag_values and bool(flag_values["print_config"].value)
+          and isinstance(error, flags.IllegalFlagValueError)
+          and "must have a value other than None" in str(error))
+
+
+# --- --print_config: every script with a config flag -------------------------------------------
+
+def _override_keys(name: str, argv: list[str]) -> list[str]:
+  """The dotted keys argv sets on config flag `name`: --config.train.steps=7 -> train.steps."""
+  return [a[len(name) + 3:].split("=", 1)[0] for a in argv if a.startswith(f"--{name}.")]
+
+
+def _printing_config(main: Callable[[list[str]], None],
+                     argv: list[str]) -> Callable[[list[str]], None]:
+  """main, unless --print_config is set: then each config flag's resolved tree is printed
+  (train/config_tree.py: every field, its value and its origin) and the script exits 0."""
+  from absl import flags
+
+  def maybe_print(rest: list[str]) -> None:
+    fv = flags.FLAGS
+    if "print_config" not in fv or not fv.print_config:
+      return main(rest)
+    from train import config_tree
+
+    for name, flag in _config_flags(fv).items():
+      source = getattr(flag, "config_filename", None) or "a config dict"
+      print(f"# --{name}: {source}")
+      print(config_tree.render(flag.value, _override_keys(name, argv)), flush=True)
+
+  return maybe_print
+
+
+def _declare_key_flags(defined_before: set[str]) -> None:
+  """Makes the flags defined since `defined_before` key flags of the script, so its --help lists
+  them: absl's --help shows only the main module's key flags, and flags defined from train/
+  modules (define_stage_flags, define_profile_steps_flag, --profile) would appear under
+  --helpfull alone. A config's --config.KEY overrides stay out (--print_config lists them)."""
+  from absl import flags
+
+  fv = flags.FLAGS
+  main_module = sys.argv[0]  # absl's name for __main__ (_helpers.get_module_object_and_name)
+  for name in fv:
+    if name not in defined_before and "." not in name:
+      fv.register_key_flag_for_module(main_module, fv[name])
+
+
 def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> None:
   """The `__main__` of every experiment script: app.run(main) with its flags defined and parsed
   by define() and parse_flags(), so a bad command line is one `error:` line and exit status 2.
-  Every script also gets --profile (see _traced)."""
+  Every script also gets --profile (see _traced), a script with a config flag --print_config
+  (_printing_config), and its --help lists all of them (_declare_key_flags)."""
   from absl import app, flags
 
-  define(define_flags, sys.argv)
+  defined_before = set(flags.FLAGS)
+  argv = list(sys.argv)
+  define(define_flags, argv)
   flags.DEFINE_boolean(
       "profile", False, "Trace the whole run with the JAX profiler into <workdir, out or "
       "results_dir>/profile (TensorBoard's profile plugin or ui.perfetto.dev).")
+  if _config_flags(flags.FLAGS):
+    flags.DEFINE_boolean(
+        "print_config", False, "Print the resolved config, one field a line with its value and "
+        "origin (default, config file or flag), and exit without running.")
+  _declare_key_flags(defined_before)
 
   def parser(argv: list[str]) -> list[str]:
     try:
@@ -303,4 +364,4 @@ def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> 
     except UsageError as e:
       fail(e)
 
-  app.run(_traced(main), flags_parser=parser)
+  app.run(_printing_config(_traced(main), argv), flags_parser=parser)

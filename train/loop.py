@@ -221,17 +221,17 @@ def validate_sharding(train_settings: config_lib.TrainSettings,
 
 
 def check_memory(sharding_settings: config_lib.ShardingSettings,
-                 build: Callable[[int], ShardedTraining], abstract_batch: Any) -> None:
+                 build: Callable[[int], ShardedTraining], abstract_batch: Any) -> Optional[str]:
   """sharding.device_memory_gb against the compiled step's peak bytes per device (0: no check).
 
   build(stage) -> the run's ShardedTraining at that ZeRO stage; abstract_batch: one step's batch
   as ShapeDtypeStructs. Compiles the step (at higher stages too when it does not fit) and raises
   MeshError with one line when it does not fit; pretraining calls it before any data is read or
-  any file is written.
+  any file is written. Returns the verdict of a check that passed, one line; None when off.
   """
   budget = float(sharding_settings.device_memory_gb)
   if budget <= 0:
-    return
+    return None
   stage = sharding_settings.zero_stage
 
   built = {stage: build(stage)}  # the run's own stage; the others only when it does not fit
@@ -244,5 +244,8 @@ def check_memory(sharding_settings: config_lib.ShardingSettings,
     return memory_lib.step_bytes(compiled)
 
   own = built[stage]
-  memory_lib.preflight(need_at, stage, budget, n_devices=mesh_lib.data_parallel_size(own.mesh),
-                       state_bytes=sum(zero.unpartitioned_bytes(own.abstract_state).values()))
+  need = memory_lib.preflight(
+      need_at, stage, budget, n_devices=mesh_lib.data_parallel_size(own.mesh),
+      state_bytes=sum(zero.unpartitioned_bytes(own.abstract_state).values()))
+  return (f"memory pre-flight passed: the train step needs {need / memory_lib.GB:.3g} GB per "
+          f"device at sharding.zero_stage={stage}, within sharding.device_memory_gb={budget:g}")

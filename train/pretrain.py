@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from model.config import count_params, flops_per_token
 from sharding import mesh as mesh_lib
+from train import banner
 from train import branch as branch_lib
 from train import checkpoint as ckpt_lib
 from train import config as config_lib
@@ -113,15 +114,24 @@ def build_mesh(run_settings: config_lib.RunSettings) -> Mesh:
   return mesh
 
 
-def preflight(run_settings: config_lib.RunSettings, mesh: Mesh) -> None:
+@dataclasses.dataclass(frozen=True)
+class Preflight:
+  """What preflight() found: each source's files, and the memory check's verdict (None: off)."""
+
+  files: list[list[str]]
+  memory: Optional[str]
+
+
+def preflight(run_settings: config_lib.RunSettings, mesh: Mesh) -> Preflight:
   """The data sources and the compiled step's memory, checked before any data is read or any
   file is written: a bad file or a step that does not fit is one line, not a late failure."""
   model_cfg, t, data_settings = run_settings.model, run_settings.train, run_settings.data
-  data_lib.check_sources(data_settings)
-  check_memory(  # pad_id changes no byte of the step; the document mask adds a few
+  files = data_lib.check_sources(data_settings)
+  memory = check_memory(  # pad_id changes no byte of the step; the document mask adds a few
       run_settings.sharding, lambda stage: make_sharded_training(
           model_cfg, t, mesh, stage, pad_id=-1, documents=(-1, False)),
       jax.ShapeDtypeStruct((t.batch_size, data_settings.seq_len + 1), np.int32))
+  return Preflight(files=files, memory=memory)
 
 
 def _prepare_everywhere(prepare: Callable[[], data_lib.Prepared]) -> data_lib.Prepared:
@@ -304,14 +314,38 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
     parent = branch_lib.start(workdir, config, run_settings.train)  # train.init_from, or None
     mesh = build_mesh(run_settings)
-    preflight(run_settings, mesh)
+    checked = preflight(run_settings, mesh)
     data = prepare_data(config, workdir, run_settings)
     training = build_training(run_settings, mesh, data)
     ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
     start, state, row_ids = restore_or_init(ckpt, training, data, run_settings.train, parent,
                                             workdir)
+    branched = parent is not None and start == parent.step and not ckpt.steps()
+    banner.show(banner.lines(
+        run_settings, workdir, mesh, files=checked.files, memory=checked.memory,
+        start=banner.start_text(start, parent.workdir if branched else None), corpus=data.corpus))
     return run_training(run_settings, workdir, training, data, ckpt, start, state, row_ids,
                         profile_in(workdir, profile_steps))
+
+
+def dry_run(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """What train() does before its first step, short of writing anything: the settings checked,
+  the mesh built, the data sources and the memory pre-flight checked, the banner printed (where
+  the run would start is read from the workdir's checkpoints and train.init_from). No tokenizer,
+  shard, config.json, lock or checkpoint is written. Returns the banner's lines."""
+  run_settings = resolve_settings(config, workdir)
+  parent = branch_lib.check_parent(workdir, config, run_settings.train)  # reads files only
+  mesh = build_mesh(run_settings)
+  checked = preflight(run_settings, mesh)
+  saved = ckpt_lib.saved_steps(os.path.join(workdir, "checkpoints"))
+  if saved:
+    start = banner.start_text(max(saved))
+  else:
+    start = banner.start_text(parent.step, parent.workdir) if parent else banner.start_text(0)
+  lines = banner.lines(run_settings, workdir, mesh, files=checked.files, memory=checked.memory,
+                       start=start) + ["dry run: stopped before preparing data and training"]
+  banner.show(lines)
+  return lines
 
 
 def run_training(run_settings: config_lib.RunSettings, workdir: str, training: ShardedTraining,

@@ -38,7 +38,9 @@ def define_stage_flags(stage: str, init_help: str) -> None:
   from absl import flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", f"experiments/configs/{stage}.py", "Experiment config.")
+  config_flags.DEFINE_config_file(
+      "config", f"experiments/configs/{stage}.py", "Experiment config file; --config.KEY=VALUE "
+      "overrides one field (--print_config lists them all).")
   flags.DEFINE_string("workdir", None, "Directory of this run (checkpoints, metrics, tokenizer).")
   flags.DEFINE_string("init_workdir", "", init_help)
   flags.DEFINE_string("results_dir", "", "Also write results.json and curves.png here.")

@@ -247,7 +247,9 @@ class Run:
         self.policy.graphdef, lambda p: jax.tree.map(jnp.copy, p), abstract(self.policy.params),
         loss_fn, self.tx, lr_schedule=self.lr_schedule, grad_accum=t.grad_accum, seed=t.seed,
         mesh=self.mesh, zero_stage=stage, abstract_batch=abstract(example_batch))
-    loop_lib.check_memory(self.sharding, build, abstract(example_batch))
+    verdict = loop_lib.check_memory(self.sharding, build, abstract(example_batch))
+    if verdict and jax.process_index() == 0:
+      print(verdict, flush=True)
     self.training = training = build(self.zero_stage)
     restored = self.ckpt.restore_latest(training.abstract_state)
     if restored is None:
