@@ -35,12 +35,13 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def section_classes(config: Mapping[str, Any]) -> dict[str, type]:
   """Section name -> the dataclass that holds its defaults: an alignment stage's sections when
-  the config has a stage section (sft, dpo or grpo), pretraining's otherwise."""
+  the config has a stage section (sft, dpo or grpo), pretraining's otherwise. Both have model.*
+  (an alignment stage's fresh model, used without --init_workdir)."""
   stage = next((name for name in config_lib.STAGE_SECTIONS if name in config), None)
-  common = {"train": config_lib.TrainSettings, "checkpoint": config_lib.CheckpointSettings,
+  common = {"model": ModelConfig, "train": config_lib.TrainSettings, "checkpoint": config_lib.CheckpointSettings,
             "sharding": config_lib.ShardingSettings}
   if stage is None:
-    return {"model": ModelConfig, "data": config_lib.DataSettings, **common}
+    return {"data": config_lib.DataSettings, **common}
   return {"task": config_lib.TaskSettings, "data": config_lib.StageDataSettings,
           "eval": config_lib.EvalSettings, stage: config_lib.STAGE_SECTIONS[stage], **common}
 
