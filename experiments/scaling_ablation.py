@@ -4,7 +4,7 @@ successive corrections of the protocol (train/studies/scaling_ablation.py).
   python -m experiments.scaling_ablation --out=results/scaling_ablation \
       --rows="(i) today's protocol=results/scaling/results.jsonl:kaplan:iso" \
       --rows="(ii) + full FLOPs=results/scaling/results.jsonl:full" \
-      --rows="(iv) + muP, WSD cooldowns=results/scaling_wsd/results.jsonl:full:iso"
+      --rows="(iv) + muP, WSD cooldowns=results/scaling_wsd/results.jsonl:full:iso" [--bootstrap=100]
 
 Each --rows is LABEL=RESULTS_JSONL:ACCOUNTING[:iso] (iso: the file's budget groups are isoFLOP
 under that accounting). Writes results.json (every row with its intervals, the fit settings and
@@ -17,7 +17,6 @@ import json
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from train import cli
 
@@ -25,17 +24,21 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  config_flags.DEFINE_config_dict("fit", _fit_defaults(), "Fit settings (as a sweep's fit.*).")
   flags.DEFINE_multi_string("rows", [], "LABEL=RESULTS_JSONL:ACCOUNTING[:iso], in table order.")
   flags.DEFINE_string("out", "results/scaling_ablation", "Where results.json and table.md go.")
+  flags.DEFINE_integer("bootstrap", 100, "Bootstrap resamples for each interval.")
+  flags.DEFINE_enum("grid", "chinchilla", ["chinchilla", "coarse"], "Starts of the full fit.")
+  flags.DEFINE_enum("bootstrap_grid", "coarse", ["chinchilla", "coarse"],
+                    "Starts of every bootstrap refit (the whole grid, each resample).")
 
 
-def _fit_defaults():
+def fit_settings():
+  """The fit.* of a sweep config, from the flags (Huber delta, level and seed as the sweeps')."""
   import ml_collections
 
-  return ml_collections.ConfigDict(dict(delta=1e-3, grid="chinchilla", max_iter=300,
-                                        bootstrap=100, bootstrap_starts=0,
-                                        bootstrap_grid="coarse", level=0.9, seed=0))
+  return ml_collections.ConfigDict(dict(
+      delta=1e-3, grid=FLAGS.grid, max_iter=300, bootstrap=FLAGS.bootstrap, bootstrap_starts=0,
+      bootstrap_grid=FLAGS.bootstrap_grid, level=0.9, seed=0))
 
 
 def parse_row(text: str) -> tuple[str, str, str, bool]:
@@ -64,13 +67,13 @@ def main(argv):
         raise ValueError(f"--rows {label!r}: {path} does not exist; run its sweep first")
       with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-      table.append({**ablation.row(label, rows, accounting, FLAGS.fit, isoflop=iso),
+      table.append({**ablation.row(label, rows, accounting, fit_settings(), isoflop=iso),
                     "source": path})
   except ValueError as e:
     cli.fail(e)
   os.makedirs(FLAGS.out, exist_ok=True)
   sweep_lib.write_json(os.path.join(FLAGS.out, "results.json"), {
-      "study": "scaling_ablation", "provenance": provenance.provenance(FLAGS.fit),
+      "study": "scaling_ablation", "provenance": provenance.provenance(fit_settings()),
       "chinchilla_a": ablation.CHINCHILLA_A, "rows": table})
   with open(os.path.join(FLAGS.out, "table.md"), "w", encoding="utf-8") as f:
     f.write(ablation.markdown(table) + "\n")
