@@ -340,10 +340,18 @@ def test_wsd_scaling_sweep_branches_cooldowns_from_one_stable_run(tmp_path, tiny
   newest), each cooldown starts from its parent's step and records it, the fit reads the test
   split's loss, and the compute counts the stable run once (a sweep that trained every point
   from scratch, or branched from the wrong step, would show other numbers)."""
-  args = ["--sweep=experiments/configs/sweeps/tiny_wsd.py", f"--sweep.base.data.paths={tiny_corpus}",
-          f"--workdir={tmp_path}"]
+  import random
+
+  rng = random.Random(1)  # 300 short documents more: held-out rows to halve, whatever the split
+  extra = tmp_path / "extra.jsonl"
+  extra.write_text("".join(json.dumps({"text": " ".join(rng.choice(["def", "x", "return", "alpha"])
+                                                         for _ in range(40))}) + "\n"
+                           for _ in range(300)), encoding="utf-8")
+  args = ["--sweep=experiments/configs/sweeps/tiny_wsd.py",
+          f"--sweep.base.data.paths={tiny_corpus},{extra}", f"--workdir={tmp_path / 'sweep'}"]
   done = run_script("experiments.scaling", *args)
   assert done.returncode == 0, done.stderr[-2000:]
+  tmp_path = tmp_path / "sweep"
   stable = next(tmp_path.glob("points/L1-D16-stable-*"))
   assert sorted(int(p.name) for p in (stable / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8]
   for steps, start in ((5, 4), (10, 8)):
