@@ -46,7 +46,9 @@ def main(argv):
     if cfg.get("mode", "cosine") == "wsd":  # stable runs and cooldown branches
       from train.studies import wsd_plan
 
-      points = scaling_grid.make_wsd_points(cfg, FLAGS.workdir)
+      points, planned = scaling_grid.make_wsd_points(cfg, FLAGS.workdir)
+      print(f"planned: {planned['wsd_flops']:.2e} training FLOPs, {planned['flops_ratio']:.2f}x "
+            "training every cooldown point from scratch", file=sys.stderr)
       for name in wsd_plan.reopen_extended(FLAGS.workdir, points):
         print(f"{name}: extended for a larger budget", file=sys.stderr)
       # A scheduler runs points in parallel: hand out a cooldown once its stable run is done.

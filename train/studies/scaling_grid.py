@@ -61,10 +61,11 @@ def sizes(sweep) -> list:
   return out
 
 
-def make_wsd_points(sweep, root: str) -> list[sweep_lib.Point]:
+def make_wsd_points(sweep, root: str) -> tuple[list[sweep_lib.Point], dict]:
   """mode "wsd": per model size one stable run (constant learning rate after warmup) and a
   cooldown branch per budget (train/studies/wsd_plan.py), budgets in full training FLOPs. Warmup
-  is warmup_fraction of the size's shortest cooldown run."""
+  is warmup_fraction of the size's shortest cooldown run. Returns the points and the plan's
+  compute against training every point from scratch (wsd_plan.compute_saved)."""
   from train.studies import wsd_plan
 
   base = sweep.base
@@ -78,5 +79,6 @@ def make_wsd_points(sweep, root: str) -> list[sweep_lib.Point]:
   plans = wsd_plan.plan(all_sizes, sweep.budgets, tokens_per_step=tokens_per_step,
                         decay_fraction=sweep.decay_fraction, min_steps=sweep.min_steps,
                         tokens_per_param=tuple(sweep.tokens_per_param), warmup_steps=warmup)
-  return wsd_plan.points(plans, base, root, decay_fraction=sweep.decay_fraction,
-                         decay_shape=sweep.decay_shape, warmup_steps=warmup)
+  points = wsd_plan.points(plans, base, root, decay_fraction=sweep.decay_fraction,
+                           decay_shape=sweep.decay_shape, warmup_steps=warmup)
+  return points, wsd_plan.compute_saved(plans, tokens_per_step)

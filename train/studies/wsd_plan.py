@@ -16,6 +16,7 @@ that trains every point from scratch (compute_saved).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 import ml_collections
@@ -114,8 +115,6 @@ def reopen_extended(root: str, points: Sequence[sweep_lib.Point]) -> list[str]:
   last checkpoint up to the new length; the constant learning rate makes the extension exact.
   Returns the reopened names. A new budget whose cooldown starts inside the part already trained
   finds no checkpoint there and stops with one line naming the saved steps."""
-  import os
-
   reopened = []
   for p in points:
     record = sweep_lib.load_result(root, p.name)

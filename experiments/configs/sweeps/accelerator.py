@@ -9,7 +9,7 @@ CPU sweep's command with only flags changed:
       --sweep.base.data.paths='/data/corpus/*.jsonl' --workdir=/scratch/scaling --launcher=slurm
 
 The job array first holds the 11 stable runs; rerun the command when they finish and it hands
-out the 32 cooldowns. Planned (scaling_grid.make_wsd_points): 9.0e18 training FLOPs in full,
+out the 32 cooldowns. Planned (the "planned:" line it prints): 9.0e18 training FLOPs in full,
 0.81x the 1.1e19 of training every cooldown point from scratch.
 
 Point it at a corpus of a few billion tokens (the standard-library default has ~10^7 tokens,
