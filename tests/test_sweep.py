@@ -94,7 +94,9 @@ def test_a_run_trained_with_other_settings_is_refused_not_reused(tmp_path, tiny_
 
 
 def _argv():
-  return [os.path.join(sweep.REPO_ROOT, "experiments", "scaling.py"), "--workdir=w",
+  # The real script path, not one built from sweep.REPO_ROOT: a wrong root must show in the module.
+  import experiments.scaling
+  return [experiments.scaling.__file__, "--workdir=w",
           "--launcher=print", "--sweep.fit.bootstrap=3"]
 
 

@@ -39,7 +39,8 @@ from train import files  # json and os only: the sweep launcher stays free of ja
 
 LAUNCHERS = ("local", "print", "slurm")
 RESULT = "result.json"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# train/studies/sweep.py -> the repository root, where `python -m experiments.X` runs from.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclasses.dataclass(frozen=True)
