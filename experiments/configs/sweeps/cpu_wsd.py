@@ -1,8 +1,8 @@
 """The scaling study as researchers run it now, on 2 CPU cores: warmup-stable-decay with cooldowns
 branched from one stable run per size, muP learning rates, FLOPs counted in full.
 
-Seven models from 11.6k to 917k parameters (embeddings included; depth x width, head width 16,
-SwiGLU 3x) on the standard-library corpus with a 512-token BPE, at budgets from 3e10 to 3e12
+Eight models from 11.6k to 1.75M parameters (embeddings included; depth x width, head width 16,
+SwiGLU 3x) on the standard-library corpus with a 512-token BPE, at budgets from 3e10 to 1e13
 training FLOPs counted in full (model/config.py flops_per_token: every matmul, the tied head,
 attention's score and value products). Per size one stable run at a constant learning rate after
 warmup (5% of its shortest cooldown run) and per budget a cooldown branched from it over the
@@ -31,9 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
   b.model.update(parametrization="mup", base_width=32, base_head_dim=16)
   b.train.lr = 2.0 ** -7  # experiments.mup_transfer's best rate at d_model 32 (validation)
   b.train.update(eval_batches=16, test_batches=16)
-  c.models = ((1, 16), (2, 16), (2, 32), (2, 48), (2, 64), (3, 96), (4, 128))
-  c.budgets = (3e10, 1e11, 3e11, 1e12, 3e12)  # training FLOPs, counted in full
-  c.tokens_per_param = (0.5, 2000.0)  # D / N with N every parameter
+  # A 5-10M model needs ~1e14 FLOPs to see even 0.5 tokens per parameter: hours on this CPU,
+  # a GPU's job (experiments/configs/sweeps/accelerator.py). 1.75M at 1e13 is as far as it goes.
+  c.models = ((1, 16), (2, 16), (2, 32), (2, 48), (2, 64), (3, 96), (4, 128), (5, 160))
+  c.budgets = (3e10, 1e11, 3e11, 1e12, 3e12, 1e13)  # training FLOPs, counted in full
+  c.tokens_per_param = (0.4, 2000.0)  # D / N with N every parameter
   c.min_steps = 50
   c.warmup_fraction = 0.05
   c.decay_fraction = 0.2
