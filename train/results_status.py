@@ -215,6 +215,7 @@ class Git:
     self.untracked = set((_git(root, "ls-files", "--others", "--exclude-standard") or "").split())
     self._changed: dict[str, set[str]] = {}
     self._same: dict[tuple[str, str], bool] = {}
+    self._dumps: dict[str, Optional[str]] = {}
 
   def full(self, commit: str) -> Optional[str]:
     """The full hash of a (maybe abbreviated) commit in HEAD's history, else None."""
@@ -236,8 +237,17 @@ class Git:
     paths = sorted(paths)
     todo = [p for p in paths if p.endswith(".py") and (commit, p) not in self._same]
     for path, old in zip(todo, self._blobs([f"{commit}:{p}" for p in todo])):
-      self._same[(commit, path)] = old is not None and same_code(old, self._read(path))
+      now = self._dump(self._read(path))
+      self._same[(commit, path)] = now is not None and self._dump(old) == now
     return [p for p in paths if not self._same.get((commit, p), False)]
+
+  def _dump(self, source: Optional[str]) -> Optional[str]:
+    """_code_dump, once per distinct text (a file is compared against many commits)."""
+    if source is None:
+      return None
+    if source not in self._dumps:
+      self._dumps[source] = _code_dump(source)
+    return self._dumps[source]
 
   def _read(self, rel: str) -> Optional[str]:
     try:
