@@ -294,14 +294,6 @@ def _code_dump(source: str) -> Optional[str]:
   return ast.dump(tree)
 
 
-def same_code(old: Optional[str], new: Optional[str]) -> bool:
-  """Whether two versions of a Python file differ only in docstrings, comments and layout."""
-  if old is None or new is None:
-    return False
-  dumped = _code_dump(old)
-  return dumped is not None and dumped == _code_dump(new)
-
-
 # --- the status of one file, and of the README's rows -------------------------------------------
 
 def entry_for(root: str, rel: str, git: Git, cache: dict) -> Entry:
