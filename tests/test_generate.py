@@ -2,28 +2,12 @@
 one-line error. Also train/studies/distill.py (experiments.distill_data), on the same run."""
 
 import os
-import random
 import shutil
 
 import pytest
 
 from train import saved_run
-from tests.helpers import run_script, tiny_config
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  """A tiny model trained for a few steps (one per module: training is the slow part)."""
-  from train import pretrain
-
-  root = tmp_path_factory.mktemp("generate")
-  rng = random.Random(0)
-  words = ["alpha", "beta", "gamma", "def", "return", "class", "import", "self", "x"]
-  for i in range(4):
-    (root / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)) + "\n")
-  workdir = str(root / "run")
-  pretrain.train(tiny_config(str(root / "*.txt"), **{"train.steps": 3}), workdir)
-  return workdir
+from tests.helpers import run_script
 
 
 def test_generates_and_reports_speed(tiny_run):
