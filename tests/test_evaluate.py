@@ -67,3 +67,74 @@ def test_cli_bad_input_is_one_line(tmp_path, tiny_run):
   assert len(proc.stderr.strip().splitlines()) == 1
   with pytest.raises(FileNotFoundError, match="no config.json"):
     evaluate.evaluate(str(tmp_path / "none"))
+
+
+# --- Tasks and the lm-evaluation-harness adapter --------------------------------------------------
+
+def _reference_logp(run, context: str, continuation: str) -> float:
+  """log P(continuation | start + context), by hand: one forward pass over the whole sequence,
+  log-softmax summed at the continuation's positions."""
+  import jax
+  import numpy as np
+
+  from model import transformer
+  from train.data import tokenizer as tokenizer_lib
+
+  ctx = run.prompt_ids(context)
+  cont = tokenizer_lib.encode(run.tokenizer, continuation)
+  seq = ctx + cont
+  logits = np.asarray(transformer.apply(run.graphdef, run.params, np.asarray([seq[:-1]])))[0]
+  logp = np.asarray(jax.nn.log_softmax(logits.astype(np.float64), axis=-1))
+  return float(sum(logp[len(ctx) - 1 + i, tok] for i, tok in enumerate(cont)))
+
+
+def test_harness_loglikelihood_matches_the_task_score_and_a_forward_pass(tiny_run, tmp_path):
+  """The adapter (harness requests: objects with .args) and the in-loop task evaluation score a
+  multiple-choice item alike, and both equal a hand-computed forward pass. Catches context and
+  continuation swapped, the first continuation token dropped (its target sits at the context's
+  last position), a padding or batching mix-up between choices of different lengths."""
+  from types import SimpleNamespace
+
+  from train import eval_tasks
+
+  class FakeLM:  # lm_eval.api.model.LM's role: a base class with an __init__ of no arguments
+    def __init__(self):
+      self.base_initialised = True
+
+  item = {"context": "alpha beta", "choices": [" gamma def return self", " x", " class"],
+          "answer": 1}
+  path = tmp_path / "task.jsonl"
+  path.write_text(json.dumps(item) + "\n" + json.dumps({"prompt": "alpha", "target": "zzz"}) + "\n")
+  lm = eval_tasks.harness_lm(tiny_run, batch_size=2, lm_class=FakeLM)
+  assert isinstance(lm, FakeLM) and lm.base_initialised
+  got = lm.loglikelihood([SimpleNamespace(args=(item["context"], c)) for c in item["choices"]])
+  scores = eval_tasks.choice_scores(lm.scorer, item)
+  reference = [_reference_logp(lm.scorer.run, item["context"], c) for c in item["choices"]]
+  assert [lp for lp, _ in got] == pytest.approx(scores, abs=1e-5)
+  assert scores == pytest.approx(reference, abs=1e-4)
+  report = eval_tasks.evaluate_items(lm.scorer, eval_tasks.read_items(str(path)), max_new_tokens=4)
+  assert report["mc_accuracy"] == float(max(range(3), key=lambda i: reference[i]) == 1)
+  assert (report["mc_items"], report["gen_items"], report["exact_match"]) == (1, 1, 0.0)
+  rolling = lm.loglikelihood_rolling([SimpleNamespace(args=(item["context"],))])
+  assert rolling[0] == pytest.approx(_reference_logp(lm.scorer.run, "", item["context"]), abs=1e-4)
+  until = lm.generate_until([SimpleNamespace(args=("alpha", {"until": ["\n"], "max_gen_toks": 4}))])
+  plain, _ = _greedy(lm.scorer.run, "alpha", 4)
+  assert until == [plain]
+
+
+def _greedy(run, prompt, n):
+  from train import saved_run
+
+  results, note = saved_run.generate_batch(run, [prompt], n, temperature=0.0, stop=["\n"])
+  return results[0]["continuation"], note
+
+
+def test_task_files_are_checked_line_by_line(tmp_path):
+  from train import eval_tasks
+  from train.files import DataError
+
+  path = tmp_path / "bad.jsonl"
+  path.write_text('{"context": "a", "choices": ["b"], "answer": 3}\n')
+  with pytest.raises(DataError, match=r"bad.jsonl:1: 'answer' must index"):
+    eval_tasks.read_items(str(path))
+  assert len(eval_tasks.read_items("experiments/tasks/arithmetic.jsonl")) == 12
