@@ -105,8 +105,6 @@ def generate(
   of the compiled call (compile_seconds apart), and for speculative decoding gamma, alpha, tokens
   per target call and target calls, and the clipping note ("" when none)."""
   sc = sampling.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-  if max_new_tokens < 1:
-    raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
   cfg, graphdef, params, tok = load_run(workdir)
   eot = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
   ids = tokenizer_lib.start_ids(tok) + tokenizer_lib.encode(tok, prompt)
