@@ -49,3 +49,23 @@ def tiny_corpus(tmp_path):
     for i in range(20):
       f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(60))}) + "\n")
   return str(d / "*.txt") + "," + str(d / "more.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """A tiny model trained for 3 steps on a small corpus (docN.txt), once per test process:
+  generation, evaluation and distillation tests read it (training is their slow part). Its
+  metrics.jsonl holds the eval_loss of step 3, the checkpoint it ends with."""
+  import random
+
+  from tests.helpers import tiny_config
+  from train import pretrain
+
+  root = tmp_path_factory.mktemp("tiny_run")
+  rng = random.Random(0)
+  words = ["alpha", "beta", "gamma", "def", "return", "class", "import", "self", "x"]
+  for i in range(4):
+    (root / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)) + "\n")
+  workdir = str(root / "run")
+  pretrain.train(tiny_config(str(root / "*.txt"), **{"train.steps": 3}), workdir)
+  return workdir

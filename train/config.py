@@ -75,6 +75,7 @@ def _from_section(cls: type, section: Any, name: str, strict: bool) -> Any:
 
 
 SCHEDULES = ("cosine", "wsd", "constant")
+LOGGERS = ("tensorboard", "jsonl", "wandb")
 DECAY_SHAPES = ("linear", "1-sqrt", "cosine")
 
 
@@ -132,8 +133,12 @@ class TrainSettings:
   # state, data position; train/branch.py); "" = from scratch. Ignored once the workdir has
   # checkpoints of its own.
   init_from: str = ""
+  # Where metrics go, any of LOGGERS (train/metrics.py): metrics.jsonl, TensorBoard, and
+  # Weights & Biases (the `wandb` extra; offline unless WANDB_MODE or an API key says otherwise).
+  loggers: tuple = ("tensorboard", "jsonl")
 
   def __post_init__(self):
+    self._check_loggers()
     require_positive(self, "train", "steps", "batch_size", "lr", "grad_clip", "grad_accum",
                      "log_every", "eval_every", "eval_batches")
     if self.warmup_steps < 0 or self.weight_decay < 0 or self.test_batches < 0:
@@ -143,6 +148,16 @@ class TrainSettings:
       raise ConfigError(f"train.z_loss must be a number >= 0 (0 = off, PaLM: 1e-4), got {self.z_loss!r}")
     if self.init_from:
       parse_init_from(self.init_from)
+
+  def _check_loggers(self) -> None:
+    loggers = self.loggers
+    if isinstance(loggers, str):  # "jsonl,wandb" from a command line
+      loggers = [name.strip() for name in loggers.split(",") if name.strip()]
+    loggers = tuple(dict.fromkeys(loggers))  # in order, each once
+    unknown = [name for name in loggers if name not in LOGGERS]
+    if unknown:
+      raise ConfigError(f"train.loggers has unknown {unknown[0]!r}; allowed: {', '.join(LOGGERS)}")
+    object.__setattr__(self, "loggers", loggers)
 
   def _check_schedule(self) -> None:
     if self.schedule not in SCHEDULES:

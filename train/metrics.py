@@ -1,50 +1,129 @@
-"""Where metrics go: workdir/metrics.jsonl (one JSON object per logged step) and TensorBoard."""
+"""Where metrics go: the loggers of train.loggers, each a sink of one record per logged step.
+
+  jsonl        workdir/metrics.jsonl, one JSON object per logged step (what studies and reports read)
+  tensorboard  workdir/tensorboard, scalars for TensorBoard (tensorboardX)
+  wandb        a Weights & Biases run (the `wandb` extra, imported only when asked for): named
+               after the workdir, its config the run's resolved settings, one log call per step.
+               Without WANDB_MODE and without an API key (WANDB_API_KEY or a ~/.netrc entry for
+               api.wandb.ai) it runs offline, into workdir/wandb, and never needs a network;
+               `wandb sync workdir/wandb/offline-run-*` uploads it later. A resumed workdir
+               continues the same W&B run (its id is kept in workdir/wandb_run_id).
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Mapping
+import uuid
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 
 from train import files
 
+DEFAULT_LOGGERS = ("tensorboard", "jsonl")  # train.loggers' default (train/config.py)
+
+
+class JsonlSink:
+  def __init__(self, workdir: str, config: Optional[Mapping[str, Any]] = None):
+    del config
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_torn_tail(path)
+    self._f = open(path, "a", encoding="utf-8")
+
+  def write(self, step: int, record: Mapping[str, Any]) -> None:
+    self._f.write(json.dumps(record) + "\n")
+    self._f.flush()
+
+  def close(self) -> None:
+    self._f.close()
+
+
+class TensorboardSink:
+  def __init__(self, workdir: str, config: Optional[Mapping[str, Any]] = None):
+    del config
+    from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
+
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, record: Mapping[str, Any]) -> None:
+    for k, v in _scalars(record).items():
+      self._tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    self._tb.close()
+
+
+def wandb_mode() -> Optional[str]:
+  """None (wandb's own choice) when WANDB_MODE is set or an API key is found; else "offline"."""
+  if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+    return None
+  netrc = os.path.join(os.path.expanduser("~"), ".netrc")
+  if os.path.exists(netrc):
+    with open(netrc, encoding="utf-8", errors="replace") as f:
+      if "api.wandb.ai" in f.read():
+        return None
+  return "offline"
+
+
+class WandbSink:
+  def __init__(self, workdir: str, config: Optional[Mapping[str, Any]] = None):
+    import wandb  # the optional `wandb` extra
+
+    id_path = os.path.join(workdir, "wandb_run_id")
+    if os.path.exists(id_path):
+      with open(id_path, encoding="utf-8") as f:
+        run_id = f.read().strip()
+    else:
+      run_id = uuid.uuid4().hex[:12]
+      files.write_atomic(id_path, run_id)
+    self._run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "llmlab"),
+        name=os.path.basename(os.path.normpath(workdir)), id=run_id, resume="allow",
+        dir=workdir, config=dict(config or {}), mode=wandb_mode())
+
+  def write(self, step: int, record: Mapping[str, Any]) -> None:
+    self._run.log(_scalars(record), step=step)
+
+  def close(self) -> None:
+    self._run.finish()
+
+
+SINKS = {"jsonl": JsonlSink, "tensorboard": TensorboardSink, "wandb": WandbSink}
+
 
 class MetricsWriter:
-  """Writes only on process 0; every other process gets a writer that does nothing."""
+  """Writes only on process 0; every other process gets a writer that does nothing.
 
-  def __init__(self, workdir: str):
+  loggers: names of SINKS (checked by train/config.py); config: the run's resolved settings, for
+  the loggers that record them (wandb)."""
+
+  def __init__(self, workdir: str, loggers: Sequence[str] = DEFAULT_LOGGERS,
+               config: Optional[Mapping[str, Any]] = None):
     self.enabled = jax.process_index() == 0
-    self._jsonl = None
-    self._tb = None
+    self._sinks = []
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      path = os.path.join(workdir, "metrics.jsonl")
-      _drop_torn_tail(path)
-      self._jsonl = open(path, "a", encoding="utf-8")
-      from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
-
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._sinks = [SINKS[name](workdir, config) for name in loggers]
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     record = {"step": int(step)}
     record.update({k: _plain(v) for k, v in metrics.items()})
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
-    for k, v in record.items():
-      if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-        self._tb.add_scalar(k, v, step)
+    for sink in self._sinks:
+      sink.write(step, record)
 
   def close(self) -> None:
-    if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
+    for sink in self._sinks:
+      sink.close()
 
 
+def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
+  """The record's finite numbers, step apart."""
+  return {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
+          and not isinstance(v, bool) and math.isfinite(v)}
 def _plain(v):
   if hasattr(v, "item"):
     v = v.item()

@@ -358,7 +358,7 @@ def run_training(run_settings: config_lib.RunSettings, workdir: str, training: S
   is_main = jax.process_index() == 0
   meter = Meter(t.batch_size * seq_len, flops_per_token(model_cfg, seq_len),
                 mfu_lib.peak_flops() * jax.device_count())
-  writer = metrics_lib.MetricsWriter(workdir)
+  writer = metrics_lib.MetricsWriter(workdir, t.loggers, dataclasses.asdict(run_settings))
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
   evaluate, evaluate_test = make_evaluators(training, data, t)
   reporter = Reporter(t, meter, evaluate, writer, bar, ckpt, evaluate_test)

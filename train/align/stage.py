@@ -228,7 +228,7 @@ class Run:
     # data state.
     self._t0 = self._step_started = 0.0
     self._saved: dict = {}
-    self.writer = metrics_lib.MetricsWriter(workdir)
+    self.writer = metrics_lib.MetricsWriter(workdir, t.loggers, dataclasses.asdict(stage_settings))
     ev = stage_settings.eval
     self.evaluate = make_evaluator(self.policy, heldout[:ev.max_examples],
                                    batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
