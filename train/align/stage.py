@@ -118,6 +118,11 @@ def _check_resume(workdir: str, model_cfg: ModelConfig, init_workdir: str) -> No
         f"not {init_workdir!r}; use a new --workdir")
 
 
+# One jitted generate per (model, graph, decoding): the validation and test evaluators of a run
+# share it, and so its compilation, when their prompts have one padded length.
+_generate_for = functools.lru_cache(maxsize=4)(generation.make_generate)
+
+
 def make_completer(policy: Policy, prompts: list[str], *, batch_size: int, max_new_tokens: int,
                    temperature: float) -> Callable[[nnx.State, jax.Array], list[rewards_lib.Sample]]:
   """complete(params, key) -> one completion per prompt, as Samples (answer left empty).
@@ -137,7 +142,7 @@ def make_completer(policy: Policy, prompts: list[str], *, batch_size: int, max_n
   batch_size = min(batch_size, n)
   spec = generation.DecodeSpec(max_new_tokens, eot_id,
                            sampling.SamplingConfig(temperature=temperature))
-  generate = generation.make_generate(cfg, policy.graphdef, spec)
+  generate = _generate_for(cfg, policy.graphdef, spec)
   padded = list(prompts) + [prompts[0]] * (-n % batch_size)
   encoded = data_lib.encode_prompts(tok, padded, p_len)
 
