@@ -13,8 +13,8 @@ from train.align import rewards
 
 
 def _task(**overrides):
-  fields = dict(digits=2, ops="+-*", n_train=50, n_heldout=20, heldout_fraction=0.2,
-                spaced_digits=False, seed=0)
+  fields = dict(digits=2, ops="+-*", n_train=50, n_heldout=20, n_validation=30,
+                heldout_fraction=0.2, spaced_digits=False, seed=0)
   return ml_collections.ConfigDict(dict(fields, **overrides))
 
 
@@ -45,13 +45,30 @@ def _parse(prompt):
   raise AssertionError(prompt)
 
 
-def test_train_and_heldout_prompts_do_not_overlap_and_the_heldout_set_is_fixed():
-  train = [e.prompt for e in data_lib.task_examples(TASK, "train")]
-  heldout = [e.prompt for e in data_lib.task_examples(TASK, "heldout")]
-  assert len(set(train)) == TASK.n_train and len(set(heldout)) == TASK.n_heldout
-  assert not set(train) & set(heldout)
-  more = data_lib.task_examples(_task(n_train=500), "heldout")
-  assert [e.prompt for e in more] == heldout  # the held-out set does not depend on n_train
+def test_train_validation_and_test_are_disjoint_of_their_sizes_and_fixed():
+  # Catches validation drawn from the test problems (a stop or a setting chosen on the reported
+  # set), a split whose size is another setting's, and sets that move when another size changes.
+  train, val, test = ([e.prompt for e in data_lib.task_examples(TASK, s)]
+                      for s in ("train", "validation", "test"))
+  assert (len(set(train)), len(set(val)), len(set(test))) == (50, 30, 20)
+  assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+  assert [e.prompt for e in data_lib.task_examples(TASK, "heldout")] == test  # the old name
+  more = _task(n_train=500, n_validation=60)
+  assert [e.prompt for e in data_lib.task_examples(more, "test")] == test
+  assert [e.prompt for e in data_lib.task_examples(more, "validation")][:30] == val
+  with pytest.raises(data_lib.DataError, match="split must be"):
+    data_lib.task_examples(TASK, "val")
+
+
+def test_a_user_eval_file_is_halved_into_validation_and_test(tmp_path):
+  settings = ml_collections.ConfigDict(dict(train_path="", validation_path="", eval_path=_write(
+      tmp_path / "e.jsonl", [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(40)])))
+  val, test = data_lib.heldout_examples(settings, TASK)
+  assert len(val) + len(test) == 40 and 8 < len(val) < 32
+  assert not {e.prompt for e in val} & {e.prompt for e in test}
+  settings.validation_path = _write(tmp_path / "v.jsonl", [{"prompt": "0+1=", "answer": "1"}])
+  with pytest.raises(data_lib.DataError, match="share the prompt '0\\+1='"):
+    data_lib.heldout_examples(settings, TASK)
 
 
 def test_spaced_digits_render_prompt_and_both_answers_spaced():

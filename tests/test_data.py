@@ -25,14 +25,76 @@ def _corpus(workdir, paths, seq_len=16, vocab_size=300, batch_size=2, **kw):
   return prepared, data_lib.open_corpus(prepared, seq_len, batch_size)
 
 
-def test_default_corpus_split_is_deterministic_and_nonempty():
+def test_default_corpus_split_is_deterministic_and_gives_each_long_document_its_tail():
   files = data_lib.stdlib_files()
   assert len(files) > 100 and all(f.endswith(".py") for f in files)
   keys = [f"pkg/mod{i}.py" for i in range(2000)]
-  first = [data_lib._split_of(k) for k in keys]
-  assert first == [data_lib._split_of(k) for k in keys]
-  share = first.count("val") / len(first)
-  assert 0.02 < share < 0.09
+  first = [documents_lib.val_tokens(k, 1000, 1) for k in keys]
+  assert first == [documents_lib.val_tokens(k, 1000, 1) for k in keys]
+  # Every long document gives a tail of p(n + 2s) - s = 49.1 tokens, rounded by its key's draw.
+  assert set(first) == {49, 50} and abs(np.mean(first) - 49.1) < 0.05
+  # Short documents go whole, about 5% of them.
+  short = [documents_lib.val_tokens(k, 10, 1) for k in keys]
+  assert set(short) == {0, 10} and 0.03 < short.count(10) / len(short) < 0.07
+
+
+def _val_share(tmp_path, n_files: int, rng, lines: int = 0) -> float:
+  """The validation share of the tokens of n_files .txt files of 50-2000 words each, or (lines >
+  0) of one .jsonl of that many short documents of 30-80 words."""
+  words = ["alpha", "beta", "gamma", "delta", "def", "return", "class", "import", "self", "x"]
+  d = tmp_path / f"files{n_files}-{lines}"
+  d.mkdir()
+  if lines:
+    docs = [" ".join(rng.choice(words, int(rng.integers(30, 80)))) for _ in range(lines)]
+    (d / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+  for i in range(n_files):  # a few files dominate the tokens
+    n = int(rng.integers(50, 2000))
+    (d / f"f{i:02d}.txt").write_text(" ".join(rng.choice(words, n)) + "\n", encoding="utf-8")
+  pattern = str(d / ("*.jsonl" if lines else "*.txt"))
+  prepared = data_lib.prepare(str(tmp_path / f"w{n_files}-{lines}"), _settings(pattern),
+                              progress=False)
+  splits = prepared.manifests[0]["splits"]
+  return splits["val"]["tokens"] / (splits["val"]["tokens"] + splits["train"]["tokens"])
+
+
+@pytest.mark.parametrize("n_files,lines", [(3, 0), (20, 0), (0, 2000)])
+def test_validation_share_of_tokens_is_the_setting_for_any_number_of_files(tmp_path, n_files,
+                                                                            lines):
+  # Catches a split of whole files by a hash of their path: here 3 files give 0% of the tokens to
+  # validation and 20 files 9.5% (in the issue, 20 .txt files gave 33%) against 5%. The short
+  # .jsonl documents catch a tail that leaves out the end-of-text its piece adds (6.6%) and
+  # tails always rounded down (3.8%).
+  share = _val_share(tmp_path, n_files, np.random.default_rng(n_files), lines)
+  assert abs(share - data_lib.VAL_PERCENT / 100) < 0.01, share
+
+
+def test_a_validation_tail_is_a_document_of_its_own_cut_at_a_token(tmp_path, tiny_corpus):
+  # Catches a token lost or repeated at the cut, and a tail without its own end-of-text (packed
+  # rows would run it into the next validation document).
+  tok = data_lib.tokenizer_for(str(tmp_path), _settings(tiny_corpus))
+  eot = tok.token_to_id("<|endoftext|>")
+  text = "alpha beta gamma delta " * 200
+  ids = tok.encode(text, add_special_tokens=False).ids
+  out = shards_lib.encode_split([("k.txt", text)], tok)
+  (train, n_train), (val, n_val) = out["train"], out["val"]
+  assert n_train == n_val == 1 and train[-1] == eot and val[-1] == eot
+  assert (train == eot).sum() == (val == eot).sum() == 1
+  np.testing.assert_array_equal(np.concatenate([train[:-1], val[:-1]]), ids)
+  assert len(val) - 1 == documents_lib.val_tokens("k.txt", len(ids), 1) > 0
+
+
+def test_shards_of_the_old_whole_document_split_are_refused(tmp_path, tiny_corpus):
+  # Catches old shards (a split of whole documents) silently reused beside new ones.
+  prepared = data_lib.prepare(str(tmp_path), _settings(tiny_corpus), progress=False)
+  assert prepared.manifests[0]["format_version"] == shards_lib.FORMAT_VERSION
+  path = os.path.join(prepared.folders[0], shards_lib.MANIFEST)
+  with open(path) as f:
+    manifest = json.load(f)
+  del manifest["format_version"]  # as version 1 wrote it, or with "format_version": 1
+  with open(path, "w") as f:
+    json.dump(manifest, f)
+  with pytest.raises(data_lib.DataError, match="format_version 1.*delete"):
+    data_lib.prepare(str(tmp_path), _settings(tiny_corpus), progress=False)
 
 
 def test_pack_cuts_rows_of_seq_len_plus_one():
@@ -55,10 +117,9 @@ def test_shard_rows_equal_the_in_memory_packing_of_the_same_documents(tmp_path, 
   ends, rows read from anything but a memory map (the corpus held in RAM)."""
   files = documents_lib.resolve_files(documents_lib.parse_paths(tiny_corpus))
   prepared, _ = _corpus(tmp_path / "one", tiny_corpus, seq_len=7)
-  train_docs = [d.text for d in documents_lib.read_documents(files)
-                if d.text.strip() and data_lib._split_of(d.key) == "train"]
+  docs = [(d.key, d.text) for d in documents_lib.read_documents(files) if d.text.strip()]
   tok = data_lib.tokenizer_lib.load(str(tmp_path / "one"))
-  stream = data_lib.tokenize(train_docs, tok)
+  stream = shards_lib.encode_split(docs, tok)["train"][0]
   whole = shards_lib.open_split(prepared.folders[0], prepared.manifests[0], "train", 8)
   [(tokens, _, _)] = whole.pieces  # one shard: its rows are exactly the old packing
   assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16
@@ -183,14 +244,35 @@ def test_each_process_reads_only_its_rows_and_together_the_global_batch(tmp_path
 def test_eval_batches_are_the_same_every_time_and_wrap_a_small_split():
   a = data_lib.eval_indices(5, 4, 3)
   assert [list(x) for x in a] == [[0, 1, 2, 3], [4, 0, 1, 2], [3, 4, 0, 1]]
+  b = data_lib.eval_indices(1000, 4, 3)
+  assert [list(x) for x in b] == [list(x) for x in data_lib.eval_indices(1000, 4, 3)]
 
 
-def test_a_test_split_halves_the_validation_rows_without_overlap():
-  # Catches test rows drawn from the validation half (a missing offset: the reported test loss
-  # would be the loss settings were chosen on) and a test split that changes validation when off.
-  val, test = data_lib.heldout_indices(11, 2, 3, 2)
-  assert [list(x) for x in val] == [[0, 1], [2, 3], [4, 0]]  # rows 0..4, wrapped
-  assert [list(x) for x in test] == [[5, 6], [7, 8]]  # rows 5..10
+def test_eval_rows_are_spread_over_every_shard_not_the_first_rows():
+  # Catches evaluation on the first contiguous rows (a few documents of the first source, 0.6
+  # nats easier than training in the MoE study): the rows must come from every tenth of the
+  # split, as from each of 10 equal shards, and not be a contiguous block.
+  n_rows, batch_size, n_batches = 1000, 8, 4
+  rows = np.concatenate(data_lib.eval_indices(n_rows, batch_size, n_batches))
+  assert len(set(rows.tolist())) == len(rows) == 32
+  assert set((rows * 10 // n_rows).tolist()) == set(range(10))
+  assert rows.max() - rows.min() > 0.9 * n_rows and not np.array_equal(rows, np.arange(32))
+
+
+def test_a_test_split_is_disjoint_from_validation_and_both_span_the_rows():
+  # Catches test rows drawn from the validation rows (the reported test loss would be the loss
+  # settings were chosen on), halves that are the first and second half of the rows (each a few
+  # documents), and a test split that changes validation when off.
+  n_rows = 1000
+  val, test = data_lib.heldout_indices(n_rows, 8, 4, 4)
+  val_rows, test_rows = np.concatenate(val), np.concatenate(test)
+  assert not set(val_rows.tolist()) & set(test_rows.tolist())
+  for rows in (val_rows, test_rows):
+    assert set((rows * 10 // n_rows).tolist()) == set(range(10))
+  # Disjoint however many batches are asked for: the halves are fixed, each wraps on its own.
+  val, test = data_lib.heldout_indices(11, 2, 5, 5)
+  assert not set(np.concatenate(val).tolist()) & set(np.concatenate(test).tolist())
+  assert len(set(np.concatenate(val).tolist())) == 5 and len(set(np.concatenate(test).tolist())) == 6
   same, none = data_lib.heldout_indices(11, 2, 3, 0)
   assert none == [] and [list(x) for x in same] == [list(x) for x in data_lib.eval_indices(11, 2, 3)]
   with pytest.raises(data_lib.DataError, match="train.test_batches"):

@@ -360,7 +360,11 @@ class TaskSettings:
   digits: int = 2  # both operands have exactly this many digits
   ops: str = "+-"  # any of "+-*"; subtraction answers are non-negative
   n_train: int = 4000
+  # Held-out problems are halved by a hash of the prompt (train/data/arithmetic.py heldout_part):
+  # n_validation of one half are what a run's choices read (SFT's early stop, the eval/accuracy
+  # curve settings are picked from), n_heldout of the other are the test set a run reports.
   n_heldout: int = 500
+  n_validation: int = 500
   heldout_fraction: float = 0.2  # share of all problems held out, by a hash of the prompt
   # " 1 2 + 3 5 =": a space before every character, so that a BPE tokenizer (a pretrained
   # init_workdir) cannot merge digits. A fresh model's byte-level tokenizer has one token per
@@ -369,8 +373,9 @@ class TaskSettings:
   seed: int = 0
 
   def __post_init__(self):
-    if not self.digits > 0 or not self.n_train > 0 or not self.n_heldout > 0:
-      raise ConfigError("task.digits, task.n_train and task.n_heldout must be positive")
+    if not (self.digits > 0 and self.n_train > 0 and self.n_heldout > 0 and self.n_validation > 0):
+      raise ConfigError(
+          "task.digits, task.n_train, task.n_heldout and task.n_validation must be positive")
     bad = sorted(set(self.ops) - set("+-*"))
     if not self.ops or bad:
       raise ConfigError(f"task.ops={self.ops!r} must be a non-empty string of '+', '-', '*'")
@@ -384,13 +389,17 @@ class StageDataSettings:
   reads them); "" = the task."""
 
   train_path: str = ""
-  eval_path: str = ""  # {"prompt", "answer"} per line: held-out exact match
+  # {"prompt", "answer"} per line: the test set, held-out exact match as reported. Without
+  # validation_path its rows are halved by a hash of the prompt, one half for validation.
+  eval_path: str = ""
+  validation_path: str = ""  # {"prompt", "answer"} per line: what a run's choices read
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
   """eval.*: held-out exact match with greedy decoding (train/align/stage.py make_evaluator), on
-  at most max_examples held-out prompts, batch_size at a time, answers up to max_new_tokens."""
+  at most max_examples prompts of each held-out set (validation and test), batch_size at a time,
+  answers up to max_new_tokens."""
 
   max_examples: int = 500
   batch_size: int = 250
@@ -404,7 +413,7 @@ class EvalSettings:
 class SftSettings:
   """sft.*: supervised fine-tuning (train/align/sft.py)."""
 
-  # Stop at the first evaluation with at least this held-out accuracy: the chain wants a policy
+  # Stop at the first evaluation with at least this validation accuracy: the chain wants a policy
   # that solves some problems but not all, so that DPO and GRPO have something left to learn
   # (GRPO's groups need per-prompt success rates strictly between 0 and 1). 1 = never stop early.
   stop_accuracy: float = 0.5

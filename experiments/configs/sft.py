@@ -22,6 +22,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.train.update(steps=2000, lr=3e-3, warmup_steps=50)
 
-  # Stops at sft.stop_accuracy held-out accuracy (train/config.py SftSettings says why 0.5).
+  # Stops at sft.stop_accuracy validation accuracy (train/config.py SftSettings says why 0.5).
   c.sft = config_lib.section(config_lib.SftSettings)
   return c

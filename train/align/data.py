@@ -69,29 +69,43 @@ def read_jsonl(path: str, fields: Sequence[str]) -> list[dict]:
   return rows
 
 
+SPLITS = ("train", "validation", "test")  # "heldout" is read as "test", its name before the split
+
+
+def _split_size(task, split: str) -> int:
+  return {"train": task.n_train, "validation": task.n_validation, "test": task.n_heldout}[split]
+
+
 def task_problems(task, split: str) -> list:
-  """The arithmetic task's train or held-out problems (train/data/arithmetic.py), unique, in draw order.
+  """The arithmetic task's train, validation or test problems (train/data/arithmetic.py), unique,
+  in draw order: task.n_train, task.n_validation and task.n_heldout of them.
 
   Problems are drawn from one seeded stream and sent to a side by arithmetic.split (a hash of
-  the prompt), so the held-out set is the same whatever n_train is, and never overlaps training.
+  the prompt), the held-out side halved into validation and test by arithmetic.heldout_part
+  (another part of the hash), so each set is the same whatever the other sizes are, and the
+  three never overlap.
   """
   from train.data import arithmetic
 
-  if split not in ("train", "heldout"):
-    raise DataError(f"split must be 'train' or 'heldout', got {split!r}")
-  want = task.n_train if split == "train" else task.n_heldout
+  split = "test" if split == "heldout" else split
+  if split not in SPLITS:
+    raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+  want = _split_size(task, split)
   space = len(task.ops) * (10 ** task.digits) ** 2  # an upper bound on distinct prompts
-  n = 2 * (task.n_train + task.n_heldout)
+  n = 2 * (task.n_train + task.n_heldout + task.n_validation)
   while True:
     problems = arithmetic.make_problems(n, task.digits, tuple(task.ops), task.seed)
-    side = arithmetic.split(problems, task.heldout_fraction)[0 if split == "train" else 1]
+    train_side, held_side = arithmetic.split(problems, task.heldout_fraction)
+    side = train_side if split == "train" else [
+        p for p in held_side if arithmetic.heldout_part(p) == split]
     unique = list({p.prompt: p for p in side}.values())
     if len(unique) >= want:
       return unique[:want]
     if n > 20 * space:
+      setting = {"train": "n_train", "validation": "n_validation", "test": "n_heldout"}[split]
       raise DataError(
           f"task.digits={task.digits} with task.ops={task.ops!r} has only {len(unique)} distinct "
-          f"{split} problems, fewer than the {want} asked for; lower task.n_{split}")
+          f"{split} problems, fewer than the {want} asked for; lower task.{setting}")
     n *= 2
 
 
@@ -132,6 +146,37 @@ def load_examples(path: str, task, split: str) -> list[Prompted]:
   if not path:
     return task_examples(task, split)
   return [Prompted(r["prompt"], r["answer"]) for r in read_jsonl(path, ("prompt", "answer"))]
+
+
+def heldout_examples(data_settings, task) -> tuple[list[Prompted], list[Prompted]]:
+  """(validation, test) examples of a stage: a run's choices read validation (SFT's early stop,
+  the eval/accuracy curve), its reported accuracy is test's.
+
+  data.eval_path and data.validation_path set: each file; eval_path alone: its rows halved by a
+  hash of the prompt (as the task's held-out problems are); neither: the task's splits.
+  DataError when the two share a prompt or a half is empty."""
+  from train.data import arithmetic
+
+  if not data_settings.eval_path:
+    if data_settings.validation_path:
+      raise DataError("data.validation_path is set without data.eval_path (the test set); set "
+                      "both, or neither to use the task")
+    return task_examples(task, "validation"), task_examples(task, "test")
+  test = load_examples(data_settings.eval_path, task, "test")
+  if data_settings.validation_path:
+    val = load_examples(data_settings.validation_path, task, "validation")
+    shared = {e.prompt for e in val} & {e.prompt for e in test}
+    if shared:
+      raise DataError(f"{data_settings.validation_path} and {data_settings.eval_path} share the "
+                      f"prompt {sorted(shared)[0]!r}: validation and test must not overlap")
+    return val, test
+  part = lambda e: arithmetic.heldout_part(arithmetic.Problem(e.prompt, e.answer, "", 0))  # noqa: E731
+  val = [e for e in test if part(e) == "validation"]
+  test = [e for e in test if part(e) == "test"]
+  if not val or not test:
+    raise DataError(f"{data_settings.eval_path}: too few examples to halve into validation and "
+                    "test; add examples or set data.validation_path")
+  return val, test
 
 
 def load_pairs(path: str, task, seed: int) -> list[Pair]:

@@ -233,14 +233,15 @@ def _stored_or_sampled_pairs(run: stage_lib.Run, examples, d, seed: int) -> list
 
 
 def _heldout_pairs(stage_settings: config_lib.StageSettings, seed: int) -> list[data_lib.Pair]:
-  """Near misses of held-out problems, for a run on the built-in task (no data files): whether
+  """Near misses of validation problems, for a run on the built-in task (no data files): whether
   the preference generalises beyond the pairs trained on, which rewards/accuracies on training
-  batches cannot tell. [] when the data comes from files."""
+  batches cannot tell (logged beside the validation accuracy, eval/*). [] when the data comes
+  from files."""
   paths = stage_settings.data
   if paths.train_path or paths.eval_path:
     return []
   rng = random.Random(seed)
-  heldout = data_lib.task_examples(stage_settings.task, "heldout")
+  heldout = data_lib.task_examples(stage_settings.task, "validation")
   return [data_lib.Pair(e.prompt, e.answer, data_lib.wrong_answer(e.answer, rng))
           for e in heldout[:stage_settings.eval.max_examples]]
 

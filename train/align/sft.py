@@ -3,7 +3,8 @@
 The loss is the mean cross-entropy over the batch's completion tokens (end-of-text included), so
 the model learns to answer and to stop, and nothing about the distribution of prompts. SFT can
 start from a fresh model, which makes it the first stage of the arithmetic chain; it stops once the
-held-out accuracy reaches sft.stop_accuracy, leaving DPO and GRPO something to improve.
+validation accuracy reaches sft.stop_accuracy, leaving DPO and GRPO something to improve. The
+accuracy it reports is the test set's, which the stop never reads (train/align/stage.py).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
     metrics["completion_tokens"] = metrics.pop("tokens")
     return state, metrics
 
+  # eval/accuracy is the validation set's (stage.Run.evaluate): the stop is a choice.
   summary = run.loop(train_step,
                      stop_when=lambda r: r["eval/accuracy"] >= stage_settings.stage.stop_accuracy)
   summary["train_examples"] = len(examples)

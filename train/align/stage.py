@@ -118,6 +118,11 @@ def _check_resume(workdir: str, model_cfg: ModelConfig, init_workdir: str) -> No
         f"not {init_workdir!r}; use a new --workdir")
 
 
+# One jitted generate per (model, graph, decoding): the validation and test evaluators of a run
+# share it, and so its compilation, when their prompts have one padded length.
+_generate_for = functools.lru_cache(maxsize=4)(generation.make_generate)
+
+
 def make_completer(policy: Policy, prompts: list[str], *, batch_size: int, max_new_tokens: int,
                    temperature: float) -> Callable[[nnx.State, jax.Array], list[rewards_lib.Sample]]:
   """complete(params, key) -> one completion per prompt, as Samples (answer left empty).
@@ -137,7 +142,7 @@ def make_completer(policy: Policy, prompts: list[str], *, batch_size: int, max_n
   batch_size = min(batch_size, n)
   spec = generation.DecodeSpec(max_new_tokens, eot_id,
                            sampling.SamplingConfig(temperature=temperature))
-  generate = generation.make_generate(cfg, policy.graphdef, spec)
+  generate = _generate_for(cfg, policy.graphdef, spec)
   padded = list(prompts) + [prompts[0]] * (-n % batch_size)
   encoded = data_lib.encode_prompts(tok, padded, p_len)
 
@@ -203,7 +208,7 @@ class Run:
     self.train, self.checkpoint, self.sharding = (
         stage_settings.train, stage_settings.checkpoint, stage_settings.sharding)
     # Data files are read first, so that a malformed one fails before anything compiles.
-    heldout = data_lib.load_examples(stage_settings.data.eval_path, stage_settings.task, "heldout")
+    validation, test = data_lib.heldout_examples(stage_settings.data, stage_settings.task)
     self.config, self.workdir, self.stage = config, workdir, stage
     self.init_workdir = init_workdir
     self.policy = start_policy(config, workdir, init_workdir, self.train.seed)
@@ -230,9 +235,14 @@ class Run:
     self._saved: dict = {}
     self.writer = metrics_lib.MetricsWriter(workdir, t.loggers, dataclasses.asdict(stage_settings))
     ev = stage_settings.eval
-    self.evaluate = make_evaluator(self.policy, heldout[:ev.max_examples],
+    # evaluate: validation, what the run's choices read (eval/*, SFT's stop); evaluate_test: the
+    # test set, scored at the start and the end only, the accuracy the run reports (test/*).
+    self.evaluate = make_evaluator(self.policy, validation[:ev.max_examples],
                                    batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
-    self.n_heldout = min(len(heldout), ev.max_examples)
+    self.evaluate_test = make_evaluator(self.policy, test[:ev.max_examples],
+                                        batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
+    self.n_validation = min(len(validation), ev.max_examples)
+    self.n_heldout = min(len(test), ev.max_examples)
 
   def start(self, loss_fn: step_lib.LossFn, example_batch: Any) -> Callable[[dict, Any], tuple]:
     """The stage's train step, step(state, batch of host arrays) -> (state, metrics), for batches
@@ -280,18 +290,24 @@ class Run:
     """Runs train_step(step index, state) -> (state, metrics) until config.train.steps, in
     train/loop.py's run_steps, every step's metrics read back at once.
 
-    Held-out accuracy is evaluated before the first step of a fresh run (the starting point every
-    gain is measured from), every train.eval_every steps and at the end. stop_when(record) ends
-    the run early after an evaluation (SFT's target accuracy).
+    Validation accuracy (eval/*) is evaluated before the first step of a fresh run, every
+    train.eval_every steps and at the end; stop_when(record) ends the run early after one (SFT's
+    target accuracy). Test accuracy (test/*), the number a run reports, is evaluated before the
+    first step of a fresh run (the starting point every gain is measured from) and at the end,
+    and nothing reads it to decide.
     """
     summary: dict[str, Any] = {"stage": self.stage, "invocation_start_step": self.start_step,
                                "params": count_params(self.policy.model_cfg)["total"],
-                               "heldout_examples": self.n_heldout,
+                               "heldout_examples": self.n_heldout,  # the test set's size
+                               "test_examples": self.n_heldout,
+                               "validation_examples": self.n_validation,
                                "device": jax.devices()[0].device_kind}
     if self.start_step == 0:
       first = {f"eval/{k}": v for k, v in self.evaluate(self.state["params"]).items()}
+      first.update({f"test/{k}": v for k, v in self.evaluate_test(self.state["params"]).items()})
       self.writer.write(0, first)
-      print(f"[{self.stage}] step 0: held-out accuracy {first['eval/accuracy']:.3f}", flush=True)
+      print(f"[{self.stage}] step 0: validation accuracy {first['eval/accuracy']:.3f}, test "
+            f"accuracy {first['test/accuracy']:.3f}", flush=True)
     self._t0 = self._step_started = time.perf_counter()
     self._saved = dict(self.data_state)  # what the newest checkpoint holds beside the state
     last = self.train.steps
@@ -313,6 +329,8 @@ class Run:
           self.state, self.start_step, last, timed_step, hooks, self.profile)
       if signalled is not None:
         summary["stopped_by_signal"] = signalled
+      else:
+        self._report_test(step, summary)
     finally:
       self.writer.close()
       self.ckpt.close()
@@ -322,6 +340,14 @@ class Run:
     # The training loops of every invocation up to the last checkpoint, resumptions included.
     summary["wall_time_s_total"] = self._saved.get("wall_s", summary["invocation_wall_time_s"])
     return summary
+
+  def _report_test(self, step: int, summary: dict[str, Any]) -> None:
+    """The test accuracy of the final state, logged at its step as test/* and put in the
+    summary: scored once the run's choices (its stop included) are made."""
+    final = {f"test/{k}": v for k, v in self.evaluate_test(self.state["params"]).items()}
+    self.writer.write(step, final)
+    summary["test_accuracy"] = final["test/accuracy"]
+    print(f"[{self.stage}] step {step}: test accuracy {final['test/accuracy']:.3f}", flush=True)
 
   def _report(self, step: int, metrics, state) -> dict:
     """loop.Hooks.report: the step's metrics and time, held-out accuracy when due, logged."""
@@ -367,16 +393,21 @@ def curves(workdir: str) -> list[dict]:
 def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "") -> dict:
   """Writes results.json and curves.png into the workdir (and out_dir when given).
 
-  results.json: the summary, the held-out accuracy at the start and at the end, and for every
-  key its first and last logged value and the mean over the last tenth of the logged steps.
+  results.json: the summary; the test accuracy at the start and at the end (test_accuracy_*,
+  and under its name before the validation split, heldout_accuracy_*); the validation accuracy
+  curve the run's choices read; and for every key its first and last logged value and the mean
+  over the last tenth of the logged steps.
   """
   records = curves(workdir)
   evals = [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
+  tests = [(r["step"], r["test/accuracy"]) for r in records if "test/accuracy" in r]
   result = dict(summary)
+  if tests:
+    result["test_accuracy_start"] = result["heldout_accuracy_start"] = tests[0][1]
+    result["test_accuracy_end"] = result["heldout_accuracy_end"] = tests[-1][1]
   if evals:
-    result["heldout_accuracy_start"] = evals[0][1]
-    result["heldout_accuracy_end"] = evals[-1][1]
-    result["heldout_accuracy_curve"] = evals
+    result["validation_accuracy_end"] = evals[-1][1]
+    result["validation_accuracy_curve"] = evals
   for k in keys:
     values = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))]
     if values:

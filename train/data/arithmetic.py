@@ -4,7 +4,8 @@ A Problem is a prompt like "12+35=" and its answer "47". make_problems(n, digits
 draws n of them; both operands have exactly `digits` digits, subtraction keeps the answer
 non-negative. split() sends a problem to the held-out set by a hash of its prompt alone, so a
 problem is held out (or not) whatever seed or call produced it: training text built from one draw
-never contains a held-out problem of another.
+never contains a held-out problem of another. heldout_part() halves the held-out problems into
+validation and test by another part of the same hash.
 
 render(problem, spaced=True) writes "1 2 + 3 5 =" / " 4 7": with a space before every digit a
 byte-level BPE cannot merge digits (GPT-2's pre-split keeps " 4" and " 7" apart), so each answer
@@ -58,6 +59,14 @@ def held_out(problem: Problem, fraction: float) -> bool:
   """Whether the problem belongs to the held-out share `fraction`, by a hash of its prompt."""
   h = int(hashlib.sha1(problem.prompt.encode()).hexdigest()[:8], 16)
   return h < fraction * 16**8
+
+
+def heldout_part(problem: Problem) -> str:
+  """"validation" or "test", half each, for a held-out problem: by another part of its prompt's
+  hash than held_out reads, so the halves are independent of the held-out fraction. Settings are
+  chosen on validation and results reported on test."""
+  h = int(hashlib.sha1(problem.prompt.encode()).hexdigest()[8:16], 16)
+  return "validation" if h % 2 == 0 else "test"
 
 
 def split(problems: Iterable[Problem], fraction: float = 0.2) -> tuple[list[Problem], list[Problem]]:

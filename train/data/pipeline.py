@@ -11,7 +11,9 @@ same index pipeline, so the global batch is a function of the step alone, the it
 in each checkpoint is the same on every process, and a checkpoint resumes on any number of
 processes. Each process then reads from the shards only the rows its own devices hold (row_range).
 
-Documents go to train or validation by a hash of their key (train/data/documents.py).
+Every document gives its last tokens to validation (train/data/documents.py val_tokens), so the
+validation share of the tokens is VAL_PERCENT% for any number of files. Evaluation rows are drawn
+across the whole validation split with a fixed seed (eval_indices, heldout_indices).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ DataError = files_lib.DataError  # re-exported: callers and tests catch data.Dat
 # Re-exported: the default corpus and the split are used by the studies too.
 Document = documents_lib.Document
 VAL_PERCENT = documents_lib.VAL_PERCENT
-_split_of = documents_lib.split_of
 stdlib_files = documents_lib.stdlib_files
 parse_paths = documents_lib.parse_paths
 
@@ -100,11 +101,12 @@ def data_dir(workdir: str, data_settings: Settings) -> str:
   return os.path.join(workdir, "data")
 
 
-def _split_texts(source: Source, files: Sequence[str], text_field: str,
-                 bar: Optional[tqdm] = None) -> Iterator[tuple[str, str]]:
-  """(split, text) of every non-blank document, file by file. bar counts the files' bytes: it
-  advances by each document's characters (an estimate: JSON escapes and gzip change the bytes),
-  never past the file's size, and catches up at the end of the file."""
+def _documents(source: Source, files: Sequence[str], text_field: str,
+               bar: Optional[tqdm] = None) -> Iterator[tuple[str, str]]:
+  """(key, text) of every non-blank document, file by file (shards.write_source splits each).
+  bar counts the files' bytes: it advances by each document's characters (an estimate: JSON
+  escapes and gzip change the bytes), never past the file's size, and catches up at the end of
+  the file."""
   relative_to = documents_lib.stdlib_root() if not source.patterns else None
   for path in files:
     left = os.path.getsize(path)
@@ -114,22 +116,25 @@ def _split_texts(source: Source, files: Sequence[str], text_field: str,
         bar.update(step)
         left -= step
       if doc.text.strip():
-        yield documents_lib.split_of(doc.key), doc.text
+        yield doc.key, doc.text
     if bar is not None:
       bar.update(left)
 
 
 def _tokenizer_sample(sources: Sequence[Source], files: Sequence[Sequence[str]],
                       text_field: str) -> Iterator[str]:
+  """Training text for the tokenizer: each document's first 100 - VAL_PERCENT % of characters
+  (close to the tokens it gives training: its validation tail stays unseen), an equal share of
+  TOKENIZER_SAMPLE_CHARS per source."""
   share = TOKENIZER_SAMPLE_CHARS // len(sources)
   for source, fs in zip(sources, files):
     taken = 0
-    for split, text in _split_texts(source, fs, text_field):
+    for _, text in _documents(source, fs, text_field):
       if taken >= share:
         break
-      if split == "train":
-        taken += len(text)
-        yield text
+      head = text[:len(text) * (100 - VAL_PERCENT) // 100]
+      taken += len(head)
+      yield head
 
 
 def tokenizer_for(workdir: str, data_settings: Settings) -> Tokenizer:
@@ -182,7 +187,8 @@ def prepare(workdir: str, data_settings: Settings, *, progress: bool = True,
   for source, fs in zip(sources, files):
     folder = source_folder(root, source, data_settings.text_field)
     manifest = shards_lib.read_manifest(folder)
-    if manifest is not None:  # reused only while its input files are the ones it was made from
+    if manifest is not None:  # reused only while its split and input files are this run's
+      shards_lib.check_format(folder, manifest)
       shards_lib.check_source_files(folder, manifest, fs)
     written.append(manifest is None)
     if manifest is None:
@@ -192,7 +198,7 @@ def prepare(workdir: str, data_settings: Settings, *, progress: bool = True,
                 desc=f"tokenize {os.path.basename(folder)}", disable=not progress,
                 dynamic_ncols=True) as bar:
         manifest = shards_lib.write_source(
-            folder, _split_texts(source, fs, data_settings.text_field, bar), tok,
+            folder, _documents(source, fs, data_settings.text_field, bar), tok,
             source={"setting": source.setting, "paths": list(source.patterns),
                     "text_field": data_settings.text_field}, files=fs,
             max_shard_tokens=max_shard_tokens)
@@ -306,24 +312,42 @@ def train_iterator(n_rows: Sequence[int], weights: Sequence[float], batch_size: 
   return iter(index_dataset(n_rows, weights, batch_size, seed).to_iter_dataset())
 
 
+# The seed of the evaluation rows: fixed, so every run (any train.seed) is scored on the same rows.
+EVAL_SEED = 0
+
+
 def heldout_indices(n_rows: int, batch_size: int, eval_batches: int,
                     test_batches: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
   """(validation batches, test batches) of row ids. Without a test split (test_batches 0) the
-  validation batches are eval_indices over every row; with one, the rows are halved: validation
-  batches from [0, n_rows // 2), test batches from [n_rows // 2, n_rows), so no row is in both."""
+  validation batches are eval_indices over every row; with one, a seeded permutation of the rows
+  is halved (each half spread over the whole split, every shard and source), validation batches
+  drawn from the first half and test batches from the second, so no row is in both."""
   if not test_batches:
     return eval_indices(n_rows, batch_size, eval_batches), []
   half = n_rows // 2
   if half == 0:
     raise DataError(f"the validation split has {n_rows} row(s): too few to halve for "
                     "train.test_batches; set it to 0 or add text")
-  test = [ids + half for ids in eval_indices(n_rows - half, batch_size, test_batches)]
-  return eval_indices(half, batch_size, eval_batches), test
+  perm = np.random.default_rng([EVAL_SEED, n_rows]).permutation(n_rows)
+  val_rows, test_rows = np.sort(perm[:half]), np.sort(perm[half:])
+  val = [val_rows[ids] for ids in eval_indices(half, batch_size, eval_batches)]
+  test = [test_rows[ids] for ids in eval_indices(n_rows - half, batch_size, test_batches)]
+  return val, test
 
 
 def eval_indices(n_rows: int, batch_size: int, n_batches: int) -> list[np.ndarray]:
-  """The first n_batches validation batches' row ids, the same every time (wrapping a small split)."""
-  idx = np.arange(n_batches * batch_size) % max(n_rows, 1)
+  """n_batches batches of row ids, (batch_size,) each, the same every time: sampled uniformly
+  across all n_rows (not the first rows, which are a few documents of one source, easier or
+  harder than the rest). The range is cut into n_batches * batch_size equal strata and one row is
+  drawn from each with a fixed seed (EVAL_SEED), so the rows cover every shard and source in
+  proportion; a split with fewer rows than that is used whole, in order, wrapping."""
+  k = n_batches * batch_size
+  if k >= n_rows:
+    idx = np.arange(k) % max(n_rows, 1)
+  else:
+    edges = np.arange(k + 1) * n_rows // k  # strata [edges[i], edges[i+1]), each non-empty
+    u = np.random.default_rng([EVAL_SEED, n_rows, k]).random(k)
+    idx = edges[:-1] + (u * (edges[1:] - edges[:-1])).astype(np.int64)
   return [idx[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
 
 

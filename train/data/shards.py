@@ -8,7 +8,8 @@ One prepared source is a folder:
   unigram_counts.npy    how often each token id occurs in the training split
 
 A stream is every document's tokens followed by end-of-text (after the BOS an imported tokenizer
-starts a text with), concatenated; a document may run on into the next shard. Tokens are stored as
+starts a text with), concatenated; a document's last tokens go to the validation stream as a
+document of their own (encode_split, train/data/documents.py val_tokens); a document may run on into the next shard. Tokens are stored as
 uint16 when the vocabulary fits, else uint32. The folder is built under NAME.tmp-PID and renamed
 into place whole, so a killed preparation leaves nothing that looks complete.
 
@@ -40,9 +41,13 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from train import files as files_lib
+from train.data import documents as documents_lib
 from train.data import tokenizer as tokenizer_lib
 
-FORMAT_VERSION = 1
+# 2: the validation split is every document's tail (train/data/documents.py val_tokens); 1 held
+# out whole documents by a hash of their key. Folders of another version are refused
+# (check_format): their split is not the one this code makes.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 COUNTS = "unigram_counts.npy"
 SPLITS = ("train", "val")
@@ -84,6 +89,26 @@ def file_crc32(path: str) -> str:
       return f"{zlib.crc32(b''):08x}"
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
       return f"{zlib.crc32(mm):08x}"
+
+
+def encode_split(docs: Sequence[tuple[str, str]], tok: Tokenizer) -> dict[str, tuple[np.ndarray, int]]:
+  """{split: (stream, pieces)} of a few (key, text) documents, int64 streams: each document's
+  tokens, the last documents.val_tokens of them cut off into a validation piece; every piece is
+  stored as a document of its own (its tokens, then end-of-text, after the BOS of a tokenizer
+  that starts texts with one), so a validation piece starts at a document boundary and packed
+  rows isolate it as they do a whole document."""
+  eot = tokenizer_lib.special_id(tok, tokenizer_lib.EOT)
+  bos = tokenizer_lib.start_ids(tok) if tokenizer_lib.BOS in tokenizer_lib.roles(tok) else []
+  encoded = tok.encode_batch([text for _, text in docs], add_special_tokens=False)
+  parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+  for (key, _), e in zip(docs, encoded):
+    n_val = documents_lib.val_tokens(key, len(e.ids), len(bos) + 1)
+    cut = len(e.ids) - n_val
+    for split, ids in (("train", e.ids[:cut]), ("val", e.ids[cut:])):
+      if ids:
+        parts[split].append(np.asarray(bos + ids + [eot], np.int64))
+  return {s: (np.concatenate(p) if p else np.zeros((0,), np.int64), len(p))
+          for s, p in parts.items()}
 
 
 def encode_chunk(texts: Sequence[str], tok: Tokenizer) -> np.ndarray:
@@ -142,11 +167,13 @@ def write_source(
     folder: str, documents: Iterable[tuple[str, str]], tok: Tokenizer, *, source: dict,
     files: Sequence[str], max_shard_tokens: int = MAX_SHARD_TOKENS,
 ) -> dict:
-  """Tokenizes (split, text) pairs into the shard folder `folder`; returns its manifest.
+  """Tokenizes (key, text) documents into the shard folder `folder`, split by encode_split;
+  returns its manifest. A split's "documents" count its pieces.
 
   source: what the folder was prepared from (recorded in the manifest); files: the input files,
   recorded with their sizes and sha256. A split with no documents when the other has some (a tiny
-  corpus hashing entirely into validation) is swapped, so that training always has the text.
+  corpus of short documents drawn entirely into validation) is swapped, so that training always
+  has the text.
   """
   _remove_abandoned(folder)
   tmp = f"{folder}.tmp-{os.getpid()}"
@@ -155,18 +182,19 @@ def write_source(
   try:
     dtype = token_dtype(tok.get_vocab_size())
     writers = {s: _SplitWriter(tmp, s, dtype, max_shard_tokens, tok.get_vocab_size()) for s in SPLITS}
-    pending: dict[str, list[str]] = {s: [] for s in SPLITS}
+    pending: list[tuple[str, str]] = []
 
-    def flush(split: str) -> None:
-      writers[split].add(encode_chunk(pending[split], tok), len(pending[split]))
-      pending[split] = []
+    def flush() -> None:
+      for split, (tokens, pieces) in encode_split(pending, tok).items():
+        writers[split].add(tokens, pieces)
+      pending.clear()
 
-    for split, text in documents:
-      pending[split].append(text)
-      if len(pending[split]) == ENCODE_CHUNK_DOCS:
-        flush(split)
+    for key, text in documents:
+      pending.append((key, text))
+      if len(pending) == ENCODE_CHUNK_DOCS:
+        flush()
+    flush()
     for split in SPLITS:
-      flush(split)
       writers[split].close()
     if not writers["train"].documents:
       writers["train"], writers["val"] = writers["val"], writers["train"]
@@ -243,6 +271,18 @@ def read_manifest(folder: str) -> Optional[dict]:
   if problem:
     raise files_lib.DataError(f"{path} {problem}; delete {folder} to prepare it again")
   return manifest
+
+
+def check_format(folder: str, manifest: dict) -> None:
+  """DataError in one line unless the folder was prepared with this code's split
+  (FORMAT_VERSION): shards of the old whole-document split are not mixed into a run silently."""
+  version = manifest.get("format_version", 1)
+  if version != FORMAT_VERSION:
+    raise files_lib.DataError(
+        f"{folder} was prepared with format_version {version} (a train/validation split of whole "
+        f"documents by hash), this code splits every document by tokens (version "
+        f"{FORMAT_VERSION}); delete {folder} to prepare it again (a resumed run then reads other "
+        "rows), or resume with the code that prepared it")
 
 
 def check_source_files(folder: str, manifest: dict, files: Sequence[str]) -> None:
