@@ -64,25 +64,43 @@ class CheckpointWriteError(ValueError):
   checkpoint is still the newest."""
 
 
-def _is_event_loop_noise(unraisable: Any) -> bool:
-  return (isinstance(unraisable.exc_value, RuntimeError)
-          and "Event loop is closed" in str(unraisable.exc_value))
+def _is_event_loop_noise(error: BaseException) -> bool:
+  return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
 
 
 class _LateNoiseToLog:
-  """sys.unraisablehook for the rest of the process once a restore has failed: tensorstore's
-  threads finish reads of the abandoned checkpoint after restore returned, and each reports
-  'RuntimeError: Event loop is closed'. Those go to the log; anything else to the old hook."""
+  """sys.unraisablehook and sys.excepthook for the rest of the process once a checkpoint is
+  written or a restore failed: tensorstore's threads finish reads and writes of a checkpoint
+  orbax gave up on (a failed restore, a failed save) after orbax closed its event loop, and each
+  reports 'RuntimeError: Event loop is closed' through one hook or the other (tensorstore calls
+  PyErr_Print, which calls sys.excepthook). Those go to the log; anything else to the previous
+  hooks."""
 
-  def __init__(self, previous: Any, log_path: str):
-    self.previous, self.log_path = previous, log_path
+  def __init__(self, log_path: str):
+    self.log_path = log_path
+    self.previous_unraisable, self.previous_except = sys.unraisablehook, sys.excepthook
+
+  @classmethod
+  def install(cls, log_path: str) -> None:
+    if not isinstance(sys.unraisablehook, _LateNoiseToLog):
+      hooks = cls(log_path)
+      sys.unraisablehook, sys.excepthook = hooks, hooks.excepthook
+
+  def _log(self, error: BaseException) -> None:
+    with open(self.log_path, "a", encoding="utf-8") as f:
+      f.write(f"(late, from orbax's threads) {error!r}\n")
 
   def __call__(self, unraisable: Any) -> None:
-    if not _is_event_loop_noise(unraisable):
-      self.previous(unraisable)
+    if not _is_event_loop_noise(unraisable.exc_value):
+      self.previous_unraisable(unraisable)
       return
-    with open(self.log_path, "a", encoding="utf-8") as f:
-      f.write(f"(late, from orbax's threads) {unraisable.exc_value!r}\n")
+    self._log(unraisable.exc_value)
+
+  def excepthook(self, kind: type, value: BaseException, tb: Any) -> None:
+    if not _is_event_loop_noise(value):
+      self.previous_except(kind, value, tb)
+      return
+    self._log(value)
 
 
 @contextlib.contextmanager
@@ -246,6 +264,8 @@ class Checkpointer:
     self.async_save, self.owner = async_save, owner
     self._log_filter = _OrbaxLogToFile(self.log_path)
     logging.getLogger("absl").addFilter(self._log_filter)
+    if owner:  # a save that fails leaves tensorstore's threads reporting to a closed loop
+      _LateNoiseToLog.install(self.log_path)
     self.manager = self._open(self.directory, _preservation(keep, keep_steps))
     temp_dir = os.path.join(self.directory, TEMP_DIR)
     self.temp_manager = None  # opened where temporaries are written or a resume may find one
@@ -329,8 +349,6 @@ class Checkpointer:
     with open(self.log_path, "a", encoding="utf-8") as f:
       f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} saving step {step} failed:\n")
       traceback.print_exception(error, file=f)
-    if not isinstance(sys.unraisablehook, _LateNoiseToLog):  # orbax's event loops, closed late
-      sys.unraisablehook = _LateNoiseToLog(sys.unraisablehook, self.log_path)
     step_dir = os.path.join(str(manager.directory), str(step))
     if jax.process_index() == 0:
       for leftover in glob.glob(glob.escape(step_dir) + TMP_SUFFIX + "*"):
@@ -408,8 +426,7 @@ class Checkpointer:
         if jax.process_index() == 0 and os.path.exists(path):
           os.rename(path, aside)  # keep it for inspection; the step can be written again
         manager.reload()
-      if not isinstance(sys.unraisablehook, _LateNoiseToLog):
-        sys.unraisablehook = _LateNoiseToLog(sys.unraisablehook, self.log_path)
+      _LateNoiseToLog.install(self.log_path)
       what = f"file {culprit}: {_short(error)}" if culprit else f"no file named, {_short(error)}"
       print(f"WARNING: checkpoint {path} is unreadable ({what}); moved aside to {aside}, trying "
             f"an older one; details in {self.log_path}", flush=True)
