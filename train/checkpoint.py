@@ -544,8 +544,7 @@ def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
     shardings = jax.tree.map(lambda _: one, shardings)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=10**6, every_steps=1,
-                              owner=False)
+  checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=10**6, every_steps=1, owner=False)
   try:
     found = checkpointer.restore_latest(abstract_state)
   finally:
