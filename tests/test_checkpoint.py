@@ -38,11 +38,11 @@ def test_transient_read_error_is_retried_once(tmp_path, monkeypatch):
   ckpt = _saved(tmp_path / "checkpoints", [1, 2])
   real, calls = ckpt._restore, []
 
-  def flaky(step, abstract_state):
+  def flaky(step, abstract_state, *manager):
     calls.append(step)
     if len(calls) == 1:
       raise OSError("transient")
-    return real(step, abstract_state)
+    return real(step, abstract_state, *manager)
 
   monkeypatch.setattr(ckpt, "_restore", flaky)
   step, state, data = ckpt.restore_latest(_abstract())

@@ -1,12 +1,26 @@
 """Checkpoints with orbax: train state plus the data iterator's position, restored exactly.
 
-Saves are atomic (orbax writes to a temporary directory and renames it when complete), so a
-process killed mid-save leaves the previous checkpoints intact. On restore, the newest readable
-checkpoint wins: an unreadable one (a file truncated or missing) is tried once more (a read can
-fail transiently on a network file system), then reported in one line naming the file, moved
-aside to `checkpoints/unreadable-<step>-<time>` and skipped; nothing readable is ever deleted.
-What orbax and tensorstore say while failing (log lines, tracebacks from their threads) goes to
-`<workdir>/restore.log`, beside checkpoints/, not to the terminal.
+Saves are asynchronous by default (checkpoint.async_save): save() returns once the state has been
+copied off the devices, and orbax writes it in a background thread while training goes on. A save
+still in flight is awaited before the next save, at the end of the run (wait(), close()) and on
+an error exit (close()). Saves are atomic either way: orbax writes to `<step>.orbax-checkpoint-tmp`
+and renames it to `<step>` once every file is written, and only such complete directories are
+listed, so a process killed mid-save (kill -9 during an asynchronous write too) resumes from the
+previous checkpoint. A write that fails (disk full, file too large, read-only file system) ends
+the run with CheckpointWriteError, one line naming the file and the errno; its temporary
+directory is removed and the previous checkpoint stays the newest.
+
+Besides the permanent checkpoints (checkpoint.every_steps, rotated by keep and keep_steps), a run
+with checkpoint.every_minutes > 0 writes a temporary one to `checkpoints/temp/` whenever that long
+has passed since the last save of either kind; only the newest temporary one is kept (the older
+is removed once the newer is committed). A resume takes the newest readable of both.
+
+On restore, the newest readable checkpoint wins: an unreadable one (a file truncated or missing)
+is tried once more (a read can fail transiently on a network file system), then reported in one
+line naming the file and the error, moved aside to `checkpoints/unreadable-<step>-<time>` and
+skipped; nothing readable is ever deleted. What orbax and tensorstore say while failing (log
+lines, tracebacks from their threads, saves' included) goes to `<workdir>/restore.log`, beside
+checkpoints/, not to the terminal.
 
 A run whose checkpoints are all unreadable is not silently started over: UnreadableCheckpoints,
 unless checkpoint.restart_if_unreadable is set.
@@ -15,11 +29,13 @@ unless checkpoint.restart_if_unreadable is set.
 from __future__ import annotations
 
 import contextlib
+import errno as errno_lib
 import glob
 import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -32,6 +48,9 @@ from train import config as config_lib
 
 RESTORE_LOG = "restore.log"
 RETRY_AFTER_S = 0.5
+TEMP_DIR = "temp"  # checkpoints/temp: the time-based temporary checkpoints
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
+_clock = time.monotonic  # what checkpoint.every_minutes is measured with (tests move it forward)
 
 
 class UnreadableCheckpoints(ValueError):
@@ -39,25 +58,49 @@ class UnreadableCheckpoints(ValueError):
   checkpoint.restart_if_unreadable."""
 
 
-def _is_event_loop_noise(unraisable: Any) -> bool:
-  return (isinstance(unraisable.exc_value, RuntimeError)
-          and "Event loop is closed" in str(unraisable.exc_value))
+class CheckpointWriteError(ValueError):
+  """A checkpoint could not be written (disk full, file too large, read-only file system); the
+  message, one line, names the file and the errno. Nothing of it is left behind: the previous
+  checkpoint is still the newest."""
+
+
+def _is_event_loop_noise(error: BaseException) -> bool:
+  return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
 
 
 class _LateNoiseToLog:
-  """sys.unraisablehook for the rest of the process once a restore has failed: tensorstore's
-  threads finish reads of the abandoned checkpoint after restore returned, and each reports
-  'RuntimeError: Event loop is closed'. Those go to the log; anything else to the old hook."""
+  """sys.unraisablehook and sys.excepthook for the rest of the process once a checkpoint is
+  written or a restore failed: tensorstore's threads finish reads and writes of a checkpoint
+  orbax gave up on (a failed restore, a failed save) after orbax closed its event loop, and each
+  reports 'RuntimeError: Event loop is closed' through one hook or the other (tensorstore calls
+  PyErr_Print, which calls sys.excepthook). Those go to the log; anything else to the previous
+  hooks."""
 
-  def __init__(self, previous: Any, log_path: str):
-    self.previous, self.log_path = previous, log_path
+  def __init__(self, log_path: str):
+    self.log_path = log_path
+    self.previous_unraisable, self.previous_except = sys.unraisablehook, sys.excepthook
+
+  @classmethod
+  def install(cls, log_path: str) -> None:
+    if not isinstance(sys.unraisablehook, _LateNoiseToLog):
+      hooks = cls(log_path)
+      sys.unraisablehook, sys.excepthook = hooks, hooks.excepthook
+
+  def _log(self, error: BaseException) -> None:
+    with open(self.log_path, "a", encoding="utf-8") as f:
+      f.write(f"(late, from orbax's threads) {error!r}\n")
 
   def __call__(self, unraisable: Any) -> None:
-    if not _is_event_loop_noise(unraisable):
-      self.previous(unraisable)
+    if not _is_event_loop_noise(unraisable.exc_value):
+      self.previous_unraisable(unraisable)
       return
-    with open(self.log_path, "a", encoding="utf-8") as f:
-      f.write(f"(late, from orbax's threads) {unraisable.exc_value!r}\n")
+    self._log(unraisable.exc_value)
+
+  def excepthook(self, kind: type, value: BaseException, tb: Any) -> None:
+    if not _is_event_loop_noise(value):
+      self.previous_except(kind, value, tb)
+      return
+    self._log(value)
 
 
 @contextlib.contextmanager
@@ -138,26 +181,104 @@ def _preservation(keep: int, keep_steps: tuple[int, ...]):
   return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
 
 
+class _OrbaxLogToFile(logging.Filter):
+  """A filter on absl's logger (orbax logs through absl) that sends orbax's and tensorstore's
+  records to the file at `path` instead of the terminal: a failing background save logs its
+  traceback from several threads, after save() returned. The file is opened only when there is
+  something to write."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    self.path = path
+    self.formatter = logging.Formatter("%(asctime)s %(levelname)s %(threadName)s: %(message)s")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if f"{os.sep}orbax{os.sep}" not in record.pathname and "tensorstore" not in record.pathname:
+      return True
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(self.formatter.format(record) + "\n")
+    return False
+
+
+def _errno_of(error: BaseException) -> Optional[int]:
+  """The errno of a failed write: an OSError's, or the code tensorstore puts in its message
+  ("[os_error_code='28']"); None when neither says."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno:
+      return error.errno
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def write_error_text(error: BaseException, root: str) -> str:
+  """'errno 28 ENOSPC (No space left on device) writing FILE' for a failed save, FILE the
+  deepest path under `root` that the error names (root itself when it names none)."""
+  text = _error_text(error)
+  code = _errno_of(error)
+  if code is None:
+    found = re.search(r"os_error_code='?(\d+)|\[Errno (\d+)\]", text)
+    code = int(found.group(1) or found.group(2)) if found else None
+  named = [m.rstrip(":,.") for m in re.findall(r'(/[^\s"\'<>]+)', text)]
+  under = [p for p in named if p.startswith(root)]
+  where = max(under, key=len) if under else root
+  if code is None:
+    first = text.splitlines()[0] if text else type(error).__name__
+    return f"{type(error).__name__} ({first[:160]}) writing {where}"
+  name = errno_lib.errorcode.get(code, "?")
+  return f"errno {code} {name} ({os.strerror(code)}) writing {where}"
+
+
+def _short(error: BaseException) -> str:
+  """An error's type and the first line of its message, at most 200 characters."""
+  line = (str(error).splitlines() or [""])[0]
+  text = f"{type(error).__name__}: {line}" if line else type(error).__name__
+  return text if len(text) <= 200 else text[:199] + "…"
+
+
 class Checkpointer:
-  """A thin shell around ocp.CheckpointManager for {'state': pytree, 'data': json}.
+  """A thin shell around ocp.CheckpointManager for {'state': pytree, 'data': json}: permanent
+  checkpoints in `directory`, temporary ones (every_minutes) in `directory`/temp.
 
   restart_if_unreadable: when every checkpoint in the directory is unreadable, start over
   (restore_latest returns None) instead of raising UnreadableCheckpoints.
   keep_steps: steps kept besides the newest `keep` (checkpoint.keep_steps).
+  async_save: save() returns once the state is off the devices and the write goes on in the
+  background (False: once it is on disk).
+  every_minutes: a temporary checkpoint is due (temporary_due) this long after the last save;
+  0 = never.
+  owner: this process runs the training of `directory`: leftovers of its own saves cut short
+  (temporary directories) are removed when it starts. Readers of a run that may be training
+  (load_params) pass False.
   """
 
   def __init__(self, directory: str, *, keep: int, every_steps: int,
-               restart_if_unreadable: bool = False, keep_steps: tuple[int, ...] = ()):
+               restart_if_unreadable: bool = False, keep_steps: tuple[int, ...] = (),
+               async_save: bool = True, every_minutes: float = 0.0, owner: bool = True):
     self.directory = os.path.abspath(directory)
     os.makedirs(self.directory, exist_ok=True)
     self.log_path = os.path.join(os.path.dirname(self.directory), RESTORE_LOG)
     self.restart_if_unreadable = restart_if_unreadable
+    self.every_steps, self.every_minutes = every_steps, float(every_minutes)
+    self.async_save, self.owner = async_save, owner
+    self._log_filter = _OrbaxLogToFile(self.log_path)
+    logging.getLogger("absl").addFilter(self._log_filter)
+    if owner:  # a save that fails leaves tensorstore's threads reporting to a closed loop
+      _LateNoiseToLog.install(self.log_path)
+    self.manager = self._open(self.directory, _preservation(keep, keep_steps))
+    temp_dir = os.path.join(self.directory, TEMP_DIR)
+    self.temp_manager = None  # opened where temporaries are written or a resume may find one
+    if self.every_minutes > 0 or os.path.isdir(temp_dir):
+      self.temp_manager = self._open(temp_dir, ocp.checkpoint_managers.LatestN(n=1))
+    self._in_flight: Optional[tuple[ocp.CheckpointManager, int]] = None
+    self._last_save = _clock()
+
+  def _open(self, directory: str, policy: Any) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=1, create=True, preservation_policy=_preservation(keep, keep_steps),
-        enable_async_checkpointing=False)  # a save is on disk when save() returns
-    self.every_steps = every_steps
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data"))
+        save_interval_steps=1, create=True, preservation_policy=policy,
+        enable_async_checkpointing=self.async_save, cleanup_tmp_directories=self.owner)
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
   @classmethod
   def of(cls, directory: str,
@@ -166,63 +287,152 @@ class Checkpointer:
     return cls(directory, keep=checkpoint_settings.keep,
                every_steps=checkpoint_settings.every_steps,
                restart_if_unreadable=checkpoint_settings.restart_if_unreadable,
-               keep_steps=checkpoint_settings.keep_steps)
+               keep_steps=checkpoint_settings.keep_steps,
+               async_save=checkpoint_settings.async_save,
+               every_minutes=checkpoint_settings.every_minutes)
+
+  def _managers(self) -> list[ocp.CheckpointManager]:
+    return [self.manager] + ([self.temp_manager] if self.temp_manager is not None else [])
 
   def steps(self) -> list[int]:
-    return sorted(self.manager.all_steps())
+    """The committed checkpoints' steps, permanent and temporary (a save in flight is not one)."""
+    return sorted({s for m in self._managers() for s in m.all_steps()})
 
-  def save(self, step: int, state: Any, data_state: dict) -> None:
-    if step in self.manager.all_steps():
+  def temporary_steps(self) -> list[int]:
+    return sorted(self.temp_manager.all_steps()) if self.temp_manager is not None else []
+
+  def temporary_due(self) -> bool:
+    """Whether checkpoint.every_minutes have passed since the last save (or the start)."""
+    return self.every_minutes > 0 and _clock() - self._last_save >= 60.0 * self.every_minutes
+
+  def save(self, step: int, state: Any, data_state: dict, *, temporary: bool = False) -> None:
+    """Saves `step`: permanent, or temporary (in temp/, replacing the older temporary one once
+    it is committed). Awaits the save in flight first; with async_save, returns before the
+    write is done. CheckpointWriteError, one line, when this save or the one before failed."""
+    if temporary and self.temp_manager is None:
+      raise ValueError("a temporary checkpoint needs checkpoint.every_minutes > 0")
+    manager = self.temp_manager if temporary else self.manager
+    self.wait()
+    self._last_save = _clock()
+    if step in self.steps():
       return
-    self.manager.save(
-        step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
-    self.manager.wait_until_finished()
+    self._in_flight = (manager, step)
+    with self._write_errors():
+      manager.save(
+          step, force=True, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+      if not self.async_save:
+        manager.wait_until_finished()
+        self._in_flight = None
 
-  def _restore(self, step: int, abstract_state: Any) -> tuple[int, Any, dict]:
-    restored = self.manager.restore(
+  def wait(self) -> None:
+    """Returns once the save in flight, if any, is committed; CheckpointWriteError if it failed."""
+    if self._in_flight is None:
+      return
+    with self._write_errors():
+      self._in_flight[0].wait_until_finished()
+    self._in_flight = None
+
+  @contextlib.contextmanager
+  def _write_errors(self) -> Iterator[None]:
+    """Turns a failed write of the save in flight into CheckpointWriteError, after removing
+    what it left (orbax's temporary directory); the traceback goes to the log."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - whatever orbax or tensorstore raise, the save failed
+      manager, step = self._in_flight
+      self._in_flight = None
+      raise self._write_failed(manager, step, e) from None
+
+  def _write_failed(self, manager: ocp.CheckpointManager, step: int,
+                    error: BaseException) -> CheckpointWriteError:
+    with open(self.log_path, "a", encoding="utf-8") as f:
+      f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} saving step {step} failed:\n")
+      traceback.print_exception(error, file=f)
+    step_dir = os.path.join(str(manager.directory), str(step))
+    if jax.process_index() == 0:
+      for leftover in glob.glob(glob.escape(step_dir) + TMP_SUFFIX + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for m in self._managers():
+      m.reload()  # orbax forgot the steps this save would have rotated out; they are still there
+    newest = max(self.steps(), default=None)
+    kept = f"the newest checkpoint is still step {newest}" if newest is not None else \
+        "no checkpoint was written before it"
+    return CheckpointWriteError(
+        f"could not write checkpoint {step_dir}: {write_error_text(error, self.directory)}; "
+        f"nothing of it was kept, {kept} (details in {self.log_path})")
+
+  def _restore(self, step: int, abstract_state: Any,
+               manager: Optional[ocp.CheckpointManager] = None) -> tuple[int, Any, dict]:
+    restored = (manager or self.manager).restore(
         step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return step, restored["state"], restored["data"]
 
   def unreadable(self) -> list[str]:
-    """The checkpoints earlier restores moved aside, oldest step first."""
+    """The checkpoints earlier restores moved aside (temporary ones as temp/NAME), oldest step
+    first."""
     names = [n for n in os.listdir(self.directory) if n.startswith("unreadable-")]
-    return sorted(names, key=lambda n: [int(x) for x in n.split("-")[1:] if x.isdigit()])
+    if self.temp_manager is not None:
+      temp_dir = os.path.join(self.directory, TEMP_DIR)
+      names += [os.path.join(TEMP_DIR, n) for n in os.listdir(temp_dir)
+                if n.startswith("unreadable-")]
+    return sorted(names, key=lambda n: [int(x) for x in os.path.basename(n).split("-")[1:]
+                                        if x.isdigit()])
+
+  def _candidates(self) -> list[tuple[int, ocp.CheckpointManager]]:
+    """Every committed checkpoint as (step, its manager), newest first; a permanent one before
+    a temporary one of the same step."""
+    found = [(s, 1, self.manager) for s in self.manager.all_steps()]
+    if self.temp_manager is not None:
+      found += [(s, 0, self.temp_manager) for s in self.temp_manager.all_steps()]
+    return [(s, m) for s, _, m in sorted(found, key=lambda c: (c[0], c[1]), reverse=True)]
+
+  def _try_restore(self, step: int, manager: ocp.CheckpointManager, abstract_state: Any,
+                   out: TextIO) -> tuple[Optional[tuple[int, Any, dict]], Optional[Exception]]:
+    """(restored, None), or (None, the error) after two failed reads, both logged to `out`."""
+    path = os.path.join(str(manager.directory), str(step))
+    error = None
+    for attempt in (1, 2):  # a transient read error gets a second chance
+      try:
+        return self._restore(step, abstract_state, manager), None
+      except Exception as e:  # noqa: BLE001 - any failure to read means "unreadable"
+        error = e
+        out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} restoring {path}, attempt "
+                  f"{attempt}, failed:\n")
+        traceback.print_exception(e, file=out)
+        out.flush()
+        if attempt == 1:
+          time.sleep(RETRY_AFTER_S)
+          manager.reload()
+    return None, error
 
   def restore_latest(self, abstract_state: Any) -> Optional[tuple[int, Any, dict]]:
-    """(step, state, data_state) from the newest readable checkpoint, or None if there is none.
+    """(step, state, data_state) from the newest readable checkpoint, permanent or temporary,
+    or None if there is none.
 
     abstract_state: a tree of jax.ShapeDtypeStruct with shardings, the layout to restore onto.
     Raises UnreadableCheckpoints, listing them, when checkpoints exist (or were moved aside by an
     earlier restore) but none is readable, unless restart_if_unreadable.
     """
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      path = os.path.join(self.directory, str(step))
-      error = None
+    for step, manager in self._candidates():
+      path = os.path.join(str(manager.directory), str(step))
       with _output_to(self.log_path) as out:
-        for attempt in (1, 2):  # a transient read error gets a second chance
-          try:
-            return self._restore(step, abstract_state)
-          except Exception as e:  # noqa: BLE001 - any failure to read means "unreadable"
-            error = e
-            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} restoring {path}, attempt "
-                      f"{attempt}, failed:\n")
-            traceback.print_exception(e, file=out)
-            out.flush()
-            if attempt == 1:
-              time.sleep(RETRY_AFTER_S)
-              self.manager.reload()
+        restored, error = self._try_restore(step, manager, abstract_state, out)
+        if restored is not None:
+          return restored
         culprit = unreadable_file(path, error)
-        aside = os.path.join(self.directory, f"unreadable-{step}-{int(time.time())}")
+        aside = os.path.join(str(manager.directory), f"unreadable-{step}-{int(time.time())}")
         if jax.process_index() == 0 and os.path.exists(path):
           os.rename(path, aside)  # keep it for inspection; the step can be written again
-        self.manager.reload()
-      if not isinstance(sys.unraisablehook, _LateNoiseToLog):
-        sys.unraisablehook = _LateNoiseToLog(sys.unraisablehook, self.log_path)
-      what = f"file {culprit}" if culprit else f"no file named, {type(error).__name__}"
+        manager.reload()
+      _LateNoiseToLog.install(self.log_path)
+      what = f"file {culprit}: {_short(error)}" if culprit else f"no file named, {_short(error)}"
       print(f"WARNING: checkpoint {path} is unreadable ({what}); moved aside to {aside}, trying "
             f"an older one; details in {self.log_path}", flush=True)
+    return self._none_readable()
+
+  def _none_readable(self) -> None:
     aside = self.unreadable()
     if aside and not self.restart_if_unreadable:
       raise UnreadableCheckpoints(
@@ -232,8 +442,13 @@ class Checkpointer:
     return None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Awaits the save in flight (CheckpointWriteError if it failed) and closes the managers."""
+    try:
+      self.wait()
+    finally:
+      for m in self._managers():
+        m.close()
+      logging.getLogger("absl").removeFilter(self._log_filter)
 
 
 def _read_only(directory: str) -> ocp.CheckpointManager:
@@ -244,21 +459,30 @@ def _read_only(directory: str) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(read_only=True, create=False))
 
 
+def _holding(directory: str, step: Optional[int] = None) -> list[str]:
+  """`directory` and its temp/ where they exist; with `step`, only those holding that step."""
+  found = [d for d in (directory, os.path.join(directory, TEMP_DIR)) if os.path.isdir(d)]
+  return [d for d in found if step is None or os.path.isdir(os.path.join(d, str(step)))]
+
+
 def saved_steps(directory: str) -> list[int]:
-  """The steps of the complete checkpoints in `directory` (none when it does not exist)."""
-  if not os.path.isdir(directory):
-    return []
-  manager = _read_only(directory)
-  try:
-    return sorted(manager.all_steps())
-  finally:
-    manager.close()
+  """The steps of the complete checkpoints in `directory`, permanent and temporary (none when
+  it does not exist)."""
+  steps = set()
+  for d in _holding(directory):
+    manager = _read_only(d)
+    try:
+      steps.update(manager.all_steps())
+    finally:
+      manager.close()
+  return sorted(steps)
 
 
 def read_step(directory: str, step: int, abstract_state: Any) -> tuple[Any, dict]:
-  """(state, data_state) of the checkpoint at `step` in another run's `directory`, laid out as
-  abstract_state says; read only (an unreadable one is an error, never moved aside)."""
-  manager = _read_only(directory)
+  """(state, data_state) of the checkpoint at `step` in another run's `directory` (a permanent
+  one, else a temporary one), laid out as abstract_state says; read only (an unreadable one is
+  an error, never moved aside)."""
+  manager = _read_only((_holding(directory, step) or [directory])[0])
   try:
     restored = manager.restore(
         step, args=ocp.args.Composite(
@@ -320,7 +544,7 @@ def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
     shardings = jax.tree.map(lambda _: one, shardings)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=10**6, every_steps=1)
+  checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=10**6, every_steps=1, owner=False)
   try:
     found = checkpointer.restore_latest(abstract_state)
   finally:

@@ -190,8 +190,9 @@ class TrainSettings:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSettings:
-  """checkpoint.*: how often to save, how many to keep, and whether a run whose checkpoints are
-  all unreadable starts over (False: it stops with an error)."""
+  """checkpoint.*: how often to save, how many to keep, whether saves are written in the
+  background, and whether a run whose checkpoints are all unreadable starts over (False: it
+  stops with an error)."""
 
   every_steps: int = 80
   keep: int = 3
@@ -199,9 +200,21 @@ class CheckpointSettings:
   # Steps also saved, and never rotated out by `keep`: a WSD stable run keeps the checkpoint each
   # cooldown branches from (train.init_from=PATH:STEP).
   keep_steps: tuple = ()
+  # Write checkpoints in a background thread while training goes on (the step that saves waits
+  # only for the copy off the devices; results/checkpoint_overhead has the cost of each). False:
+  # a save is on disk when the step that made it ends.
+  async_save: bool = True
+  # Also save a temporary checkpoint (checkpoints/temp/, only the newest kept) whenever this many
+  # minutes have passed since the last save, so a preempted run with a long every_steps loses at
+  # most that much; 0 = off.
+  every_minutes: float = 0.0
 
   def __post_init__(self):
     require_positive(self, "checkpoint", "every_steps", "keep")
+    minutes = self.every_minutes
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes >= 0:
+      raise ConfigError(f"checkpoint.every_minutes={minutes!r} must be minutes >= 0 (0 = no "
+                        "time-based checkpoints)")
     steps = tuple(self.keep_steps or ())
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
       raise ConfigError(f"checkpoint.keep_steps={steps!r} must be step numbers >= 1")

@@ -137,6 +137,13 @@ class Hooks:
   read_now: Callable[[int], bool] = lambda step: False
   # (record of a step reported at once) -> end the run there (SFT's target accuracy).
   stop_when: Callable[[dict], bool] = lambda record: False
+  # () -> whether a time-based temporary checkpoint is due (checkpoint.every_minutes); it is
+  # written, by save_temporary(step, state), at a step that saves nothing else.
+  temporary_due: Callable[[], bool] = lambda: False
+  save_temporary: Callable[[int, Any], None] = lambda step, state: None
+  # () -> None once the save still being written in the background, if any, is on disk; run_steps
+  # returns only then, so a run stopped by a signal has saved when it says so.
+  wait_saved: Callable[[], None] = lambda: None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +175,10 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
   A step's metrics are reported one step late, so that the device is never idle while the host
   reads them, unless hooks.read_now says now. A checkpoint is saved where hooks.must_save says, at
   the last step, on an early stop, and at the step boundary after SIGTERM / SIGINT on any process
-  (all processes stop at the same step). A state with NaN or Inf is never saved: NonFiniteLoss.
+  (all processes stop at the same step); a temporary one where hooks.temporary_due says, at any
+  other step. A state with NaN or Inf is never saved: NonFiniteLoss. A save written in the
+  background is on disk before this returns (hooks.wait_saved); on an error the caller's close
+  of its checkpointer awaits it.
   profile: the steps of it that run here are traced (a resumed run's trace starts at its first
   step when that is inside the range); the trace ends once the last traced step has finished.
   """
@@ -194,14 +204,19 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
           signalled = (signal.Signals(stop.signum).name if stop.signum is not None
                        else "another process")
         must_save = hooks.must_save(step) or step == last or signalled is not None
-        if must_save or hooks.read_now(step):
+        temporary = not must_save and hooks.temporary_due()
+        if must_save or temporary or hooks.read_now(step):
           early = bool(hooks.stop_when(hooks.report(*pending, state)))
           pending = None
         if must_save or early:
           check_finite_state(step, state)
           hooks.save(step, state, early)
+        elif temporary:
+          check_finite_state(step, state)
+          hooks.save_temporary(step, state)
       if pending is not None:
         hooks.report(*pending, state)
+      hooks.wait_saved()
     finally:
       if tracing:  # stopped (or failed) inside the range: keep what was traced
         jax.profiler.stop_trace()

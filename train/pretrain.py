@@ -283,19 +283,23 @@ class Reporter:
 
 def make_hooks(run_settings: config_lib.RunSettings, reporter: Reporter,
                ckpt: ckpt_lib.Checkpointer, row_ids: Any) -> Hooks:
-  """Report every step (evaluation steps at once), save every checkpoint.every_steps with the
-  data iterator's position beside the state."""
+  """Report every step (evaluation steps at once), save every checkpoint.every_steps (and a
+  temporary checkpoint every checkpoint.every_minutes) with the data iterator's position beside
+  the state."""
   t = run_settings.train
 
-  def save(step: int, state, early: bool) -> None:
+  def save(step: int, state, early: bool, temporary: bool = False) -> None:
     del early  # pretraining has no stop condition
-    ckpt.save(step, state, row_ids.get_state())
+    ckpt.save(step, state, row_ids.get_state(), temporary=temporary)
     reporter.meter.restart()  # nor is saving
 
   return Hooks(
       report=reporter, save=save,
       must_save=run_settings.checkpoint.must_save,
-      read_now=lambda step: step % t.eval_every == 0)
+      read_now=lambda step: step % t.eval_every == 0,
+      temporary_due=ckpt.temporary_due,
+      save_temporary=lambda step, state: save(step, state, False, temporary=True),
+      wait_saved=ckpt.wait)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,

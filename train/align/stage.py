@@ -323,7 +323,10 @@ class Run:
         report=self._report, save=functools.partial(self._save, summary),
         must_save=lambda step: step % self.checkpoint.every_steps == 0,
         read_now=lambda step: True,  # small models, short steps: simplicity over overlap
-        stop_when=lambda r: "eval/accuracy" in r and stop_when is not None and stop_when(r))
+        stop_when=lambda r: "eval/accuracy" in r and stop_when is not None and stop_when(r),
+        temporary_due=self.ckpt.temporary_due,
+        save_temporary=lambda step, state: self._save(summary, step, state, False, temporary=True),
+        wait_saved=self.ckpt.wait)
     try:
       self.state, step, signalled, _ = loop_lib.run_steps(
           self.state, self.start_step, last, timed_step, hooks, self.profile)
@@ -367,14 +370,15 @@ class Run:
       self.writer.write(step, record)
     return record
 
-  def _save(self, summary: dict[str, Any], step: int, state, early: bool) -> None:
-    """loop.Hooks.save: the state, with the training wall time so far beside it (and, after an
-    early stop, why: a rerun then changes nothing)."""
+  def _save(self, summary: dict[str, Any], step: int, state, early: bool,
+            temporary: bool = False) -> None:
+    """loop.Hooks.save (and save_temporary): the state, with the training wall time so far
+    beside it (and, after an early stop, why: a rerun then changes nothing)."""
     saved = {"step": step,
              "wall_s": self.data_state.get("wall_s", 0.0) + time.perf_counter() - self._t0}
     if early:
       summary["stopped_early"] = saved["stopped_early"] = f"stop condition met at step {step}"
-    self.ckpt.save(step, state, saved)
+    self.ckpt.save(step, state, saved, temporary=temporary)
     self._saved = saved
 
 
