@@ -4,14 +4,17 @@
       [--out=results/moe_vs_dense] [--launcher=local|print|slurm] [--point=NAME] [--partial]
 
 Two stages of a restartable sweep (train/studies/sweep.py; the config's docstring has the design):
-a sweep over MoE settings (E experts, top-k, each expert d_ff / k wide) beside dense at one seed,
-then dense and one MoE setting (the sweep's best unless the config names one) at several seeds.
+a sweep over MoE settings (E experts, top-k, each expert d_ff / k wide) and dense at every
+learning rate of the config at one seed, then dense and one MoE setting (the sweep's best unless
+the config names one), each at its own best learning rate on validation, at several seeds, with
+the ablations of the MoE arm (dense's init in every expert; dense's learning rate).
 Each run is a point in WORKDIR/points/NAME, done when its result.json exists, so a rerun skips
 finished runs and resumes an interrupted one; the print and slurm launchers hand out the pending
 points of the current stage (rerun after the sweep stage to hand out the seeds stage). When every
-point is done the report writes OUT/results.json (per run: the validation curve, parameters,
-analytic and compiled FLOPs per token, step time, expert load; per arm of the seeds stage: mean,
-sample standard deviation and range over seeds, and the paired per-seed differences) and
+point is done the report writes OUT/results.json (per run: the validation curve, test loss, parameters,
+analytic and compiled FLOPs per token, step time, expert load, drops; per arm of the seeds stage
+the test loss's mean, standard deviation, range and 95% interval over seeds, the paired per-seed
+differences with their interval, the ablations, the per-expert load) and
 OUT/moe_vs_dense.png (train/studies/moe_comparison.py; per-run measurements in
 train/studies/moe_measures.py).
 """
@@ -49,10 +52,10 @@ def main(argv):
   cfg = FLAGS.config
   try:
     if FLAGS.partial:  # collect what is done, train nothing
-      points, setting = moe_comparison.all_points(cfg, FLAGS.workdir, partial=True)
+      points, setting, chosen_lr = moe_comparison.all_points(cfg, FLAGS.workdir, partial=True)
     else:
       for _ in range(2):  # the sweep stage, then (once it is done) the seeds stage
-        points, setting = moe_comparison.all_points(cfg, FLAGS.workdir)
+        points, setting, chosen_lr = moe_comparison.all_points(cfg, FLAGS.workdir)
         done = sweep_lib.launch(
             FLAGS.workdir, cfg.base, points, launcher=FLAGS.launcher, point=FLAGS.point,
             argv=sys.argv, job_name=cfg.launch.job_name,
@@ -65,15 +68,15 @@ def main(argv):
         print("runs pending; rerun this command when they are done, to continue or collect",
               file=sys.stderr)
         return
-    results = moe_comparison.report(cfg, FLAGS.workdir, points, setting, FLAGS.out)
+    results = moe_comparison.report(cfg, FLAGS.workdir, points, setting, chosen_lr, FLAGS.out)
   except (ValueError, FileNotFoundError) as e:
     cli.fail(e)
   out = sys.stderr if FLAGS.launcher == "print" else sys.stdout
-  print(json.dumps({"compare": results["compare"], "missing": results["missing"],
-                    "sweep": {r["setting"]: round(r["final_eval_loss"], 4)
+  print(json.dumps({"compare": results["compare"], "chosen_lr": chosen_lr,
+                    "missing": results["missing"],
+                    "sweep": {f"{r['setting']}@{r['lr']:g}": round(r["final_eval_loss"], 4)
                               for r in results["sweep"]},
-                    "seeds": results["seeds"]}, indent=2), file=out)
-
+                    "test": results.get("seeds", {}).get("test")}, indent=2), file=out)
 
 if __name__ == "__main__":
   cli.run(main, define_flags)

@@ -223,6 +223,12 @@ class ModelConfig:
     base_dh = self.base_head_dim or dh / self.width_mult
     return (base_dh / dh) ** 0.5 * dh ** -0.5  # (1.0) * dh ** -0.5 exactly at the base width
 
+  def for_eval(self) -> "ModelConfig":
+    """The model as evaluation runs it: MoE layers dispatch by model.moe.eval_dispatch
+    (MoEConfig.for_eval); the parameters are the same. Itself for a dense model."""
+    moe = self.moe.for_eval()
+    return self if moe == self.moe else dataclasses.replace(self, moe=moe)
+
   @property
   def d_expert(self) -> int:
     return self.moe.d_expert or self.d_ff

@@ -124,6 +124,8 @@ class MoEFFN(nnx.Module):
     d, f, e = cfg.d_model, cfg.d_expert, cfg.moe.n_experts
     p = dict(dtype=cfg.weight_dtype, n_stack=n_stack)
     out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    if cfg.moe.init_scale == "match_dense":  # output RMS at init as a dense SwiGLU of width d_ff
+      out_std *= moe_lib.expert_out_gain(cfg.d_ff, f, e, cfg.moe.top_k, cfg.init_std * d ** 0.5)
     self.router = make_param(rngs.params(), (d, e), ("embed", "router"), std=cfg.init_std, **p)
     self.w_gate = make_param(rngs.params(), (e, d, f), ("expert", "embed", "mlp"), std=cfg.init_std, **p)
     self.w_up = make_param(rngs.params(), (e, d, f), ("expert", "embed", "mlp"), std=cfg.init_std, **p)

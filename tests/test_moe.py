@@ -197,16 +197,20 @@ def test_mixing_dense_and_moe_layers_needs_unrolled_layers():
 
 def test_moe_training_on_an_expert_mesh_logs_router_metrics(tmp_path, tiny_corpus):
   """The training loop on expert = 4 of 8 devices (experts stored split over the expert axis)
-  logs the router losses, drop fraction and expert shares. (That the expert mesh trains as one
+  logs the router losses, drop fraction and expert shares; trained at capacity 0.5, it drops, and
+  evaluation (dropless, model.moe.eval_dispatch's default) drops nothing, while the test rows
+  scored with training's dispatch drop again (the ablation). (That the expert mesh trains as one
   device does: test_expert_parallel_training_matches_one_device below.) Catches: metrics of an
-  MoE run not reaching metrics.jsonl, shares that do not sum to one, experts stored whole."""
+  MoE run not reaching metrics.jsonl, shares that do not sum to one, experts stored whole,
+  evaluation running training's dispatch or logging no drop fraction."""
   from tests.helpers import tiny_config
   from train import config as config_lib
   from train import metrics as metrics_lib
   from train import pretrain
 
   moe_overrides = {"model.moe.n_experts": 4, "model.moe.top_k": 2, "train.steps": 3,
-                   "checkpoint.every_steps": 3, "train.eval_every": 3}
+                   "model.moe.dispatch": "capacity", "model.moe.capacity_factor": 0.5,
+                   "checkpoint.every_steps": 3, "train.eval_every": 3, "train.test_batches": 1}
   import jax
   sharded = tiny_config(tiny_corpus, **moe_overrides, **{"sharding.mesh": {"data": 2, "expert": 4}})
   pretrain.train(sharded, str(tmp_path / "ep"))
@@ -215,7 +219,11 @@ def test_moe_training_on_an_expert_mesh_logs_router_metrics(tmp_path, tiny_corpu
   last = b[-1]
   assert 0.0 < last["moe/load_balance_loss"] <= 4.0  # E sum f_i P_i lies in (0, E]; not >= 1
   assert sum(last[f"moe/expert_share/{i}"] for i in range(4)) == pytest.approx(1.0, abs=1e-5)
-  assert last["moe/drop_fraction"] == 0.0
+  assert last["moe/drop_fraction"] > 0.2  # capacity 0.5 holds about half the assignments
+  assert last["eval/moe/drop_fraction"] == 0.0 and last["test/moe/drop_fraction"] == 0.0
+  assert sum(last[f"eval/moe/expert_share/{i}"] for i in range(4)) == pytest.approx(1.0, abs=1e-5)
+  assert last["test_train_dispatch/moe/drop_fraction"] > 0.2
+  assert np.isfinite(last["test_train_dispatch_loss"]) and np.isfinite(last["test_loss"])
   assert jax.device_count() == 8
   from model import transformer
   from sharding import mesh as mesh_lib

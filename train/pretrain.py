@@ -22,7 +22,8 @@ from jax.sharding import Mesh
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from model.config import count_params, flops_per_token
+from model import transformer
+from model.config import ModelConfig, count_params, flops_per_token
 from sharding import mesh as mesh_lib
 from train import banner
 from train import branch as branch_lib
@@ -203,30 +204,59 @@ def restore_or_init(ckpt: ckpt_lib.Checkpointer, training: ShardedTraining, data
   return start, state, row_ids
 
 
-def make_evaluators(training: ShardedTraining, data: PretrainData, t: config_lib.TrainSettings
-                    ) -> tuple[Callable[[Any], float], Optional[Callable[[Any], float]]]:
-  """(evaluate, evaluate_test): each params -> mean loss per token over fixed held-out batches,
-  train.eval_batches of the validation rows and train.test_batches of the test rows
-  (data_lib.heldout_indices keeps the two apart); evaluate_test is None without a test split.
-  One compiled eval step serves both."""
-  eval_step = jax.jit(
-      step_lib.make_eval_step(training.graphdef, pad_id=data.pad_id, documents=data.documents,
-                              answer_marker=data.answer_marker),
-      in_shardings=(training.shardings.params, training.batch_sharding))
+def make_evaluators(training: ShardedTraining, data: PretrainData, t: config_lib.TrainSettings,
+                    model_cfg: Optional[ModelConfig] = None,
+                    ) -> tuple[Callable[[Any], dict], Optional[Callable[[Any], dict]]]:
+  """(evaluate, evaluate_test): each params -> {"eval_loss" or "test_loss": mean loss per token,
+  and for an MoE model "eval/moe/drop_fraction", ... (the router metrics, means per token)} over
+  fixed held-out batches, train.eval_batches of the validation rows and train.test_batches of the
+  test rows (data_lib.heldout_indices keeps the two apart); evaluate_test is None without a test
+  split. MoE layers evaluate with model.moe.eval_dispatch (model_cfg.for_eval()); where that
+  differs from training's dispatch, evaluate_test also scores the test rows with training's
+  ("test_train_dispatch_loss", "test_train_dispatch/moe/..."), the evaluation-dispatch ablation."""
+  def compiled(graphdef):
+    return jax.jit(step_lib.make_eval_metrics_step(
+        graphdef, pad_id=data.pad_id, documents=data.documents, answer_marker=data.answer_marker),
+        in_shardings=(training.shardings.params, training.batch_sharding))
+
+  eval_cfg = model_cfg.for_eval() if model_cfg is not None else None
+  own_dispatch = eval_cfg is not None and eval_cfg != model_cfg
+  eval_step = compiled(transformer.abstract(eval_cfg)[0] if own_dispatch else training.graphdef)
   val = data.corpus.val
   val_ids, test_ids = data_lib.heldout_indices(val.n_rows, t.batch_size, t.eval_batches,
                                                t.test_batches)
 
-  def over(batches: list[np.ndarray]) -> Callable[[Any], float]:
-    def evaluate(params) -> float:
-      total, count = 0.0, 0
+  def over(batches: list[np.ndarray], prefix: str, step) -> Callable[[Any], dict]:
+    def evaluate(params) -> dict:
+      totals, count = {}, 0
       for ids in batches:
-        loss_sum, n = eval_step(params, rows_batch(val, ids, training.batch_sharding))
-        total, count = total + float(loss_sum), count + int(n)
-      return total / max(count, 1)
+        loss_sum, n, sums = step(params, rows_batch(val, ids, training.batch_sharding))
+        count += int(n)
+        for name, value in {"loss": loss_sum, **sums}.items():
+          totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64)
+      return heldout_record(prefix, {k: v / max(count, 1) for k, v in totals.items()})
     return evaluate
 
-  return over(val_ids), (over(test_ids) if test_ids else None)
+  if not test_ids:
+    return over(val_ids, "eval", eval_step), None
+  test = over(test_ids, "test", eval_step)
+  if own_dispatch:
+    test_as_trained = over(test_ids, "test_train_dispatch", compiled(training.graphdef))
+    return over(val_ids, "eval", eval_step), lambda params: {**test(params),
+                                                             **test_as_trained(params)}
+  return over(val_ids, "eval", eval_step), test
+
+
+def heldout_record(prefix: str, means: dict) -> dict:
+  """{PREFIX_loss, PREFIX/moe/NAME, PREFIX/moe/expert_share/I}: held-out means as logged."""
+  out = {}
+  for name, value in means.items():
+    key = f"{prefix}_loss" if name == "loss" else f"{prefix}/{name}"
+    if np.ndim(value):
+      out.update({f"{key}/{i}": float(v) for i, v in enumerate(value)})
+    else:
+      out[key] = float(value)
+  return out
 
 
 class Reporter:
@@ -234,9 +264,9 @@ class Reporter:
   so the device is never idle), evaluates when due, writes metrics.jsonl and the progress bar.
   latest: the newest step, loss and eval_loss, for the run's summary."""
 
-  def __init__(self, t: config_lib.TrainSettings, meter: Meter, evaluate: Callable[[Any], float],
+  def __init__(self, t: config_lib.TrainSettings, meter: Meter, evaluate: Callable[[Any], dict],
                writer: metrics_lib.MetricsWriter, bar: tqdm, ckpt: ckpt_lib.Checkpointer,
-               evaluate_test: Optional[Callable[[Any], float]] = None):
+               evaluate_test: Optional[Callable[[Any], dict]] = None):
     self.t, self.meter, self.evaluate, self.evaluate_test = t, meter, evaluate, evaluate_test
     self.writer, self.bar, self.ckpt = writer, bar, ckpt
     self.latest: dict[str, Any] = {}
@@ -267,9 +297,12 @@ class Reporter:
     t = self.t
     record = self.record(step, metrics)
     if step % t.eval_every == 0 or step == t.steps:
-      record["eval_loss"] = self.latest["eval_loss"] = self.evaluate(state["params"])
+      record.update(self.evaluate(state["params"]))
+      self.latest["eval_loss"] = record["eval_loss"]
       if step == t.steps and self.evaluate_test is not None:
-        record["test_loss"] = self.latest["test_loss"] = self.evaluate_test(state["params"])
+        test = self.evaluate_test(state["params"])
+        record.update(test)
+        self.latest.update({k: v for k, v in test.items() if k.endswith("_loss")})
       self.meter.restart()  # evaluation time is not training throughput
     if step % t.log_every == 0 or "eval_loss" in record or step == t.steps:
       self.writer.write(step, record)
@@ -364,7 +397,7 @@ def run_training(run_settings: config_lib.RunSettings, workdir: str, training: S
                 mfu_lib.peak_flops() * jax.device_count())
   writer = metrics_lib.MetricsWriter(workdir, t.loggers, dataclasses.asdict(run_settings))
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
-  evaluate, evaluate_test = make_evaluators(training, data, t)
+  evaluate, evaluate_test = make_evaluators(training, data, t, model_cfg)
   reporter = Reporter(t, meter, evaluate, writer, bar, ckpt, evaluate_test)
 
   def train_step_at(step: int, state):

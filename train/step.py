@@ -256,6 +256,29 @@ def make_train_step(
   return train_step
 
 
+def eval_metric_sums(graphdef, params, batch_BxL1: jax.Array, pad_id: int,
+                     documents: Documents = None, answer_marker: Optional[int] = None):
+  """(cross-entropy sum, token count, metric sums) as loss_sums, with an MoE model's router
+  statistics (drop fraction, expert shares, router losses: router_terms) as sums weighted by the
+  count, so that sums over batches divide by the total count. No router metrics when dense."""
+  inputs, targets = batch_BxL1[:, :-1], batch_BxL1[:, 1:]
+  logits, stats = transformer.apply_with_aux(graphdef, params, inputs,
+                                             *document_layout(inputs, documents))
+  ce_sum, n = token_loss_sums(logits, targets, pad_id, answer_targets(inputs, answer_marker))
+  return ce_sum, n, router_terms(stats, n, (0.0, 0.0))[1]
+
+
+def make_eval_metrics_step(graphdef, *, pad_id: int, documents: Documents = None,
+                           answer_marker: Optional[int] = None):
+  """eval_step(params, batch) -> (loss sum, token count, metric sums): eval_metric_sums. For an
+  MoE model's evaluation, pass the graphdef of ModelConfig.for_eval (evaluation's dispatch)."""
+
+  def eval_step(params, batch_BxL1):
+    return eval_metric_sums(graphdef, params, batch_BxL1, pad_id, documents, answer_marker)
+
+  return eval_step
+
+
 def make_eval_step(graphdef, *, pad_id: int, documents: Documents = None,
                    answer_marker: Optional[int] = None):
   """eval_step(params, batch) -> (loss sum, token count); documents, answer_marker as in lm_loss."""

@@ -86,15 +86,27 @@ def run_summary(workdir: str, tokens_per_step: int) -> dict:
       "train_loss_last_200_steps": float(np.mean(train_tail)),
       "median_step_time_s": tokens_per_step / float(np.median(tps)) if tps else None,
   }
-  prefix = "moe/expert_share/"
-  shares = [[r[k] for k in sorted((k for k in r if k.startswith(prefix)),
-                                  key=lambda k: int(k[len(prefix):]))] for r in records]
+  shares = [_vector(r, "moe/expert_share/") for r in records]
   if any(shares):
-    out["expert_share_last_100_steps"] = _share_range(
-        [s for r, s in zip(records, shares) if s and r["step"] > records[-1]["step"] - 100])
+    tail = [s for r, s in zip(records, shares) if s and r["step"] > records[-1]["step"] - 100]
+    out["expert_share_last_100_steps"] = _share_range(tail)
+    out["expert_share_train_last_100_steps"] = np.mean(np.asarray(tail), axis=0).tolist()
     out["final_load_balance_loss"] = records[-1].get("moe/load_balance_loss")
-    out["mean_drop_fraction"] = float(np.mean([r.get("moe/drop_fraction", 0.0) for r in records]))
+    out["mean_drop_fraction"] = float(np.mean([r.get("moe/drop_fraction", 0.0) for r in records
+                                               if "loss" in r]))
+    evals = [r for r in records if "eval_loss" in r]
+    out["final_eval_drop_fraction"] = evals[-1].get("eval/moe/drop_fraction") if evals else None
+    out["expert_share_eval_final"] = _vector(evals[-1], "eval/moe/expert_share/") if evals else []
+  # The evaluation-dispatch ablation: the test rows scored with training's dispatch (logged at
+  # the last step where model.moe.eval_dispatch differs from it; train/pretrain.py).
+  out["test_train_dispatch_loss"] = records[-1].get("test_train_dispatch_loss")
   return out
+
+
+def _vector(record: dict, prefix: str) -> list[float]:
+  """record's PREFIX0, PREFIX1, ... as a list (an expert-share vector as logged)."""
+  keys = sorted((k for k in record if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
+  return [record[k] for k in keys]
 
 
 def _share_range(shares: list[list[float]]) -> list[float]:
