@@ -231,9 +231,10 @@ def _missing_config_file(flag_values, argv: list[str]) -> Optional[str]:
   load, and that raises a chain of tracebacks instead of saying the file is missing."""
   for name, flag in _config_flags(flag_values).items():
     path = _config_path(flag, argv)
-    if isinstance(path, str) and not os.path.isfile(path.split(":", 1)[0]):
-      return (f"--{name}={path}: no such config file (relative paths start at "
-              f"{os.getcwd()})")
+    file = path.split(":", 1)[0] if isinstance(path, str) else None
+    if file is not None and not os.path.isfile(file):
+      where = "" if os.path.isabs(file) else f" (relative paths start at {os.getcwd()})"
+      return f"--{name}={path}: no such config file{where}"
   return None
 
 

@@ -243,7 +243,7 @@ def check_sources(sources: Any) -> None:
     # inf (1e999 on a command line) passes `w > 0` but breaks the mixture's normalisation.
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf:
       raise ConfigError(f"data.sources[{i}].weight={w!r} must be a positive, finite number")
-  total = math.fsum(float(s.get("weight", 1.0)) for s in sources)
+  total = sum(float(s.get("weight", 1.0)) for s in sources)
   if not math.isfinite(total):
     raise ConfigError(f"data.sources' weights sum to {total}; scale them down (only their ratios "
                       "matter)")
