@@ -125,8 +125,9 @@ def damaged_newest_checkpoint(s: Suite) -> dict:
   start = newest - s.every_steps
   return record("the newest checkpoint truncated: the rerun names it, moves it aside and resumes "
                 "from the one before; losses equal", o,
-                _resumed_exactly(s, info, start) and "unreadable" in o.stderr,
-                damaged=os.path.relpath(victim, wd), steps_lost=newest - start, **info)
+                _resumed_exactly(s, info, start) and "unreadable" in o.stdout + o.stderr,
+                damaged=os.path.relpath(victim, wd), steps_lost=newest - start,
+                warning=next((x for x in o.stdout.splitlines() if "unreadable" in x), ""), **info)
 
 
 def disk_full_during_save(s: Suite, limit: int = 100_000) -> dict:
