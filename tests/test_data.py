@@ -226,7 +226,7 @@ def test_bad_gzip_line_names_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("case, needle", [
-    ("weight", r"^data.sources\[1\].weight=0 must be a positive number$"),
+    ("weight", r"^data.sources\[1\].weight=0 must be a positive, finite number$"),
     ("empty", r"^data.sources\[1\].paths: every file it names is empty \(.*empty.txt\); add text"),
     ("unreadable", r"^data.sources\[1\].paths: '.*broken.jsonl.gz' cannot be read \(.*\); fix"),
 ])
