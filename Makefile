@@ -14,7 +14,7 @@ RESULTS ?= $(if $(filter runs/default,$(WORKDIR)),results/default_run,$(WORKDIR)
 # from fetching a multi-gigabyte CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install train test mutants bench clean
+.PHONY: install train test mutants bench faults clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ mutants: $(TESTDEPS)
 
 bench: $(BASE)
 	$(PY) -m experiments.bench_train
+
+# Kills, full disks, damaged files and bad inputs, done to the real command line on the tiny
+# config (several minutes); writes results/faults/results.json.
+faults: $(BASE)
+	$(PY) -m experiments.faults
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -17,9 +17,9 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
-from train import files
+from train import cli, files
 from train.studies import coord_check
 
 FLAGS = flags.FLAGS
@@ -62,5 +62,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

@@ -151,6 +151,9 @@ def _parse(*args: str) -> flags.FlagValues:
     (("--config.train.lr=fast",), "config.train.lr=fast: expected a float"),
     (("--workdirr=x",), "unknown flag --workdirr (did you mean --workdir?)"),
     (("--config=/no/such.py",), "--config=/no/such.py: no such config file"),
+    # ml_collections applies the override to the config it failed to load: a 98-line traceback.
+    (("--config=/no/such.py", "--config.train.steps=3"),
+     "--config=/no/such.py: no such config file"),
     (("--profile_steps=5:2",), "flag --profile_steps=5:2: expected A:B with 1 <= A <= B"),
     (("--profile_steps=abc",), "flag --profile_steps=abc: expected A:B, two step numbers"),
 ])
@@ -179,6 +182,14 @@ def test_a_mixture_is_given_on_the_command_line_as_a_tuple_literal():
   config_lib.validate(fv.config)
   fv.config.data.sources = ({"paths": "a/*.txt", "weight": -1},)
   with pytest.raises(config_lib.ConfigError, match=r"^data.sources\[0\].weight=-1 must be a positive"):
+    config_lib.validate(fv.config)
+  # 1e999 on a command line is inf, which passes `> 0` and broke the mixture after the shards and
+  # config.json were written (OverflowError); two huge weights overflow their sum.
+  fv.config.data.sources = ({"paths": "a/*.txt", "weight": float("inf")}, {"paths": "b.jsonl"})
+  with pytest.raises(config_lib.ConfigError, match=r"^data.sources\[0\].weight=inf must be a positive, finite"):
+    config_lib.validate(fv.config)
+  fv.config.data.sources = ({"paths": "a/*.txt", "weight": 1e308}, {"paths": "b", "weight": 1e308})
+  with pytest.raises(config_lib.ConfigError, match=r"weights sum to inf"):
     config_lib.validate(fv.config)
 
 
@@ -258,3 +269,37 @@ def test_a_section_holds_every_field_at_its_default_and_refuses_unknown_override
   assert "eot_token" not in config_lib.section(config_lib.DataSettings)  # None: filled in later
   with pytest.raises(KeyError, match='Did you mean "steps"'):
     config_lib.section(config_lib.TrainSettings, stepz=7)
+
+
+def test_an_os_error_reaching_a_script_is_one_line_with_path_errno_and_fix(capsys):
+  """Catches: a full disk or a read-only folder meeting a script's main as a traceback (the
+  OSError escaping cli.run), or a line without the path, the errno or what to do."""
+  import errno
+
+  from train import cli
+
+  def main(argv):
+    raise OSError(errno.ENOSPC, "No space left on device", "/runs/a/config.json")
+
+  with pytest.raises(SystemExit) as e:
+    cli._one_line_os_errors(main)(["prog"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count("\n") == 1
+  assert err.startswith("error: /runs/a/config.json: No space left on device [errno 28 ENOSPC]; "
+                        "free space there")
+  line = cli.os_error_line(PermissionError(errno.EACCES, "Permission denied", "/ro/w"))
+  assert line.startswith("/ro/w: Permission denied [errno 13 EACCES]; make it writable")
+
+
+@pytest.mark.parametrize("value, needle", [("", "empty"), ("A_FILE", "is a file")])
+def test_workdir_that_is_empty_or_a_file_is_refused_at_parse_time(tmp_path, value, needle):
+  """Catches: --workdir= or --workdir=FILE reaching the run (os.makedirs' 'File exists' or 'No
+  such file or directory' from deep inside the lock, or worse, a run in the current folder)."""
+  from train import cli
+
+  if value == "A_FILE":
+    value = str(tmp_path / "f")
+    open(value, "w").close()
+  with pytest.raises(flags.ValidationError, match=needle):
+    cli._workdir_usable(value)
+  assert cli._workdir_usable(str(tmp_path / "new")) and cli._workdir_usable(None)

@@ -308,7 +308,7 @@ def test_bad_gzip_line_names_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("case, needle", [
-    ("weight", r"^data.sources\[1\].weight=0 must be a positive number$"),
+    ("weight", r"^data.sources\[1\].weight=0 must be a positive, finite number$"),
     ("empty", r"^data.sources\[1\].paths: every file it names is empty \(.*empty.txt\); add text"),
     ("unreadable", r"^data.sources\[1\].paths: '.*broken.jsonl.gz' cannot be read \(.*\); fix"),
 ])
@@ -370,3 +370,76 @@ def test_prepare_data_writes_once_and_a_second_call_reuses(tmp_path, tiny_corpus
   assert first["tokens"] == again["tokens"] == sum(first["train_tokens"] + first["val_tokens"])
   [folder] = first["folders"]
   assert folder.startswith(str(tmp_path / "run" / "data" / "src-"))
+
+
+def test_a_corpus_path_with_glob_characters_that_exists_is_taken_literally(tmp_path):
+  """Catches: a file named `c[1].jsonl` read as the glob `c[1].jsonl`, which matches `c1.jsonl`
+  (another file, silently trained on) or nothing; and a folder with brackets globbed inside as a
+  character class."""
+  literal, lookalike = tmp_path / "c[1].jsonl", tmp_path / "c1.jsonl"
+  literal.write_text('{"text": "mine"}\n', encoding="utf-8")
+  lookalike.write_text('{"text": "not mine"}\n', encoding="utf-8")
+  assert documents_lib.resolve_files([str(literal)]) == [str(literal)]
+  (tmp_path / "d[2]").mkdir()
+  (tmp_path / "d[2]" / "a.txt").write_text("x", encoding="utf-8")
+  assert documents_lib.resolve_files([str(tmp_path / "d[2]" / "*.txt")]) == [
+      str(tmp_path / "d[2]" / "a.txt")]
+  assert documents_lib.resolve_files([str(tmp_path / "c?.jsonl")]) == [str(lookalike)]  # still a glob
+
+
+class _FullDisk:
+  """open() whose files take `room` bytes, then fail the write with EFBIG (a full disk or a file
+  size limit), as a real file does."""
+
+  def __init__(self, room: int):
+    self.room = room
+
+  def __call__(self, path, mode="r", **kwargs):
+    f = open(path, mode, **kwargs)
+    room, write = self.room, f.write
+
+    def limited(data):
+      if len(data) > room:
+        write(data[:room])
+        import errno
+        raise OSError(errno.EFBIG, "File too large")
+      return write(data)
+
+    f.write = limited
+    return f
+
+
+def test_a_write_that_fails_leaves_no_tmp_file_and_names_the_path(tmp_path, monkeypatch):
+  """Catches: a full disk leaving config.json.tmp (or tokenizer.json.tmp, 0 bytes) behind, the
+  old file replaced by half a new one, or an OSError naming no file (what the user must fix)."""
+  import errno
+
+  from train import files as files_lib
+  from train.data import tokenizer as tokenizer_lib
+
+  path = tmp_path / "config.json"
+  path.write_text("old", encoding="utf-8")
+  monkeypatch.setattr(files_lib, "open", _FullDisk(room=4), raising=False)
+  with pytest.raises(OSError) as e:
+    files_lib.write_atomic(str(path), "a new config")
+  assert (e.value.errno, e.value.filename) == (errno.EFBIG, str(path))
+  assert path.read_text(encoding="utf-8") == "old" and os.listdir(tmp_path) == ["config.json"]
+  tok = tokenizer_lib.train_bpe(["alpha beta gamma"] * 4, tokenizer_lib.min_vocab_size())
+  with pytest.raises(OSError):
+    tokenizer_lib.save(tok, str(tmp_path))
+  assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_a_shard_write_that_fails_names_the_shard_and_errno(tmp_path, monkeypatch):
+  """Catches: np.save's 'N requested and M written' (no path, no errno) reaching the user; and
+  save_npy writing other bytes than np.save (the shards' format)."""
+  import errno
+
+  tokens = np.arange(1000, dtype=np.uint16)
+  np.save(tmp_path / "ref.npy", tokens)
+  shards_lib.save_npy(str(tmp_path / "mine.npy"), tokens)
+  assert (tmp_path / "ref.npy").read_bytes() == (tmp_path / "mine.npy").read_bytes()
+  monkeypatch.setattr(shards_lib, "open", _FullDisk(room=100), raising=False)
+  with pytest.raises(OSError) as e:
+    shards_lib.save_npy(str(tmp_path / "train-00000.npy"), tokens)
+  assert (e.value.errno, e.value.filename) == (errno.EFBIG, str(tmp_path / "train-00000.npy"))

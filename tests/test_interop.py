@@ -614,3 +614,22 @@ def test_to_hf_into_a_workdir_or_over_an_export_is_refused_unless_overwrite(conv
   hf_workdir.export_workdir(str(workdir), str(out), overwrite=True)
   assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
   assert (out / "notes.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize("keep", ["half", "none"])
+def test_from_hf_of_a_truncated_or_empty_safetensors_file_is_one_line_naming_it(
+    llama_dirs, tmp_path, keep):
+  """Catches: a truncated download (or a 0-byte file) reaching safetensors, whose SafetensorError
+  ('incomplete metadata', 'header too small') names no file and escapes as a traceback; and a
+  workdir half written before the weights failed."""
+  from train import hf_workdir
+
+  src = tmp_path / "hf"
+  shutil.copytree(next(iter(llama_dirs.values())), src)
+  weights = src / "model.safetensors"
+  assert hf_workdir.safetensors_problem(str(weights)) is None
+  os.truncate(weights, weights.stat().st_size // 2 if keep == "half" else 0)
+  with pytest.raises(interop.InteropError) as e:
+    hf_workdir.import_workdir(str(src), str(tmp_path / "run"), defaults=_defaults(), seq_len=16)
+  _one_line_error(e, str(weights), "download it again")
+  assert not (tmp_path / "run").exists()

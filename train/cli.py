@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 
 def setup() -> None:
@@ -42,10 +43,50 @@ def prefer_xla_dots() -> None:
     use_xla_flag(NO_YNN_DOTS)
 
 
-def fail(error: Exception) -> None:
+def fail(error: Union[Exception, str]) -> None:
   """Prints `error: <one line>` and exits with status 2, without a traceback."""
   print(f"error: {error}", file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+# errnos of a full disk (or a file size limit, ulimit -f / RLIMIT_FSIZE), and of a path the
+# user may not write, with what to do about each.
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def os_error_line(error: OSError) -> str:
+  """One line for an OSError from the user's environment: the path, the reason, the errno by
+  number and name, and what to change. `/w/config.json: File too large [errno 27 EFBIG]; free
+  space there (or raise the file size limit, ulimit -f), then rerun`."""
+  reason = (error.strerror or str(error) or type(error).__name__).strip().splitlines()[0]
+  where = "" if error.filename is None else f"{error.filename}: "
+  if error.filename2 is not None:
+    where = f"{error.filename} -> {error.filename2}: "
+  name = errno.errorcode.get(error.errno) if isinstance(error.errno, int) else None
+  code = f" [errno {error.errno} {name}]" if name else ""
+  if error.errno in _FULL:
+    hint = "; free space there (or raise the file size limit, ulimit -f), then rerun"
+  elif error.errno in _DENIED:
+    hint = "; make it writable (or readable) for this user, or choose another path"
+  elif error.errno == errno.ENOENT:
+    hint = "; check the path"
+  else:
+    hint = ""
+  return f"{where}{reason}{code}{hint}"
+
+
+def _one_line_os_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """main, with any OSError that reaches it (a full disk, a file size limit, a folder it may not
+  write: the user's environment, not a bug) printed as one `error:` line, exit status 2."""
+
+  def guarded(argv: list[str]) -> None:
+    try:
+      return main(argv)
+    except OSError as e:
+      fail(os_error_line(e))
+
+  return guarded
 
 
 def format_summary(summary: dict) -> str:
@@ -172,22 +213,44 @@ def _parses_as(text: str, kind: type) -> bool:
   return True
 
 
-def _load_config(flag, argv: list[str]):
-  """The config a config flag would load from argv, without its overrides; None if unreadable."""
-  from ml_collections.config_flags import config_flags
-
+def _config_path(flag, argv: list[str]):
+  """The config file argv names for a config flag (its default when argv names none); a config
+  dict flag's default is the config itself."""
   path = getattr(flag, "default_unparsed", None)  # unset when argv names the file
   for i, arg in enumerate(argv):
     if arg.startswith(f"--{flag.name}="):
       path = arg.split("=", 1)[1]
     elif arg == f"--{flag.name}" and i + 1 < len(argv):
       path = argv[i + 1]
+  return path
+
+
+def _missing_config_file(flag_values, argv: list[str]) -> Optional[str]:
+  """One line for a config flag whose file does not exist, None when every one does. Checked
+  before parsing: ml_collections applies --config.KEY=VALUE overrides to the config it failed to
+  load, and that raises a chain of tracebacks instead of saying the file is missing."""
+  for name, flag in _config_flags(flag_values).items():
+    path = _config_path(flag, argv)
+    file = path.split(":", 1)[0] if isinstance(path, str) else None
+    if file is not None and not os.path.isfile(file):
+      where = "" if os.path.isabs(file) else f" (relative paths start at {os.getcwd()})"
+      return f"--{name}={path}: no such config file{where}"
+  return None
+
+
+def _load_config(flag, argv: list[str]):
+  """The config a config flag would load from argv, without its overrides; None if unreadable."""
+  from ml_collections.config_flags import config_flags
+
+  path = _config_path(flag, argv)
   if not isinstance(path, str):
     return path  # a config dict flag: the default is the config itself
   try:
-    return config_flags.ConfigFileFlagParser(flag.name).parse(path)
+    config = config_flags.ConfigFileFlagParser(flag.name).parse(path)
   except Exception:  # noqa: BLE001 - the caller falls back to absl's own message
     return None
+  # A file that failed to load comes back as an object that raises on every access.
+  return None if type(config).__name__ == "_ErrorConfig" else config
 
 
 def _explain_override(argv: list[str], flag_values) -> Optional[str]:
@@ -272,6 +335,9 @@ def parse_flags(argv: list[str], flag_values=None) -> list[str]:
     if not named and any(a.startswith(f"--{name}.") for a in argv):
       # Overrides of the default config: name it, so that they are applied at parse time.
       argv.insert(1, f"--{name}={flag.default_unparsed}")
+  missing = _missing_config_file(flag_values, argv)
+  if missing:
+    raise UsageError(missing)
   saved = sys.argv
   sys.argv = argv  # ml_collections reads the overrides from sys.argv, not from its argument
   try:
@@ -339,6 +405,21 @@ def _declare_key_flags(defined_before: set[str]) -> None:
       fv.register_key_flag_for_module(main_module, fv[name])
 
 
+def _workdir_usable(value: Optional[str]) -> bool:
+  """--workdir names a directory (or a path where one can be made): not '', not a file. absl
+  prefixes the message with `flag --workdir=VALUE: `."""
+  from absl import flags
+
+  if value is None:
+    return True  # required or not: absl's own check says so
+  if not value.strip():
+    raise flags.ValidationError("empty; name the run's directory (created when missing)")
+  if os.path.exists(value) and not os.path.isdir(value):
+    raise flags.ValidationError("is a file, not a directory; name a directory (created when "
+                                "missing)")
+  return True
+
+
 def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> None:
   """The `__main__` of every experiment script: app.run(main) with its flags defined and parsed
   by define() and parse_flags(), so a bad command line is one `error:` line and exit status 2.
@@ -357,6 +438,8 @@ def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> 
         "print_config", False, "Print the resolved config, one field a line with its value and "
         "origin (default, config file or flag), and exit without running.")
   _declare_key_flags(defined_before)
+  if "workdir" in flags.FLAGS:
+    flags.register_validator("workdir", _workdir_usable)
 
   def parser(argv: list[str]) -> list[str]:
     try:
@@ -364,4 +447,4 @@ def run(main: Callable[[list[str]], None], define_flags: Callable[[], None]) -> 
     except UsageError as e:
       fail(e)
 
-  app.run(_printing_config(_traced(main), argv), flags_parser=parser)
+  app.run(_one_line_os_errors(_printing_config(_traced(main), argv)), flags_parser=parser)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
@@ -267,8 +268,13 @@ def check_sources(sources: Any) -> None:
     if extra:
       raise ConfigError(f"data.sources[{i}] has unknown keys {extra}; a source has 'paths' and 'weight'")
     w = s.get("weight", 1.0)  # a source's own record: weight 1 unless it says otherwise
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
-      raise ConfigError(f"data.sources[{i}].weight={w!r} must be a positive number")
+    # inf (1e999 on a command line) passes `w > 0` but breaks the mixture's normalisation.
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf:
+      raise ConfigError(f"data.sources[{i}].weight={w!r} must be a positive, finite number")
+  total = sum(float(s.get("weight", 1.0)) for s in sources)
+  if not math.isfinite(total):
+    raise ConfigError(f"data.sources' weights sum to {total}; scale them down (only their ratios "
+                      "matter)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,15 +45,39 @@ def iter_jsonl(path: str, *, bad_line: str = "not valid JSON ({msg})",
 
 
 def write_atomic(path: str, data: Union[str, bytes]) -> None:
-  """Writes text (UTF-8) or bytes to PATH atomically."""
+  """Writes text (UTF-8) or bytes to PATH atomically. A write that fails (a full disk, a file
+  size limit, no permission) leaves no PATH.tmp behind and raises OSError naming PATH."""
   tmp = path + ".tmp"
-  if isinstance(data, bytes):
-    with open(tmp, "wb") as f:
-      f.write(data)
-  else:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(data)
-  os.replace(tmp, path)
+  try:
+    if isinstance(data, bytes):
+      with open(tmp, "wb") as f:
+        f.write(data)
+    else:
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+    os.replace(tmp, path)
+  except OSError as e:
+    remove_quietly(tmp)
+    raise with_path(e, path) from None
+  except BaseException:
+    remove_quietly(tmp)
+    raise
+
+
+def remove_quietly(path: str) -> None:
+  """Deletes a file if it is there; a failure to delete is not worth a second error."""
+  try:
+    os.remove(path)
+  except OSError:
+    pass
+
+
+def with_path(error: OSError, path: str) -> OSError:
+  """error, naming `path` when it names no file (a failed write() names none): the one-line
+  message the scripts print (train/cli.py) then says where the disk was full."""
+  if error.filename is not None and error.filename != path + ".tmp":
+    return error
+  return OSError(error.errno, error.strerror or str(error), path)
 
 
 def write_json_atomic(path: str, obj: Any, **json_kwargs: Any) -> None:

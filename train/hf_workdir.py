@@ -138,6 +138,37 @@ def _save_step_0(workdir: str, model_cfg: ModelConfig, params: Any,
     ckpt.close()
 
 
+def safetensors_problem(path: str) -> Optional[str]:
+  """What makes a .safetensors file unreadable, or None: too short for its 8-byte header
+  length, a header that runs past the end or is not JSON, or tensor data that ends before the
+  header says (a truncated download). Reads the header only."""
+  size = os.path.getsize(path)
+  if size < 8:
+    return f"is {size} bytes, too short to be a safetensors file"
+  with open(path, "rb") as f:
+    n = int.from_bytes(f.read(8), "little")
+    if 8 + n > size:
+      return f"is truncated: its header says {8 + n} bytes of header, the file has {size} bytes"
+    try:
+      header = json.loads(f.read(n))
+      end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+      return "has a header that is not a safetensors header"
+  if 8 + n + end != size:
+    return f"is truncated or padded: {size} bytes, its header describes {8 + n + end}"
+  return None
+
+
+def check_safetensors(hf_dir: str) -> None:
+  """InteropError naming the first unreadable .safetensors file in hf_dir (a truncated or empty
+  download), before any of them is read: the safetensors library's own error names no file."""
+  for path in sorted(glob.glob(os.path.join(glob.escape(hf_dir), "*.safetensors"))):
+    problem = safetensors_problem(path)
+    if problem:
+      raise interop.InteropError(f"--from_hf: {path} {problem}; download it again")
+
+
 def import_workdir(hf_dir: str, workdir: str, *, defaults: ml_collections.ConfigDict,
                    param_dtype: Optional[str] = None, seq_len: int = 256) -> dict:
   """Writes an llmlab workdir holding the Hugging Face model in hf_dir; returns a summary.
@@ -149,6 +180,7 @@ def import_workdir(hf_dir: str, workdir: str, *, defaults: ml_collections.Config
       os.path.join(workdir, "checkpoints")):
     raise config_lib.ConfigError(f"{workdir} already holds a run; convert into a new --workdir")
   hf = interop.read_hf_config(hf_dir)
+  check_safetensors(hf_dir)
   model_cfg, params = interop.load_hf(hf_dir, param_dtype=param_dtype)
   tok_path = os.path.join(hf_dir, tokenizer_lib.FILENAME)
   tok = Tokenizer.from_file(tok_path) if os.path.exists(tok_path) else None

@@ -43,6 +43,20 @@ _HELD: dict[str, "WorkdirLock"] = {}
 _HELD_GUARD = threading.Lock()
 
 
+def _cannot(verb: str, workdir: str, error: OSError) -> str:
+  """`cannot lock --workdir=W: Permission denied [errno 13 EACCES]; ...`: the errno by name, and
+  what to change."""
+  name = errno.errorcode.get(error.errno, "") if isinstance(error.errno, int) else ""
+  code = f" [errno {error.errno} {name}]" if name else ""
+  if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    hint = "; make it writable for this user or choose another --workdir"
+  elif error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    hint = "; free space there or choose another --workdir"
+  else:
+    hint = "; choose another --workdir"
+  return f"cannot {verb} --workdir={workdir}: {error.strerror or error}{code}{hint}"
+
+
 def _holder_text(holder: dict, workdir: str) -> str:
   if not holder:
     return f"workdir {workdir} is in use by another process (starting)"
@@ -124,7 +138,7 @@ class WorkdirLock:
     try:
       os.makedirs(self.workdir, exist_ok=True)
     except OSError as e:
-      raise WorkdirBusy(f"cannot use --workdir={self.workdir}: {e.strerror or e}") from None
+      raise WorkdirBusy(_cannot("use", self.workdir, e)) from None
     self.created = self.created or missing
 
   def _take(self) -> None:
@@ -135,7 +149,7 @@ class WorkdirLock:
       except FileNotFoundError:  # the folder was just removed by a releasing holder
         continue
       except OSError as e:
-        raise WorkdirBusy(f"cannot lock --workdir={self.workdir}: {e.strerror or e}") from None
+        raise WorkdirBusy(_cannot("lock", self.workdir, e)) from None
       locked = _flock(fd)
       holder = _read_holder(fd)
       if locked is False or (locked is None and self._kept_by(holder)):

@@ -83,13 +83,30 @@ def parse_paths(paths) -> list[str]:
   return [p.strip() for p in paths if p and p.strip()]
 
 
+def expand(pattern: str) -> list[str]:
+  """The paths a data.paths entry names, sorted. A path that exists is taken as it is, even when
+  it holds glob characters (`runs[1].txt`); otherwise it is a glob, whose leading folders are
+  taken literally when they exist (`data[2024]/*.jsonl` globs inside the folder `data[2024]`)."""
+  path = os.path.expanduser(pattern)
+  if os.path.exists(path):
+    return [path]
+  head = os.path.dirname(path)
+  while head and not os.path.isdir(head) and head != os.path.dirname(head):
+    head = os.path.dirname(head)
+  if head and os.path.isdir(head):
+    path = glob.escape(head) + path[len(head):]
+  return sorted(glob.glob(path, recursive=True))
+
+
 def resolve_files(patterns: Sequence[str], setting: str = "data.paths") -> list[str]:
   """The files the globs match, each checked to exist, be readable and be of a known format.
   setting: the config field the patterns come from, named in every error."""
   out = []
   for pattern in patterns:
-    matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-    matched = [m for m in matched if os.path.isfile(m)]
+    matched = [m for m in expand(pattern) if os.path.isfile(m)]
+    if not matched and os.path.isdir(os.path.expanduser(pattern)):
+      raise DataError(f"{setting}: {pattern!r} is a folder; name its files, e.g. "
+                      f"{os.path.join(pattern, '*.txt')!r}")
     if not matched:
       raise DataError(f"{setting}: {pattern!r} matches no file")
     for m in matched:

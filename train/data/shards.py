@@ -120,6 +120,19 @@ def encode_chunk(texts: Sequence[str], tok: Tokenizer) -> np.ndarray:
   return np.concatenate(parts) if parts else np.zeros((0,), np.int64)
 
 
+def save_npy(path: str, array: np.ndarray) -> None:
+  """np.save's bytes, written through Python's file object: a full disk or a file size limit is
+  then an OSError with its errno and PATH (np.save's tofile reports only "N requested and M
+  written"). The array is handed over as a view, never copied."""
+  array = np.ascontiguousarray(array)
+  try:
+    with open(path, "wb") as f:
+      np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+      f.write(memoryview(array).cast("B"))
+  except OSError as e:
+    raise files_lib.with_path(e, path) from None
+
+
 class _SplitWriter:
   """Appends token arrays to one split, writing a shard file every max_tokens tokens."""
 
@@ -149,7 +162,7 @@ class _SplitWriter:
     stream = np.concatenate(self.buffer)
     name = f"{self.split}-{len(self.shards):05d}.npy"
     path = os.path.join(self.folder, name)
-    np.save(path, stream[:n])
+    save_npy(path, stream[:n])
     self.shards.append({"file": name, "tokens": int(n), "bytes": os.path.getsize(path),
                         "crc32": file_crc32(path)})
     rest = stream[n:]
@@ -209,7 +222,7 @@ def write_source(
                        "shards": w.shards} for s, w in writers.items()},
         "unigram_entropy": unigram_entropy(writers["train"].counts),
     }
-    np.save(os.path.join(tmp, COUNTS), writers["train"].counts)
+    save_npy(os.path.join(tmp, COUNTS), writers["train"].counts)
     files_lib.write_json_atomic(os.path.join(tmp, MANIFEST), manifest, indent=2)
     try:
       os.rename(tmp, folder)

@@ -92,11 +92,12 @@ def roles(tok: Tokenizer) -> dict[str, str]:
 
 
 def save(tok: Tokenizer, workdir: str) -> str:
+  """Writes workdir/tokenizer.json (the bytes Tokenizer.save writes) and its roles. Atomic, and
+  through files.write_atomic rather than Tokenizer.save, whose failure on a full disk is a bare
+  Exception naming no file and leaves a partial tokenizer.json.tmp behind."""
   path = os.path.join(workdir, FILENAME)
-  tmp = path + ".tmp"
-  tok.save(tmp)
   save_roles(tok, workdir)
-  os.replace(tmp, path)  # atomic: a crash never leaves half a tokenizer.json
+  files.write_atomic(path, tok.to_str(pretty=True))
   return path
 
 
