@@ -5,7 +5,6 @@ workers share the study tests evenly."""
 import json
 import os
 
-import numpy as np
 import pytest
 
 from tests.helpers import run_script

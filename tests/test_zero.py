@@ -9,7 +9,6 @@ tests/test_multihost.py, where a 2-process checkpoint resumes in one process und
 
 import dataclasses
 import functools
-import math
 import re
 
 import jax
