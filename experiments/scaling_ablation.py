@@ -6,8 +6,9 @@ successive corrections of the protocol (train/studies/scaling_ablation.py).
       --rows="(ii) + full FLOPs=results/scaling/results.jsonl:full" \
       --rows="(iv) + muP, WSD cooldowns=results/scaling_wsd/results.jsonl:full:iso" [--bootstrap=100]
 
-Each --rows is LABEL=RESULTS_JSONL:ACCOUNTING[:iso] (iso: the file's budget groups are isoFLOP
-under that accounting). Writes results.json (every row with its intervals, the fit settings and
+Each --rows is LABEL=RESULTS_JSONL:ACCOUNTING[:iso][:uptoC] (iso: the file's budget groups are
+isoFLOP under that accounting; uptoC, e.g. upto3e12: only the runs of budgets <= C, so that rows
+from sweeps of different reach compare over the same budgets). Writes results.json (every row with its intervals, the fit settings and
 provenance) and table.md.
 """
 
@@ -41,13 +42,20 @@ def fit_settings():
       bootstrap_grid=FLAGS.bootstrap_grid, level=0.9, seed=0))
 
 
-def parse_row(text: str) -> tuple[str, str, str, bool]:
+def parse_row(text: str) -> tuple[str, str, str, bool, float]:
+  """(label, results.jsonl, accounting, isoflop, largest budget kept: inf for all)."""
   label, sep, spec = text.rpartition("=")
-  parts = spec.split(":")
-  if not sep or len(parts) not in (2, 3) or parts[1] not in ("kaplan", "full") or (
-      len(parts) == 3 and parts[2] != "iso"):
-    raise ValueError(f"--rows={text!r}: expected LABEL=RESULTS_JSONL:kaplan|full[:iso]")
-  return label, parts[0], parts[1], len(parts) == 3
+  path, *parts = spec.split(":")
+  options = parts[1:]
+  upto = [o for o in options if o.startswith("upto")]
+  try:
+    max_budget = float(upto[0][len("upto"):]) if upto else float("inf")
+  except ValueError:
+    max_budget = float("nan")
+  if (not sep or not parts or parts[0] not in ("kaplan", "full") or len(upto) > 1
+      or any(o != "iso" and not o.startswith("upto") for o in options) or not max_budget > 0):
+    raise ValueError(f"--rows={text!r}: expected LABEL=RESULTS_JSONL:kaplan|full[:iso][:uptoC]")
+  return label, path, parts[0], "iso" in options, max_budget
 
 
 def main(argv):
@@ -62,13 +70,14 @@ def main(argv):
     if not specs:
       raise ValueError("no --rows given")
     table = []
-    for label, path, accounting, iso in specs:
+    for label, path, accounting, iso, max_budget in specs:
       if not os.path.exists(path):
         raise ValueError(f"--rows {label!r}: {path} does not exist; run its sweep first")
       with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
+      rows = [r for r in rows if r["budget"] <= max_budget]
       table.append({**ablation.row(label, rows, accounting, fit_settings(), isoflop=iso),
-                    "source": path})
+                    "source": path, "max_budget": None if max_budget == float("inf") else max_budget})
   except ValueError as e:
     cli.fail(e)
   os.makedirs(FLAGS.out, exist_ok=True)

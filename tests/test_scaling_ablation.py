@@ -34,3 +34,14 @@ def test_markdown_marks_an_unidentified_E_and_missing_fits():
   lines = text.splitlines()
   assert lines[2] == "| (i) | 3 | 0.60 [0.50, 0.70] | - | - | 0.00 [0.00, 0.60] (not identified) |"
   assert lines[3] == "| (ii) | 5 | - | 0.51 [0.40, 0.60] | 21 (C = 1e+12) | - |"
+
+
+def test_ablation_rows_parse_accounting_isoflop_and_budget_cap():
+  # A cap parsed but ignored (inf) would compare rows over different budgets without a word.
+  from experiments.scaling_ablation import parse_row
+
+  assert parse_row("(iv) a=r.jsonl:full:iso:upto3e12") == ("(iv) a", "r.jsonl", "full", True, 3e12)
+  assert parse_row("(i) b=r.jsonl:kaplan") == ("(i) b", "r.jsonl", "kaplan", False, float("inf"))
+  for bad in ("c=r.jsonl:full:uptoX", "c=r.jsonl:other", "c=r.jsonl:full:isoflop", "r.jsonl:full"):
+    with pytest.raises(ValueError, match="expected LABEL"):
+      parse_row(bad)
