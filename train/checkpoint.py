@@ -29,14 +29,11 @@ unless checkpoint.restart_if_unreadable is set.
 from __future__ import annotations
 
 import contextlib
-import errno as errno_lib
 import glob
 import json
 import logging
 import os
-import re
 import shutil
-import sys
 import time
 import traceback
 from typing import Any, Iterator, Optional, TextIO
@@ -44,132 +41,15 @@ from typing import Any, Iterator, Optional, TextIO
 import jax
 import orbax.checkpoint as ocp
 
+from train import checkpoint_errors as errors
 from train import config as config_lib
+from train.checkpoint_errors import UnreadableCheckpoints
 
 RESTORE_LOG = "restore.log"
 RETRY_AFTER_S = 0.5
 TEMP_DIR = "temp"  # checkpoints/temp: the time-based temporary checkpoints
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
 _clock = time.monotonic  # what checkpoint.every_minutes is measured with (tests move it forward)
-
-
-class UnreadableCheckpoints(ValueError):
-  """Every checkpoint of a run is unreadable; starting over needs
-  checkpoint.restart_if_unreadable."""
-
-
-class CheckpointWriteError(ValueError):
-  """A checkpoint could not be written (disk full, file too large, read-only file system); the
-  message, one line, names the file and the errno. Nothing of it is left behind: the previous
-  checkpoint is still the newest."""
-
-
-def _is_event_loop_noise(error: BaseException) -> bool:
-  return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
-
-
-class _LateNoiseToLog:
-  """sys.unraisablehook and sys.excepthook for the rest of the process once a checkpoint is
-  written or a restore failed: tensorstore's threads finish reads and writes of a checkpoint
-  orbax gave up on (a failed restore, a failed save) after orbax closed its event loop, and each
-  reports 'RuntimeError: Event loop is closed' through one hook or the other (tensorstore calls
-  PyErr_Print, which calls sys.excepthook). Those go to the log; anything else to the previous
-  hooks."""
-
-  def __init__(self, log_path: str):
-    self.log_path = log_path
-    self.previous_unraisable, self.previous_except = sys.unraisablehook, sys.excepthook
-
-  @classmethod
-  def install(cls, log_path: str) -> None:
-    if not isinstance(sys.unraisablehook, _LateNoiseToLog):
-      hooks = cls(log_path)
-      sys.unraisablehook, sys.excepthook = hooks, hooks.excepthook
-
-  def _log(self, error: BaseException) -> None:
-    with open(self.log_path, "a", encoding="utf-8") as f:
-      f.write(f"(late, from orbax's threads) {error!r}\n")
-
-  def __call__(self, unraisable: Any) -> None:
-    if not _is_event_loop_noise(unraisable.exc_value):
-      self.previous_unraisable(unraisable)
-      return
-    self._log(unraisable.exc_value)
-
-  def excepthook(self, kind: type, value: BaseException, tb: Any) -> None:
-    if not _is_event_loop_noise(value):
-      self.previous_except(kind, value, tb)
-      return
-    self._log(value)
-
-
-@contextlib.contextmanager
-def _output_to(path: str) -> Iterator[TextIO]:
-  """Sends Python-level log records, stderr writes and unraisable exceptions (orbax and
-  tensorstore's threads) to the file at `path` while the block runs."""
-  with open(path, "a", encoding="utf-8") as f:
-    handler = logging.StreamHandler(f)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    saved_absl = logging.getLogger("absl").propagate
-    saved_stderr, saved_hook = sys.stderr, sys.unraisablehook
-    root.handlers, root.level = [handler], min(root.level, logging.INFO)
-    logging.getLogger("absl").propagate = True
-    sys.stderr = f
-
-    def hook(unraisable):
-      f.write(f"unraisable: {unraisable.exc_value!r}\n")
-      traceback.print_exception(unraisable.exc_value, file=f)
-
-    sys.unraisablehook = hook
-    try:
-      yield f
-    finally:
-      f.flush()
-      root.handlers, root.level = saved_handlers, saved_level
-      logging.getLogger("absl").propagate = saved_absl
-      sys.stderr, sys.unraisablehook = saved_stderr, saved_hook
-  if os.path.getsize(path) == 0:  # a restore that said nothing leaves no empty log behind
-    os.remove(path)
-
-
-def _error_text(error: BaseException) -> str:
-  """The messages of an error and of the errors it came from."""
-  parts, seen = [], set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    parts.append(str(error))
-    error = error.__cause__ or error.__context__
-  return "\n".join(parts)
-
-
-def unreadable_file(step_dir: str, error: BaseException) -> Optional[str]:
-  """The file of checkpoint `step_dir` that `error` failed on, relative to step_dir, or None.
-
-  tensorstore names the file it could not read in its message; a metadata file cut short fails
-  as JSON without a name, so the first JSON file of the checkpoint that does not parse is it.
-  """
-  text = _error_text(error)
-  root = os.path.realpath(step_dir)
-  named = [os.path.realpath(m) for m in re.findall(r'(/[^\s"\'<>]+)', text)]
-  files = [p for p in named if p.startswith(root + os.sep) and os.path.isfile(p)]
-  if files:
-    return os.path.relpath(max(files, key=len), root)
-  if isinstance(error, json.JSONDecodeError) or "JSON" in text:
-    for path in sorted(glob.glob(os.path.join(root, "**"), recursive=True)):
-      if not os.path.isfile(path) or os.path.getsize(path) > 1 << 20:
-        continue
-      with open(path, "rb") as f:
-        head = f.read(1)
-      if head not in (b"{", b"["):
-        continue
-      try:
-        with open(path, encoding="utf-8") as f:
-          json.load(f)
-      except ValueError:
-        return os.path.relpath(path, root)
-  return None
 
 
 def _preservation(keep: int, keep_steps: tuple[int, ...]):
@@ -179,62 +59,6 @@ def _preservation(keep: int, keep_steps: tuple[int, ...]):
   if keep_steps:
     policies.append(ocp.checkpoint_managers.CustomSteps(steps=list(keep_steps)))
   return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
-
-
-class _OrbaxLogToFile(logging.Filter):
-  """A filter on absl's logger (orbax logs through absl) that sends orbax's and tensorstore's
-  records to the file at `path` instead of the terminal: a failing background save logs its
-  traceback from several threads, after save() returned. The file is opened only when there is
-  something to write."""
-
-  def __init__(self, path: str):
-    super().__init__()
-    self.path = path
-    self.formatter = logging.Formatter("%(asctime)s %(levelname)s %(threadName)s: %(message)s")
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if f"{os.sep}orbax{os.sep}" not in record.pathname and "tensorstore" not in record.pathname:
-      return True
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(self.formatter.format(record) + "\n")
-    return False
-
-
-def _errno_of(error: BaseException) -> Optional[int]:
-  """The errno of a failed write: an OSError's, or the code tensorstore puts in its message
-  ("[os_error_code='28']"); None when neither says."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno:
-      return error.errno
-    error = error.__cause__ or error.__context__
-  return None
-
-
-def write_error_text(error: BaseException, root: str) -> str:
-  """'errno 28 ENOSPC (No space left on device) writing FILE' for a failed save, FILE the
-  deepest path under `root` that the error names (root itself when it names none)."""
-  text = _error_text(error)
-  code = _errno_of(error)
-  if code is None:
-    found = re.search(r"os_error_code='?(\d+)|\[Errno (\d+)\]", text)
-    code = int(found.group(1) or found.group(2)) if found else None
-  named = [m.rstrip(":,.") for m in re.findall(r'(/[^\s"\'<>]+)', text)]
-  under = [p for p in named if p.startswith(root)]
-  where = max(under, key=len) if under else root
-  if code is None:
-    first = text.splitlines()[0] if text else type(error).__name__
-    return f"{type(error).__name__} ({first[:160]}) writing {where}"
-  name = errno_lib.errorcode.get(code, "?")
-  return f"errno {code} {name} ({os.strerror(code)}) writing {where}"
-
-
-def _short(error: BaseException) -> str:
-  """An error's type and the first line of its message, at most 200 characters."""
-  line = (str(error).splitlines() or [""])[0]
-  text = f"{type(error).__name__}: {line}" if line else type(error).__name__
-  return text if len(text) <= 200 else text[:199] + "…"
 
 
 class Checkpointer:
@@ -262,10 +86,10 @@ class Checkpointer:
     self.restart_if_unreadable = restart_if_unreadable
     self.every_steps, self.every_minutes = every_steps, float(every_minutes)
     self.async_save, self.owner = async_save, owner
-    self._log_filter = _OrbaxLogToFile(self.log_path)
+    self._log_filter = errors.OrbaxLogToFile(self.log_path)
     logging.getLogger("absl").addFilter(self._log_filter)
     if owner:  # a save that fails leaves tensorstore's threads reporting to a closed loop
-      _LateNoiseToLog.install(self.log_path)
+      errors.LateNoiseToLog.install(self.log_path)
     self.manager = self._open(self.directory, _preservation(keep, keep_steps))
     temp_dir = os.path.join(self.directory, TEMP_DIR)
     self.temp_manager = None  # opened where temporaries are written or a resume may find one
@@ -308,7 +132,7 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_state: dict, *, temporary: bool = False) -> None:
     """Saves `step`: permanent, or temporary (in temp/, replacing the older temporary one once
     it is committed). Awaits the save in flight first; with async_save, returns before the
-    write is done. CheckpointWriteError, one line, when this save or the one before failed."""
+    write is done. errors.CheckpointWriteError, one line, when this save or the one before failed."""
     if temporary and self.temp_manager is None:
       raise ValueError("a temporary checkpoint needs checkpoint.every_minutes > 0")
     manager = self.temp_manager if temporary else self.manager
@@ -326,7 +150,7 @@ class Checkpointer:
         self._in_flight = None
 
   def wait(self) -> None:
-    """Returns once the save in flight, if any, is committed; CheckpointWriteError if it failed."""
+    """Returns once the save in flight, if any, is committed; errors.CheckpointWriteError if it failed."""
     if self._in_flight is None:
       return
     with self._write_errors():
@@ -335,7 +159,7 @@ class Checkpointer:
 
   @contextlib.contextmanager
   def _write_errors(self) -> Iterator[None]:
-    """Turns a failed write of the save in flight into CheckpointWriteError, after removing
+    """Turns a failed write of the save in flight into errors.CheckpointWriteError, after removing
     what it left (orbax's temporary directory); the traceback goes to the log."""
     try:
       yield
@@ -345,7 +169,7 @@ class Checkpointer:
       raise self._write_failed(manager, step, e) from None
 
   def _write_failed(self, manager: ocp.CheckpointManager, step: int,
-                    error: BaseException) -> CheckpointWriteError:
+                    error: BaseException) -> errors.CheckpointWriteError:
     with open(self.log_path, "a", encoding="utf-8") as f:
       f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} saving step {step} failed:\n")
       traceback.print_exception(error, file=f)
@@ -358,8 +182,8 @@ class Checkpointer:
     newest = max(self.steps(), default=None)
     kept = f"the newest checkpoint is still step {newest}" if newest is not None else \
         "no checkpoint was written before it"
-    return CheckpointWriteError(
-        f"could not write checkpoint {step_dir}: {write_error_text(error, self.directory)}; "
+    return errors.CheckpointWriteError(
+        f"could not write checkpoint {step_dir}: {errors.write_error_text(error, self.directory)}; "
         f"nothing of it was kept, {kept} (details in {self.log_path})")
 
   def _restore(self, step: int, abstract_state: Any,
@@ -417,17 +241,17 @@ class Checkpointer:
     """
     for step, manager in self._candidates():
       path = os.path.join(str(manager.directory), str(step))
-      with _output_to(self.log_path) as out:
+      with errors.output_to(self.log_path) as out:
         restored, error = self._try_restore(step, manager, abstract_state, out)
         if restored is not None:
           return restored
-        culprit = unreadable_file(path, error)
+        culprit = errors.unreadable_file(path, error)
         aside = os.path.join(str(manager.directory), f"unreadable-{step}-{int(time.time())}")
         if jax.process_index() == 0 and os.path.exists(path):
           os.rename(path, aside)  # keep it for inspection; the step can be written again
         manager.reload()
-      _LateNoiseToLog.install(self.log_path)
-      what = f"file {culprit}: {_short(error)}" if culprit else f"no file named, {_short(error)}"
+      errors.LateNoiseToLog.install(self.log_path)
+      what = f"file {culprit}: {errors.short(error)}" if culprit else f"no file named, {errors.short(error)}"
       print(f"WARNING: checkpoint {path} is unreadable ({what}); moved aside to {aside}, trying "
             f"an older one; details in {self.log_path}", flush=True)
     return self._none_readable()
@@ -442,7 +266,7 @@ class Checkpointer:
     return None
 
   def close(self) -> None:
-    """Awaits the save in flight (CheckpointWriteError if it failed) and closes the managers."""
+    """Awaits the save in flight (errors.CheckpointWriteError if it failed) and closes the managers."""
     try:
       self.wait()
     finally:
