@@ -138,8 +138,7 @@ def make_stacked_training(
   that differ only in PER_RUN settings (check_stackable), vmapped over the runs.
 
   The per-run STACKED_HPARAMS are bound as a jit argument, so the step compiles once for R runs;
-  init creates every run's model from its own seed in one vmapped call (jax.random under vmap
-  draws what each key draws alone).
+  init creates every run's state from its own seed exactly as a single run does, then stacks.
   """
   runs = tuple(runs)
   check_stackable(runs)
@@ -150,15 +149,15 @@ def make_stacked_training(
       answer_marker, t.z_loss)
   tx = optimizer_lib.make(t, t.steps)  # init only: Adam's state does not depend on the values
 
-  def init_one(seed: jax.Array) -> step_lib.TrainState:
-    return step_lib.init_state(transformer.create(model_cfg, jax.random.key(seed))[1], tx, seed)
+  def init() -> step_lib.TrainState:  # each run's state made as train/step.py makes it alone
+    return stack([step_lib.init_state(transformer.create(model_cfg, jax.random.key(r.seed))[1],
+                                      tx, r.seed) for r in runs])
 
   def stacked_step(state, batch_RxBxL1, hp):
     return jax.vmap(lambda s, b, h: run_step(loss_fn, t, h)(s, b))(state, batch_RxBxL1, hp)
 
-  seeds = jnp.asarray([r.seed for r in runs], jnp.int32)
   hp = hparam_arrays(runs)
   step = jax.jit(stacked_step, donate_argnums=0)
   return StackedTraining(
-      runs=runs, graphdef=graphdef, init=lambda: jax.jit(jax.vmap(init_one))(seeds),
+      runs=runs, graphdef=graphdef, init=init,
       train_step=lambda state, batch: step(state, batch, hp))
