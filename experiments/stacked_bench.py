@@ -30,6 +30,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("rounds", 6, "Interleaved timing rounds.")
   flags.DEFINE_integer("steps_per_round", 10, "Steps of every run per arm per round.")
   flags.DEFINE_integer("d_model", 64, "Model width (heads of width 16, d_ff 3 x d_model).")
+  flags.DEFINE_integer("vmap_width", 1, "Runs one pass of the stacked step computes together "
+                       "(train/stacked.py; 0: all). On a CPU 1 is fastest (docs/training.md).")
   flags.DEFINE_string("out", "results/stacked_runs", "Output directory.")
 
 
@@ -52,7 +54,8 @@ def main(argv):
   # The mup_transfer sweep's train.* (300 steps, warmup 30, batch 16); only lr differs.
   base = TrainSettings(steps=300, warmup_steps=30, batch_size=16)
   runs = [dataclasses.replace(base, lr=2.0 ** (k - 10)) for k in range(FLAGS.lrs)]
-  result = stacked_speed.benchmark(cfg, runs, FLAGS.rounds, FLAGS.steps_per_round)
+  result = stacked_speed.benchmark(cfg, runs, FLAGS.rounds, FLAGS.steps_per_round,
+                                   FLAGS.vmap_width)
   result |= {"lrs": [r.lr for r in runs], "model": cfg.to_dict(), "train": dataclasses.asdict(base),
              "load_note": LOAD_NOTE, "provenance": provenance.provenance()}
   os.makedirs(FLAGS.out, exist_ok=True)
@@ -60,7 +63,7 @@ def main(argv):
     json.dump(result, f, indent=2)
   stacked_speed.plot(result, FLAGS.out)
   keys = ("throughput_ratio", "throughput_ratio_min_round", "wall_clock_ratio_with_compile",
-          "compile_ratio", "final_loss_max_abs_diff", "params")
+          "compile_ratio", "final_loss_max_abs_diff", "params", "estimate_at_train_steps")
   print(json.dumps({k: result[k] for k in keys}, indent=2))
 
 

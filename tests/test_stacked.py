@@ -46,21 +46,32 @@ def _separate(t: TrainSettings, batches_SxBxL1) -> tuple[dict, list[dict]]:
   return state, history
 
 
-@pytest.fixture(scope="module")
-def trained():
-  # Each run its own data: batches (steps, R, B, L+1).
-  batches = jax.random.randint(jax.random.key(7), (STEPS, len(RUNS), BATCH, SEQ + 1), 0, VOCAB)
-  training = stacked.make_stacked_training(CFG, RUNS, pad_id=-1)
+def _stacked(batches_SxRxBxL1, vmap_width: int):
+  training = stacked.make_stacked_training(CFG, RUNS, pad_id=-1, vmap_width=vmap_width)
   state, history = training.init(), []
-  for batch in batches:
+  for batch in batches_SxRxBxL1:
     state, metrics = training.train_step(state, batch)
     history.append(metrics)
-  separate = [_separate(t, batches[:, i]) for i, t in enumerate(RUNS)]
-  return training, state, history, separate
+  return training, state, history
 
 
-def test_stacked_runs_equal_separate_runs(trained):
-  training, state, history, separate = trained
+@pytest.fixture(scope="module")
+def batches():
+  # Each run its own data: batches (steps, R, B, L+1).
+  return jax.random.randint(jax.random.key(7), (STEPS, len(RUNS), BATCH, SEQ + 1), 0, VOCAB)
+
+
+@pytest.fixture(scope="module")
+def separate(batches):
+  return [_separate(t, batches[:, i]) for i, t in enumerate(RUNS)]
+
+
+@pytest.fixture(scope="module")
+def trained(batches, separate):
+  return (*_stacked(batches, vmap_width=0), separate)
+
+
+def _assert_equal_to_separate(training, state, history, separate):
   for i, (alone, alone_history) in enumerate(separate):
     for k, alone_metrics in enumerate(alone_history):
       for name in ("loss", "lr", "grad_norm"):
@@ -71,6 +82,15 @@ def test_stacked_runs_equal_separate_runs(trained):
     for path, a, b in zip(jax.tree_util.tree_leaves_with_path(mine), jax.tree.leaves(mine),
                           jax.tree.leaves(alone)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6, err_msg=f"run {i} {path[0]}")
+
+
+def test_stacked_runs_equal_separate_runs(trained):
+  _assert_equal_to_separate(*trained)
+
+
+def test_runs_one_after_another_in_one_program_equal_separate_runs(batches, separate):
+  """vmap_width=1 (jax.lax.map over the runs, the CPU's choice) is the same training."""
+  _assert_equal_to_separate(*_stacked(batches, vmap_width=1), separate)
 
 
 def test_runs_actually_differ(trained):
@@ -107,4 +127,6 @@ def test_runs_that_differ_elsewhere_are_refused():
     stacked.check_stackable([BASE, dataclasses.replace(BASE, steps=STEPS + 1)])
   with pytest.raises(ConfigError, match="at least one run"):
     stacked.check_stackable([])
+  with pytest.raises(ConfigError, match="vmap_width=4"):
+    stacked.make_stacked_training(CFG, RUNS, pad_id=-1, vmap_width=4)
   stacked.check_stackable(RUNS)  # seed, lr, weight decay and clip may differ

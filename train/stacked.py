@@ -133,15 +133,24 @@ class StackedTraining:
 def make_stacked_training(
     model_cfg: ModelConfig, runs: Sequence[TrainSettings], *, pad_id: int,
     documents: step_lib.Documents = None, answer_marker: Optional[int] = None,
+    vmap_width: int = 0,
 ) -> StackedTraining:
   """Pretraining's step (lm_loss, as train/state.py make_sharded_training builds it) for runs
   that differ only in PER_RUN settings (check_stackable), vmapped over the runs.
 
   The per-run STACKED_HPARAMS are bound as a jit argument, so the step compiles once for R runs;
   init creates every run's state from its own seed exactly as a single run does, then stacks.
+
+  vmap_width: how many runs one pass of the compiled step computes together (jax.lax.map's
+  batch_size over the runs): 0 = all R in one vmap, the accelerator's choice (R times the work
+  per kernel launch); 1 = the runs one after another inside the one program, each op the single
+  run's size, which on a CPU keeps the working set in cache (a whole-R vmap of a ~100k-parameter
+  model ran slower per token there than the runs alone: docs/training.md).
   """
   runs = tuple(runs)
   check_stackable(runs)
+  if not 0 <= vmap_width <= len(runs):
+    raise ConfigError(f"vmap_width={vmap_width} must be in [0, {len(runs)}] (0: every run at once)")
   t = runs[0]
   graphdef, _ = transformer.abstract(model_cfg)
   loss_fn = step_lib.lm_loss(
@@ -153,8 +162,14 @@ def make_stacked_training(
     return stack([step_lib.init_state(transformer.create(model_cfg, jax.random.key(r.seed))[1],
                                       tx, r.seed) for r in runs])
 
+  def one_run(args):
+    state, batch_BxL1, hp = args
+    return run_step(loss_fn, t, hp)(state, batch_BxL1)
+
   def stacked_step(state, batch_RxBxL1, hp):
-    return jax.vmap(lambda s, b, h: run_step(loss_fn, t, h)(s, b))(state, batch_RxBxL1, hp)
+    if vmap_width in (0, len(runs)):
+      return jax.vmap(one_run)((state, batch_RxBxL1, hp))
+    return jax.lax.map(one_run, (state, batch_RxBxL1, hp), batch_size=vmap_width)
 
   hp = hparam_arrays(runs)
   step = jax.jit(stacked_step, donate_argnums=0)

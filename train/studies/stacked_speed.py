@@ -64,11 +64,11 @@ def _separate_step(cfg: ModelConfig, t: TrainSettings) -> tuple[Callable, Any]:
   return step, step_lib.init_state(params, tx, t.seed)
 
 
-def stacked_arm(cfg: ModelConfig, runs: Sequence[TrainSettings], batches_NxRxBxL1: jax.Array
-                ) -> Arm:
+def stacked_arm(cfg: ModelConfig, runs: Sequence[TrainSettings], batches_NxRxBxL1: jax.Array,
+                vmap_width: int = 0) -> Arm:
   """The runs stacked (train/stacked.py), their states created; batches cycled over N."""
   n = batches_NxRxBxL1.shape[0]
-  training = stacked.make_stacked_training(cfg, runs, pad_id=-1)
+  training = stacked.make_stacked_training(cfg, runs, pad_id=-1, vmap_width=vmap_width)
   state = jax.block_until_ready(training.init())
   return Arm("stacked", [training.train_step], [state], lambda i, k: batches_NxRxBxL1[k % n],
              [None])
@@ -126,17 +126,34 @@ def summarise(times: dict[str, dict], setup_s: dict[str, float], tokens_per_roun
           "compile_ratio": (q["setup_s"] + q["first_step_s"]) / (s["setup_s"] + s["first_step_s"])}
 
 
+def at_steps(result: dict, steps: int) -> dict[str, Any]:
+  """Each arm's wall clock for whole runs of `steps` steps, estimated from its measured setup,
+  first step and mean timed step (not measured at that length), and their ratio."""
+  timed_steps = result["rounds"] * result["steps_per_round"]
+  out = {"steps": steps}
+  for name, a in result["arms"].items():
+    out[f"{name}_wall_s"] = (a["setup_s"] + a["first_step_s"]
+                             + (steps - 1) * a["timed_s"] / timed_steps)
+  out["wall_clock_ratio"] = out["sequential_wall_s"] / out["stacked_wall_s"]
+  return out
+
+
 def benchmark(cfg: ModelConfig, runs: Sequence[TrainSettings], rounds: int,
-              steps_per_round: int, distinct_batches: int = 4) -> dict[str, Any]:
+              steps_per_round: int, vmap_width: int = 0, distinct_batches: int = 4
+              ) -> dict[str, Any]:
   """Both arms built (setup timed: model creation and the stacked init's compile), measured in
   interleaved rounds, summarised; with each run's last loss in both arms."""
   t = runs[0]
   batches = jax.random.randint(jax.random.key(1234), (distinct_batches, len(runs), t.batch_size,
                                                       cfg.max_seq_len + 1), 0, cfg.vocab_size)
+  # The eager ops of model creation compile once per process; done here, neither arm pays it.
+  jax.block_until_ready(transformer.create(cfg, jax.random.key(0))[1])
   setup_s, arms = {}, []
-  for make in (stacked_arm, sequential_arm):
+  makers = (lambda: stacked_arm(cfg, runs, batches, vmap_width),
+            lambda: sequential_arm(cfg, runs, batches))
+  for make in makers:
     t0 = time.perf_counter()
-    arms.append(make(cfg, runs, batches))
+    arms.append(make())
     setup_s[arms[-1].name] = time.perf_counter() - t0
   times = measure(arms, rounds, steps_per_round)
   tokens_per_step = len(runs) * t.batch_size * cfg.max_seq_len
@@ -147,7 +164,9 @@ def benchmark(cfg: ModelConfig, runs: Sequence[TrainSettings], rounds: int,
       np.subtract(*[result["arms"][n]["final_losses"] for n in ("stacked", "sequential")]))))
   result |= {"runs": len(runs), "params": count_params(cfg)["total"],
              "tokens_per_step_all_runs": tokens_per_step, "steps_per_round": steps_per_round,
-             "rounds": rounds, "steps_per_run": 1 + rounds * steps_per_round}
+             "rounds": rounds, "steps_per_run": 1 + rounds * steps_per_round,
+             "vmap_width": vmap_width}
+  result["estimate_at_train_steps"] = at_steps(result, t.steps)
   return result
 
 
