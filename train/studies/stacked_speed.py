@@ -184,7 +184,7 @@ def plot(result: dict, out_dir: str) -> str:
   ax.set_ylabel("tokens/s, all runs together")
   ax.set_title(f"{result['runs']} lr points, {result['params'] / 1e3:.0f}k params: stacked "
                f"x{result['throughput_ratio']:.2f} (x{result['wall_clock_ratio_with_compile']:.2f} "
-               "wall with compile)", fontsize=8)
+               f"wall with compile, {result['steps_per_run']} steps per run)", fontsize=8)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3, axis="y")
   path = os.path.join(out_dir, "stacked_runs.png")
