@@ -71,7 +71,8 @@ def _traced_settings(t: TrainSettings, hp: dict[str, jax.Array]) -> Any:
   return types.SimpleNamespace(**{**fields, **hp})
 
 
-def run_optimizer(t: TrainSettings, hp: dict[str, jax.Array]):
+def run_optimizer(t: TrainSettings, hp: dict[str, jax.Array]
+                  ) -> tuple[optax.GradientTransformation, Callable[[jax.Array], jax.Array]]:
   """(optimizer, learning-rate schedule) of one run whose STACKED_HPARAMS are hp (traced
   scalars): train/optimizer.py `make` and `schedule_for` at lr 1 and the run's weight decay and
   clip, the updates and the schedule multiplied by the run's lr.
@@ -112,6 +113,7 @@ def unstack(tree: Any, i: int) -> Any:
 
 
 def num_runs(tree: Any) -> int:
+  """R, the leading axis of a stacked tree."""
   return int(jax.tree.leaves(tree)[0].shape[0])
 
 
