@@ -33,6 +33,11 @@ def test_default_corpus_split_is_deterministic_and_gives_each_long_document_its_
   assert first == [documents_lib.val_tokens(k, 1000, 1) for k in keys]
   # Every long document gives a tail of p(n + 2s) - s = 49.1 tokens, rounded by its key's draw.
   assert set(first) == {49, 50} and abs(np.mean(first) - 49.1) < 0.05
+  # A record of a .jsonl / .parquet (an example, e.g. a padded retrieval row) is never cut, however
+  # long: catches a study's examples split into a training head and a validation tail.
+  records = [documents_lib.val_tokens(f"d/a.jsonl:{i}", 1000, 1) for i in range(2000)]
+  assert set(records) == {0, 1000} and 0.03 < records.count(1000) / len(records) < 0.07
+  assert documents_lib.val_tokens("d/notes.txt", 1000, 1) in (49, 50)
   # Short documents go whole, about 5% of them.
   short = [documents_lib.val_tokens(k, 10, 1) for k in keys]
   assert set(short) == {0, 10} and 0.03 < short.count(10) / len(short) < 0.07
@@ -61,9 +66,8 @@ def _val_share(tmp_path, n_files: int, rng, lines: int = 0) -> float:
 def test_validation_share_of_tokens_is_the_setting_for_any_number_of_files(tmp_path, n_files,
                                                                             lines):
   # Catches a split of whole files by a hash of their path: here 3 files give 0% of the tokens to
-  # validation and 20 files 9.5% (in the issue, 20 .txt files gave 33%) against 5%. The short
-  # .jsonl documents catch a tail that leaves out the end-of-text its piece adds (6.6%) and
-  # tails always rounded down (3.8%).
+  # validation and 20 files 9.5% (in the issue, 20 .txt files gave 33%) against 5%. The .jsonl
+  # records go whole by the hash of their key: 2000 of them land within the point.
   share = _val_share(tmp_path, n_files, np.random.default_rng(n_files), lines)
   assert abs(share - data_lib.VAL_PERCENT / 100) < 0.01, share
 

@@ -155,6 +155,7 @@ class Scorer:
     _, _, params = ckpt_lib.load_params(run.workdir, self.mesh)
     self.params = jax.device_put(params, self.training.shardings.params)
     self.tokenizer = tok
+    self.model_cfg = s.model  # MoE layers score with model.moe.eval_dispatch, as pretraining's eval
 
   def loss(self, rows: shards_lib.Rows, batches: int) -> float:
     """Mean loss over the rows batches selects (module docstring: 0, N or RUN_ROWS)."""
@@ -169,8 +170,8 @@ class Scorer:
     corpus = data_lib.Corpus((rows,), (1.0,), rows, 0, 0.0)
     data = pretrain.PretrainData(corpus, self.tokenizer, self.pad_id, self.documents,
                                  self.answer_marker)
-    evaluate, _ = pretrain.make_evaluators(self.training, data, eval_settings)
-    return evaluate(self.params)
+    evaluate, _ = pretrain.make_evaluators(self.training, data, eval_settings, self.model_cfg)
+    return evaluate(self.params)["eval_loss"]
 
 
 def _entry(loss: float, rows: shards_lib.Rows) -> dict[str, Any]:

@@ -7,9 +7,12 @@ A line or file that cannot be read raises DataError naming the file (and the lin
 
 Default corpus: the Python standard library of the running interpreter (no download).
 
-The train / validation split is by tokens, within documents (val_tokens): every document long
-enough gives the last VAL_PERCENT% of its tokens to validation, as a document of its own; a short
-one goes whole to one side by a hash of its key (path, or path:line). So the validation share of
+The train / validation split is by tokens, within documents (val_tokens): every file long enough
+gives the last VAL_PERCENT% of its tokens to validation, as a document of its own; a short one
+goes whole to one side by a hash of its key (its path). A record of a .jsonl or .parquet file
+(key path:line) always goes whole: such files hold many records, often examples that must not be
+cut (the retrieval and emergence studies' padded rows), and a hash over many records already
+gives the share. So the validation share of
 a source's tokens is VAL_PERCENT% whatever the number and sizes of its files (a split of whole
 files by hash gave 33% or 0.8% of the tokens for 20 files), and a document's split depends on it
 alone: the same in every run, unchanged when other files are added.
@@ -23,6 +26,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import sysconfig
 from typing import Iterator, Optional, Sequence
 
@@ -45,6 +49,15 @@ def key_unit(key: str) -> float:
   return int(hashlib.sha1(key.encode()).hexdigest()[:13], 16) / 16**13
 
 
+_RECORD_KEY = re.compile(r"\.(jsonl|jsonl\.gz|parquet):\d+$")
+
+
+def is_record(key: str) -> bool:
+  """Whether a document key names a record of a .jsonl / .parquet file (path:line), which
+  val_tokens never cuts, rather than a whole file."""
+  return _RECORD_KEY.search(key) is not None
+
+
 def val_tokens(key: str, n_tokens: int, n_special: int) -> int:
   """How many of a document's last tokens go to validation, as a document of their own.
 
@@ -52,13 +65,13 @@ def val_tokens(key: str, n_tokens: int, n_special: int) -> int:
   (end-of-text, and the BOS of a tokenizer that starts texts with one). A document whose tail
   would hold at least one token gives v = p(n + 2s) - s of them (p = VAL_PERCENT / 100), so its
   validation piece, specials included, is p of all it stores; v is rounded down or up by the
-  key's draw, so the shares average exactly. A shorter document goes whole to validation when its
+  key's draw, so the shares average exactly. A record (is_record) or a shorter document goes whole to validation when its
   draw is below p (0 or n_tokens): a tail of no token would still cost its specials.
   """
   p = VAL_PERCENT / 100
   u = key_unit(key)
   exact = p * (n_tokens + 2 * n_special) - n_special
-  if exact >= 1 and n_tokens >= 2:
+  if exact >= 1 and n_tokens >= 2 and not is_record(key):
     return min(n_tokens - 1, int(exact + u))
   return n_tokens if u < p else 0
 
