@@ -3,8 +3,10 @@ a resumed run, and the one-line error of a malformed JSONL file."""
 
 import json
 import os
+import re
 
 from tests.helpers import run_script
+from train import metrics as metrics_lib
 
 SMALL = ["--config.task.n_train=64", "--config.task.n_heldout=8", "--config.task.n_validation=8",
          "--config.eval.batch_size=8",
@@ -30,9 +32,17 @@ def _logged_keys(workdir):
 
 def test_sft_then_dpo_then_grpo_run_end_to_end(tmp_path):
   sft, dpo, grpo = (str(tmp_path / n) for n in ("sft", "dpo", "grpo"))
-  out = _ok(run_script("experiments.sft", f"--workdir={sft}", "--config=experiments/configs/sft.py",
-                       "--config.train.steps=2", *SMALL, *TINY_MODEL))
+  done = run_script("experiments.sft", f"--workdir={sft}", "--config=experiments/configs/sft.py",
+                    "--config.train.steps=2", *SMALL, *TINY_MODEL)
+  out = _ok(done)
   assert out["final_step"] == 2 and "heldout_accuracy_end" in out
+  # Pretraining's banner and console line (train/banner.py, train/metrics.py console_line).
+  assert "llmlab sft\n  workdir  " in done.stdout and "\n  start    starting fresh\n" in done.stdout
+  assert re.search(r"^step 2  loss \S+  eval/accuracy .* tokens/s  MFU .*  lr ", done.stdout,
+                   re.MULTILINE), done.stdout
+  trained = [r for r in metrics_lib.read_jsonl(os.path.join(sft, "metrics.jsonl")) if "loss" in r]
+  assert [r["step"] for r in trained] == [1, 2]
+  assert all(r["tokens_per_sec"] > 0 and r["mfu"] > 0 for r in trained), trained
   assert {"loss", "eval/accuracy"} <= _logged_keys(sft)
   for name in ("results.json", "curves.png", "tokenizer.json", "config.json"):
     assert os.path.exists(os.path.join(sft, name)), name

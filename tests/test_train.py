@@ -300,21 +300,24 @@ def test_cooldown_branch_continues_the_parent_exactly_under_its_own_schedule(tmp
 
 
 def test_meter_rates_cover_the_steps_since_the_last_reading(monkeypatch):
-  """Catches: a rate over the wrong interval (from the first reading, or across a restart), steps
-  not reset after a reading, tokens per second or MFU inverted, step time per reading rather than
-  per step."""
+  """Catches: a rate over the wrong interval (from the first reading, or across a restart), a
+  first step (or a step reported at once after the previous one) with no rate, steps not reset
+  after a reading, tokens per second or MFU inverted, step time per reading rather than per
+  step."""
   now = [10.0]
   monkeypatch.setattr(pretrain.time, "perf_counter", lambda: now[0])
   meter = pretrain.Meter(tokens_per_step=100, train_flops_per_token=6.0, peak_flops=1200.0)
-  meter.count()
-  assert meter.read() == {}  # no interval yet: the first reading only starts one
-  now[0] = 11.0
-  meter.count()
-  now[0] = 13.0  # an evaluation: 2 s that are not training
+  assert meter.read(0) == {}  # nothing dispatched yet
+  meter.count(4)  # a run resumed at step 4: its first step (and compilation) starts the interval
+  meter.count(5)  # the next dispatch, before step 5 is read, moves nothing
+  now[0] = 12.0
+  assert meter.read(5) == {"tokens_per_sec": 50.0, "step_time_s": 2.0, "mfu": 0.25}
+  now[0] = 13.0  # an evaluation: 1 s that is not training
   meter.restart()
-  meter.count()
-  meter.count()
+  meter.count(6)
   now[0] = 14.0
-  assert meter.read() == {"tokens_per_sec": 200.0, "step_time_s": 0.5, "mfu": 1.0}
+  assert meter.read(7) == {"tokens_per_sec": 200.0, "step_time_s": 0.5, "mfu": 1.0}
+  now[0] = 14.25  # step 8 reported at once after step 7 (an evaluation step): its own 0.25 s
+  assert meter.read(8)["step_time_s"] == 0.25
   now[0] = 15.0
-  assert meter.read() == {}  # no step since the last reading
+  assert meter.read(8) == {}  # no step since the last reading

@@ -44,9 +44,12 @@ from train.state import ShardedTraining, make_sharded_training
 class Meter:
   """Training throughput between two readings: tokens per second, seconds per step, MFU.
 
-  count() once per step dispatched; read() at each report returns the rates since the last
-  reading (nothing at the first) and starts the next interval; restart() starts it afresh after
-  work that is not training (an evaluation, a checkpoint save).
+  count(done) before each step is dispatched; read(step) at each step's report returns the rates
+  over the steps reported since the last reading (their time: from that reading to this one,
+  which waits for the step to finish) and starts the next interval; restart() starts it afresh
+  after work that is not training (an evaluation, a checkpoint save). The first interval of an
+  invocation starts at its first count(), so the first step's reading holds the step's
+  compilation: every reported step has a rate, and the first one says what the start cost.
   """
 
   def __init__(self, tokens_per_step: int, train_flops_per_token: float, peak_flops: float):
@@ -55,26 +58,28 @@ class Meter:
     self.train_flops_per_token = train_flops_per_token
     self.peak_flops = peak_flops
     self._since: Optional[float] = None
-    self._steps = 0
+    self._read = 0  # the step of the last reading (or where the invocation started)
 
-  def count(self) -> None:
-    self._steps += 1
+  def count(self, done: int) -> None:
+    """done: the steps finished before the one about to be dispatched."""
+    if self._since is None:
+      self._since, self._read = time.perf_counter(), done
 
   def restart(self) -> None:
-    self._since, self._steps = time.perf_counter(), 0
+    self._since = time.perf_counter()
 
-  def read(self) -> dict[str, float]:
-    """{"tokens_per_sec", "step_time_s", "mfu"} over the steps counted since the last reading or
-    restart; {} when there is none."""
+  def read(self, step: int) -> dict[str, float]:
+    """{"tokens_per_sec", "step_time_s", "mfu"} over the steps after the last reading up to
+    `step`, since that reading or a restart; {} when there is none."""
     now = time.perf_counter()
-    rates = {}
-    if self._since is not None and self._steps:
-      seconds = now - self._since
-      tokens_per_sec = self._steps * self.tokens_per_step / seconds
-      rates = {"tokens_per_sec": tokens_per_sec, "step_time_s": seconds / self._steps,
-               "mfu": self.train_flops_per_token * tokens_per_sec / self.peak_flops}
-    self._since, self._steps = now, 0
-    return rates
+    steps = step - self._read
+    if self._since is None or steps <= 0:
+      return {}
+    seconds = now - self._since
+    tokens_per_sec = steps * self.tokens_per_step / seconds
+    self._since, self._read = now, step
+    return {"tokens_per_sec": tokens_per_sec, "step_time_s": seconds / steps,
+            "mfu": self.train_flops_per_token * tokens_per_sec / self.peak_flops}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,7 +294,7 @@ class Reporter:
           record.update({f"{name}/{i}": float(v) for i, v in enumerate(value)})
         else:
           record[name] = float(value)
-    record.update(self.meter.read())
+    record.update(self.meter.read(step))
     self.latest.update(step=step, loss=loss)
     return record
 
@@ -306,6 +311,8 @@ class Reporter:
       self.meter.restart()  # evaluation time is not training throughput
     if step % t.log_every == 0 or "eval_loss" in record or step == t.steps:
       self.writer.write(step, record)
+      if self.writer.enabled:
+        self.bar.write(metrics_lib.console_line(step, record))
     postfix = {"loss": f"{record['loss']:.3f}"}
     if "tokens_per_sec" in record:
       postfix["tok/s"] = f"{record['tokens_per_sec']:.0f}"
@@ -401,7 +408,7 @@ def run_training(run_settings: config_lib.RunSettings, workdir: str, training: S
   reporter = Reporter(t, meter, evaluate, writer, bar, ckpt, evaluate_test)
 
   def train_step_at(step: int, state):
-    meter.count()
+    meter.count(step)
     return training.train_step(
         state, rows_batch(data.corpus.train_rows, next(row_ids), training.batch_sharding))
 

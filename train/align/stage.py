@@ -36,13 +36,15 @@ from flax import nnx
 from tokenizers import Tokenizer
 
 from model import generation, sampling, transformer
-from model.config import ModelConfig, count_params
+from model.config import ModelConfig, count_params, flops_per_token
 from sharding import mesh as mesh_lib
 from train.align import data as data_lib
 from train import checkpoint as ckpt_lib
+from train import banner
 from train import files
 from train import loop as loop_lib
 from train import metrics as metrics_lib
+from train import mfu as mfu_lib
 from train import optimizer as optimizer_lib
 from train import plots
 from train import state as state_lib
@@ -218,6 +220,7 @@ class Run:
     self.zero_stage = self.sharding.zero_stage
     loop_lib.validate_sharding(t, self.sharding, self.policy.model_cfg, self.mesh,
                                batch_size=batch_rows)
+    self.total_updates = total_updates
     self.tx = optimizer_lib.make(t, total_updates)
     self.lr_schedule = optimizer_lib.schedule_for(t, total_updates)
     moe = self.policy.model_cfg.moe
@@ -232,6 +235,10 @@ class Run:
     # Set by loop(): when it started, when the current step started, the newest checkpoint's
     # data state.
     self._t0 = self._step_started = 0.0
+    # The tokens the train step has read since the current step started (every update of it:
+    # GRPO's mu), and its training FLOPs per token and the devices' peak, for tokens_per_sec and
+    # mfu (set by start()).
+    self._step_tokens, self._flops_per_token, self._peak_flops = 0, 0.0, 0.0
     self._saved: dict = {}
     self.writer = metrics_lib.MetricsWriter(workdir, t.loggers, dataclasses.asdict(stage_settings))
     ev = stage_settings.eval
@@ -244,10 +251,13 @@ class Run:
     self.n_validation = min(len(validation), ev.max_examples)
     self.n_heldout = min(len(test), ev.max_examples)
 
-  def start(self, loss_fn: step_lib.LossFn, example_batch: Any) -> Callable[[dict, Any], tuple]:
+  def start(self, loss_fn: step_lib.LossFn, example_batch: Any,
+            train_data: str = "") -> Callable[[dict, Any], tuple]:
     """The stage's train step, step(state, batch of host arrays) -> (state, metrics), for batches
     shaped like example_batch; sets self.state: the newest checkpoint's, else the starting
-    policy's parameters with a fresh optimizer state, in the ZeRO stage's layout on the mesh."""
+    policy's parameters with a fresh optimizer state, in the ZeRO stage's layout on the mesh.
+    Prints the start-up banner (train/banner.py); train_data: the training data in the stage's
+    words ("4000 examples"), for it."""
     t = self.train
     abstract = lambda tree: jax.tree.map(  # noqa: E731
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
@@ -258,19 +268,38 @@ class Run:
         loss_fn, self.tx, lr_schedule=self.lr_schedule, grad_accum=t.grad_accum, seed=t.seed,
         mesh=self.mesh, zero_stage=stage, abstract_batch=abstract(example_batch))
     verdict = loop_lib.check_memory(self.sharding, build, abstract(example_batch))
-    if verdict and jax.process_index() == 0:
-      print(verdict, flush=True)
     self.training = training = build(self.zero_stage)
     restored = self.ckpt.restore_latest(training.abstract_state)
     if restored is None:
       self.state, self.start_step = training.init(self.shard(self.policy.params)), 0
     else:
       self.start_step, self.state, self.data_state = restored
+    _, seq_len = batch_tokens(example_batch)
+    self._flops_per_token = flops_per_token(self.policy.model_cfg, seq_len)
+    self._peak_flops = mfu_lib.peak_flops() * jax.device_count()
+    banner.show(self._banner(train_data, verdict))
 
     def step(state, batch):
+      self._step_tokens += batch_tokens(batch)[0]
       return training.train_step(state, loop_lib.global_batch(batch, training.batch_sharding))
 
     return step
+
+  def _banner(self, train_data: str, memory: Optional[str]) -> list[str]:
+    """train/banner.py's lines for this stage (after start() has restored or initialised)."""
+    ev, d = self.stage_settings.eval, self.stage_settings.data
+    source = f"data.train_path={d.train_path}" if d.train_path else "the task's problems"
+    data = (f"{source} ({train_data or 'training data'}); validation {self.n_validation}, "
+            f"test {self.n_heldout} examples (greedy, {ev.max_new_tokens} new tokens)")
+    init = (f"--init_workdir={self.init_workdir}" if self.init_workdir
+            else "a fresh model (config.model) with a byte-level tokenizer")
+    t = self.train
+    if self.total_updates != t.steps:  # GRPO's mu updates a step: the schedule counts updates
+      t = dataclasses.replace(t, steps=self.total_updates)
+    return banner.stage_lines(
+        self.stage, self.workdir, self.mesh, model_cfg=self.policy.model_cfg, train_settings=t,
+        sharding_settings=self.sharding, init=init, data=data,
+        start=banner.start_text(self.start_step), memory=memory)
 
   def shard(self, params: nnx.State) -> nnx.State:
     """params (wherever they are) in the policy's layout on the mesh (after start())."""
@@ -306,8 +335,7 @@ class Run:
       first = {f"eval/{k}": v for k, v in self.evaluate(self.state["params"]).items()}
       first.update({f"test/{k}": v for k, v in self.evaluate_test(self.state["params"]).items()})
       self.writer.write(0, first)
-      print(f"[{self.stage}] step 0: validation accuracy {first['eval/accuracy']:.3f}, test "
-            f"accuracy {first['test/accuracy']:.3f}", flush=True)
+      self._print(0, first)
     self._t0 = self._step_started = time.perf_counter()
     self._saved = dict(self.data_state)  # what the newest checkpoint holds beside the state
     last = self.train.steps
@@ -316,7 +344,7 @@ class Run:
       last = self.start_step
 
     def timed_step(step: int, state):
-      self._step_started = time.perf_counter()
+      self._step_started, self._step_tokens = time.perf_counter(), 0
       return train_step(step, state)
 
     hooks = loop_lib.Hooks(
@@ -350,13 +378,20 @@ class Run:
     final = {f"test/{k}": v for k, v in self.evaluate_test(self.state["params"]).items()}
     self.writer.write(step, final)
     summary["test_accuracy"] = final["test/accuracy"]
-    print(f"[{self.stage}] step {step}: test accuracy {final['test/accuracy']:.3f}", flush=True)
+    self._print(step, final)
+
+  def _print(self, step: int, record: dict) -> None:
+    """The console line of a logged record (train/metrics.py console_line), on process 0."""
+    if jax.process_index() == 0:
+      print(metrics_lib.console_line(step, record), flush=True)
 
   def _report(self, step: int, metrics, state) -> dict:
     """loop.Hooks.report: the step's metrics and time, held-out accuracy when due, logged."""
     t = self.train
     record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    record["step_time_s"] = time.perf_counter() - self._step_started
+    seconds = time.perf_counter() - self._step_started
+    record.update(step_time_s=seconds, tokens_per_sec=self._step_tokens / seconds,
+                  mfu=self._flops_per_token * self._step_tokens / seconds / self._peak_flops)
     if not np.isfinite(record["loss"]):
       raise NonFiniteLoss(
           f"loss is {record['loss']} at step {step}; stopped without saving, the last good "
@@ -364,10 +399,9 @@ class Run:
           "train.lr")
     if step % t.eval_every == 0 or step == t.steps:
       record.update({f"eval/{k}": v for k, v in self.evaluate(state["params"]).items()})
-      print(f"[{self.stage}] step {step}: " + ", ".join(
-          f"{k} {v:.4g}" for k, v in record.items() if k != "step_time_s"), flush=True)
     if step % t.log_every == 0 or "eval/accuracy" in record:
       self.writer.write(step, record)
+      self._print(step, record)
     return record
 
   def _save(self, summary: dict[str, Any], step: int, state, early: bool,
@@ -380,6 +414,17 @@ class Run:
       summary["stopped_early"] = saved["stopped_early"] = f"stop condition met at step {step}"
     self.ckpt.save(step, state, saved, temporary=temporary)
     self._saved = saved
+
+
+def batch_tokens(batch: Any) -> tuple[int, int]:
+  """(tokens, sequence length) of a stage's batch: the sizes of its "inputs" arrays (DPO's
+  chosen and rejected both), the length of the last one."""
+  tokens, seq_len = 0, 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+    if getattr(path[-1], "key", None) == "inputs":
+      tokens += int(np.prod(leaf.shape))
+      seq_len = int(leaf.shape[-1])
+  return tokens, seq_len
 
 
 # ---------------------------------------------------------------------------------------------
