@@ -321,3 +321,12 @@ def test_meter_rates_cover_the_steps_since_the_last_reading(monkeypatch):
   assert meter.read(8)["step_time_s"] == 0.25
   now[0] = 15.0
   assert meter.read(8) == {}  # no step since the last reading
+
+
+def test_config_json_records_the_resolved_mesh_and_devices(tiny_run):
+  """Catches: config.json keeping the mesh as asked ({'data': -1, ...}) rather than the axis
+  sizes the run used, or leaving out the device kind (the 8 host CPU devices of conftest.py)."""
+  saved = json.load(open(os.path.join(tiny_run, "config.json")))
+  assert saved["sharding"]["mesh"]["data"] == -1  # what was asked stays as asked
+  assert saved["resolved"] == {"mesh": {"data": 8, "fsdp": 1, "tensor": 1, "expert": 1},
+                               "devices": {"count": 8, "kind": "cpu", "processes": 1}}

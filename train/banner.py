@@ -37,6 +37,15 @@ def devices_text() -> str:
           f"({processes} process{'es' if processes > 1 else ''})")
 
 
+def resolved_record(mesh: Mesh) -> dict:
+  """What a run ran on, for its config.json ("resolved", train/config.py save): the mesh's axis
+  sizes with -1 resolved, and the devices' count, kind(s) and processes."""
+  kinds = sorted({d.device_kind for d in jax.devices()})
+  return {"mesh": {axis: int(size) for axis, size in mesh.shape.items()},
+          "devices": {"count": jax.device_count(), "kind": ", ".join(kinds),
+                      "processes": jax.process_count()}}
+
+
 def mesh_text(mesh: Mesh, spec: dict) -> str:
   """The mesh's axis sizes after -1 is resolved, then the setting they came from."""
   sizes = " ".join(f"{axis}={size}" for axis, size in mesh.shape.items())

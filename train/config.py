@@ -627,12 +627,16 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
         "use a new --workdir or the saved settings")
 
 
-def save(workdir: str, config: ml_collections.ConfigDict) -> None:
+def save(workdir: str, config: ml_collections.ConfigDict,
+         resolved: Optional[Mapping[str, Any]] = None) -> None:
   """Writes config.json; the run it branched from ("parent", train/branch.py), once recorded,
-  stays in it on every resume."""
+  stays in it on every resume. resolved: what this invocation ran on (train/banner.py
+  resolved_record: the mesh's axis sizes with -1 resolved, the devices), saved as "resolved" and
+  rewritten by every resume; readers of the settings ignore it."""
   saved = read_saved(workdir)
-  if saved is None or "parent" not in saved:
-    files.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
-    return
-  files.write_json_atomic(os.path.join(workdir, "config.json"),
-                          {**json.loads(config.to_json()), "parent": saved["parent"]}, indent=2)
+  record = json.loads(config.to_json())
+  if resolved is not None:
+    record["resolved"] = dict(resolved)
+  if saved is not None and "parent" in saved:
+    record["parent"] = saved["parent"]
+  files.write_json_atomic(os.path.join(workdir, "config.json"), record, indent=2)

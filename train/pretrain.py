@@ -154,9 +154,9 @@ def _prepare_everywhere(prepare: Callable[[], data_lib.Prepared]) -> data_lib.Pr
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str,
-                 run_settings: config_lib.RunSettings) -> PretrainData:
+                 run_settings: config_lib.RunSettings, mesh: Optional[Mesh] = None) -> PretrainData:
   """Tokenizer and shards in workdir (made once, reused on resume), the corpus opened, and the
-  config saved as workdir/config.json."""
+  config saved as workdir/config.json (with the mesh and devices it runs on, when given)."""
   model_cfg, t, data_settings = run_settings.model, run_settings.train, run_settings.data
   os.makedirs(workdir, exist_ok=True)
   prepared = _prepare_everywhere(functools.partial(
@@ -172,7 +172,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str,
       documents=tokenizer_lib.document_boundary(tok),
       answer_marker=answer_marker_id(tok, t.answer_marker))
   if jax.process_index() == 0:
-    config_lib.save(workdir, config)
+    config_lib.save(workdir, config, banner.resolved_record(mesh) if mesh is not None else None)
   return data
 
 
@@ -359,7 +359,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     parent = branch_lib.start(workdir, config, run_settings.train)  # train.init_from, or None
     mesh = build_mesh(run_settings)
     checked = preflight(run_settings, mesh)
-    data = prepare_data(config, workdir, run_settings)
+    data = prepare_data(config, workdir, run_settings, mesh)
     training = build_training(run_settings, mesh, data)
     ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
     start, state, row_ids = restore_or_init(ckpt, training, data, run_settings.train, parent,

@@ -312,6 +312,7 @@ class Run:
     record["model"] = self.policy.model_cfg.to_dict()
     record["stage"] = self.stage
     record["init_workdir"] = self.init_workdir
+    record["resolved"] = banner.resolved_record(self.mesh)  # the mesh and devices it ran on
     files.write_json_atomic(os.path.join(self.workdir, "config.json"), record, indent=2)
 
   def loop(self, train_step: Callable[[int, dict], tuple[dict, dict]], *,
