@@ -45,3 +45,4 @@ def test_every_step_record_of_a_run_has_throughput_and_the_console_line_shows_it
   line = metrics_lib.console_line(3, records[-1])
   assert line.startswith(f"step 3  loss {records[-1]['loss']:.4f}  eval_loss "), line
   assert " tokens/s  MFU " in line and "  lr " in line, line
+  assert os.path.getsize(os.path.join(tiny_run, "curves.png")) > 0  # the run's loss plot

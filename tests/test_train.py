@@ -330,3 +330,21 @@ def test_config_json_records_the_resolved_mesh_and_devices(tiny_run):
   assert saved["sharding"]["mesh"]["data"] == -1  # what was asked stays as asked
   assert saved["resolved"] == {"mesh": {"data": 8, "fsdp": 1, "tensor": 1, "expert": 1},
                                "devices": {"count": 8, "kind": "cpu", "processes": 1}}
+
+
+def test_profile_outside_the_runs_steps_warns_and_a_trace_says_where_it_went(tmp_path, capsys):
+  """Catches: --profile_steps past the run's last step (or before a resumed run's first) tracing
+  nothing without a word, and a trace written without saying where."""
+  state = {"params": jax.numpy.zeros(2), "opt_state": jax.numpy.zeros(2)}
+  hooks = loop.Hooks(report=lambda step, metrics, state: {}, save=lambda *a: None,
+                     must_save=lambda step: False)
+  step = lambda i, s: ({**s, "params": s["params"] + 1}, {"loss": 0.0})  # noqa: E731
+  logdir = str(tmp_path / "profile")
+  loop.run_steps(state, 2, 4, step, hooks, loop.Profile(5, 6, logdir))  # runs steps 3 and 4
+  assert capsys.readouterr().out == ("warning: --profile_steps=5:6 is outside the steps this run "
+                                     "takes (3 to 4); nothing is traced\n")
+  assert not os.path.exists(logdir)
+  loop.run_steps(state, 2, 4, step, hooks, loop.Profile(1, 3, logdir))  # resumed inside: 3 only
+  out = capsys.readouterr().out
+  (run,) = glob.glob(os.path.join(logdir, "plugins", "profile", "*"))
+  assert out.startswith(f"profile: steps 3 to 3 traced into {run} (open its *.trace.json.gz "), out

@@ -166,6 +166,16 @@ def _drop_torn_tail(path: str) -> None:
     f.truncate(data.rfind(b"\n") + 1)  # 0 when the torn line is the only one
 
 
+def by_step(workdir: str) -> list[dict]:
+  """The workdir's metrics.jsonl records merged per step, in step order: a resumed run may repeat
+  a step (the later record wins), and an alignment stage logs its test accuracy as a second
+  record of its last step."""
+  merged: dict[int, dict] = {}
+  for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    merged.setdefault(r["step"], {}).update(r)
+  return [merged[s] for s in sorted(merged)]
+
+
 def read_jsonl(path: str) -> list[dict]:
   """The records of a metrics.jsonl, in order.
 

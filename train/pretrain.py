@@ -31,6 +31,7 @@ from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train import metrics as metrics_lib
 from train import mfu as mfu_lib
+from train import plots
 from train import step as step_lib
 from train import workdir_lock
 from train.data import pipeline as data_lib
@@ -430,4 +431,20 @@ def run_training(run_settings: config_lib.RunSettings, workdir: str, training: S
     ckpt.close()
   summary.update(reporter.latest)
   summary["final_step"] = step
+  if is_main and "jsonl" in t.loggers:
+    write_curves(workdir)
   return summary
+
+
+# The panels of a pretraining run's curves.png: the losses on one axes, then the schedule and the
+# throughput.
+CURVES = (("loss", "eval_loss", "test_loss"), "lr", "tokens_per_sec", "mfu")
+
+
+def write_curves(workdir: str) -> str:
+  """workdir/curves.png from its metrics.jsonl (every invocation's steps, as the alignment stages
+  plot theirs); returns its path."""
+  path = os.path.join(workdir, "curves.png")
+  plots.plot_curves(metrics_lib.by_step(workdir), CURVES, path,
+                    os.path.basename(os.path.normpath(workdir)))
+  return path

@@ -432,14 +432,6 @@ def batch_tokens(batch: Any) -> tuple[int, int]:
 # Results: results.json and a plot of the curves, from metrics.jsonl.
 
 
-def curves(workdir: str) -> list[dict]:
-  """metrics.jsonl records, the last one per step (a resumed run may repeat a step)."""
-  by_step = {}
-  for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
-    by_step.setdefault(r["step"], {}).update(r)
-  return [by_step[s] for s in sorted(by_step)]
-
-
 def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "") -> dict:
   """Writes results.json and curves.png into the workdir (and out_dir when given).
 
@@ -448,7 +440,7 @@ def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "
   curve the run's choices read; and for every key its first and last logged value and the mean
   over the last tenth of the logged steps.
   """
-  records = curves(workdir)
+  records = metrics_lib.by_step(workdir)
   evals = [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
   tests = [(r["step"], r["test/accuracy"]) for r in records if "test/accuracy" in r]
   result = dict(summary)
@@ -469,30 +461,6 @@ def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "results.json"), "w", encoding="utf-8") as f:
       json.dump(result, f, indent=2, default=str)
-    _plot(records, ["eval/accuracy"] + keys, os.path.join(d, "curves.png"), result["stage"])
+    plots.plot_curves(records, ["eval/accuracy"] + keys, os.path.join(d, "curves.png"),
+                      result["stage"])
   return result
-
-
-def _plot(records: list[dict], keys: list[str], path: str, title: str) -> None:
-  plt = plots.pyplot()
-
-  keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in records)]
-  cols = min(3, max(1, len(keys)))
-  rows = -(-len(keys) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
-  for ax, k in zip(axes.flat, keys):
-    pts = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))]
-    steps, values = np.array([p[0] for p in pts]), np.array([p[1] for p in pts], float)
-    if len(pts) < 30:
-      ax.plot(steps, values, marker="o", markersize=3)
-    else:  # per-step values are one batch each: show them faint, with a moving average
-      w = max(2, len(pts) // 20)
-      ax.plot(steps, values, alpha=0.3, linewidth=0.8)
-      ax.plot(steps[w - 1:], np.convolve(values, np.ones(w) / w, mode="valid"), linewidth=1.5)
-    ax.set_title(k, fontsize=9)
-    ax.set_xlabel("step", fontsize=8)
-    ax.tick_params(labelsize=7)
-  for ax in list(axes.flat)[len(keys):]:
-    ax.axis("off")
-  fig.suptitle(title)
-  plots.save(fig, path, dpi=60)
