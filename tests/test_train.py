@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -348,3 +349,17 @@ def test_profile_outside_the_runs_steps_warns_and_a_trace_says_where_it_went(tmp
   out = capsys.readouterr().out
   (run,) = glob.glob(os.path.join(logdir, "plugins", "profile", "*"))
   assert out.startswith(f"profile: steps 3 to 3 traced into {run} (open its *.trace.json.gz "), out
+
+
+def test_resuming_on_other_data_is_refused_unless_allowed(tiny_run, tmp_path):
+  """Catches: a resume with other data.paths silently making new shards and validating on
+  other rows, and a refusal that ignores data.allow_change or fires on the same data spelled
+  as a list."""
+  paths = json.load(open(os.path.join(tiny_run, "config.json")))["data"]["paths"]
+  pretrain.resolve_settings(tiny_config(f" {paths}, "), tiny_run)  # the same data: resumes
+  other = str(tmp_path / "*.txt")
+  with pytest.raises(config_lib.ConfigError, match="^" + re.escape(
+      f"workdir {tiny_run} trained on other data (data.paths: saved ['{paths}'], requested "
+      f"['{other}']); use a new --workdir, or --config.data.allow_change=True to go on")):
+    pretrain.resolve_settings(tiny_config(other), tiny_run)
+  pretrain.resolve_settings(tiny_config(other, **{"data.allow_change": True}), tiny_run)

@@ -279,7 +279,7 @@ def _rooted_config_paths(argv: list[str], flag_values) -> list[str]:
     named = [i for i, a in enumerate(argv) if a.startswith(f"--{name}=")]
     for i in named:
       argv[i] = f"--{name}={from_root(argv[i].split('=', 1)[1])}"
-    default = flag.default_unparsed
+    default = getattr(flag, "default_unparsed", None)
     if (not named and f"--{name}" not in argv and isinstance(default, str)
         and from_root(default) != default):
       argv.insert(1, f"--{name}={from_root(default)}")

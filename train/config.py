@@ -295,6 +295,10 @@ class DataSettings:
   eot_token: Optional[str] = None
   pad_token: Optional[str] = None
   bos_token: Optional[str] = None
+  # Resume a workdir that trained on other data (paths, sources or text_field changed) on this
+  # data: its shards are made again and its validation rows change with it. Without it such a
+  # resume is refused (train/pretrain.py resolve_settings, data_diffs).
+  allow_change: bool = False
 
   def __post_init__(self):
     # None from a command line or an old config.json means the default.
@@ -605,6 +609,33 @@ def frozen_diffs(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
                 for k in sorted(set(old_v) | set(new_v)) if old_v.get(k) != new_v.get(k)]
     elif old_v != new_v:
       diffs.append(f"{key}: saved {old_v!r}, requested {new_v!r}")
+  return diffs
+
+
+# What a workdir's data is: a resume that changes one of these trains on, and validates on,
+# other text.
+DATA_KEYS = ("paths", "sources", "text_field")
+
+
+def _data_value(key: str, value: Any) -> Any:
+  """data.KEY comparable across spellings: paths as a list ("a, b" == ["a", "b"])."""
+  if key == "paths" and isinstance(value, str):
+    return [p.strip() for p in value.split(",") if p.strip()]
+  if key == "text_field":
+    return value or "text"
+  return json.loads(json.dumps(value if value is not None else []))  # tuples as lists
+
+
+def data_diffs(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """The DATA_KEYS on which a saved config.json and `config` differ, as
+  'data.KEY: saved X, requested Y'."""
+  old, new = saved.get("data", {}), json.loads(config.to_json()).get("data", {})
+  defaults = {f.name: f.default for f in dataclasses.fields(DataSettings)}
+  diffs = []
+  for key in DATA_KEYS:
+    a, b = (_data_value(key, d.get(key, defaults[key])) for d in (old, new))
+    if a != b:
+      diffs.append(f"data.{key}: saved {a!r}, requested {b!r}")
   return diffs
 
 

@@ -111,7 +111,24 @@ def resolve_settings(config: ml_collections.ConfigDict, workdir: str) -> config_
   as, the workdir's config.json."""
   run_settings = config_lib.resolve(config)
   config_lib.check_workdir(workdir, config)
+  check_data_unchanged(workdir, config, run_settings.data)
   return run_settings
+
+
+def check_data_unchanged(workdir: str, config: ml_collections.ConfigDict,
+                         data_settings: config_lib.DataSettings) -> None:
+  """Refuses, in one line, to resume a workdir that has trained (a checkpoint past step 0) on
+  other data than data.* now names (config_lib.data_diffs): its shards would be made again and
+  its validation set would change under the run. data.allow_change=True allows it. A workdir
+  with no training yet (an imported model's step 0) takes any data."""
+  saved = config_lib.read_saved(workdir)
+  if saved is None or data_settings.allow_change:
+    return
+  diffs = config_lib.data_diffs(saved, config)
+  if diffs and max(ckpt_lib.saved_steps(os.path.join(workdir, "checkpoints")), default=0) > 0:
+    raise config_lib.ConfigError(
+        f"workdir {workdir} trained on other data ({'; '.join(diffs)}); use a new --workdir, "
+        "or --config.data.allow_change=True to go on with this data")
 
 
 def build_mesh(run_settings: config_lib.RunSettings) -> Mesh:
