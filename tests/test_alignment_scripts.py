@@ -73,3 +73,22 @@ def test_malformed_jsonl_is_a_one_line_error(tmp_path):
                     f"--init_workdir={tmp_path / 'none'}", f"--config.data.train_path={path}")
   assert proc.returncode == 2
   assert proc.stderr.strip() == f"error: {path}:2: missing field 'chosen'"
+
+
+def test_an_imported_model_fine_tunes_at_a_fine_tuning_rate_unless_one_is_chosen(tmp_path):
+  """Catches: SFT on an imported model at the from-scratch rate 3e-3, a rate chosen on the
+  command line (or by the user's config file) overridden, and a workdir trained here taken for
+  an imported one."""
+  from train.align import stage as stage_lib
+
+  imported, trained = tmp_path / "imported", tmp_path / "trained"
+  (imported / "hf").mkdir(parents=True)
+  (imported / "hf" / "config.json").write_text("{}")
+  trained.mkdir()
+  argv = ["sft.py", "--workdir=w", f"--init_workdir={imported}"]
+  assert stage_lib.finetune_lr("sft", str(imported), argv) == 2e-5
+  assert stage_lib.finetune_lr("dpo", str(imported), argv) == 1e-6
+  assert stage_lib.finetune_lr("sft", str(imported), argv + ["--config.train.lr=1e-4"]) is None
+  assert stage_lib.finetune_lr("sft", str(imported), argv + ["--config=mine.py"]) is None
+  assert stage_lib.finetune_lr("sft", str(trained), argv) is None
+  assert stage_lib.finetune_lr("sft", "", argv) is None

@@ -57,6 +57,30 @@ from train.config import ConfigError
 from train.loop import NonFiniteLoss
 
 
+# A stage's learning rate when it starts from an imported Hugging Face model (experiments.convert)
+# and the command line did not choose one: the stage configs' rates (SFT 3e-3, DPO 3e-4, GRPO
+# 1e-4) are for the small models trained here, and would wreck a model pretrained at scale.
+# Fine-tuning rates are 1e-5 to 5e-5 for SFT (2e-5, as TRL's SFT default) and far lower for
+# preference and RL updates (1e-6, as TRL's DPO and GRPO defaults).
+IMPORTED_LR = {"sft": 2e-5, "dpo": 1e-6, "grpo": 1e-6}
+
+
+def is_imported(workdir: str) -> bool:
+  """Whether workdir holds a model imported from Hugging Face (train/hf_workdir.py keeps the
+  original config.json under hf/ there)."""
+  from train import hf_workdir
+
+  return bool(workdir) and os.path.exists(os.path.join(workdir, hf_workdir.HF_DIR, "config.json"))
+
+
+def finetune_lr(stage: str, init_workdir: str, argv: list[str]) -> Optional[float]:
+  """IMPORTED_LR[stage] when init_workdir is an imported model and the command line argv chose
+  no rate (no --config.train.lr, no config file of its own); else None (train.lr stands)."""
+  chosen = any(a.startswith(("--config.train.lr", "--config=")) or a == "--config"
+               for a in argv[1:])
+  return None if chosen or not is_imported(init_workdir) else IMPORTED_LR[stage]
+
+
 @dataclasses.dataclass
 class Policy:
   model_cfg: ModelConfig
