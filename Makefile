@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 BASE := $(VENV)/.installed-base
 TESTDEPS := $(VENV)/.installed-test
 WORKDIR ?= runs/default
-# Where make train writes results.json: results/default_run for the default run (the README's
-# figures), the workdir itself for any other.
-RESULTS ?= $(if $(filter runs/default,$(WORKDIR)),results/default_run,$(WORKDIR))
+# Where make train writes results.json: the workdir itself, under runs/ (untracked). The committed
+# results/default_run (the README's figures) is rewritten only when asked:
+# make train RESULTS=results/default_run.
+RESULTS ?= $(WORKDIR)
 # The interop tests compare against transformers on the CPU build of torch; pinning it keeps pip
 # from fetching a multi-gigabyte CUDA build.
 TORCH ?= torch==2.13.0

@@ -99,3 +99,18 @@ def test_dry_run_banner_of_an_8_device_zero3_run_names_its_mesh_and_preflight(tm
   assert re.search(r"^\s+memory\s+pre-flight passed: .* at sharding\.zero_stage=3, within "
                    r"sharding\.device_memory_gb=80$", out, re.MULTILINE), out
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_script_finds_its_default_config_from_another_directory(tmp_path):
+  """Catches: the default --config (a path relative to the repository) read from the working
+  directory, which from anywhere else is a 30-line traceback or a missing-file error."""
+  import subprocess
+
+  from tests.helpers import script_cmd, script_env
+
+  done = subprocess.run(
+      script_cmd("experiments.sft", "--print_config", "--config.train.steps=7"), cwd=tmp_path,
+      env=script_env(), capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert re.search(r"^train\.steps\s+= 7\s+\[flag\]$", done.stdout, re.MULTILINE), done.stdout
+  assert re.search(r"^sft\.stop_accuracy\s+= ", done.stdout, re.MULTILINE), done.stdout

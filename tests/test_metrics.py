@@ -30,3 +30,19 @@ def test_resumed_writer_does_not_glue_a_record_onto_the_torn_line(tmp_path):
   writer.write(2, {"loss": 2.4})
   writer.close()
   assert metrics_lib.read_jsonl(str(path)) == [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.4}]
+
+
+def test_every_step_record_of_a_run_has_throughput_and_the_console_line_shows_it(tiny_run):
+  """Catches: step 1 (the meter's first reading) or an evaluation step logged without
+  tokens_per_sec / mfu, and a console line that drops the eval loss or the throughput."""
+  import os
+
+  records = metrics_lib.read_jsonl(os.path.join(tiny_run, "metrics.jsonl"))
+  assert [r["step"] for r in records] == [1, 2, 3]  # tiny.py logs every step, evaluates step 3
+  for r in records:
+    assert r["tokens_per_sec"] > 0 and r["mfu"] > 0, r
+  assert "eval_loss" in records[-1]
+  line = metrics_lib.console_line(3, records[-1])
+  assert line.startswith(f"step 3  loss {records[-1]['loss']:.4f}  eval_loss "), line
+  assert " tokens/s  MFU " in line and "  lr " in line, line
+  assert os.path.getsize(os.path.join(tiny_run, "curves.png")) > 0  # the run's loss plot

@@ -151,3 +151,26 @@ def test_launch_records_computes_each_point_once_and_hands_out_the_pending(tmp_p
   assert sweep.launch_records(root, points, compute, launcher="local", point="", **kw)
   assert calls == ["p1-abc", "p0-abc", "p2-abc"]  # the finished point was not computed again
   assert [r["square"] for r in sweep.collect(root, points)] == [0, 1, 4]
+
+
+def test_print_launcher_with_pending_points_prints_at_once_and_asks_for_no_report(
+    tmp_path, tiny_corpus, monkeypatch, capsys):
+  """Catches: --launcher=print tokenizing the corpus before it prints, and asking its study to
+  fit the finished points (minutes of CPU) while others are still pending."""
+  import types
+
+  base = tiny_config(tiny_corpus)
+  points = _points(base)
+  root = str(tmp_path / "run")
+  sweep.write_json(os.path.join(sweep.point_dir(root, points[1].name), sweep.RESULT), {"name": "done"})
+
+  def no_prepare(*args):
+    raise AssertionError("prepared the shared data before printing")
+
+  monkeypatch.setattr(sweep, "prepare_shared", no_prepare)
+  monkeypatch.setattr(sweep.sys, "argv", _argv())
+  fv = types.SimpleNamespace(workdir=root, launcher="print", point="")
+  launch_cfg = types.SimpleNamespace(job_name="t", slurm_options=())
+  assert sweep.launch_training_study(fv, base, points, launch_cfg) is False  # no fit follows
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.rsplit("--point=", 1)[1] for line in lines] == [points[0].name, points[2].name]

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -300,21 +301,65 @@ def test_cooldown_branch_continues_the_parent_exactly_under_its_own_schedule(tmp
 
 
 def test_meter_rates_cover_the_steps_since_the_last_reading(monkeypatch):
-  """Catches: a rate over the wrong interval (from the first reading, or across a restart), steps
-  not reset after a reading, tokens per second or MFU inverted, step time per reading rather than
-  per step."""
+  """Catches: a rate over the wrong interval (from the first reading, or across a restart), a
+  first step (or a step reported at once after the previous one) with no rate, steps not reset
+  after a reading, tokens per second or MFU inverted, step time per reading rather than per
+  step."""
   now = [10.0]
   monkeypatch.setattr(pretrain.time, "perf_counter", lambda: now[0])
   meter = pretrain.Meter(tokens_per_step=100, train_flops_per_token=6.0, peak_flops=1200.0)
-  meter.count()
-  assert meter.read() == {}  # no interval yet: the first reading only starts one
-  now[0] = 11.0
-  meter.count()
-  now[0] = 13.0  # an evaluation: 2 s that are not training
+  assert meter.read(0) == {}  # nothing dispatched yet
+  meter.count(4)  # a run resumed at step 4: its first step (and compilation) starts the interval
+  meter.count(5)  # the next dispatch, before step 5 is read, moves nothing
+  now[0] = 12.0
+  assert meter.read(5) == {"tokens_per_sec": 50.0, "step_time_s": 2.0, "mfu": 0.25}
+  now[0] = 13.0  # an evaluation: 1 s that is not training
   meter.restart()
-  meter.count()
-  meter.count()
+  meter.count(6)
   now[0] = 14.0
-  assert meter.read() == {"tokens_per_sec": 200.0, "step_time_s": 0.5, "mfu": 1.0}
+  assert meter.read(7) == {"tokens_per_sec": 200.0, "step_time_s": 0.5, "mfu": 1.0}
+  now[0] = 14.25  # step 8 reported at once after step 7 (an evaluation step): its own 0.25 s
+  assert meter.read(8)["step_time_s"] == 0.25
   now[0] = 15.0
-  assert meter.read() == {}  # no step since the last reading
+  assert meter.read(8) == {}  # no step since the last reading
+
+
+def test_config_json_records_the_resolved_mesh_and_devices(tiny_run):
+  """Catches: config.json keeping the mesh as asked ({'data': -1, ...}) rather than the axis
+  sizes the run used, or leaving out the device kind (the 8 host CPU devices of conftest.py)."""
+  saved = json.load(open(os.path.join(tiny_run, "config.json")))
+  assert saved["sharding"]["mesh"]["data"] == -1  # what was asked stays as asked
+  assert saved["resolved"] == {"mesh": {"data": 8, "fsdp": 1, "tensor": 1, "expert": 1},
+                               "devices": {"count": 8, "kind": "cpu", "processes": 1}}
+
+
+def test_profile_outside_the_runs_steps_warns_and_a_trace_says_where_it_went(tmp_path, capsys):
+  """Catches: --profile_steps past the run's last step (or before a resumed run's first) tracing
+  nothing without a word, and a trace written without saying where."""
+  state = {"params": jax.numpy.zeros(2), "opt_state": jax.numpy.zeros(2)}
+  hooks = loop.Hooks(report=lambda step, metrics, state: {}, save=lambda *a: None,
+                     must_save=lambda step: False)
+  step = lambda i, s: ({**s, "params": s["params"] + 1}, {"loss": 0.0})  # noqa: E731
+  logdir = str(tmp_path / "profile")
+  loop.run_steps(state, 2, 4, step, hooks, loop.Profile(5, 6, logdir))  # runs steps 3 and 4
+  assert capsys.readouterr().out == ("warning: --profile_steps=5:6 is outside the steps this run "
+                                     "takes (3 to 4); nothing is traced\n")
+  assert not os.path.exists(logdir)
+  loop.run_steps(state, 2, 4, step, hooks, loop.Profile(1, 3, logdir))  # resumed inside: 3 only
+  out = capsys.readouterr().out
+  (run,) = glob.glob(os.path.join(logdir, "plugins", "profile", "*"))
+  assert out.startswith(f"profile: steps 3 to 3 traced into {run} (open its *.trace.json.gz "), out
+
+
+def test_resuming_on_other_data_is_refused_unless_allowed(tiny_run, tmp_path):
+  """Catches: a resume with other data.paths silently making new shards and validating on
+  other rows, and a refusal that ignores data.allow_change or fires on the same data spelled
+  as a list."""
+  paths = json.load(open(os.path.join(tiny_run, "config.json")))["data"]["paths"]
+  pretrain.resolve_settings(tiny_config(f" {paths}, "), tiny_run)  # the same data: resumes
+  other = str(tmp_path / "*.txt")
+  with pytest.raises(config_lib.ConfigError, match="^" + re.escape(
+      f"workdir {tiny_run} trained on other data (data.paths: saved ['{paths}'], requested "
+      f"['{other}']); use a new --workdir, or --config.data.allow_change=True to go on")):
+    pretrain.resolve_settings(tiny_config(other), tiny_run)
+  pretrain.resolve_settings(tiny_config(other, **{"data.allow_change": True}), tiny_run)

@@ -1,8 +1,9 @@
-"""The start-up banner of a pretraining run: what it will do, and on which devices.
+"""The start-up banner of a training run: what it will do, and on which devices.
 
 train/pretrain.py prints it once the mesh and the data are ready (a --dry_run prints it and
-stops there): the workdir, the devices, the mesh with its -1 resolved, the ZeRO stage, the
-parameter count, the data sources (and, once prepared, their tokens), where the run starts, the
+stops there), and so does every alignment stage (train/align/stage.py, stage_lines): the workdir,
+the devices, the mesh with its -1 resolved, the ZeRO stage, the parameter count, the data (for
+pretraining its sources and, once prepared, their tokens), where the run starts, the
 learning-rate schedule and the memory pre-flight's verdict. One `name  value` line each, so an
 8-device ZeRO-3 run reads differently from a 1-device one at a glance.
 """
@@ -34,6 +35,15 @@ def devices_text() -> str:
   processes = jax.process_count()
   return (f"{jax.device_count()} x {', '.join(kinds)} "
           f"({processes} process{'es' if processes > 1 else ''})")
+
+
+def resolved_record(mesh: Mesh) -> dict:
+  """What a run ran on, for its config.json ("resolved", train/config.py save): the mesh's axis
+  sizes with -1 resolved, and the devices' count, kind(s) and processes."""
+  kinds = sorted({d.device_kind for d in jax.devices()})
+  return {"mesh": {axis: int(size) for axis, size in mesh.shape.items()},
+          "devices": {"count": jax.device_count(), "kind": ", ".join(kinds),
+                      "processes": jax.process_count()}}
 
 
 def mesh_text(mesh: Mesh, spec: dict) -> str:
@@ -87,6 +97,17 @@ def start_text(start: int, branched_from: Optional[str] = None) -> str:
   return f"resuming from step {start}"
 
 
+def memory_text(memory: Optional[str]) -> str:
+  """check_memory's verdict without its 'memory ' prefix, or why there is none."""
+  return (memory.removeprefix("memory ") if memory
+          else "pre-flight off (sharding.device_memory_gb=0)")
+
+
+def layout(title: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+  """The title, then one indented `name  value` line a row."""
+  return [title] + [f"  {name:<9}{value}" for name, value in rows]
+
+
 def lines(run_settings: config_lib.RunSettings, workdir: str, mesh: Mesh, *,
           files: Sequence[Sequence[str]], start: str, memory: Optional[str],
           corpus: Optional[data_lib.Corpus] = None) -> list[str]:
@@ -110,10 +131,31 @@ def lines(run_settings: config_lib.RunSettings, workdir: str, mesh: Mesh, *,
   rows += [
       ("start", start),
       ("schedule", schedule_text(t)),
-      ("memory", memory.removeprefix("memory ") if memory
-                 else "pre-flight off (sharding.device_memory_gb=0)"),
+      ("memory", memory_text(memory)),
   ]
-  return ["llmlab pretraining"] + [f"  {name:<9}{value}" for name, value in rows]
+  return layout("llmlab pretraining", rows)
+
+
+def stage_lines(stage: str, workdir: str, mesh: Mesh, *, model_cfg: ModelConfig,
+                train_settings: config_lib.TrainSettings,
+                sharding_settings: config_lib.ShardingSettings, init: str, data: str,
+                start: str, memory: Optional[str]) -> list[str]:
+  """An alignment stage's banner: the rows of pretraining's, with `init` (what the policy starts
+  from) and `data` (the stage's examples and held-out sets, in its own words) for the data
+  sources."""
+  rows = [
+      ("workdir", workdir),
+      ("devices", devices_text()),
+      ("mesh", mesh_text(mesh, sharding_settings.mesh)),
+      ("zero", zero_text(sharding_settings.zero_stage, mesh)),
+      ("params", params_text(model_cfg)),
+      ("init", init),
+      ("data", f"{data}; batch {train_settings.batch_size}"),
+      ("start", start),
+      ("schedule", schedule_text(train_settings)),
+      ("memory", memory_text(memory)),
+  ]
+  return layout(f"llmlab {stage}", rows)
 
 
 def show(banner_lines: Sequence[str]) -> None:

@@ -319,6 +319,36 @@ def define(define_flags: Callable[[], None], argv: list[str]) -> None:
     sys.argv = saved
 
 
+# The repository root: relative config paths (every script's default --config) are found from
+# here when they do not exist from the working directory.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def from_root(path: str) -> str:
+  """A relative config path (`FILE` or ml_collections' `FILE:ARG`) that does not exist from the
+  working directory but does from the repository root, made absolute; any other path as given."""
+  file, sep, arg = path.partition(":")
+  if not file or os.path.isabs(file) or os.path.exists(file):
+    return path
+  rooted = os.path.join(ROOT, file)
+  return rooted + sep + arg if os.path.exists(rooted) else path
+
+
+def _rooted_config_paths(argv: list[str], flag_values) -> list[str]:
+  """argv with each config flag's file (named, or its default when not named) found from the
+  repository root where the working directory does not have it (from_root)."""
+  argv = list(argv)
+  for name, flag in _config_flags(flag_values).items():
+    named = [i for i, a in enumerate(argv) if a.startswith(f"--{name}=")]
+    for i in named:
+      argv[i] = f"--{name}={from_root(argv[i].split('=', 1)[1])}"
+    default = getattr(flag, "default_unparsed", None)
+    if (not named and f"--{name}" not in argv and isinstance(default, str)
+        and from_root(default) != default):
+      argv.insert(1, f"--{name}={from_root(default)}")
+  return argv
+
+
 def parse_flags(argv: list[str], flag_values=None) -> list[str]:
   """absl's flag parsing of argv (flags defined by define()); returns the arguments left over.
 
@@ -329,7 +359,7 @@ def parse_flags(argv: list[str], flag_values=None) -> list[str]:
   from absl import flags
 
   flag_values = flags.FLAGS if flag_values is None else flag_values
-  argv = list(argv)
+  argv = _rooted_config_paths(argv, flag_values)
   for name, flag in _config_flags(flag_values).items():
     named = any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
     if not named and any(a.startswith(f"--{name}.") for a in argv):

@@ -301,6 +301,10 @@ class DataSettings:
   eot_token: Optional[str] = None
   pad_token: Optional[str] = None
   bos_token: Optional[str] = None
+  # Resume a workdir that trained on other data (paths, sources or text_field changed) on this
+  # data: its shards are made again and its validation rows change with it. Without it such a
+  # resume is refused (train/pretrain.py resolve_settings, data_diffs).
+  allow_change: bool = False
 
   def __post_init__(self):
     # None from a command line or an old config.json means the default.
@@ -614,6 +618,33 @@ def frozen_diffs(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   return diffs
 
 
+# What a workdir's data is: a resume that changes one of these trains on, and validates on,
+# other text.
+DATA_KEYS = ("paths", "sources", "text_field")
+
+
+def _data_value(key: str, value: Any) -> Any:
+  """data.KEY comparable across spellings: paths as a list ("a, b" == ["a", "b"])."""
+  if key == "paths" and isinstance(value, str):
+    return [p.strip() for p in value.split(",") if p.strip()]
+  if key == "text_field":
+    return value or "text"
+  return json.loads(json.dumps(value if value is not None else []))  # tuples as lists
+
+
+def data_diffs(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """The DATA_KEYS on which a saved config.json and `config` differ, as
+  'data.KEY: saved X, requested Y'."""
+  old, new = saved.get("data", {}), json.loads(config.to_json()).get("data", {})
+  defaults = {f.name: f.default for f in dataclasses.fields(DataSettings)}
+  diffs = []
+  for key in DATA_KEYS:
+    a, b = (_data_value(key, d.get(key, defaults[key])) for d in (old, new))
+    if a != b:
+      diffs.append(f"data.{key}: saved {a!r}, requested {b!r}")
+  return diffs
+
+
 def read_saved(workdir: str) -> Optional[dict]:
   """The workdir's config.json as a dict, None when it has none."""
   path = os.path.join(workdir, "config.json")
@@ -633,12 +664,16 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
         "use a new --workdir or the saved settings")
 
 
-def save(workdir: str, config: ml_collections.ConfigDict) -> None:
+def save(workdir: str, config: ml_collections.ConfigDict,
+         resolved: Optional[Mapping[str, Any]] = None) -> None:
   """Writes config.json; the run it branched from ("parent", train/branch.py), once recorded,
-  stays in it on every resume."""
+  stays in it on every resume. resolved: what this invocation ran on (train/banner.py
+  resolved_record: the mesh's axis sizes with -1 resolved, the devices), saved as "resolved" and
+  rewritten by every resume; readers of the settings ignore it."""
   saved = read_saved(workdir)
-  if saved is None or "parent" not in saved:
-    files.write_atomic(os.path.join(workdir, "config.json"), config.to_json(indent=2))
-    return
-  files.write_json_atomic(os.path.join(workdir, "config.json"),
-                          {**json.loads(config.to_json()), "parent": saved["parent"]}, indent=2)
+  record = json.loads(config.to_json())
+  if resolved is not None:
+    record["resolved"] = dict(resolved)
+  if saved is not None and "parent" in saved:
+    record["parent"] = saved["parent"]
+  files.write_json_atomic(os.path.join(workdir, "config.json"), record, indent=2)

@@ -10,6 +10,7 @@ devices (global_batch, rows_batch), and the checks of a run's mesh and memory be
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import signal
 from typing import Any, Callable, Optional
@@ -165,6 +166,49 @@ def profile_in(workdir: str, steps: Optional[tuple[int, int]]) -> Optional[Profi
   return None if steps is None else Profile(*steps, os.path.join(workdir, "profile"))
 
 
+class Tracer:
+  """run_steps' use of a Profile: the trace started before the first step in the range and
+  stopped once the last one has finished (or the loop ends), saying where it went. A range
+  outside the steps this invocation runs (start, last] is one warning line at the start: the
+  trace would otherwise be silently missing."""
+
+  def __init__(self, profile: Optional[Profile], start: int, last: int):
+    self.profile, self.tracing, self.first = profile, False, 0
+    if profile and not (profile.first <= last and profile.last > start):
+      _say(f"warning: --profile_steps={profile.first}:{profile.last} is outside the steps "
+           f"this run takes ({start + 1} to {last}); nothing is traced")
+
+  def before(self, step: int) -> None:
+    """Before step `step` (counted from 1) is dispatched."""
+    p = self.profile
+    if p and not self.tracing and p.first <= step <= p.last:
+      jax.profiler.start_trace(p.logdir)
+      self.tracing, self.first = True, step
+
+  def after(self, step: int, outputs: Any) -> None:
+    """After step `step` was dispatched with these outputs: the trace ends at the range's end."""
+    if self.tracing and step >= self.profile.last:
+      jax.block_until_ready(outputs)  # the trace holds the whole of the last step
+      self.stop(step)
+
+  def stop(self, step: int) -> None:
+    """Ends a trace still running (the loop stopped, or failed, inside the range: keep it)."""
+    if not self.tracing:
+      return
+    jax.profiler.stop_trace()
+    self.tracing = False
+    runs = sorted(glob.glob(os.path.join(self.profile.logdir, "plugins", "profile", "*")))
+    where = runs[-1] if runs else self.profile.logdir
+    _say(f"profile: steps {self.first} to {step} traced into {where} (open its *.trace.json.gz "
+         "at ui.perfetto.dev, or run tensorboard --logdir "
+         f"{self.profile.logdir} with the `profile` extra)")
+
+
+def _say(line: str) -> None:
+  if jax.process_index() == 0:
+    print(line, flush=True)
+
+
 def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any], tuple[Any, Any]],
               hooks: Hooks, profile: Optional[Profile] = None,
               ) -> tuple[Any, int, Optional[str], bool]:
@@ -184,19 +228,14 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
   """
   pending = None  # (step, metrics) dispatched but not yet reported
   step, signalled, early = start, None, False
-  tracing = False
+  tracer = Tracer(profile, start, last)
   with StopFlag() as stop:
     try:
       while step < last and signalled is None and not early:
-        if profile and not tracing and profile.first <= step + 1 <= profile.last:
-          jax.profiler.start_trace(profile.logdir)
-          tracing = True
+        tracer.before(step + 1)
         state, metrics = train_step(step, state)
         step += 1
-        if tracing and step >= profile.last:
-          jax.block_until_ready((state, metrics))  # the trace holds the whole of the last step
-          jax.profiler.stop_trace()
-          tracing = False
+        tracer.after(step, (state, metrics))
         if pending is not None:
           hooks.report(*pending, state)
         pending = (step, metrics)
@@ -218,8 +257,7 @@ def run_steps(state: Any, start: int, last: int, train_step: Callable[[int, Any]
         hooks.report(*pending, state)
       hooks.wait_saved()
     finally:
-      if tracing:  # stopped (or failed) inside the range: keep what was traced
-        jax.profiler.stop_trace()
+      tracer.stop(step)
   return state, step, signalled, early
 
 

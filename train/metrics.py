@@ -120,6 +120,26 @@ class MetricsWriter:
       sink.close()
 
 
+def console_line(step: int, record: Mapping[str, Any]) -> str:
+  """One step on the console, the same for pretraining and the alignment stages:
+  'step 40  loss 2.345  eval_loss 2.401  12,345 tokens/s  MFU 3.21%  lr 0.003'. The held-out
+  numbers (eval_*, eval/*, test_*, test/*; the router's per-expert ones left to metrics.jsonl)
+  appear on the steps that evaluated them, throughput where it was measured."""
+  parts = [f"step {step}"]
+  if isinstance(record.get("loss"), (int, float)):
+    parts.append(f"loss {record['loss']:.4f}")
+  for k, v in record.items():
+    if k.startswith(("eval", "test")) and "moe" not in k and isinstance(v, (int, float)):
+      parts.append(f"{k} {v:.4g}")
+  if "tokens_per_sec" in record:
+    parts.append(f"{record['tokens_per_sec']:,.0f} tokens/s")
+  if "mfu" in record:
+    parts.append(f"MFU {100 * record['mfu']:.3g}%")
+  if "lr" in record:
+    parts.append(f"lr {record['lr']:.3g}")
+  return "  ".join(parts)
+
+
 def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
   """The record's finite numbers, step apart."""
   return {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
@@ -144,6 +164,16 @@ def _drop_torn_tail(path: str) -> None:
     f.seek(0)
     data = f.read()
     f.truncate(data.rfind(b"\n") + 1)  # 0 when the torn line is the only one
+
+
+def by_step(workdir: str) -> list[dict]:
+  """The workdir's metrics.jsonl records merged per step, in step order: a resumed run may repeat
+  a step (the later record wins), and an alignment stage logs its test accuracy as a second
+  record of its last step."""
+  merged: dict[int, dict] = {}
+  for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    merged.setdefault(r["step"], {}).update(r)
+  return [merged[s] for s in sorted(merged)]
 
 
 def read_jsonl(path: str) -> list[dict]:

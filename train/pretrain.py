@@ -31,6 +31,7 @@ from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train import metrics as metrics_lib
 from train import mfu as mfu_lib
+from train import plots
 from train import step as step_lib
 from train import workdir_lock
 from train.data import pipeline as data_lib
@@ -44,9 +45,12 @@ from train.state import ShardedTraining, make_sharded_training
 class Meter:
   """Training throughput between two readings: tokens per second, seconds per step, MFU.
 
-  count() once per step dispatched; read() at each report returns the rates since the last
-  reading (nothing at the first) and starts the next interval; restart() starts it afresh after
-  work that is not training (an evaluation, a checkpoint save).
+  count(done) before each step is dispatched; read(step) at each step's report returns the rates
+  over the steps reported since the last reading (their time: from that reading to this one,
+  which waits for the step to finish) and starts the next interval; restart() starts it afresh
+  after work that is not training (an evaluation, a checkpoint save). The first interval of an
+  invocation starts at its first count(), so the first step's reading holds the step's
+  compilation: every reported step has a rate, and the first one says what the start cost.
   """
 
   def __init__(self, tokens_per_step: int, train_flops_per_token: float, peak_flops: float):
@@ -55,26 +59,28 @@ class Meter:
     self.train_flops_per_token = train_flops_per_token
     self.peak_flops = peak_flops
     self._since: Optional[float] = None
-    self._steps = 0
+    self._read = 0  # the step of the last reading (or where the invocation started)
 
-  def count(self) -> None:
-    self._steps += 1
+  def count(self, done: int) -> None:
+    """done: the steps finished before the one about to be dispatched."""
+    if self._since is None:
+      self._since, self._read = time.perf_counter(), done
 
   def restart(self) -> None:
-    self._since, self._steps = time.perf_counter(), 0
+    self._since = time.perf_counter()
 
-  def read(self) -> dict[str, float]:
-    """{"tokens_per_sec", "step_time_s", "mfu"} over the steps counted since the last reading or
-    restart; {} when there is none."""
+  def read(self, step: int) -> dict[str, float]:
+    """{"tokens_per_sec", "step_time_s", "mfu"} over the steps after the last reading up to
+    `step`, since that reading or a restart; {} when there is none."""
     now = time.perf_counter()
-    rates = {}
-    if self._since is not None and self._steps:
-      seconds = now - self._since
-      tokens_per_sec = self._steps * self.tokens_per_step / seconds
-      rates = {"tokens_per_sec": tokens_per_sec, "step_time_s": seconds / self._steps,
-               "mfu": self.train_flops_per_token * tokens_per_sec / self.peak_flops}
-    self._since, self._steps = now, 0
-    return rates
+    steps = step - self._read
+    if self._since is None or steps <= 0:
+      return {}
+    seconds = now - self._since
+    tokens_per_sec = steps * self.tokens_per_step / seconds
+    self._since, self._read = now, step
+    return {"tokens_per_sec": tokens_per_sec, "step_time_s": seconds / steps,
+            "mfu": self.train_flops_per_token * tokens_per_sec / self.peak_flops}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +111,24 @@ def resolve_settings(config: ml_collections.ConfigDict, workdir: str) -> config_
   as, the workdir's config.json."""
   run_settings = config_lib.resolve(config)
   config_lib.check_workdir(workdir, config)
+  check_data_unchanged(workdir, config, run_settings.data)
   return run_settings
+
+
+def check_data_unchanged(workdir: str, config: ml_collections.ConfigDict,
+                         data_settings: config_lib.DataSettings) -> None:
+  """Refuses, in one line, to resume a workdir that has trained (a checkpoint past step 0) on
+  other data than data.* now names (config_lib.data_diffs): its shards would be made again and
+  its validation set would change under the run. data.allow_change=True allows it. A workdir
+  with no training yet (an imported model's step 0) takes any data."""
+  saved = config_lib.read_saved(workdir)
+  if saved is None or data_settings.allow_change:
+    return
+  diffs = config_lib.data_diffs(saved, config)
+  if diffs and max(ckpt_lib.saved_steps(os.path.join(workdir, "checkpoints")), default=0) > 0:
+    raise config_lib.ConfigError(
+        f"workdir {workdir} trained on other data ({'; '.join(diffs)}); use a new --workdir, "
+        "or --config.data.allow_change=True to go on with this data")
 
 
 def build_mesh(run_settings: config_lib.RunSettings) -> Mesh:
@@ -149,9 +172,9 @@ def _prepare_everywhere(prepare: Callable[[], data_lib.Prepared]) -> data_lib.Pr
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str,
-                 run_settings: config_lib.RunSettings) -> PretrainData:
+                 run_settings: config_lib.RunSettings, mesh: Optional[Mesh] = None) -> PretrainData:
   """Tokenizer and shards in workdir (made once, reused on resume), the corpus opened, and the
-  config saved as workdir/config.json."""
+  config saved as workdir/config.json (with the mesh and devices it runs on, when given)."""
   model_cfg, t, data_settings = run_settings.model, run_settings.train, run_settings.data
   os.makedirs(workdir, exist_ok=True)
   prepared = _prepare_everywhere(functools.partial(
@@ -167,7 +190,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str,
       documents=tokenizer_lib.document_boundary(tok),
       answer_marker=answer_marker_id(tok, t.answer_marker))
   if jax.process_index() == 0:
-    config_lib.save(workdir, config)
+    config_lib.save(workdir, config, banner.resolved_record(mesh) if mesh is not None else None)
   return data
 
 
@@ -289,7 +312,7 @@ class Reporter:
           record.update({f"{name}/{i}": float(v) for i, v in enumerate(value)})
         else:
           record[name] = float(value)
-    record.update(self.meter.read())
+    record.update(self.meter.read(step))
     self.latest.update(step=step, loss=loss)
     return record
 
@@ -306,6 +329,8 @@ class Reporter:
       self.meter.restart()  # evaluation time is not training throughput
     if step % t.log_every == 0 or "eval_loss" in record or step == t.steps:
       self.writer.write(step, record)
+      if self.writer.enabled:
+        self.bar.write(metrics_lib.console_line(step, record))
     postfix = {"loss": f"{record['loss']:.3f}"}
     if "tokens_per_sec" in record:
       postfix["tok/s"] = f"{record['tokens_per_sec']:.0f}"
@@ -352,7 +377,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     parent = branch_lib.start(workdir, config, run_settings.train)  # train.init_from, or None
     mesh = build_mesh(run_settings)
     checked = preflight(run_settings, mesh)
-    data = prepare_data(config, workdir, run_settings)
+    data = prepare_data(config, workdir, run_settings, mesh)
     training = build_training(run_settings, mesh, data)
     ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
     start, state, row_ids = restore_or_init(ckpt, training, data, run_settings.train, parent,
@@ -401,7 +426,7 @@ def run_training(run_settings: config_lib.RunSettings, workdir: str, training: S
   reporter = Reporter(t, meter, evaluate, writer, bar, ckpt, evaluate_test)
 
   def train_step_at(step: int, state):
-    meter.count()
+    meter.count(step)
     return training.train_step(
         state, rows_batch(data.corpus.train_rows, next(row_ids), training.batch_sharding))
 
@@ -423,4 +448,20 @@ def run_training(run_settings: config_lib.RunSettings, workdir: str, training: S
     ckpt.close()
   summary.update(reporter.latest)
   summary["final_step"] = step
+  if is_main and "jsonl" in t.loggers:
+    write_curves(workdir)
   return summary
+
+
+# The panels of a pretraining run's curves.png: the losses on one axes, then the schedule and the
+# throughput.
+CURVES = (("loss", "eval_loss", "test_loss"), "lr", "tokens_per_sec", "mfu")
+
+
+def write_curves(workdir: str) -> str:
+  """workdir/curves.png from its metrics.jsonl (every invocation's steps, as the alignment stages
+  plot theirs); returns its path."""
+  path = os.path.join(workdir, "curves.png")
+  plots.plot_curves(metrics_lib.by_step(workdir), CURVES, path,
+                    os.path.basename(os.path.normpath(workdir)))
+  return path

@@ -13,6 +13,8 @@ and one call of run().
 
 from __future__ import annotations
 
+import sys
+
 from train import cli
 
 # The help of --init_workdir: what each stage starts from.
@@ -60,6 +62,12 @@ def run_stage(stage: str) -> None:
 
   fv = flags.FLAGS
   module = importlib.import_module(f"train.align.{stage}")
+  # An imported model fine-tunes at a fine-tuning rate unless the command line chose one.
+  lr = stage_lib.finetune_lr(stage, fv.init_workdir, sys.argv)
+  if lr is not None:
+    fv.config.train.lr = lr
+    print(f"train.lr={fv.config.train.lr:g}: a fine-tuning rate for the imported model in "
+          f"{fv.init_workdir} (set --config.train.lr to choose another)", flush=True)
   try:
     summary = module.train(fv.config, fv.workdir, fv.init_workdir, profile_steps=cli.profile_steps())
     result = stage_lib.write_results(fv.workdir, summary, module.CURVES, fv.results_dir)

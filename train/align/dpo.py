@@ -323,7 +323,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
       loss(run.policy.graphdef, beta=d.beta, loss_type=d.loss_type,
            label_smoothing=d.label_smoothing, nll_weight=d.nll_weight,
            aux_weights=run.aux_weights),
-      batch_of(chosen, rejected, np.zeros(len(rows)), np.zeros(len(rows)), rows, nll))
+      batch_of(chosen, rejected, np.zeros(len(rows)), np.zeros(len(rows)), rows, nll),
+      train_data=f"{len(pairs)} preference pairs")
 
   # The reference is the starting policy (run.policy.params were read from init_workdir), held
   # in the policy's sharded layout.

@@ -225,7 +225,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str,
   logps = np.zeros((n_rows, t_len), np.float32)
   example = batch_of(data_lib.Sequences(tokens, tokens, logps), np.zeros(n_rows),
                      logps if g.mu > 1 else None, logps if g.beta > 0 else None)
-  update = run.start(loss(policy.graphdef, g, run.aux_weights), example)
+  update = run.start(loss(policy.graphdef, g, run.aux_weights), example,
+                     train_data=f"{len(examples)} prompts, {g.group_size} completions each")
   # The frozen starting policy, in the policy's sharded layout.
   ref_params = run.shard(policy.params) if g.beta > 0 else None
   policy.params = None

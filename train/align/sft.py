@@ -69,7 +69,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, init_workdir: str = "
                       f"max_seq_len={run.policy.model_cfg.max_seq_len}")
   seqs = data_lib.pack(p_ids, c_ids, length, run.pad_id)
   step_fn = run.start(loss(run.policy.graphdef, run.aux_weights, run.train.z_loss),
-                      jax.eval_shape(lambda: batch_of(seqs, np.arange(t.batch_size))))
+                      jax.eval_shape(lambda: batch_of(seqs, np.arange(t.batch_size))),
+                      train_data=f"{len(examples)} examples")
 
   def train_step(step: int, state):
     idx = data_lib.batch_indices(len(examples), t.batch_size, step, t.seed)

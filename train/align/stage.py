@@ -36,13 +36,15 @@ from flax import nnx
 from tokenizers import Tokenizer
 
 from model import generation, sampling, transformer
-from model.config import ModelConfig, count_params
+from model.config import ModelConfig, count_params, flops_per_token
 from sharding import mesh as mesh_lib
 from train.align import data as data_lib
 from train import checkpoint as ckpt_lib
+from train import banner
 from train import files
 from train import loop as loop_lib
 from train import metrics as metrics_lib
+from train import mfu as mfu_lib
 from train import optimizer as optimizer_lib
 from train import plots
 from train import state as state_lib
@@ -53,6 +55,30 @@ from train import workdir_lock
 from train.data import tokenizer as tokenizer_lib
 from train.config import ConfigError
 from train.loop import NonFiniteLoss
+
+
+# A stage's learning rate when it starts from an imported Hugging Face model (experiments.convert)
+# and the command line did not choose one: the stage configs' rates (SFT 3e-3, DPO 3e-4, GRPO
+# 1e-4) are for the small models trained here, and would wreck a model pretrained at scale.
+# Fine-tuning rates are 1e-5 to 5e-5 for SFT (2e-5, as TRL's SFT default) and far lower for
+# preference and RL updates (1e-6, as TRL's DPO and GRPO defaults).
+IMPORTED_LR = {"sft": 2e-5, "dpo": 1e-6, "grpo": 1e-6}
+
+
+def is_imported(workdir: str) -> bool:
+  """Whether workdir holds a model imported from Hugging Face (train/hf_workdir.py keeps the
+  original config.json under hf/ there)."""
+  from train import hf_workdir
+
+  return bool(workdir) and os.path.exists(os.path.join(workdir, hf_workdir.HF_DIR, "config.json"))
+
+
+def finetune_lr(stage: str, init_workdir: str, argv: list[str]) -> Optional[float]:
+  """IMPORTED_LR[stage] when init_workdir is an imported model and the command line argv chose
+  no rate (no --config.train.lr, no config file of its own); else None (train.lr stands)."""
+  chosen = any(a.startswith(("--config.train.lr", "--config=")) or a == "--config"
+               for a in argv[1:])
+  return None if chosen or not is_imported(init_workdir) else IMPORTED_LR[stage]
 
 
 @dataclasses.dataclass
@@ -218,6 +244,7 @@ class Run:
     self.zero_stage = self.sharding.zero_stage
     loop_lib.validate_sharding(t, self.sharding, self.policy.model_cfg, self.mesh,
                                batch_size=batch_rows)
+    self.total_updates = total_updates
     self.tx = optimizer_lib.make(t, total_updates)
     self.lr_schedule = optimizer_lib.schedule_for(t, total_updates)
     moe = self.policy.model_cfg.moe
@@ -232,6 +259,10 @@ class Run:
     # Set by loop(): when it started, when the current step started, the newest checkpoint's
     # data state.
     self._t0 = self._step_started = 0.0
+    # The tokens the train step has read since the current step started (every update of it:
+    # GRPO's mu), and its training FLOPs per token and the devices' peak, for tokens_per_sec and
+    # mfu (set by start()).
+    self._step_tokens, self._flops_per_token, self._peak_flops = 0, 0.0, 0.0
     self._saved: dict = {}
     self.writer = metrics_lib.MetricsWriter(workdir, t.loggers, dataclasses.asdict(stage_settings))
     ev = stage_settings.eval
@@ -244,10 +275,13 @@ class Run:
     self.n_validation = min(len(validation), ev.max_examples)
     self.n_heldout = min(len(test), ev.max_examples)
 
-  def start(self, loss_fn: step_lib.LossFn, example_batch: Any) -> Callable[[dict, Any], tuple]:
+  def start(self, loss_fn: step_lib.LossFn, example_batch: Any,
+            train_data: str = "") -> Callable[[dict, Any], tuple]:
     """The stage's train step, step(state, batch of host arrays) -> (state, metrics), for batches
     shaped like example_batch; sets self.state: the newest checkpoint's, else the starting
-    policy's parameters with a fresh optimizer state, in the ZeRO stage's layout on the mesh."""
+    policy's parameters with a fresh optimizer state, in the ZeRO stage's layout on the mesh.
+    Prints the start-up banner (train/banner.py); train_data: the training data in the stage's
+    words ("4000 examples"), for it."""
     t = self.train
     abstract = lambda tree: jax.tree.map(  # noqa: E731
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
@@ -258,19 +292,38 @@ class Run:
         loss_fn, self.tx, lr_schedule=self.lr_schedule, grad_accum=t.grad_accum, seed=t.seed,
         mesh=self.mesh, zero_stage=stage, abstract_batch=abstract(example_batch))
     verdict = loop_lib.check_memory(self.sharding, build, abstract(example_batch))
-    if verdict and jax.process_index() == 0:
-      print(verdict, flush=True)
     self.training = training = build(self.zero_stage)
     restored = self.ckpt.restore_latest(training.abstract_state)
     if restored is None:
       self.state, self.start_step = training.init(self.shard(self.policy.params)), 0
     else:
       self.start_step, self.state, self.data_state = restored
+    _, seq_len = batch_tokens(example_batch)
+    self._flops_per_token = flops_per_token(self.policy.model_cfg, seq_len)
+    self._peak_flops = mfu_lib.peak_flops() * jax.device_count()
+    banner.show(self._banner(train_data, verdict))
 
     def step(state, batch):
+      self._step_tokens += batch_tokens(batch)[0]
       return training.train_step(state, loop_lib.global_batch(batch, training.batch_sharding))
 
     return step
+
+  def _banner(self, train_data: str, memory: Optional[str]) -> list[str]:
+    """train/banner.py's lines for this stage (after start() has restored or initialised)."""
+    ev, d = self.stage_settings.eval, self.stage_settings.data
+    source = f"data.train_path={d.train_path}" if d.train_path else "the task's problems"
+    data = (f"{source} ({train_data or 'training data'}); validation {self.n_validation}, "
+            f"test {self.n_heldout} examples (greedy, {ev.max_new_tokens} new tokens)")
+    init = (f"--init_workdir={self.init_workdir}" if self.init_workdir
+            else "a fresh model (config.model) with a byte-level tokenizer")
+    t = self.train
+    if self.total_updates != t.steps:  # GRPO's mu updates a step: the schedule counts updates
+      t = dataclasses.replace(t, steps=self.total_updates)
+    return banner.stage_lines(
+        self.stage, self.workdir, self.mesh, model_cfg=self.policy.model_cfg, train_settings=t,
+        sharding_settings=self.sharding, init=init, data=data,
+        start=banner.start_text(self.start_step), memory=memory)
 
   def shard(self, params: nnx.State) -> nnx.State:
     """params (wherever they are) in the policy's layout on the mesh (after start())."""
@@ -283,6 +336,7 @@ class Run:
     record["model"] = self.policy.model_cfg.to_dict()
     record["stage"] = self.stage
     record["init_workdir"] = self.init_workdir
+    record["resolved"] = banner.resolved_record(self.mesh)  # the mesh and devices it ran on
     files.write_json_atomic(os.path.join(self.workdir, "config.json"), record, indent=2)
 
   def loop(self, train_step: Callable[[int, dict], tuple[dict, dict]], *,
@@ -306,8 +360,7 @@ class Run:
       first = {f"eval/{k}": v for k, v in self.evaluate(self.state["params"]).items()}
       first.update({f"test/{k}": v for k, v in self.evaluate_test(self.state["params"]).items()})
       self.writer.write(0, first)
-      print(f"[{self.stage}] step 0: validation accuracy {first['eval/accuracy']:.3f}, test "
-            f"accuracy {first['test/accuracy']:.3f}", flush=True)
+      self._print(0, first)
     self._t0 = self._step_started = time.perf_counter()
     self._saved = dict(self.data_state)  # what the newest checkpoint holds beside the state
     last = self.train.steps
@@ -316,7 +369,7 @@ class Run:
       last = self.start_step
 
     def timed_step(step: int, state):
-      self._step_started = time.perf_counter()
+      self._step_started, self._step_tokens = time.perf_counter(), 0
       return train_step(step, state)
 
     hooks = loop_lib.Hooks(
@@ -350,13 +403,20 @@ class Run:
     final = {f"test/{k}": v for k, v in self.evaluate_test(self.state["params"]).items()}
     self.writer.write(step, final)
     summary["test_accuracy"] = final["test/accuracy"]
-    print(f"[{self.stage}] step {step}: test accuracy {final['test/accuracy']:.3f}", flush=True)
+    self._print(step, final)
+
+  def _print(self, step: int, record: dict) -> None:
+    """The console line of a logged record (train/metrics.py console_line), on process 0."""
+    if jax.process_index() == 0:
+      print(metrics_lib.console_line(step, record), flush=True)
 
   def _report(self, step: int, metrics, state) -> dict:
     """loop.Hooks.report: the step's metrics and time, held-out accuracy when due, logged."""
     t = self.train
     record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    record["step_time_s"] = time.perf_counter() - self._step_started
+    seconds = time.perf_counter() - self._step_started
+    record.update(step_time_s=seconds, tokens_per_sec=self._step_tokens / seconds,
+                  mfu=self._flops_per_token * self._step_tokens / seconds / self._peak_flops)
     if not np.isfinite(record["loss"]):
       raise NonFiniteLoss(
           f"loss is {record['loss']} at step {step}; stopped without saving, the last good "
@@ -364,10 +424,9 @@ class Run:
           "train.lr")
     if step % t.eval_every == 0 or step == t.steps:
       record.update({f"eval/{k}": v for k, v in self.evaluate(state["params"]).items()})
-      print(f"[{self.stage}] step {step}: " + ", ".join(
-          f"{k} {v:.4g}" for k, v in record.items() if k != "step_time_s"), flush=True)
     if step % t.log_every == 0 or "eval/accuracy" in record:
       self.writer.write(step, record)
+      self._print(step, record)
     return record
 
   def _save(self, summary: dict[str, Any], step: int, state, early: bool,
@@ -382,16 +441,19 @@ class Run:
     self._saved = saved
 
 
+def batch_tokens(batch: Any) -> tuple[int, int]:
+  """(tokens, sequence length) of a stage's batch: the sizes of its "inputs" arrays (DPO's
+  chosen and rejected both), the length of the last one."""
+  tokens, seq_len = 0, 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+    if getattr(path[-1], "key", None) == "inputs":
+      tokens += int(np.prod(leaf.shape))
+      seq_len = int(leaf.shape[-1])
+  return tokens, seq_len
+
+
 # ---------------------------------------------------------------------------------------------
 # Results: results.json and a plot of the curves, from metrics.jsonl.
-
-
-def curves(workdir: str) -> list[dict]:
-  """metrics.jsonl records, the last one per step (a resumed run may repeat a step)."""
-  by_step = {}
-  for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
-    by_step.setdefault(r["step"], {}).update(r)
-  return [by_step[s] for s in sorted(by_step)]
 
 
 def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "") -> dict:
@@ -402,7 +464,7 @@ def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "
   curve the run's choices read; and for every key its first and last logged value and the mean
   over the last tenth of the logged steps.
   """
-  records = curves(workdir)
+  records = metrics_lib.by_step(workdir)
   evals = [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
   tests = [(r["step"], r["test/accuracy"]) for r in records if "test/accuracy" in r]
   result = dict(summary)
@@ -423,30 +485,6 @@ def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "results.json"), "w", encoding="utf-8") as f:
       json.dump(result, f, indent=2, default=str)
-    _plot(records, ["eval/accuracy"] + keys, os.path.join(d, "curves.png"), result["stage"])
+    plots.plot_curves(records, ["eval/accuracy"] + keys, os.path.join(d, "curves.png"),
+                      result["stage"])
   return result
-
-
-def _plot(records: list[dict], keys: list[str], path: str, title: str) -> None:
-  plt = plots.pyplot()
-
-  keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in records)]
-  cols = min(3, max(1, len(keys)))
-  rows = -(-len(keys) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
-  for ax, k in zip(axes.flat, keys):
-    pts = [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))]
-    steps, values = np.array([p[0] for p in pts]), np.array([p[1] for p in pts], float)
-    if len(pts) < 30:
-      ax.plot(steps, values, marker="o", markersize=3)
-    else:  # per-step values are one batch each: show them faint, with a moving average
-      w = max(2, len(pts) // 20)
-      ax.plot(steps, values, alpha=0.3, linewidth=0.8)
-      ax.plot(steps[w - 1:], np.convolve(values, np.ones(w) / w, mode="valid"), linewidth=1.5)
-    ax.set_title(k, fontsize=9)
-    ax.set_xlabel("step", fontsize=8)
-    ax.tick_params(labelsize=7)
-  for ax in list(axes.flat)[len(keys):]:
-    ax.axis("off")
-  fig.suptitle(title)
-  plots.save(fig, path, dpi=60)

@@ -345,8 +345,11 @@ def launch(
     return False  # one task of a sweep: the study reports when collected
   todo = pending(root, points)
   if launcher == "print" and todo:
-    prepare_shared(root, point_config(base, todo[0]))  # once here, not racing in every task
+    # At once, without tokenizing: the first task prepares the shared data (every point's
+    # run_point does, and reuses it when it is there).
     print_commands(argv, todo)
+    if not os.path.exists(shared_dir(root, point_config(base, todo[0]))):
+      log("the first of these commands prepares the sweep's shared data; let it start first")
   elif launcher == "slurm" and todo:
     prepare_shared(root, point_config(base, todo[0]))
     path = write_slurm(root, argv, todo, job_name=job_name, options=slurm_options)
@@ -432,8 +435,9 @@ def launch_training_study(fv: Any, base: ml_collections.ConfigDict, points: Sequ
                           on_done: Optional[Callable[[str, Point], None]] = None) -> bool:
   """Trains or hands out the pending points from a study's flag values fv (workdir, launcher,
   point; launched: the subset to hand out now, default all) and says how far the sweep is.
-  True when the study should collect and report now: every point done, or some done under a
-  scheduler (print, slurm) whose partial report is worth a look."""
+  True when the study should collect and report now: every point done. With points pending
+  (the print and slurm launchers hand them out) it returns False at once: no fit of a partial
+  sweep stands between the user and the printed commands."""
   launched = points if launched is None else launched
   done = launch(fv.workdir, base, launched, launcher=fv.launcher, point=fv.point, argv=sys.argv,
                 job_name=launch_cfg.job_name, slurm_options=tuple(launch_cfg.slurm_options),
@@ -442,9 +446,9 @@ def launch_training_study(fv: Any, base: ml_collections.ConfigDict, points: Sequ
     return False
   if not done:
     finished = len(points) - len(pending(fv.workdir, points))
-    _log(f"{finished} of {len(points)} {unit} done; rerun this command to continue or collect")
-    return fv.launcher != "local" and finished > 0
-  return True
+    _log(f"{finished} of {len(points)} {unit} done; rerun this command to continue, or to "
+         "collect once all are done")
+  return done
 
 
 def define_records_study_flags(name: str, workdir_help: str, out_help: str) -> None:
