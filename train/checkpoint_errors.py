@@ -36,6 +36,17 @@ def is_event_loop_noise(error: BaseException) -> bool:
   return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
 
 
+def _raised_in_orbax(unraisable: Any) -> bool:
+  """An unraisable exception of orbax's own coroutines: a restore that gave up on a damaged
+  checkpoint leaves reads of its other arrays unawaited, and each, when collected, reports the
+  read error it met ("Exception ignored in: <coroutine _read_array_index_and_device_put>")."""
+  code = getattr(unraisable.object, "cr_code", None)
+  if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+    return True
+  frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+  return any(f"{os.sep}orbax{os.sep}" in f.filename for f in frames)
+
+
 class LateNoiseToLog:
   """sys.unraisablehook and sys.excepthook for the rest of the process once a checkpoint is
   written or a restore failed: tensorstore's threads finish reads and writes of a checkpoint
@@ -53,13 +64,16 @@ class LateNoiseToLog:
     if not isinstance(sys.unraisablehook, LateNoiseToLog):
       hooks = cls(log_path)
       sys.unraisablehook, sys.excepthook = hooks, hooks.excepthook
+      # asyncio reports a failed write's unawaited fragments when their tasks are collected,
+      # after the checkpointer closed: kept on the asyncio logger for the rest of the process.
+      logging.getLogger("asyncio").addFilter(OrbaxLogToFile(log_path))
 
   def _log(self, error: BaseException) -> None:
     with open(self.log_path, "a", encoding="utf-8") as f:
       f.write(f"(late, from orbax's threads) {error!r}\n")
 
   def __call__(self, unraisable: Any) -> None:
-    if not is_event_loop_noise(unraisable.exc_value):
+    if not (is_event_loop_noise(unraisable.exc_value) or _raised_in_orbax(unraisable)):
       self.previous_unraisable(unraisable)
       return
     self._log(unraisable.exc_value)
@@ -140,6 +154,20 @@ def unreadable_file(step_dir: str, error: BaseException) -> Optional[str]:
   return None
 
 
+def _from_orbax(record: logging.LogRecord) -> bool:
+  """Whether a log record is orbax's or tensorstore's: logged from their code, or asyncio's
+  "Task exception was never retrieved" about one of their tasks (a failed background write whose
+  other fragments nobody awaits, reported when the task is collected, often at exit)."""
+  if f"{os.sep}orbax{os.sep}" in record.pathname or "tensorstore" in record.pathname:
+    return True
+  if record.name != "asyncio":
+    return False
+  text = record.getMessage()
+  if record.exc_info:
+    text += "".join(traceback.format_exception(*record.exc_info))
+  return "orbax" in text or "tensorstore" in text.lower()
+
+
 class OrbaxLogToFile(logging.Filter):
   """A filter on absl's logger (orbax logs through absl) that sends orbax's and tensorstore's
   records to the file at `path` instead of the terminal: a failing background save logs its
@@ -152,7 +180,7 @@ class OrbaxLogToFile(logging.Filter):
     self.formatter = logging.Formatter("%(asctime)s %(levelname)s %(threadName)s: %(message)s")
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if f"{os.sep}orbax{os.sep}" not in record.pathname and "tensorstore" not in record.pathname:
+    if not _from_orbax(record):
       return True
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(self.formatter.format(record) + "\n")
