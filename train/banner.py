@@ -108,6 +108,18 @@ def layout(title: str, rows: Sequence[tuple[str, str]]) -> list[str]:
   return [title] + [f"  {name:<9}{value}" for name, value in rows]
 
 
+def run_rows(workdir: str, mesh: Mesh, sharding_settings: config_lib.ShardingSettings,
+             model_cfg: ModelConfig) -> list[tuple[str, str]]:
+  """The rows every banner starts with: where, on which devices and mesh, how big."""
+  return [
+      ("workdir", workdir),
+      ("devices", devices_text()),
+      ("mesh", mesh_text(mesh, sharding_settings.mesh)),
+      ("zero", zero_text(sharding_settings.zero_stage, mesh)),
+      ("params", params_text(model_cfg)),
+  ]
+
+
 def lines(run_settings: config_lib.RunSettings, workdir: str, mesh: Mesh, *,
           files: Sequence[Sequence[str]], start: str, memory: Optional[str],
           corpus: Optional[data_lib.Corpus] = None) -> list[str]:
@@ -117,11 +129,7 @@ def lines(run_settings: config_lib.RunSettings, workdir: str, mesh: Mesh, *,
   model_cfg, t, data_settings = run_settings.model, run_settings.train, run_settings.data
   sharding_settings = run_settings.sharding
   rows = [
-      ("workdir", workdir),
-      ("devices", devices_text()),
-      ("mesh", mesh_text(mesh, sharding_settings.mesh)),
-      ("zero", zero_text(sharding_settings.zero_stage, mesh)),
-      ("params", params_text(model_cfg)),
+      *run_rows(workdir, mesh, sharding_settings, model_cfg),
       ("data", f"{sources_text(data_settings, files)}; seq_len {data_settings.seq_len}, batch "
                f"{t.batch_size} ({t.batch_size * data_settings.seq_len:,} tokens a step)"),
   ]
@@ -144,11 +152,7 @@ def stage_lines(stage: str, workdir: str, mesh: Mesh, *, model_cfg: ModelConfig,
   from) and `data` (the stage's examples and held-out sets, in its own words) for the data
   sources."""
   rows = [
-      ("workdir", workdir),
-      ("devices", devices_text()),
-      ("mesh", mesh_text(mesh, sharding_settings.mesh)),
-      ("zero", zero_text(sharding_settings.zero_stage, mesh)),
-      ("params", params_text(model_cfg)),
+      *run_rows(workdir, mesh, sharding_settings, model_cfg),
       ("init", init),
       ("data", f"{data}; batch {train_settings.batch_size}"),
       ("start", start),
