@@ -36,7 +36,7 @@ train: $(BASE)
 	$(PY) -m experiments.train --workdir=$(WORKDIR) --results_dir=$(RESULTS)
 
 test: $(TESTDEPS)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 # Breaks the maths one named mutation at a time (in a temporary copy) and checks a test fails.
 mutants: $(TESTDEPS)
