@@ -12,7 +12,8 @@ gives the last VAL_PERCENT% of its tokens to validation, as a document of its ow
 goes whole to one side by a hash of its key (its path). A record of a .jsonl or .parquet file
 (key path:line) always goes whole: such files hold many records, often examples that must not be
 cut (the retrieval and emergence studies' padded rows), and a hash over many records already
-gives the share. So the validation share of
+gives the share: every twentieth record of a file (at 5%), from an offset drawn by its path, so
+the share of records is exact and that of tokens close to it. So the validation share of
 a source's tokens is VAL_PERCENT% whatever the number and sizes of its files (a split of whole
 files by hash gave 33% or 0.8% of the tokens for 20 files), and a document's split depends on it
 alone: the same in every run, unchanged when other files are added.
@@ -25,6 +26,7 @@ import glob
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import sysconfig
@@ -49,7 +51,7 @@ def key_unit(key: str) -> float:
   return int(hashlib.sha1(key.encode()).hexdigest()[:13], 16) / 16**13
 
 
-_RECORD_KEY = re.compile(r"\.(jsonl|jsonl\.gz|parquet):\d+$")
+_RECORD_KEY = re.compile(r"\.(jsonl|jsonl\.gz|parquet):(\d+)$")
 
 
 def is_record(key: str) -> bool:
@@ -71,7 +73,11 @@ def val_tokens(key: str, n_tokens: int, n_special: int) -> int:
   p = VAL_PERCENT / 100
   u = key_unit(key)
   exact = p * (n_tokens + 2 * n_special) - n_special
-  if exact >= 1 and n_tokens >= 2 and not is_record(key):
+  record = _RECORD_KEY.search(key)
+  if record:  # every (1/p)-th record of its file, from an offset its path draws: p of them
+    line, u0 = int(record.group(2)), key_unit(key[:record.start()])
+    return n_tokens if math.floor(line * p + u0) != math.floor((line - 1) * p + u0) else 0
+  if exact >= 1 and n_tokens >= 2:
     return min(n_tokens - 1, int(exact + u))
   return n_tokens if u < p else 0
 
