@@ -138,3 +138,89 @@ def test_task_files_are_checked_line_by_line(tmp_path):
   with pytest.raises(DataError, match=r"bad.jsonl:1: 'answer' must index"):
     eval_tasks.read_items(str(path))
   assert len(eval_tasks.read_items("experiments/tasks/arithmetic.jsonl")) == 12
+
+
+# --- train.eval_tasks: tasks scored in the pretraining loop ---------------------------------------
+
+def test_in_loop_tasks_are_logged_and_equal_the_saved_runs_scores(tmp_path):
+  """One tiny run (2 steps, evaluating at both) with two task files. Every eval step's record has
+  each task's numbers, on the console too; the numbers of the last step equal evaluate_items on
+  the saved run at that step over the same items (its first eval_tasks_max_items). Catches the
+  live state scored with other parameters (the initial ones, a step behind), another
+  tokenization or start token, a shifted target offset, items past the cap, a task not logged."""
+  from tests.helpers import tiny_config
+  from train import eval_tasks, pretrain, saved_run
+
+  words = ["alpha", "beta", "gamma", "def", "return", "class", "import", "self", "x"]
+  (tmp_path / "doc.txt").write_text(" ".join(words[i * 7 % 9] for i in range(1500)) + "\n")
+  mc = tmp_path / "words.jsonl"
+  mc.write_text("".join(json.dumps(it) + "\n" for it in [
+      {"context": "alpha beta", "choices": [" gamma def", " x", " class self import"], "answer": 0},
+      {"context": "def return", "choices": [" self", " beta"], "answer": 1},
+      {"prompt": "class", "target": "import"},
+      {"context": "x", "choices": [" alpha", " x"], "answer": 0}]))  # past the cap of 3
+  cfg = tiny_config(str(tmp_path / "doc.txt"), **{
+      "train.steps": 2, "train.eval_every": 1, "train.log_every": 1,
+      "train.eval_tasks": (str(mc), "experiments/tasks/retrieval.jsonl"),
+      "train.eval_tasks_max_items": 3})
+  workdir = str(tmp_path / "run")
+  pretrain.train(cfg, workdir)
+
+  records = metrics_lib.by_step(workdir)
+  assert [r["step"] for r in records if "task/words/accuracy" in r] == [1, 2]
+  assert all("task/retrieval/exact_match" in r for r in records)
+  last = records[-1]
+  scorer = eval_tasks.Scorer(saved_run.Loaded.of(workdir))
+  for name, path in (("words", str(mc)), ("retrieval", "experiments/tasks/retrieval.jsonl")):
+    report = eval_tasks.evaluate_items(scorer, eval_tasks.read_items(path)[:3])
+    assert (report["mc_items"], report["gen_items"]) == (2, 1)  # the cap: 3 of 4 or 32 items
+    assert last[f"task/{name}/accuracy"] == report["accuracy"]
+    assert last[f"task/{name}/mc_accuracy"] == report["mc_accuracy"]
+    assert last[f"task/{name}/exact_match"] == report["exact_match"]
+    assert last[f"task/{name}/answer_logp"] == pytest.approx(report["answer_logp"], abs=1e-4)
+  # the step-1 state scored differently: the numbers follow the parameters of their step
+  assert records[0]["task/words/answer_logp"] != pytest.approx(last["task/words/answer_logp"],
+                                                               abs=1e-4)
+  line = metrics_lib.console_line(2, last)
+  assert "task/words/accuracy" in line and "task/words/answer_logp" not in line
+
+
+def test_a_bad_task_path_is_refused_in_one_line_before_compiling(tmp_path):
+  """Catches a missing task file found only at the first evaluation (after the data was
+  prepared and the step compiled), and an error that does not name the setting."""
+  from tests.helpers import tiny_config
+  from train import config as config_lib
+  from train import pretrain
+
+  (tmp_path / "doc.txt").write_text("alpha beta gamma\n" * 50)
+  cfg = tiny_config(str(tmp_path / "doc.txt"),
+                    **{"train.eval_tasks": ("experiments/tasks/retrieval.jsonl,nope/missing.jsonl",)})
+  workdir = tmp_path / "run"
+  with pytest.raises(config_lib.ConfigError) as e:
+    pretrain.train(cfg, str(workdir))
+  assert str(e.value) == "train.eval_tasks: no task file nope/missing.jsonl"
+  assert not (workdir / "data").exists() and not (workdir / "config.json").exists()
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"prompt": "a"}\n')
+  cfg.train.eval_tasks = (str(bad),)
+  with pytest.raises(config_lib.ConfigError, match=r"^train.eval_tasks: .*bad.jsonl:1: expected"):
+    pretrain.train(cfg, str(workdir))
+  with pytest.raises(config_lib.ConfigError, match="names two files 'retrieval'"):
+    config_lib.TrainSettings(eval_tasks=("a/retrieval.jsonl", "b/retrieval.jsonl"))
+  assert config_lib.TrainSettings(eval_tasks=(" a.jsonl, b.jsonl",)).eval_tasks == ("a.jsonl",
+                                                                                "b.jsonl")
+
+
+def test_the_retrieval_task_file_is_its_documented_rule():
+  """experiments/tasks/retrieval.jsonl is kv_retrieval.task_items() line for line, and each item
+  is well formed: the answer retrieves the value paired with the queried key."""
+  from train import eval_tasks
+  from train.studies import kv_retrieval
+
+  items = eval_tasks.read_items("experiments/tasks/retrieval.jsonl")
+  assert items == kv_retrieval.task_items()
+  for it in items:
+    text = it.get("context", it.get("prompt"))
+    *pairs, _, query = text.split()
+    answer = it["choices"][it["answer"]] if "choices" in it else it["target"]
+    assert answer == " " + dict(zip(pairs[::2], pairs[1::2]))[query]

@@ -86,6 +86,12 @@ def wsd_decay_steps(decay_fraction: float, total_steps: int) -> int:
   return max(1, int(decay_fraction * total_steps + 0.5))
 
 
+def task_name(path: str) -> str:
+  """A task file's name in its metrics (task/NAME/accuracy): the file name less .jsonl."""
+  base = os.path.basename(path)
+  return base[:-len(".jsonl")] if base.endswith(".jsonl") else base
+
+
 def parse_init_from(init_from: str) -> tuple[str, int]:
   """train.init_from "PATH:STEP" as (PATH, STEP); ConfigError in one line otherwise."""
   path, sep, step = str(init_from).rpartition(":")
@@ -137,11 +143,19 @@ class TrainSettings:
   # Where metrics go, any of LOGGERS (train/metrics.py): metrics.jsonl, TensorBoard, and
   # Weights & Biases (the `wandb` extra; offline unless WANDB_MODE or an API key says otherwise).
   loggers: tuple = ("tensorboard", "jsonl")
+  # Pretraining only: task files (train/eval_tasks.py, docs/evaluation.md) scored on the live
+  # model at every evaluation step and logged as task/NAME/... (NAME: the file's name less
+  # .jsonl); a tuple of paths, or one string of comma-separated paths from the command line;
+  # () = none. The files are read and checked at start-up, before anything compiles.
+  eval_tasks: tuple = ()
+  # The first this-many items of each task file are scored at each evaluation (its cost).
+  eval_tasks_max_items: int = 64
 
   def __post_init__(self):
     self._check_loggers()
+    self._check_eval_tasks()
     require_positive(self, "train", "steps", "batch_size", "lr", "grad_clip", "grad_accum",
-                     "log_every", "eval_every", "eval_batches")
+                     "log_every", "eval_every", "eval_batches", "eval_tasks_max_items")
     if self.warmup_steps < 0 or self.weight_decay < 0 or self.test_batches < 0:
       raise ConfigError("train.warmup_steps, train.weight_decay and train.test_batches must be >= 0")
     self._check_schedule()
@@ -159,6 +173,22 @@ class TrainSettings:
     if unknown:
       raise ConfigError(f"train.loggers has unknown {unknown[0]!r}; allowed: {', '.join(LOGGERS)}")
     object.__setattr__(self, "loggers", loggers)
+
+  def _check_eval_tasks(self) -> None:
+    """eval_tasks as a tuple of paths, each task name once: every entry split at commas (the
+    command line's --config.train.eval_tasks=a.jsonl,b.jsonl arrives as the 1-tuple
+    ("a.jsonl,b.jsonl",)). Whether the files exist is checked where a run starts
+    (eval_tasks.read_tasks), so a saved config.json whose task files have moved still loads."""
+    entries = (self.eval_tasks,) if isinstance(self.eval_tasks, str) else self.eval_tasks
+    if not isinstance(entries, (tuple, list)) or not all(isinstance(e, str) for e in entries):
+      raise ConfigError(f"train.eval_tasks must be task file paths, got {self.eval_tasks!r}")
+    paths = [p.strip() for e in entries for p in e.split(",") if p.strip()]
+    names = [task_name(p) for p in paths]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+      raise ConfigError(f"train.eval_tasks names two files {twice[0]!r}; the metrics "
+                        f"task/{twice[0]}/... need one file per name")
+    object.__setattr__(self, "eval_tasks", tuple(paths))
 
   def _check_schedule(self) -> None:
     if self.schedule not in SCHEDULES:

@@ -123,13 +123,16 @@ class MetricsWriter:
 def console_line(step: int, record: Mapping[str, Any]) -> str:
   """One step on the console, the same for pretraining and the alignment stages:
   'step 40  loss 2.345  eval_loss 2.401  12,345 tokens/s  MFU 3.21%  lr 0.003'. The held-out
-  numbers (eval_*, eval/*, test_*, test/*; the router's per-expert ones left to metrics.jsonl)
-  appear on the steps that evaluated them, throughput where it was measured."""
+  numbers (eval_*, eval/*, test_*, test/*, and each task's task/NAME/accuracy; the router's
+  per-expert ones and the tasks' other numbers left to metrics.jsonl) appear on the steps that
+  evaluated them, throughput where it was measured."""
   parts = [f"step {step}"]
   if isinstance(record.get("loss"), (int, float)):
     parts.append(f"loss {record['loss']:.4f}")
   for k, v in record.items():
-    if k.startswith(("eval", "test")) and "moe" not in k and isinstance(v, (int, float)):
+    held_out = k.startswith(("eval", "test")) and "moe" not in k
+    task = k.startswith("task/") and k.endswith("/accuracy")
+    if (held_out or task) and isinstance(v, (int, float)):
       parts.append(f"{k} {v:.4g}")
   if "tokens_per_sec" in record:
     parts.append(f"{record['tokens_per_sec']:,.0f} tokens/s")

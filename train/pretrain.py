@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import ml_collections
@@ -29,6 +29,7 @@ from train import banner
 from train import branch as branch_lib
 from train import checkpoint as ckpt_lib
 from train import config as config_lib
+from train import eval_tasks as eval_tasks_lib
 from train import metrics as metrics_lib
 from train import mfu as mfu_lib
 from train import plots
@@ -140,10 +141,12 @@ def build_mesh(run_settings: config_lib.RunSettings) -> Mesh:
 
 @dataclasses.dataclass(frozen=True)
 class Preflight:
-  """What preflight() found: each source's files, and the memory check's verdict (None: off)."""
+  """What preflight() found: each source's files, the memory check's verdict (None: off), and
+  train.eval_tasks' tasks, read and checked (eval_tasks.read_tasks)."""
 
   files: list[list[str]]
   memory: Optional[str]
+  tasks: list = dataclasses.field(default_factory=list)
 
 
 def preflight(run_settings: config_lib.RunSettings, mesh: Mesh) -> Preflight:
@@ -151,11 +154,12 @@ def preflight(run_settings: config_lib.RunSettings, mesh: Mesh) -> Preflight:
   file is written: a bad file or a step that does not fit is one line, not a late failure."""
   model_cfg, t, data_settings = run_settings.model, run_settings.train, run_settings.data
   files = data_lib.check_sources(data_settings)
+  tasks = eval_tasks_lib.read_tasks(t.eval_tasks, t.eval_tasks_max_items)
   memory = check_memory(  # pad_id changes no byte of the step; the document mask adds a few
       run_settings.sharding, lambda stage: make_sharded_training(
           model_cfg, t, mesh, stage, pad_id=-1, documents=(-1, False)),
       jax.ShapeDtypeStruct((t.batch_size, data_settings.seq_len + 1), np.int32))
-  return Preflight(files=files, memory=memory)
+  return Preflight(files=files, memory=memory, tasks=tasks)
 
 
 def _prepare_everywhere(prepare: Callable[[], data_lib.Prepared]) -> data_lib.Prepared:
@@ -289,8 +293,12 @@ class Reporter:
 
   def __init__(self, t: config_lib.TrainSettings, meter: Meter, evaluate: Callable[[Any], dict],
                writer: metrics_lib.MetricsWriter, bar: tqdm, ckpt: ckpt_lib.Checkpointer,
-               evaluate_test: Optional[Callable[[Any], dict]] = None):
+               evaluate_test: Optional[Callable[[Any], dict]] = None,
+               evaluate_tasks: Optional[Callable[[Any], dict]] = None):
+    """evaluate_tasks: params -> train.eval_tasks' task/... record (eval_tasks.LiveTasks), at
+    every evaluation."""
     self.t, self.meter, self.evaluate, self.evaluate_test = t, meter, evaluate, evaluate_test
+    self.evaluate_tasks = evaluate_tasks
     self.writer, self.bar, self.ckpt = writer, bar, ckpt
     self.latest: dict[str, Any] = {}
 
@@ -322,6 +330,8 @@ class Reporter:
     if step % t.eval_every == 0 or step == t.steps:
       record.update(self.evaluate(state["params"]))
       self.latest["eval_loss"] = record["eval_loss"]
+      if self.evaluate_tasks is not None:
+        record.update(self.evaluate_tasks(state["params"]))
       if step == t.steps and self.evaluate_test is not None:
         test = self.evaluate_test(state["params"])
         record.update(test)
@@ -387,7 +397,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         run_settings, workdir, mesh, files=checked.files, memory=checked.memory,
         start=banner.start_text(start, parent.workdir if branched else None), corpus=data.corpus))
     return run_training(run_settings, workdir, training, data, ckpt, start, state, row_ids,
-                        profile_in(workdir, profile_steps))
+                        profile_in(workdir, profile_steps), checked.tasks)
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
@@ -412,8 +422,10 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
 
 def run_training(run_settings: config_lib.RunSettings, workdir: str, training: ShardedTraining,
                  data: PretrainData, ckpt: ckpt_lib.Checkpointer, start: int, state: Any,
-                 row_ids: Any, profile: Optional[Profile] = None) -> dict[str, Any]:
+                 row_ids: Any, profile: Optional[Profile] = None,
+                 tasks: Sequence = ()) -> dict[str, Any]:
   """Steps from `start` to train.steps in run_steps; closes the checkpointer and writers.
+  tasks: train.eval_tasks' (preflight), scored on the live state at each evaluation.
   Returns the summary: the parameter count, the final step, its loss and eval loss, the rows
   this process read per step, and the signal that stopped the run early, if any."""
   model_cfg, t, seq_len = run_settings.model, run_settings.train, run_settings.data.seq_len
@@ -423,7 +435,10 @@ def run_training(run_settings: config_lib.RunSettings, workdir: str, training: S
   writer = metrics_lib.MetricsWriter(workdir, t.loggers, dataclasses.asdict(run_settings))
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
   evaluate, evaluate_test = make_evaluators(training, data, t, model_cfg)
-  reporter = Reporter(t, meter, evaluate, writer, bar, ckpt, evaluate_test)
+  live_tasks = eval_tasks_lib.LiveTasks(
+      tasks, model_cfg, training.graphdef, data.tokenizer, training.mesh, workdir=workdir,
+  ) if tasks else None
+  reporter = Reporter(t, meter, evaluate, writer, bar, ckpt, evaluate_test, live_tasks)
 
   def train_step_at(step: int, state):
     meter.count(step)

@@ -11,6 +11,7 @@ gives the tokens transformers' generate gives. experiments.generate is the comma
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Optional, Sequence
@@ -190,6 +191,13 @@ def _decode_rows(fn, run: Loaded, ids: list[list[int]], keys_B: jax.Array, shape
   return generation.trim(fn(run.params, prompts_BxT, lengths_B, keys_B))[:len(ids)]
 
 
+@functools.lru_cache(maxsize=16)
+def _generate_fn(cfg: ModelConfig, graphdef: Any, spec: generation.DecodeSpec):
+  """generation.make_generate, made once per model and spec: a run that generates again (a
+  training run's tasks at each evaluation, train/eval_tasks.py) reuses its compiled decoder."""
+  return generation.make_generate(cfg, graphdef, spec)
+
+
 def generate_batch(run: Loaded, prompts: Sequence[str], max_new_tokens: int, *,
                    temperature: float = 1.0, seed: int = 0, top_k: int = 0, top_p: float = 1.0,
                    stop: Sequence[str] = (), batch_size: int = 8,
@@ -212,7 +220,7 @@ def generate_batch(run: Loaded, prompts: Sequence[str], max_new_tokens: int, *,
   spec = generation.DecodeSpec(n_new, eot, sampling.SamplingConfig(temperature, top_k, top_p))
   keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
       jax.random.key(seed), jax.numpy.arange(len(ids)))
-  fn = generation.make_generate(run.cfg, run.graphdef, spec)
+  fn = _generate_fn(run.cfg, run.graphdef, spec)
   shape = (min(batch_size, len(ids)), max(len(i) for i in ids))
   results = []
   for lo in range(0, len(ids), batch_size):

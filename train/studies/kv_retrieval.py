@@ -102,3 +102,22 @@ def eval_examples(n: int, k: int, gold: int, seed: int, query_before: bool = Fal
 
 def texts(examples: Sequence[Example]) -> list[str]:
   return [e.text for e in examples]
+
+
+def task_items(n: int = 32, k: int = 4, seed: int = 0) -> list[dict]:
+  """The items of experiments/tasks/retrieval.jsonl (the task file format of train/eval_tasks.py):
+  n examples of k pairs (query after the pairs, one question; seeds apart from training's and
+  eval_examples'), the gold pair of example i at position (i // 2) % k, so each kind of item asks
+  about every position. Even i: multiple choice among the example's distinct values, in order of
+  appearance (the distractors are the values a model that does not retrieve would copy); odd i:
+  the answer generated, exact match."""
+  rng = random.Random(f"kv-task:{seed}")
+  items = []
+  for i in range(n):
+    e = make_example(rng, k, (i // 2) % k)
+    if i % 2 == 0:
+      choices = list(dict.fromkeys(f" {v}" for v in e.values))
+      items.append({"context": e.prompt, "choices": choices, "answer": choices.index(e.answer)})
+    else:
+      items.append({"prompt": e.prompt, "target": e.answer})
+  return items
