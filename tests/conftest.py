@@ -55,7 +55,9 @@ def tiny_corpus(tmp_path):
 def tiny_run(tmp_path_factory):
   """A tiny model trained for 3 steps on a small corpus (docN.txt), once per test process:
   generation, evaluation and distillation tests read it (training is their slow part). Its
-  metrics.jsonl holds the eval_loss of step 3, the checkpoint it ends with."""
+  metrics.jsonl holds the eval_loss of step 3, the checkpoint it ends with, and the in-loop
+  scores of the first 4 items of experiments/tasks/arithmetic.jsonl (train.eval_tasks,
+  tests/test_evaluate.py)."""
   import random
 
   from tests.helpers import tiny_config
@@ -67,5 +69,8 @@ def tiny_run(tmp_path_factory):
   for i in range(4):
     (root / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)) + "\n")
   workdir = str(root / "run")
-  pretrain.train(tiny_config(str(root / "*.txt"), **{"train.steps": 3}), workdir)
+  tasks = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "experiments", "tasks", "arithmetic.jsonl"),)
+  pretrain.train(tiny_config(str(root / "*.txt"), **{
+      "train.steps": 3, "train.eval_tasks": tasks, "train.eval_tasks_max_items": 4}), workdir)
   return workdir

@@ -142,47 +142,28 @@ def test_task_files_are_checked_line_by_line(tmp_path):
 
 # --- train.eval_tasks: tasks scored in the pretraining loop ---------------------------------------
 
-def test_in_loop_tasks_are_logged_and_equal_the_saved_runs_scores(tmp_path):
-  """One tiny run (2 steps, evaluating at both) with two task files. Every eval step's record has
-  each task's numbers, on the console too; the numbers of the last step equal evaluate_items on
-  the saved run at that step over the same items (its first eval_tasks_max_items). Catches the
-  live state scored with other parameters (the initial ones, a step behind), another
-  tokenization or start token, a shifted target offset, items past the cap, a task not logged."""
-  from tests.helpers import tiny_config
-  from train import eval_tasks, pretrain, saved_run
+def test_in_loop_tasks_are_logged_and_equal_the_saved_runs_scores(tiny_run):
+  """tiny_run trains with train.eval_tasks = the first 4 items of experiments/tasks/arithmetic.jsonl
+  (2 multiple choice, 2 generation): its eval step (3, the last) logs the task's numbers, the
+  steps that do not evaluate (1, 2) none, and they equal evaluate_items on the saved run at step 3
+  over the same items. Catches the live state scored with other parameters (a step behind, the
+  initial ones), another tokenization or start token, a shifted target offset, items past the
+  cap scored, the task not logged or logged at every step."""
+  from train import eval_tasks, saved_run
 
-  words = ["alpha", "beta", "gamma", "def", "return", "class", "import", "self", "x"]
-  (tmp_path / "doc.txt").write_text(" ".join(words[i * 7 % 9] for i in range(1500)) + "\n")
-  mc = tmp_path / "words.jsonl"
-  mc.write_text("".join(json.dumps(it) + "\n" for it in [
-      {"context": "alpha beta", "choices": [" gamma def", " x", " class self import"], "answer": 0},
-      {"context": "def return", "choices": [" self", " beta"], "answer": 1},
-      {"prompt": "class", "target": "import"},
-      {"context": "x", "choices": [" alpha", " x"], "answer": 0}]))  # past the cap of 3
-  cfg = tiny_config(str(tmp_path / "doc.txt"), **{
-      "train.steps": 2, "train.eval_every": 1, "train.log_every": 1,
-      "train.eval_tasks": (str(mc), "experiments/tasks/retrieval.jsonl"),
-      "train.eval_tasks_max_items": 3})
-  workdir = str(tmp_path / "run")
-  pretrain.train(cfg, workdir)
-
-  records = metrics_lib.by_step(workdir)
-  assert [r["step"] for r in records if "task/words/accuracy" in r] == [1, 2]
-  assert all("task/retrieval/exact_match" in r for r in records)
+  records = metrics_lib.by_step(tiny_run)
+  assert [r["step"] for r in records] == [1, 2, 3]
+  assert [r["step"] for r in records if "task/arithmetic/accuracy" in r] == [3]
   last = records[-1]
-  scorer = eval_tasks.Scorer(saved_run.Loaded.of(workdir))
-  for name, path in (("words", str(mc)), ("retrieval", "experiments/tasks/retrieval.jsonl")):
-    report = eval_tasks.evaluate_items(scorer, eval_tasks.read_items(path)[:3])
-    assert (report["mc_items"], report["gen_items"]) == (2, 1)  # the cap: 3 of 4 or 32 items
-    assert last[f"task/{name}/accuracy"] == report["accuracy"]
-    assert last[f"task/{name}/mc_accuracy"] == report["mc_accuracy"]
-    assert last[f"task/{name}/exact_match"] == report["exact_match"]
-    assert last[f"task/{name}/answer_logp"] == pytest.approx(report["answer_logp"], abs=1e-4)
-  # the step-1 state scored differently: the numbers follow the parameters of their step
-  assert records[0]["task/words/answer_logp"] != pytest.approx(last["task/words/answer_logp"],
-                                                               abs=1e-4)
-  line = metrics_lib.console_line(2, last)
-  assert "task/words/accuracy" in line and "task/words/answer_logp" not in line
+  scorer = eval_tasks.Scorer(saved_run.Loaded.of(tiny_run))
+  report = eval_tasks.evaluate_items(
+      scorer, eval_tasks.read_items("experiments/tasks/arithmetic.jsonl")[:4])
+  assert (report["mc_items"], report["gen_items"]) == (2, 2)
+  for name in ("accuracy", "mc_accuracy", "exact_match"):
+    assert last[f"task/arithmetic/{name}"] == report[name]
+  assert last["task/arithmetic/answer_logp"] == pytest.approx(report["answer_logp"], abs=1e-4)
+  line = metrics_lib.console_line(3, last)
+  assert "task/arithmetic/accuracy" in line and "answer_logp" not in line
 
 
 def test_a_bad_task_path_is_refused_in_one_line_before_compiling(tmp_path):
