@@ -6,8 +6,9 @@
 Runs, as subprocesses from the repository root: experiments.prepare_data on the tiny config (its
 corpus's tokenizing time and validation share), then experiments.train on it in a fresh workdir
 with an empty shard folder (the cold, first run), then in a new workdir on the shards that run left
-(the warm run). Writes results.json: each run's wall seconds and when its banner and first and last
-steps were printed, the load averages, --note, and provenance. The measuring is
+(the warm run), and times `--help` of train, sft, evaluate and generate. Writes results.json: each
+run's wall seconds and when its banner and first and last steps were printed, the --help seconds,
+the load averages, --note, and provenance. The measuring is
 train/studies/tiny_run.py.
 """
 
@@ -47,7 +48,7 @@ def main(argv):
   os.makedirs(FLAGS.out, exist_ok=True)
   with open(os.path.join(FLAGS.out, "results.json"), "w") as f:
     json.dump(result, f, indent=2)
-  print(json.dumps({k: result[k] for k in ("prepare", "cold", "warm")}, indent=2))
+  print(json.dumps({k: result[k] for k in ("prepare", "cold", "warm", "help_s")}, indent=2))
 
 
 if __name__ == "__main__":

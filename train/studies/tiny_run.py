@@ -9,7 +9,9 @@ Three subprocesses of the repository's own commands, under one scratch root:
            tiny run, whose data is already prepared.
 Every run's wall seconds from start to exit, and the seconds at which its banner and its first and
 last step lines were printed (what comes before the banner: imports, data, state; between banner
-and step 1: the first compile). Load averages before and after, since the machine may be shared.
+and step 1: the first compile). Also the wall seconds of `--help` of the daily scripts
+(HELP_SCRIPTS), which load no config file and import no jax. Load averages before and after,
+since the machine may be shared.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from typing import Optional, Sequence
 
 TINY = "experiments/configs/tiny.py"
+HELP_SCRIPTS = ("train", "sft", "evaluate", "generate")
 _STEP = re.compile(r"^step (\d+)\s")
 
 
@@ -95,6 +98,17 @@ def prepare_run(root: str, python: str, repo: str) -> dict:
           "folder": os.path.basename(summary["folders"][0])}
 
 
+def help_times(python: str, repo: str, scripts: Sequence[str] = HELP_SCRIPTS) -> dict:
+  """{script: wall seconds of `python -m experiments.SCRIPT --help`} (absl exits 1 after help)."""
+  out = {}
+  for script in scripts:
+    wall, _, lines = timed_lines([python, "-m", f"experiments.{script}", "--help"], repo)
+    if not any("--workdir" in line for _, line in lines):
+      raise RuntimeError(f"experiments.{script} --help lists no --workdir")
+    out[script] = round(wall, 2)
+  return out
+
+
 def measure(root: str, python: str = sys.executable, repo: Optional[str] = None) -> dict:
   """prepare, cold and warm (module docstring) under root, which must not exist yet (so every
   cache in it is cold); repo: the repository root the commands run from."""
@@ -107,6 +121,7 @@ def measure(root: str, python: str = sys.executable, repo: Optional[str] = None)
   shards = os.path.join(root, "shards")
   result["cold"] = train_run(root, "cold", shards, python, repo)
   result["warm"] = train_run(root, "warm", shards, python, repo)
+  result["help_s"] = help_times(python, repo)
   result["load_average_before"] = load_before
   result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
   return result
