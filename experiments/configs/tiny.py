@@ -1,7 +1,10 @@
-"""A tiny model for smoke tests and quick checks: compiles and steps in about a second.
+"""A tiny model for smoke tests and quick checks: 6 steps of a 28k-parameter model.
 
 Trains on data.paths="stdlib:tiny", ~400 kB of the standard library (train/data/documents.py
-STDLIB_TINY_FILES), which prepares in about a second; the whole library (data.paths="") takes ~30 s.
+STDLIB_TINY_FILES): its tokenizer and shards take 0.7 s, where the whole library (data.paths="")
+took half a minute. Measured end to end (results/tiny_run/results.json, experiments.tiny_run, the
+2-core CPU shared, load ~8): a first run 35 s, a second run on the shards the first left in
+data.prepared 31 s; nearly all of both is imports and XLA compiles.
 """
 
 from experiments.configs import default
