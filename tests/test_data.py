@@ -43,6 +43,24 @@ def test_default_corpus_split_is_deterministic_and_gives_each_long_document_its_
   assert set(short) == {0, 10} and 0.03 < short.count(10) / len(short) < 0.07
 
 
+def test_tiny_corpus_is_a_small_fixed_part_of_the_stdlib_with_its_own_shard_folder(tmp_path):
+  """data.paths="stdlib:tiny" (experiments/configs/tiny.py). Catches the tiny corpus falling back
+  to the whole standard library (31 MB, ~30 s to prepare) or sharing its shard folder with it (a
+  tiny run would then read, or be refused by, the full corpus's shards), a module missing from
+  this interpreter, and a mixture entry that hides it among other paths."""
+  tiny = data_lib.Source("data.paths", (documents_lib.STDLIB_TINY,))
+  full = data_lib.Source("data.paths", ())
+  files = data_lib.source_files(tiny)
+  assert files == data_lib.source_files(tiny) and 0 < len(files) < 50
+  assert set(files) < set(data_lib.stdlib_files())
+  assert 0 < sum(map(os.path.getsize, files)) <= documents_lib.STDLIB_TINY_MAX_BYTES
+  root = str(tmp_path)
+  assert data_lib.source_folder(root, tiny, "text") != data_lib.source_folder(root, full, "text")
+  assert data_lib.source_folder(root, tiny, "text") == data_lib.source_folder(root, tiny, "x")
+  with pytest.raises(data_lib.DataError, match="data.paths: 'stdlib:tiny' names a built-in"):
+    data_lib.source_files(data_lib.Source("data.paths", ("stdlib:tiny", "a.txt")))
+
+
 def _val_share(tmp_path, n_files: int, rng, lines: int = 0) -> float:
   """The validation share of the tokens of n_files .txt files of 50-2000 words each, or (lines >
   0) of one .jsonl of that many short documents of 30-80 words."""

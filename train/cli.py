@@ -304,15 +304,27 @@ def _overrides_stripped(argv: list[str]) -> list[str]:
   return [a for a in argv if not (a.startswith("--") and "." in a.split("=", 1)[0])]
 
 
+# absl's help flags: each prints the flags and exits while the command line is parsed.
+HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "--helpxml", "-?")
+
+
+def _asks_help(argv: list[str]) -> bool:
+  return any(a in HELP_FLAGS for a in argv[1:])
+
+
 def define(define_flags: Callable[[], None], argv: list[str]) -> None:
   """Runs define_flags with argv's `--config.KEY=VALUE` overrides hidden from it.
 
   ml_collections parses a config flag's default (and applies sys.argv's overrides to it) at
   definition time, so a typo there would raise before any handler could turn it into one line.
   parse_flags then applies the overrides to the config the flag names, default or not.
+
+  For --help the default config file is not loaded at all (ml_collections leaves the default
+  unparsed when the command line names a --config): config files import model.config and with it
+  jax, 1.5 s of a 2 s `--help`, to list flags whose text does not depend on them.
   """
   saved = sys.argv
-  sys.argv = _overrides_stripped(argv)
+  sys.argv = _overrides_stripped(argv) + (["--config="] if _asks_help(argv) else [])
   try:
     define_flags()
   finally:

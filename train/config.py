@@ -312,7 +312,8 @@ class DataSettings:
   """data.*: the text, where its shards live, and the shape of a row (train/data/pipeline.py reads it)."""
 
   # Comma-separated files or globs (.txt, .jsonl, .jsonl.gz, .parquet), or a list; "" = the
-  # standard library's Python source.
+  # standard library's Python source; "stdlib:tiny" = ~400 kB of it (train/data/documents.py
+  # STDLIB_TINY_FILES), the tiny config's corpus.
   paths: Any = ""
   # A mixture instead of data.paths: a tuple of {"paths": globs, "weight": > 0}, each source
   # sampled in proportion to its weight; () = data.paths alone. Set it in a config file, or on the

@@ -5,7 +5,9 @@ Every format is streamed, never read whole: a .txt file is one document; a .json
 read in record batches of its text column only. The field / column is data.text_field ("text").
 A line or file that cannot be read raises DataError naming the file (and the line).
 
-Default corpus: the Python standard library of the running interpreter (no download).
+Built-in corpora (no download): data.paths "" is the Python standard library of the running
+interpreter (the default corpus), data.paths "stdlib:tiny" a fixed ~400 kB part of it
+(STDLIB_TINY_FILES, the tiny config's corpus).
 
 The train / validation split is by tokens, within documents (val_tokens): every file long enough
 gives the last VAL_PERCENT% of its tokens to validation, as a document of its own; a short one
@@ -84,6 +86,51 @@ def val_tokens(key: str, n_tokens: int, n_special: int) -> int:
 
 def stdlib_root() -> str:
   return sysconfig.get_paths()["stdlib"]
+
+
+# data.paths (or a source's paths) naming the tiny built-in corpus: STDLIB_TINY_FILES of this
+# interpreter's standard library. experiments/configs/tiny.py trains on it: it prepares in about a
+# second, where the whole library (32 MB, data.paths "") takes half a minute.
+STDLIB_TINY = "stdlib:tiny"
+# Modules present in every CPython since 3.11, chosen by hand for plain, varied Python (no test
+# files, no generated tables); paths relative to the standard library's root, sorted.
+STDLIB_TINY_FILES = (
+    "abc.py", "bisect.py", "calendar.py", "colorsys.py", "contextlib.py", "copy.py", "csv.py",
+    "fnmatch.py", "fractions.py", "functools.py", "glob.py", "graphlib.py", "heapq.py",
+    "json/__init__.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "linecache.py",
+    "numbers.py", "operator.py", "pprint.py", "queue.py", "random.py", "reprlib.py", "sched.py",
+    "shlex.py", "string.py", "textwrap.py",
+)
+# The most bytes the tiny corpus may hold (tests/test_data.py checks it on the running
+# interpreter): the point of it is a first run that prepares its data in about a second.
+STDLIB_TINY_MAX_BYTES = 512 * 1024
+
+
+def builtin_corpus(patterns: Sequence[str], setting: str = "data.paths") -> str:
+  """The built-in corpus a source's patterns name: "stdlib" for none (the whole standard
+  library), STDLIB_TINY for that name alone, "" for files and globs. DataError naming `setting`
+  when STDLIB_TINY is listed beside other paths (a mixture gives each its own data.sources entry)."""
+  if not patterns:
+    return "stdlib"
+  if STDLIB_TINY not in patterns:
+    return ""
+  if len(patterns) > 1:
+    raise DataError(f"{setting}: {STDLIB_TINY!r} names a built-in corpus and stands alone; mix it "
+                    "with other files as its own entry of data.sources")
+  return STDLIB_TINY
+
+
+def builtin_files(name: str) -> list[str]:
+  """The files of the built-in corpus `name` (builtin_corpus), sorted."""
+  if name == "stdlib":
+    return stdlib_files()
+  root = stdlib_root()
+  files = [os.path.join(root, f) for f in STDLIB_TINY_FILES]
+  for path in files:
+    if not os.path.isfile(path):
+      raise DataError(f"data.paths={STDLIB_TINY!r}: {path} is missing from this interpreter's "
+                      "standard library; name your own files in data.paths")
+  return files
 
 
 def stdlib_files() -> list[str]:

@@ -54,8 +54,13 @@ TOKENIZER_SAMPLE_CHARS = 64_000_000
 @dataclasses.dataclass(frozen=True)
 class Source:
   setting: str  # the config field naming it, for errors: "data.paths", "data.sources[1]"
-  patterns: tuple[str, ...]  # globs; () = the default corpus
+  patterns: tuple[str, ...]  # globs; () = the default corpus; ("stdlib:tiny",) = the tiny one
   weight: float = 1.0
+
+  @property
+  def builtin(self) -> str:
+    """The built-in corpus it names ("stdlib", "stdlib:tiny"), "" for files and globs."""
+    return documents_lib.builtin_corpus(self.patterns, self.setting)
 
 
 # The data.* settings that choose the text and where its shards live (train/config.py DataSettings).
@@ -72,8 +77,8 @@ def sources_of(data_settings: Settings) -> list[Source]:
 
 def source_files(source: Source) -> list[str]:
   """The source's files, each checked readable (DataError naming the source otherwise)."""
-  if not source.patterns:
-    return stdlib_files()
+  if source.builtin:
+    return documents_lib.builtin_files(source.builtin)
   setting = source.setting if source.setting == "data.paths" else source.setting + ".paths"
   return documents_lib.resolve_files(source.patterns, setting)
 
@@ -87,9 +92,12 @@ def check_sources(data_settings: Settings) -> list[list[str]]:
 def source_folder(root: str, source: Source, text_field: str) -> str:
   """root/<name>: one folder per source, named after what selects its text, so that runs on the
   same text share one preparation and a run on other text never reads it."""
-  if not source.patterns:  # one interpreter's standard library is not another's
+  if source.builtin == "stdlib":  # one interpreter's standard library is not another's
     root_hash = hashlib.sha1(documents_lib.stdlib_root().encode()).hexdigest()[:8]
     return os.path.join(root, f"stdlib-{root_hash}")
+  if source.builtin:  # its own folder, never the whole library's; a new file list, a new folder
+    key = json.dumps([documents_lib.stdlib_root(), documents_lib.STDLIB_TINY_FILES])
+    return os.path.join(root, "stdlib-tiny-" + hashlib.sha1(key.encode()).hexdigest()[:8])
   key = json.dumps([sorted(os.path.abspath(os.path.expanduser(p)) for p in source.patterns),
                     text_field])
   return os.path.join(root, "src-" + hashlib.sha1(key.encode()).hexdigest()[:12])
@@ -107,7 +115,8 @@ def _documents(source: Source, files: Sequence[str], text_field: str,
   bar counts the files' bytes: it advances by each document's characters (an estimate: JSON
   escapes and gzip change the bytes), never past the file's size, and catches up at the end of
   the file."""
-  relative_to = documents_lib.stdlib_root() if not source.patterns else None
+  # A built-in corpus's keys are paths within the standard library: the same split everywhere.
+  relative_to = documents_lib.stdlib_root() if source.builtin else None
   for path in files:
     left = os.path.getsize(path)
     for doc in documents_lib.read_documents([path], relative_to, text_field):
