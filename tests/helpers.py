@@ -29,8 +29,12 @@ def script_cmd(module: str, *args: str) -> list[str]:
 
 
 def script_env(n_devices: int = 1) -> dict:
+  """The test process's environment for a script: its XLA flags (conftest's -O0 for the CPU code,
+  which halves a tiny run's compile) with the device count replaced, its compilation cache."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+  kept = [f for f in env.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join([*kept, f"--xla_force_host_platform_device_count={n_devices}"])
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return env
