@@ -8,7 +8,7 @@ import re
 from tests.helpers import run_script
 from train import metrics as metrics_lib
 
-SMALL = ["--config.task.n_train=64", "--config.task.n_heldout=8", "--config.task.n_validation=8",
+SMALL = ["--config.train.loggers=jsonl", "--config.task.n_train=64", "--config.task.n_heldout=8", "--config.task.n_validation=8",
          "--config.eval.batch_size=8",
          "--config.eval.max_new_tokens=4", "--config.train.batch_size=4",
          "--config.train.log_every=1", "--config.train.eval_every=100",
