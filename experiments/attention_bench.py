@@ -23,7 +23,7 @@ import os
 
 from absl import flags
 
-from train import cli
+from train import cli, provenance
 
 FLAGS = flags.FLAGS
 
@@ -96,6 +96,7 @@ def main(argv):
       "results": {impl: {str(n): p for n, p in pts.items()} for impl, pts in results.items()},
       "summary": json.loads(json.dumps(summary, default=str)),
   }
+  provenance.stamp(record)
   with open(os.path.join(FLAGS.out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=2)
   attention_speed.plot(results, summary, record, FLAGS.out)

@@ -24,7 +24,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from train import cli
+from train import cli, provenance
 
 FLAGS = flags.FLAGS
 
@@ -75,7 +75,7 @@ def main(argv):
   except (ValueError, FileNotFoundError, loop.NonFiniteLoss) as e:
     cli.fail(e)
   os.makedirs(FLAGS.out, exist_ok=True)
-  files.write_json_atomic(os.path.join(FLAGS.out, "results.json"), results)
+  files.write_json_atomic(os.path.join(FLAGS.out, "results.json"), provenance.stamp(results))
   arms.plot(results, FLAGS.out)
 
 

@@ -23,7 +23,7 @@ import os
 
 from absl import flags
 
-from train import cli
+from train import cli, provenance
 
 FLAGS = flags.FLAGS
 VARIANTS = ("llmlab", "peer", "both")
@@ -66,7 +66,7 @@ def main(argv):
     cli.fail(e)
   os.makedirs(FLAGS.out, exist_ok=True)
   with open(os.path.join(FLAGS.out, "results.json"), "w") as f:
-    json.dump(result, f, indent=2)
+    json.dump(provenance.stamp(result), f, indent=2)
   print(json.dumps({k: v for k, v in result.items() if k != "dims"}, indent=2, default=str))
 
 

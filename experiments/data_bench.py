@@ -25,7 +25,7 @@ import time
 
 from absl import flags
 
-from train import cli
+from train import cli, provenance
 
 FLAGS = flags.FLAGS
 
@@ -75,11 +75,12 @@ def main(argv):
   os.makedirs(FLAGS.root, exist_ok=True)
   os.makedirs(FLAGS.out, exist_ok=True)
   sizes = sorted(int(s) for s in FLAGS.sizes_mb)
-  results, earlier = [], {}
+  results, earlier, old_provenance = [], {}, {}
   path = os.path.join(FLAGS.out, "results.json")
   if os.path.exists(path):  # a rerun reuses the shards: keep the numbers of their preparation
     with open(path) as f:
-      old = json.load(f)["results"]
+      old_file = json.load(f)
+    old, old_provenance = old_file["results"], old_file.get("provenance", {})
     earlier = {r["size_mb"]: r for r in old if r["prepare"]["written"]}
     results = [r for r in old if r["size_mb"] not in sizes]  # sizes not run now stay as they were
   for size in sizes:
@@ -97,6 +98,11 @@ def main(argv):
                      "reshuffled (seeded) and repeated to each size",
            "model": "experiments/configs/tiny.py", "machine": f"{os.cpu_count()} CPU cores",
            "results": results}
+    # Sizes kept from an earlier invocation, or a preparation reused: that run's provenance.
+    reused = any(r["size_mb"] not in sizes or r["prepare"] is earlier.get(r["size_mb"], {}).get(
+        "prepare") for r in results)
+    out = provenance.stamp({**({"provenance": old_provenance} if old_provenance else {}), **out},
+                           resumed=reused)
     with open(os.path.join(FLAGS.out, "results.json.tmp"), "w") as f:
       json.dump(out, f, indent=2)
     os.replace(os.path.join(FLAGS.out, "results.json.tmp"), os.path.join(FLAGS.out, "results.json"))

@@ -39,7 +39,7 @@ import time
 
 from absl import flags
 
-from train import cli
+from train import cli, provenance
 
 FLAGS = flags.FLAGS
 
@@ -117,6 +117,11 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
       cli.fail(e)
     results[name]["wall_seconds"] = time.perf_counter() - t0
+    results[name]["provenance"] = provenance.provenance()
+    # The file's provenance is its oldest section's: no number in it is newer code than that.
+    dated = [results[s]["provenance"] for s in SECTIONS if "provenance" in results.get(s, {})]
+    if all("provenance" in results.get(s, {}) for s in SECTIONS if s in results):
+      results["provenance"] = min(dated, key=lambda p: p["date"])
     files.write_json_atomic(path, results, indent=2)
     decode_plots.plot(results, FLAGS.out)
     print(json.dumps({k: v for k, v in results[name].items() if k != "rows"}, default=str)[:2000],

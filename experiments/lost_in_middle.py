@@ -29,7 +29,7 @@ import sys
 
 from absl import flags
 
-from train import cli
+from train import cli, provenance
 from train.studies import retrieval_eval as eval_lib
 from train.studies import retrieval_training
 from train.studies import sweep as sweep_lib
@@ -69,7 +69,8 @@ def main(argv):
     os.makedirs(out_dir, exist_ok=True)
     sweep_lib.write_jsonl(os.path.join(out_dir, "results.jsonl"), rows)
     summary = {
-        "study": "lost_in_middle", "machine": sweep_lib.machine_info(), "runs": runs,
+        "study": "lost_in_middle", "provenance": provenance.provenance(cfg),
+        "machine": sweep_lib.machine_info(), "runs": runs,
         "training": [{k: r[k] for k in ("name", "meta", "params", "params_non_embedding", "tokens",
                                         "steps", "flops", "eval_loss", "wall_s")} for r in trained],
         "task": cfg.task.to_dict(), "answer_marker": cfg.base.train.answer_marker,

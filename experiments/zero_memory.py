@@ -30,7 +30,7 @@ import os
 
 from absl import flags
 
-from train import cli
+from train import cli, provenance
 
 FLAGS = flags.FLAGS
 
@@ -99,7 +99,9 @@ def main(argv):
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})",
       "host_cpus": os.cpu_count(), "fit_gb": FLAGS.fit_gb,
   })
-  save = lambda: files.write_json_atomic(path, results, indent=2)
+  resumed = bool(results["runs"] or results.get("probes"))  # records of an earlier invocation
+  save = lambda: files.write_json_atomic(path, provenance.stamp(results, config, resumed=resumed),
+                                         indent=2)
   stages = [int(s) for s in FLAGS.stages]
   zsm.measure_missing(config, results, stages, counts, FLAGS.steps, save)
   zsm.fit_all(config, results, stages, fit_counts, FLAGS.fit_gb * 1e9, save)

@@ -22,9 +22,31 @@ def test_help_lists_the_scripts_own_and_shared_flags(script):
   cli's --profile and --profile_steps) listed only under --helpfull, because absl's --help shows
   the main module's key flags alone."""
   done = run_script(script, "--help", timeout=120)
-  for flag in ("workdir", "config", "profile", "profile_steps", "print_config", "results_dir"):
+  for flag in ("workdir", "config", "profile", "profile_steps", "print_config", "results_dir",
+               "compilation_cache"):
     assert _listed(done.stdout, flag), (flag, done.stdout[-3000:], done.stderr[-2000:])
   assert not _listed(done.stdout, r"config\.train\.steps")  # a config's fields: --print_config
+
+
+def test_compilation_cache_points_jax_at_the_flags_directory_unless_the_environment_does(
+    monkeypatch, tmp_path):
+  """Catches: --compilation_cache parsed but never given to JAX, '' not turning it off, and the
+  flag overriding a JAX_COMPILATION_CACHE_DIR the user (or this suite) set."""
+  import jax
+
+  from train import cli
+
+  options = {}  # what the function asks of JAX; the suite's own cache is left alone
+  monkeypatch.setattr(jax.config, "update", lambda name, value: options.__setitem__(name, value))
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  cli.use_compilation_cache("")
+  assert options == {}
+  cli.use_compilation_cache(str(tmp_path / "xla"))
+  assert options == {"jax_compilation_cache_dir": str(tmp_path / "xla"),
+                     "jax_compilation_cache_max_size": cli.COMPILATION_CACHE_MAX_BYTES}
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+  cli.use_compilation_cache(str(tmp_path / "other"))
+  assert options["jax_compilation_cache_dir"] == str(tmp_path / "xla")  # untouched
 
 
 def _config_line(text: str, key: str) -> str:

@@ -39,3 +39,35 @@ def test_outside_a_checkout_the_commit_is_none(tmp_path, monkeypatch):
 def test_command_names_the_script_module(monkeypatch):
   monkeypatch.setattr(sys, "argv", [f"{provenance.REPO_ROOT}/experiments/scaling.py", "--a=1"])
   assert provenance.provenance()["command"].endswith("-m experiments.scaling --a=1")
+
+
+def test_a_resumed_file_keeps_its_oldest_provenance_and_a_fresh_one_gets_this_invocations():
+  """Catches: a script that kept an earlier invocation's records stamping the file with today's
+  commit (it would look current while part of it came from older code), and a fresh file left
+  without provenance."""
+  old = {"commit": "0" * 40, "date": "2026-01-01T00:00:00+00:00"}
+  kept = provenance.stamp({"provenance": dict(old), "runs": [1]}, resumed=True)
+  assert kept["provenance"] == old
+  fresh = provenance.stamp({"provenance": dict(old), "runs": [1]}, resumed=False)
+  assert fresh["provenance"]["commit"] != old["commit"] and fresh["provenance"]["command"]
+  assert "provenance" in provenance.stamp({}, resumed=True)  # nothing to keep: stamped
+
+
+def test_every_module_that_writes_a_results_json_records_provenance():
+  """Catches a new script or study writing results.json without the provenance block that
+  experiments.results_status reads (its numbers could never be traced to their code)."""
+  import glob
+  import os
+  import re
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  names_it = re.compile(r"""["']results\.json(\.tmp)?["']""")  # the literal, not results.jsonl
+  writes = re.compile(r"json\.dump\(|write_json|write_atomic")
+  missing = []
+  for path in glob.glob(os.path.join(root, "experiments", "*.py")) + glob.glob(
+      os.path.join(root, "train", "**", "*.py"), recursive=True):
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    if names_it.search(text) and writes.search(text) and "provenance" not in text:
+      missing.append(os.path.relpath(path, root))
+  assert not missing, missing

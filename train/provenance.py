@@ -49,6 +49,16 @@ def provenance(config: Any = None, argv: Optional[list[str]] = None) -> dict:
   }
 
 
+def stamp(results: dict, config: Any = None, *, resumed: bool = False) -> dict:
+  """Sets results["provenance"] to this invocation's and returns results. A file the script
+  resumed (records of an earlier invocation kept in it) keeps the provenance it had: the oldest
+  code behind any of its numbers, so it never looks newer than it is (rerun with the script's
+  --force to remeasure all of it)."""
+  if not (resumed and "provenance" in results):
+    results["provenance"] = provenance(config)
+  return results
+
+
 def _module_of(argv: list[str]) -> str:
   """experiments.NAME for a script run as python -m experiments.NAME (argv[0] is its file)."""
   path = os.path.abspath(argv[0]) if argv and argv[0] else ""

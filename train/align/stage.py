@@ -47,6 +47,7 @@ from train import metrics as metrics_lib
 from train import mfu as mfu_lib
 from train import optimizer as optimizer_lib
 from train import plots
+from train import provenance
 from train import state as state_lib
 from train.align import rewards as rewards_lib
 from train import config as config_lib
@@ -481,6 +482,8 @@ def write_results(workdir: str, summary: dict, keys: list[str], out_dir: str = "
       result[f"{k}@last"] = values[-1][1]
       tail = [v for _, v in values[-max(1, len(values) // 10):]]
       result[f"{k}@last10%_mean"] = sum(tail) / len(tail)  # one batch is a noisy reading
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    result["provenance"] = provenance.provenance(json.load(f))
   for d in [workdir] + ([out_dir] if out_dir else []):
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "results.json"), "w", encoding="utf-8") as f:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import jax
 
-from train import plots
+from train import plots, provenance
 
 
 def _train_step(s: dict, on_cpu: bool) -> dict:
@@ -68,7 +68,8 @@ def run_sections(names: list[str], sizes: dict, smoke: bool, out: str) -> dict:
       "device": str(device.device_kind), "platform": device.platform,
       "device_count": jax.device_count(), "jax": jax.__version__, "smoke": smoke,
       # Set by the caller to try XLA options (command buffers for the decode loop, say).
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), "sections": {}, "errors": {}}
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "sections": {}, "errors": {},
+      "provenance": provenance.provenance()}
   os.makedirs(out, exist_ok=True)
   for name in names:
     t0, cpu0 = time.perf_counter(), time.process_time()

@@ -19,7 +19,7 @@ import platform
 import random
 from typing import Sequence
 
-from train import plots
+from train import plots, provenance
 from train.studies import bpe_corpus
 from train.studies import sweep as sweep_lib
 
@@ -203,6 +203,6 @@ def report(cfg, workdir: str, points, out_dir: str) -> dict:
           for r in rows if r["corpus"] == kind} for kind in cfg.corpora},
   }
   summary["plot"] = os.path.basename(plot(rows, out_dir)) if rows else None
-  sweep_lib.write_json(os.path.join(out_dir, "results.json"), summary)
+  sweep_lib.write_json(os.path.join(out_dir, "results.json"), provenance.stamp(summary, cfg))
   return summary
 

@@ -16,7 +16,7 @@ import json
 import os
 import random
 
-from train import files, plots
+from train import files, plots, provenance
 from train.studies import sweep as sweep_lib
 
 EVAL_FILE = "eval.json"
@@ -193,7 +193,8 @@ def report(root: str, points, cfg, out_dir: str) -> dict:
   sizes = sorted({r["name"] for r in rows}, key=lambda n: next(r["flops"] for r in rows if r["name"] == n))
   table = {d: {n: {m: next(round(r[m], 4) for r in rows if r["name"] == n and r["digits"] == d)
                    for m in METRICS} for n in sizes} for d in sorted({r["digits"] for r in rows})}
-  summary = {"study": "emergence", "machine": sweep_lib.machine_info(), "sizes": len(sizes),
+  summary = {"study": "emergence", "provenance": provenance.provenance(cfg),
+             "machine": sweep_lib.machine_info(), "sizes": len(sizes),
              "points": len(points), "by_digits": table,
              "train": {"steps": cfg.base.train.steps, "batch_size": cfg.base.train.batch_size,
                        "seq_len": cfg.base.data.seq_len},

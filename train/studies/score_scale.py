@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 
-from train import plots
+from train import plots, provenance
 from train.studies import score_scale_training as training
 from train.studies import softmax_init
 from train.studies import sweep as sweep_lib
@@ -133,6 +133,6 @@ def report(cfg, workdir: str, points, out_dir: str) -> dict:
       "curves": {f"{arm_name(r['d_head'], r['scaled'])}-seed{r['seed']}": r["curve"] for r in train_rows},
   }
   summary["plot"] = os.path.basename(plot(init_rows, train_rows, out_dir))
-  sweep_lib.write_json(os.path.join(out_dir, "results.json"), summary)
+  sweep_lib.write_json(os.path.join(out_dir, "results.json"), provenance.stamp(summary, cfg))
   return summary
 

@@ -3,10 +3,12 @@
 Three subprocesses of the repository's own commands, under one scratch root:
   prepare: experiments.prepare_data on the tiny config: its tokenizer and shards, timed by
            prepare_config itself (seconds, tokens of each split, so the validation share).
-  cold:    experiments.train in a fresh workdir with an empty shard folder (data.prepared): the
-           first tiny run (imports, tokenizer, shards, compiles, 6 steps, checkpoints, plot).
-  warm:    experiments.train in a new workdir on the shards `cold` left in that folder: a later
-           tiny run, whose data is already prepared.
+  cold:    experiments.train in a fresh workdir with an empty shard folder (data.prepared) and an
+           empty compilation cache (--compilation_cache): the first tiny run (imports,
+           tokenizer, shards, compiles, 6 steps, checkpoints, plot).
+  warm:    experiments.train in a new workdir on the shards and the compiled programs `cold`
+           left in those folders: a later tiny run, whose data is prepared and whose programs
+           load from the cache.
 Every run's wall seconds from start to exit, and the seconds at which its banner and its first and
 last step lines were printed (what comes before the banner: imports, data, state; between banner
 and step 1: the first compile). Also the wall seconds of `--help` of the daily scripts
@@ -32,7 +34,7 @@ _STEP = re.compile(r"^step (\d+)\s")
 def timed_lines(cmd: Sequence[str], cwd: str, timeout_s: float = 600.0) -> tuple[float, int, list]:
   """Runs cmd with stdout and stderr merged; returns (wall seconds, exit status, [(seconds since
   start, line)]) with lines split at newlines and carriage returns (progress bars)."""
-  # No persistent XLA cache a caller's environment may name: every run compiles, as a first one does.
+  # No persistent XLA cache a caller's environment may name (it would win over --compilation_cache).
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   start = time.perf_counter()
   proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE,
@@ -73,7 +75,7 @@ def _round(x: Optional[float]) -> Optional[float]:
 def train_run(root: str, name: str, prepared: str, python: str, repo: str) -> dict:
   """One experiments.train run of the tiny config in root/name, its shards in `prepared`."""
   cmd = [python, "-m", "experiments.train", f"--config={TINY}", f"--workdir={root}/{name}",
-         f"--config.data.prepared={prepared}"]
+         f"--config.data.prepared={prepared}", f"--compilation_cache={root}/xla"]
   load = os.getloadavg()[0]
   wall, status, lines = timed_lines(cmd, repo)
   if status:
