@@ -25,6 +25,13 @@ def test_commit_and_dirty_flag_follow_the_repository(tmp_path, monkeypatch):
   assert clean["commit"] == head and clean["dirty"] is False
   assert clean["config"] == {"train": {"lr": 0.1}}
   assert clean["command"].endswith("--flag=1")
+  # A tracked results file the run rewrites as it goes is its output, not a code change.
+  (tmp_path / "results").mkdir()
+  (tmp_path / "results" / "r.json").write_text("{}")
+  _git(tmp_path, "add", "results/r.json")
+  _git(tmp_path, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "two")
+  (tmp_path / "results" / "r.json").write_text('{"partial": 1}')
+  assert provenance.provenance()["dirty"] is False
   (tmp_path / "a.py").write_text("x = 2\n")
   assert provenance.provenance()["dirty"] is True
 

@@ -28,7 +28,9 @@ def _git(*args: str) -> Optional[str]:
 def provenance(config: Any = None, argv: Optional[list[str]] = None) -> dict:
   """{commit, dirty, command, config, date, host, jax}. config: a ConfigDict, a dict or None.
   The commit is None outside a git checkout (an installed copy), never a guess."""
-  status = _git("status", "--porcelain", "--untracked-files=no")
+  # results/ holds outputs, not code: a script that writes its results.json as it goes (or a
+  # study's results.jsonl before its summary) would otherwise mark its own run dirty.
+  status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
   try:
     import jax
 
