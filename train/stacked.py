@@ -160,9 +160,13 @@ def make_stacked_training(
       answer_marker, t.z_loss)
   tx = optimizer_lib.make(t, t.steps)  # init only: Adam's state does not depend on the values
 
-  def init() -> step_lib.TrainState:  # each run's state made as train/step.py makes it alone
-    return stack([step_lib.init_state(transformer.create(model_cfg, jax.random.key(r.seed))[1],
-                                      tx, r.seed) for r in runs])
+  def init_one(seed: jax.Array) -> step_lib.TrainState:  # as train/step.py makes a run alone
+    return step_lib.init_state(transformer.create(model_cfg, jax.random.key(seed))[1], tx, seed)
+
+  # One compiled creation vmapped over the seeds: eagerly, every op of the model's creation
+  # compiled alone took seconds; a jit of R creations compiles R copies.
+  init_all = jax.jit(jax.vmap(init_one))
+  seeds_R = jnp.asarray([r.seed for r in runs], jnp.int32)
 
   def one_run(args):
     state, batch_BxL1, hp = args
@@ -176,5 +180,5 @@ def make_stacked_training(
   hp = hparam_arrays(runs)
   step = jax.jit(stacked_step, donate_argnums=0)
   return StackedTraining(
-      runs=runs, graphdef=graphdef, init=init,
+      runs=runs, graphdef=graphdef, init=lambda: init_all(seeds_R),
       train_step=lambda state, batch: step(state, batch, hp))
