@@ -139,14 +139,27 @@ class GroupEval:
     return self._cache[prefix][i]
 
 
-def _reporter(member: Member, i: int, group_eval: GroupEval) -> pretrain.Reporter:
-  """pretrain.Reporter of run i: its own meter, metrics.jsonl and checkpointer; its evaluations
-  read from the group's."""
-  s = member.settings
-  t, seq_len = s.train, s.data.seq_len
-  meter = pretrain.Meter(t.batch_size * seq_len, flops_per_token(s.model, seq_len),
-                         mfu_lib.peak_flops() * jax.device_count())
-  writer = metrics_lib.MetricsWriter(member.workdir, t.loggers, dataclasses.asdict(s))
+class SharedMeter(pretrain.Meter):
+  """One pretrain.Meter for every run of a stack (each run's tokens over the stack's time), read
+  once per step: the first run's reading is every run's, so a later run's rate does not hold the
+  evaluation an earlier run's report just ran."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._step, self._reading = -1, {}
+
+  def read(self, step: int) -> dict[str, float]:
+    if step != self._step:
+      self._step, self._reading = step, super().read(step)
+    return self._reading
+
+
+def _reporter(member: Member, i: int, group_eval: GroupEval,
+              meter: SharedMeter) -> pretrain.Reporter:
+  """pretrain.Reporter of run i: its own metrics.jsonl and checkpointer; the stack's meter; its
+  evaluations read from the group's."""
+  t = member.settings.train
+  writer = metrics_lib.MetricsWriter(member.workdir, t.loggers, dataclasses.asdict(member.settings))
   bar = tqdm(total=t.steps, initial=member.start, disable=True)
   test = (lambda _params: group_eval.record("test", i)) if t.test_batches else None
   return pretrain.Reporter(t, meter, lambda _params: group_eval.record("eval", i), writer, bar,
@@ -167,9 +180,9 @@ def _hooks(members: Sequence[Member], reporters: Sequence[pretrain.Reporter],
 
   def save(step: int, state: Any, early: bool, temporary: bool = False) -> None:
     del early
-    for i, (m, rep) in enumerate(zip(members, reporters)):
+    for i, m in enumerate(members):
       m.ckpt.save(step, stacked.unstack(state, i), m.row_ids.get_state(), temporary=temporary)
-      rep.meter.restart()
+    reporters[0].meter.restart()  # the stack's one meter; nor is saving training
 
   return Hooks(
       report=report, save=save, must_save=members[0].settings.checkpoint.must_save,
@@ -177,6 +190,13 @@ def _hooks(members: Sequence[Member], reporters: Sequence[pretrain.Reporter],
       temporary_due=members[0].ckpt.temporary_due,
       save_temporary=lambda step, state: save(step, state, False, temporary=True),
       wait_saved=lambda: [m.ckpt.wait() for m in members])
+
+
+def vmap_width_for(backend: str) -> int:
+  """train/stacked.py's vmap_width for a backend: on a CPU the runs one after another inside the
+  one program (1: a whole-R vmap ran at 0.58x the separate runs' tokens/s there,
+  results/stacked_runs/vmap_all), elsewhere all at once (0)."""
+  return 1 if backend == "cpu" else 0
 
 
 def _initial_state(members: Sequence[Member], training: stacked.StackedTraining) -> Any:
@@ -193,13 +213,15 @@ def train_stack(members: Sequence[Member]) -> list[dict[str, Any]]:
   d = members[0].data
   training = stacked.make_stacked_training(
       s0.model, [m.settings.train for m in members], pad_id=d.pad_id, documents=d.documents,
-      answer_marker=d.answer_marker)
+      answer_marker=d.answer_marker, vmap_width=vmap_width_for(jax.default_backend()))
   group_eval = GroupEval(members[0])
-  reporters = [_reporter(m, i, group_eval) for i, m in enumerate(members)]
+  seq_len = s0.data.seq_len
+  meter = SharedMeter(s0.train.batch_size * seq_len, flops_per_token(s0.model, seq_len),
+                      mfu_lib.peak_flops() * jax.device_count())
+  reporters = [_reporter(m, i, group_eval, meter) for i, m in enumerate(members)]
 
   def train_step_at(step: int, state):
-    for rep in reporters:
-      rep.meter.count(step)
+    meter.count(step)
     batch_RxBxL1 = np.stack([m.data.corpus.train_rows.read(next(m.row_ids)) for m in members])
     return training.train_step(state, jnp.asarray(batch_RxBxL1))
 
