@@ -36,6 +36,9 @@ def define_flags() -> None:
   flags.DEFINE_string("out", "results/stacked_runs", "Output directory.")
   flags.DEFINE_bool("sweep", False, "Time the sweep's paths (alone against --stack_runs) instead.")
   flags.DEFINE_integer("sweep_repeats", 2, "Runs of each sweep arm, the first arm alternating.")
+  flags.DEFINE_string("sensitivity_lrs", "", "With --sweep: only rerun these learning rates "
+                      "(comma-separated) alone at lr x (1 + 2^-20) into sweep_paths.lr_sensitivity "
+                      "of the results.json, after a full --sweep run left its data in --scratch.")
   flags.DEFINE_string("scratch", "/tmp/stacked_bench", "Sweep roots of the --sweep arms.")
 
 
@@ -52,15 +55,24 @@ def sweep_paths() -> None:
   from train.studies import sweep_speed
 
   lrs = tuple(2.0 ** (k - 10) for k in range(FLAGS.lrs))
+  path = os.path.join(FLAGS.out, "results.json")
+  with open(path) as f:
+    saved = json.load(f)
+  if FLAGS.sensitivity_lrs:
+    chosen = [float(x) for x in FLAGS.sensitivity_lrs.split(",")]
+    losses = dict(zip(saved["sweep_paths"]["lrs"], saved["sweep_paths"]["eval_loss"]["alone"]))
+    saved["sweep_paths"]["lr_sensitivity"] = sweep_speed.lr_sensitivity(
+        FLAGS.scratch, FLAGS.d_model, chosen, [losses[x] for x in chosen])
+    with open(path, "w") as f:
+      json.dump(saved, f, indent=2)
+    print(json.dumps(saved["sweep_paths"]["lr_sensitivity"], indent=2))
+    return
   cfg = sweep_cfg.get_config()
   cfg.widths, cfg.parametrizations, cfg.seeds, cfg.lrs = (FLAGS.d_model,), ("sp",), (0,), lrs
   result = sweep_speed.benchmark(FLAGS.scratch, cfg, FLAGS.d_model, lrs, FLAGS.sweep_repeats)
   result |= {"width": FLAGS.d_model, "flags": sweep_speed.study_flags(FLAGS.d_model, lrs),
              "machine": sweep_lib.machine_info(), "load_note": SWEEP_LOAD_NOTE,
              "provenance": provenance.provenance()}
-  path = os.path.join(FLAGS.out, "results.json")
-  with open(path) as f:
-    saved = json.load(f)
   saved["sweep_paths"] = result
   with open(path, "w") as f:
     json.dump(saved, f, indent=2)

@@ -92,3 +92,20 @@ def summarise(arms: dict[str, list[dict]], points: Sequence[sweep_lib.Point],
       "eval_loss_max_abs_diff": max(abs(a - b) for a, b in zip(losses["alone"],
                                                                losses["stacked"])),
   }
+
+
+def lr_sensitivity(scratch: str, width: int, lrs: Sequence[float], alone_eval_loss: Sequence[float],
+                   rel: float = 2.0 ** -20) -> dict[str, Any]:
+  """How far float rounding alone moves a point's result: each lr times (1 + rel) trained alone
+  through the sweep (the data prepared by benchmark in scratch), its eval loss beside the alone
+  arm's at lr. Where a 1e-6 change of lr moves the loss as far as stacking does, the runs are
+  chaotic there and stacked against alone differs by rounding, not by a mix-up."""
+  shared = os.path.join(scratch, "prepared", "shared")
+  rows = []
+  for lr, base_loss in zip(lrs, alone_eval_loss):
+    arm = run_arm(os.path.join(scratch, "sensitivity"), shared,
+                  study_flags(width, [lr * (1 + rel)]), 0)
+    rows.append({"lr": lr, "perturbed_lr": lr * (1 + rel), "alone_eval_loss": base_loss,
+                 "perturbed_eval_loss": arm["eval_loss"][0],
+                 "abs_diff": abs(arm["eval_loss"][0] - base_loss)})
+  return {"relative_lr_perturbation": rel, "rows": rows}
