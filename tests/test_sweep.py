@@ -237,3 +237,23 @@ def test_a_stacked_group_trains_each_point_as_the_sweep_trains_it_alone(tmp_path
   # Done points are not retrained.
   assert sweep.launch(stacked_root, base, points, stack_runs=2,
                       train_group_fn=lambda *a: pytest.fail("retrained"), **kw)
+
+
+def test_train_group_refuses_runs_that_cannot_stack_in_one_line(tiny_corpus):
+  from train import config as config_lib
+  from train import stacked_pretrain
+
+  base = tiny_config(tiny_corpus)
+  def configs(*overrides):
+    return [sweep.apply_overrides(base, o) for o in overrides]
+  for overrides, message in [
+      (({"train.lr": 1e-3}, {"model.d_model": 64}), "model.* differs"),
+      (({"train.lr": 1e-3}, {"train.steps": 7}), "train.steps differs"),
+      (({"train.init_from": "/x:2"}, {"train.init_from": "/x:2", "train.lr": 1e-3}),
+       "train.init_from"),
+  ]:
+    cs = configs(*overrides)
+    with pytest.raises(config_lib.ConfigError, match=message):
+      stacked_pretrain.check_group(cs, [config_lib.resolve(c) for c in cs])
+  cs = configs({"train.lr": 1e-3, "train.seed": 3}, {"train.grad_clip": 0.5})
+  stacked_pretrain.check_group(cs, [config_lib.resolve(c) for c in cs])  # per-run settings only
