@@ -212,9 +212,11 @@ def test_a_stacked_group_trains_each_point_as_the_sweep_trains_it_alone(tmp_path
   1's workdir fails here: the two runs differ in all of those."""
   from train import metrics as metrics_lib
 
-  base = tiny_config(tiny_corpus, **{"train.steps": 2, "train.eval_every": 2,
-                                     "train.warmup_steps": 1, "checkpoint.every_steps": 2})
-  points = _lr_points(base)
+  base = tiny_config(tiny_corpus, **{  # as small as a run gets: its cost is compiles and files
+      "train.steps": 2, "train.eval_every": 2, "train.warmup_steps": 1, "train.eval_batches": 1,
+      "train.loggers": ("jsonl",), "model.n_layers": 1,
+      "checkpoint.every_steps": 2})
+  points = _lr_points(base, shapes=(16,))
   alone, stacked_root = str(tmp_path / "alone"), str(tmp_path / "stacked")
   kw = dict(launcher="local", point="", argv=["x.py"], job_name="t", log=lambda _: None)
   assert sweep.launch(alone, base, points, **kw)
