@@ -56,7 +56,8 @@ def main(argv):
       base, points = retrieval_training.make_points(cfg, FLAGS.workdir)
       done = sweep_lib.launch(
           FLAGS.workdir, base, points, launcher=FLAGS.launcher, point=FLAGS.point, argv=sys.argv,
-          job_name=cfg.launch.job_name, slurm_options=tuple(cfg.launch.slurm_options))
+          job_name=cfg.launch.job_name, slurm_options=tuple(cfg.launch.slurm_options),
+          stack_runs=FLAGS.stack_runs)
       if not done:
         if not FLAGS.point:
           print("the training runs are not finished; rerun this command", file=sys.stderr)

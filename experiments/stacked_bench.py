@@ -2,6 +2,7 @@
 
   python -m experiments.stacked_bench [--lrs=8] [--rounds=6] [--steps_per_round=10]
       [--out=results/stacked_runs]
+  python -m experiments.stacked_bench --sweep [--sweep_repeats=2] [--out=results/stacked_runs]
 
 The model is the muP transfer sweep's shape at width 64 (experiments/configs/sweeps/
 mup_transfer.py: 2 layers, heads of width 16, d_ff 3 x d_model, 512-token vocabulary, 16 x 64
@@ -33,6 +34,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("vmap_width", 1, "Runs one pass of the stacked step computes together "
                        "(train/stacked.py; 0: all). On a CPU 1 is fastest (docs/training.md).")
   flags.DEFINE_string("out", "results/stacked_runs", "Output directory.")
+  flags.DEFINE_bool("sweep", False, "Time the sweep's paths (alone against --stack_runs) instead.")
+  flags.DEFINE_integer("sweep_repeats", 2, "Runs of each sweep arm, the first arm alternating.")
+  flags.DEFINE_string("sensitivity_lrs", "", "With --sweep: only rerun these learning rates "
+                      "(comma-separated) alone at lr x (1 + 2^-20) into sweep_paths.lr_sensitivity "
+                      "of the results.json, after a full --sweep run left its data in --scratch.")
+  flags.DEFINE_string("scratch", "/tmp/stacked_bench", "Sweep roots of the --sweep arms.")
 
 
 LOAD_NOTE = ("The machine is shared with other jobs (2 CPU cores). The two arms are timed in "
@@ -40,9 +47,51 @@ LOAD_NOTE = ("The machine is shared with other jobs (2 CPU cores). The two arms 
              "both alike; throughput_ratio_per_round shows the spread.")
 
 
+def sweep_paths() -> None:
+  """--sweep: the sweep's two paths, added to OUT/results.json as "sweep_paths"."""
+  from experiments.configs.sweeps import mup_transfer as sweep_cfg
+  from train import provenance
+  from train.studies import sweep as sweep_lib
+  from train.studies import sweep_speed
+
+  lrs = tuple(2.0 ** (k - 10) for k in range(FLAGS.lrs))
+  path = os.path.join(FLAGS.out, "results.json")
+  with open(path) as f:
+    saved = json.load(f)
+  if FLAGS.sensitivity_lrs:
+    chosen = [float(x) for x in FLAGS.sensitivity_lrs.split(",")]
+    losses = dict(zip(saved["sweep_paths"]["lrs"], saved["sweep_paths"]["eval_loss"]["alone"]))
+    saved["sweep_paths"]["lr_sensitivity"] = sweep_speed.lr_sensitivity(
+        FLAGS.scratch, FLAGS.d_model, chosen, [losses[x] for x in chosen])
+    with open(path, "w") as f:
+      json.dump(saved, f, indent=2)
+    print(json.dumps(saved["sweep_paths"]["lr_sensitivity"], indent=2))
+    return
+  cfg = sweep_cfg.get_config()
+  cfg.widths, cfg.parametrizations, cfg.seeds, cfg.lrs = (FLAGS.d_model,), ("sp",), (0,), lrs
+  result = sweep_speed.benchmark(FLAGS.scratch, cfg, FLAGS.d_model, lrs, FLAGS.sweep_repeats)
+  result |= {"width": FLAGS.d_model, "flags": sweep_speed.study_flags(FLAGS.d_model, lrs),
+             "machine": sweep_lib.machine_info(), "load_note": SWEEP_LOAD_NOTE,
+             "provenance": provenance.provenance()}
+  saved["sweep_paths"] = result
+  with open(path, "w") as f:
+    json.dump(saved, f, indent=2)
+  keys = ("median_wall_s", "wall_clock_ratio", "wall_clock_ratio_per_repeat",
+          "eval_loss_max_abs_diff")
+  print(json.dumps({k: result[k] for k in keys}, indent=2))
+
+
+SWEEP_LOAD_NOTE = ("The machine (2 CPU cores) was shared with other jobs while this ran; the "
+                   "arms alternate (alone, stacked, stacked, alone, ...) so that load falls on "
+                   "both, and wall_clock_ratio_per_repeat shows the spread.")
+
+
 def main(argv):
   del argv
   cli.setup()
+  if FLAGS.sweep:
+    sweep_paths()
+    return
   from model.config import ModelConfig
   from train import provenance
   from train.config import TrainSettings

@@ -174,3 +174,88 @@ def test_print_launcher_with_pending_points_prints_at_once_and_asks_for_no_repor
   assert sweep.launch_training_study(fv, base, points, launch_cfg) is False  # no fit follows
   lines = capsys.readouterr().out.splitlines()
   assert [line.rsplit("--point=", 1)[1] for line in lines] == [points[0].name, points[2].name]
+
+
+# --stack_runs: points that differ only in train.seed / lr / weight_decay / grad_clip train as one
+# stack (train/stacked_pretrain.py), each in its own workdir as if alone.
+
+def _lr_points(base, shapes=(32,)):
+  """Per width, two runs that differ in every stacked setting: seed, lr, weight decay, clip."""
+  runs = [(0, 3e-3, 0.0, 1.0), (1, 3e-2, 0.3, 0.05)]
+  return [sweep.make_point(f"w{d}-r{k}", base, {
+      "model.d_model": d, "train.seed": s, "train.lr": lr, "train.weight_decay": wd,
+      "train.grad_clip": c}, {"k": k}) for d in shapes for k, (s, lr, wd, c) in enumerate(runs)]
+
+
+def test_points_stack_only_where_nothing_but_per_run_settings_differ(tiny_corpus):
+  base = tiny_config(tiny_corpus)
+  points = _lr_points(base, shapes=(32, 16)) + [
+      sweep.make_point("branch", base, {"train.init_from": "/elsewhere:2"}, {})]
+  groups = sweep.stack_groups(base, points, most=8)
+  assert [[p.name[:6] for p in g] for g in groups] == [["w32-r0", "w32-r1"], ["w16-r0", "w16-r1"],
+                                                       ["branch"]]
+  assert [len(g) for g in sweep.stack_groups(base, points, most=1)] == [1] * 5
+
+
+def test_stack_runs_is_refused_where_it_cannot_apply(tmp_path, tiny_corpus):
+  base = tiny_config(tiny_corpus)
+  for launcher, point, n in [("print", "", 2), ("local", "x", 2), ("local", "", -1)]:
+    with pytest.raises(ValueError, match="--stack_runs"):
+      sweep.launch(str(tmp_path), base, _lr_points(base), launcher=launcher, point=point,
+                   argv=["x.py"], job_name="t", stack_runs=n, log=lambda _: None)
+
+
+def test_a_stacked_group_trains_each_point_as_the_sweep_trains_it_alone(tmp_path, tiny_corpus):
+  """Each point's metrics.jsonl (loss, lr, grad_norm every step; eval_loss), checkpoint and
+  result.json equal those of the same point trained alone through the sweep. A stack that gave
+  run 1 run 0's lr, decay, clip or seed, fed it run 0's data, or wrote run 0's metrics into run
+  1's workdir fails here: the two runs differ in all of those."""
+  from train import metrics as metrics_lib
+
+  base = tiny_config(tiny_corpus, **{  # as small as a run gets: its cost is compiles and files
+      "train.steps": 2, "train.eval_every": 2, "train.warmup_steps": 1, "train.eval_batches": 1,
+      "train.loggers": ("jsonl",), "model.n_layers": 1,
+      "checkpoint.every_steps": 2})
+  points = _lr_points(base, shapes=(16,))
+  alone, stacked_root = str(tmp_path / "alone"), str(tmp_path / "stacked")
+  kw = dict(launcher="local", point="", argv=["x.py"], job_name="t", log=lambda _: None)
+  assert sweep.launch(alone, base, points, **kw)
+  assert sweep.launch(stacked_root, base, points, stack_runs=2, **kw)
+  losses = []
+  for p in points:
+    want = metrics_lib.by_step(sweep.point_dir(alone, p.name))
+    got = metrics_lib.by_step(sweep.point_dir(stacked_root, p.name))
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2]
+    for g, w in zip(got, want):
+      for key in ("loss", "lr", "grad_norm", "eval_loss"):
+        if key in w or key in g:
+          assert g[key] == pytest.approx(w[key], rel=2e-5), (p.name, g["step"], key)
+    a, b = sweep.load_result(alone, p.name), sweep.load_result(stacked_root, p.name)
+    assert b["stacked_with"] == [q.name for q in points] and "stacked_with" not in a
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=2e-5)
+    assert os.listdir(os.path.join(sweep.point_dir(stacked_root, p.name), "checkpoints"))
+    losses.append(a["loss"])
+  assert abs(losses[0] - losses[1]) > 1e-3  # the runs differ: a mix-up cannot pass unseen
+  # Done points are not retrained.
+  assert sweep.launch(stacked_root, base, points, stack_runs=2,
+                      train_group_fn=lambda *a: pytest.fail("retrained"), **kw)
+
+
+def test_train_group_refuses_runs_that_cannot_stack_in_one_line(tiny_corpus):
+  from train import config as config_lib
+  from train import stacked_pretrain
+
+  base = tiny_config(tiny_corpus)
+  def configs(*overrides):
+    return [sweep.apply_overrides(base, o) for o in overrides]
+  for overrides, message in [
+      (({"train.lr": 1e-3}, {"model.d_model": 64}), "model.* differs"),
+      (({"train.lr": 1e-3}, {"train.steps": 7}), "train.steps differs"),
+      (({"train.init_from": "/x:2"}, {"train.init_from": "/x:2", "train.lr": 1e-3}),
+       "train.init_from"),
+  ]:
+    cs = configs(*overrides)
+    with pytest.raises(config_lib.ConfigError, match=message):
+      stacked_pretrain.check_group(cs, [config_lib.resolve(c) for c in cs])
+  cs = configs({"train.lr": 1e-3, "train.seed": 3}, {"train.grad_clip": 0.5})
+  stacked_pretrain.check_group(cs, [config_lib.resolve(c) for c in cs])  # per-run settings only

@@ -212,7 +212,6 @@ def run_point(root: str, base: ml_collections.ConfigDict, point: Point,
   if train_fn is None:
     from train import pretrain
     train_fn = pretrain.train
-  from model.config import ModelConfig, count_params, flops_per_token
 
   config = point_config(base, point)
   workdir = point_dir(root, point.name)
@@ -222,10 +221,20 @@ def run_point(root: str, base: ml_collections.ConfigDict, point: Point,
   wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
   if summary.get("stopped_by_signal") or summary.get("final_step", 0) < config.train.steps:
     return None
+  record = point_record(point, config, summary, wall_s, cpu_s)
+  write_json(os.path.join(workdir, RESULT), record)
+  return record
+
+
+def point_record(point: Point, config: ml_collections.ConfigDict, summary: dict, wall_s: float,
+                 cpu_s: float) -> dict:
+  """A finished point's done record from its training summary and the seconds it took."""
+  from model.config import ModelConfig, count_params, flops_per_token
+
   model_cfg = ModelConfig.from_dict(config.model.to_dict())
   params = count_params(model_cfg)
   tokens = int(summary["final_step"]) * config.train.batch_size * config.data.seq_len
-  record = {
+  return {
       "name": point.name,
       "meta": point.meta,
       "overrides": point.overrides,
@@ -245,8 +254,66 @@ def run_point(root: str, base: ml_collections.ConfigDict, point: Point,
       "resumed_from_step": int(summary.get("start_step", 0)),
       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
   }
-  write_json(os.path.join(workdir, RESULT), record)
-  return record
+
+
+# (configs, workdirs) -> each run's summary, as TrainFn's: train/stacked_pretrain.py train_group.
+GroupTrainFn = Callable[[Sequence[ml_collections.ConfigDict], Sequence[str]], list]
+
+
+def stack_key(base: ml_collections.ConfigDict, point: Point) -> Optional[str]:
+  """Points with one key may train stacked (train/stacked.py): their configs are equal except in
+  train.seed, lr, weight_decay and grad_clip. None: the point trains alone (it branches from
+  another run, train.init_from, or may grow, a WSD stable run)."""
+  config = point_config(base, point).to_dict()
+  if config["train"].get("init_from") or point.meta.get("grows"):
+    return None
+  config["train"] = {k: v for k, v in config["train"].items() if k not in STACKED_PER_RUN}
+  return json.dumps(config, sort_keys=True, default=str)
+
+
+STACKED_PER_RUN = ("seed", "lr", "weight_decay", "grad_clip")  # train/stacked.py PER_RUN
+
+
+def stack_groups(base: ml_collections.ConfigDict, points: Sequence[Point],
+                 most: int) -> list[list[Point]]:
+  """The points in groups of at most `most` that may train stacked (stack_key), in sweep order of
+  each group's first point; a point that may not stack is a group of its own."""
+  groups: dict[Any, list[list[Point]]] = {}
+  order = []
+  for i, p in enumerate(points):
+    key = stack_key(base, p)
+    chunks = groups.setdefault(key if key is not None else ("alone", i), [])
+    if not chunks or len(chunks[-1]) >= most:
+      chunks.append([])
+      order.append(chunks[-1])
+    chunks[-1].append(p)
+  return order
+
+
+def run_group(root: str, base: ml_collections.ConfigDict, points: Sequence[Point],
+              train_group_fn: Optional[GroupTrainFn] = None) -> Optional[list[dict]]:
+  """Trains (or resumes) points that stack_key groups together in one process and one compiled
+  step, each in its own workdir, and writes each one's done record as run_point would (its
+  wall_s and cpu_s: the group's shared equally, group_wall_s beside). None when stopped early."""
+  if train_group_fn is None:
+    from train import stacked_pretrain
+    train_group_fn = stacked_pretrain.train_group
+  configs = [point_config(base, p) for p in points]
+  workdirs = [point_dir(root, p.name) for p in points]
+  for config, workdir in zip(configs, workdirs):
+    seed_workdir(prepare_shared(root, config), workdir)
+  wall0, cpu0 = time.perf_counter(), time.process_time()
+  summaries = train_group_fn(configs, workdirs)
+  wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
+  records = []
+  for p, config, workdir, summary in zip(points, configs, workdirs, summaries):
+    if summary.get("stopped_by_signal") or summary.get("final_step", 0) < config.train.steps:
+      continue  # resumes next time; the finished ones are done now
+    record = point_record(p, config, summary, wall_s / len(points), cpu_s / len(points))
+    record |= {"stacked_with": [q.name for q in points], "group_wall_s": wall_s}
+    write_json(os.path.join(workdir, RESULT), record)
+    records.append(record)
+  return records if len(records) == len(points) else None
 
 
 def point_command(argv: Sequence[str], name: str, python: str = sys.executable) -> list[str]:
@@ -323,26 +390,49 @@ def launch(
     root: str, base: ml_collections.ConfigDict, points: Sequence[Point], *, launcher: str,
     point: str, argv: Sequence[str], job_name: str, slurm_options: Sequence[str] = (),
     on_done: Optional[Callable[[str, Point], None]] = None, train_fn: Optional[TrainFn] = None,
-    log: Optional[Callable[[str], None]] = None,
+    log: Optional[Callable[[str], None]] = None, stack_runs: int = 0,
+    train_group_fn: Optional[GroupTrainFn] = None,
 ) -> bool:
   """Runs or hands out the sweep; True when every point is done (the study may then report).
 
   --point=NAME trains that point only (the command the print and slurm launchers hand out).
   on_done(workdir, point), if given, runs after a point is trained (an evaluation, say), where the
   training ran, so a cluster's tasks evaluate their own points.
+  stack_runs > 1 (the local launcher only): pending points that differ only in train.seed, lr,
+  weight_decay or grad_clip train up to stack_runs at a time in one process and one compiled step
+  (run_group); the others alone, as before.
   """
   log = log or _log
+  if stack_runs < 0:
+    raise ValueError(f"--stack_runs={stack_runs} must be >= 0 (0: every point alone)")
+  if stack_runs and (launcher != "local" or point):
+    raise ValueError("--stack_runs trains groups in this process: use it with --launcher=local "
+                     "and no --point")
   todo = _to_run_here(root, points, launcher, point, "the same settings")
   check_points(root, base, points)
-  for i, p in enumerate(todo):
-    log(f"[{i + 1}/{len(todo)} to run, {len(points)} in the sweep] {p.name}")
-    if load_result(root, p.name) is None and run_point(root, base, p, train_fn) is None:
-      log(f"stopped during {p.name}; rerun the same command to resume")
+  groups = stack_groups(base, todo, stack_runs) if stack_runs > 1 else [[p] for p in todo]
+  for i, group in enumerate(groups):
+    names = ", ".join(p.name for p in group)
+    log(f"[{i + 1}/{len(groups)} to run, {len(points)} points in the sweep] {names}")
+    if len(group) == 1:
+      ok = load_result(root, group[0].name) is not None or run_point(
+          root, base, group[0], train_fn) is not None
+    else:
+      ok = run_group(root, base, group, train_group_fn) is not None
+    if not ok:
+      log(f"stopped during {names}; rerun the same command to resume")
       return False
-    if on_done is not None:
+    for p in group if on_done is not None else ():
       on_done(point_dir(root, p.name), p)
   if point:
     return False  # one task of a sweep: the study reports when collected
+  return _hand_out(root, base, points, argv, launcher, job_name, slurm_options, log)
+
+
+def _hand_out(root: str, base: ml_collections.ConfigDict, points: Sequence[Point],
+              argv: Sequence[str], launcher: str, job_name: str, slurm_options: Sequence[str],
+              log: Callable[[str], None]) -> bool:
+  """The print and slurm launchers' handing out of the pending points; True when none is."""
   todo = pending(root, points)
   if launcher == "print" and todo:
     # At once, without tokenizing: the first task prepares the shared data (every point's
@@ -427,6 +517,10 @@ def define_training_study_flags(config_flag: str, config_file: str, workdir: str
   flags.DEFINE_enum("launcher", "local", LAUNCHERS, "How pending points are trained.")
   flags.DEFINE_string("point", "", point_help)
   flags.DEFINE_string("results_dir", "", "Where results and plots go; empty = the workdir.")
+  flags.DEFINE_integer("stack_runs", 0, "Train up to this many pending points that differ only "
+                       "in train.seed, lr, weight_decay or grad_clip together, in one process and "
+                       "one compiled step (train/stacked_pretrain.py); 0: every point alone. "
+                       "--launcher=local only.")
 
 
 def launch_training_study(fv: Any, base: ml_collections.ConfigDict, points: Sequence[Point],
@@ -441,7 +535,8 @@ def launch_training_study(fv: Any, base: ml_collections.ConfigDict, points: Sequ
   launched = points if launched is None else launched
   done = launch(fv.workdir, base, launched, launcher=fv.launcher, point=fv.point, argv=sys.argv,
                 job_name=launch_cfg.job_name, slurm_options=tuple(launch_cfg.slurm_options),
-                on_done=on_done) and len(launched) == len(points)
+                on_done=on_done, stack_runs=getattr(fv, "stack_runs", 0)
+                ) and len(launched) == len(points)
   if fv.point:
     return False
   if not done:
