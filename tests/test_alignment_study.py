@@ -126,7 +126,7 @@ def test_tiny_study_end_to_end_and_a_rerun_trains_nothing(tmp_path):
   runs = results["runs"]
   assert [len(runs[s]) for s in ("sft", "dpo", "grpo")] == [1, 2, 1]
   grpo = runs["grpo"][0]
-  assert [s for s, _ in grpo["validation_accuracy_curve"]] == [0, 1, 2, 3]
+  assert [s for s, _ in grpo["validation_accuracy_curve"]] == [0, 1, 2]
   assert grpo["init"] == next(r["name"] for r in runs["dpo"]
                               if r["nll_weight"] == results["choices"]["nll_weight"]["value"])
   assert runs["dpo"][0]["init"] == runs["sft"][0]["name"]
@@ -141,10 +141,10 @@ def test_tiny_study_end_to_end_and_a_rerun_trains_nothing(tmp_path):
   grpo_dir = sweep.point_dir(root, grpo["name"])
   final = [json.loads(line) for line in open(os.path.join(grpo_dir, "metrics.jsonl"))
            if "test/completion_chars" in line][-1]
-  scored = stage_lib.score_test(grpo_dir, 3)
+  scored = stage_lib.score_test(grpo_dir, 2)
   assert scored["examples"] == 8 and scored["accuracy"] == grpo["test_end"]["accuracy"]
   assert scored["completion_chars"] == pytest.approx(final["test/completion_chars"])
-  assert checkpoint.saved_steps(os.path.join(grpo_dir, "checkpoints")) == [1, 2, 3]  # all kept
+  assert checkpoint.saved_steps(os.path.join(grpo_dir, "checkpoints")) == [1, 2]  # all kept
 
   stamps = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
             for d, _, names in os.walk(os.path.join(root, "points")) for f in names}

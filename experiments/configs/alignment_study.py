@@ -16,8 +16,8 @@ what the study varies per run:
                  keeps the step with the best validation accuracy, mean over seeds, and scores the
                  test set at that step's checkpoint.
 
-train/studies/alignment_study.py has the protocol. `:tiny` is a one-seed, two-weight, two- or
-three-step version on a 1-layer model for tests.
+train/studies/alignment_study.py has the protocol. `:tiny` is a one-seed, two-weight, two-step
+version on a 1-layer model for tests.
 """
 
 import ml_collections
@@ -50,17 +50,17 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
 def _shrink(c: ml_collections.ConfigDict) -> None:
   """The `tiny` preset: a 1-layer model of width 32, 64 training problems, 8 validation and 8
-  test problems, 2-3 steps per stage, evaluated every step."""
+  test problems, 2 steps per stage, GRPO evaluated (and checkpointed) every step."""
   c.sft.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64)
   for stage in ("sft", "dpo", "grpo"):
     s = c[stage]
     s.task.update(n_train=64, n_validation=8, n_heldout=8)
     s.eval.update(batch_size=8, max_new_tokens=4)
-    s.train.update(steps=2, batch_size=4, warmup_steps=1, log_every=1, eval_every=1,
+    s.train.update(steps=2, batch_size=4, warmup_steps=1, log_every=1, eval_every=2,
                    loggers=("jsonl",))  # TensorBoard's writer imports torch: seconds per run
     s.checkpoint.update(every_steps=1, async_save=False)
   c.grpo.grpo.update(prompts_per_step=2, group_size=2, max_new_tokens=4)
   c.seeds = (0,)
   c.nll_weights = (0.0, 1.0)
-  c.grpo_max_steps = 3
+  c.grpo_max_steps = 2
   c.grpo_eval_every = 1
