@@ -316,9 +316,11 @@ def read_step(directory: str, step: int, abstract_state: Any) -> tuple[Any, dict
   return restored["state"], restored["data"]
 
 
-def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
-  """(ModelConfig, graphdef, params) of the newest readable checkpoint in `workdir`, for
-  inference and evaluation scripts, laid out as the run trained them.
+def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None,
+                step: Optional[int] = None):
+  """(ModelConfig, graphdef, params) of the newest readable checkpoint in `workdir` (or of the
+  one at `step`, permanent or temporary: a study scoring the step it chose), for inference and
+  evaluation scripts, laid out as the run trained them.
 
   The parameters are restored sharded: on the run's own mesh and ZeRO stage (its config.json's
   `sharding`), or on `mesh` when given; parameters that layout keeps whole everywhere go to one
@@ -327,8 +329,35 @@ def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
   function jitted over the returned params runs on those devices: a model that needed the mesh
   to train is sampled on it too. On one device all of this is the single-device layout.
 
-  Raises FileNotFoundError naming the workdir when it holds no run or no checkpoint.
+  Raises FileNotFoundError naming the workdir when it holds no run or no checkpoint (or none at
+  `step`).
   """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} has no config.json: train a run there first (experiments.train)")
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  model_cfg, graphdef, abstract_state = _saved_run_layout(saved, mesh)
+  directory = f"{workdir}/checkpoints"
+  if step is not None:
+    if step not in saved_steps(directory):
+      raise FileNotFoundError(f"{directory} holds no checkpoint at step {step} (it has "
+                              f"{saved_steps(directory)})")
+    state, _ = read_step(directory, step, abstract_state)
+    return model_cfg, graphdef, state["params"]
+  checkpointer = Checkpointer(directory, keep=10**6, every_steps=1, owner=False)
+  try:
+    found = checkpointer.restore_latest(abstract_state)
+  finally:
+    checkpointer.close()
+  if found is None:
+    raise FileNotFoundError(f"{directory} holds no readable checkpoint")
+  return model_cfg, graphdef, found[1]["params"]
+
+
+def _saved_run_layout(saved: dict, mesh: Optional[jax.sharding.Mesh]):
+  """(ModelConfig, graphdef, abstract train state with shardings) of a run's saved config.json
+  (a dict): its mesh and ZeRO stage, or `mesh` when given (load_params says how)."""
   from model import transformer
   from model.config import ModelConfig
   from sharding import mesh as mesh_lib
@@ -336,11 +365,6 @@ def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
   from train import optimizer as optimizer_lib
   from train import step as step_lib
 
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} has no config.json: train a run there first (experiments.train)")
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
   model_cfg = ModelConfig.from_dict(saved["model"])
   # A saved record, not a user's settings: keys of other versions are ignored, and what an older
   # workdir lacks (its whole sharding section, say) takes the dataclass's default.
@@ -368,11 +392,4 @@ def load_params(workdir: str, mesh: Optional[jax.sharding.Mesh] = None):
     shardings = jax.tree.map(lambda _: one, shardings)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-  checkpointer = Checkpointer(f"{workdir}/checkpoints", keep=10**6, every_steps=1, owner=False)
-  try:
-    found = checkpointer.restore_latest(abstract_state)
-  finally:
-    checkpointer.close()
-  if found is None:
-    raise FileNotFoundError(f"{workdir}/checkpoints holds no readable checkpoint")
-  return model_cfg, graphdef, found[1]["params"]
+  return model_cfg, graphdef, abstract_state

@@ -53,15 +53,12 @@ def define_stage_flags(stage: str, init_help: str) -> None:
 def run_stage(stage: str) -> None:
   """main() of an alignment stage script: trains train.<stage> from the flags, writes its
   results, prints the summary; a bad setting or file is a one-line error."""
-  import importlib
-
   from absl import flags
 
   cli.setup()
   from train.align import stage as stage_lib  # after setup: imports jax
 
   fv = flags.FLAGS
-  module = importlib.import_module(f"train.align.{stage}")
   # An imported model fine-tunes at a fine-tuning rate unless the command line chose one.
   lr = stage_lib.finetune_lr(stage, fv.init_workdir, sys.argv)
   if lr is not None:
@@ -69,8 +66,22 @@ def run_stage(stage: str) -> None:
     print(f"train.lr={fv.config.train.lr:g}: a fine-tuning rate for the imported model in "
           f"{fv.init_workdir} (set --config.train.lr to choose another)", flush=True)
   try:
-    summary = module.train(fv.config, fv.workdir, fv.init_workdir, profile_steps=cli.profile_steps())
-    result = stage_lib.write_results(fv.workdir, summary, module.CURVES, fv.results_dir)
+    result = train_stage(stage, fv.config, fv.workdir, fv.init_workdir, fv.results_dir,
+                         profile_steps=cli.profile_steps())
   except (ValueError, FileNotFoundError, stage_lib.NonFiniteLoss) as e:
     cli.fail(e)
   print(cli.format_summary({k: v for k, v in result.items() if not k.endswith("_curve")}), flush=True)
+
+
+def train_stage(stage: str, config, workdir: str, init_workdir: str = "", results_dir: str = "",
+                profile_steps=None) -> dict:
+  """Trains (or resumes) train.align.<stage> in workdir and writes its results.json and
+  curves.png (train/align/stage.py write_results); returns the results. What a stage script
+  runs, and what experiments.alignment_study runs for each of its stage runs."""
+  import importlib
+
+  from train.align import stage as stage_lib
+
+  module = importlib.import_module(f"train.align.{stage}")
+  summary = module.train(config, workdir, init_workdir, profile_steps=profile_steps)
+  return stage_lib.write_results(workdir, summary, module.CURVES, results_dir)

@@ -204,6 +204,23 @@ def make_evaluator(policy: Policy, examples: list[data_lib.Prompted], *, batch_s
   return evaluate
 
 
+def score_test(workdir: str, step: Optional[int] = None) -> dict[str, float]:
+  """The test set's {"accuracy", "completion_chars", "examples"} of a finished stage run's
+  checkpoint at `step` (None: its newest), scored by the evaluator the run's test/* comes from
+  (make_evaluator on the run's own test examples and eval settings, from its config.json): a study
+  that chose a step on validation reports this step's test accuracy, scored once."""
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  settings = config_lib.resolve_stage(ml_collections.ConfigDict(saved), saved["stage"])
+  model_cfg, graphdef, params = ckpt_lib.load_params(workdir, step=step)
+  policy = Policy(model_cfg, graphdef, params, tokenizer_lib.load(workdir))
+  _, test = data_lib.heldout_examples(settings.data, settings.task)
+  ev = settings.eval
+  evaluate = make_evaluator(policy, test[:ev.max_examples], batch_size=ev.batch_size,
+                            max_new_tokens=ev.max_new_tokens)
+  return {**evaluate(params), "examples": len(test[:ev.max_examples])}
+
+
 class Run:
   """One stage's run in `workdir`: policy, mesh, optimizer, writers; start() builds the sharded
   step of the stage's loss and the state (fresh or resumed) in its layout."""
