@@ -24,7 +24,9 @@ Sections:
                setting (run once with --ynn_dots and once without to compare them).
   speculative  gamma 1..8: measured alpha, tokens per target call against
                (1 - alpha^(gamma+1)) / (1 - alpha), and wall-clock speedup over cached decoding
-               of the same prompts with the target alone.
+               of the same prompts with the target alone; beside each row, the distinct
+               4-gram fraction of the target's own text at that temperature (near 1: varied
+               text; small: a loop, which a draft predicts trivially).
 
 The measuring is train/studies/decode_runs.py (on the trained runs; its timing primitives are
 train/studies/decode_speed.py, the bandwidth train/studies/roofline.py), the plots

@@ -356,6 +356,44 @@ class DataSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillSettings:
+  """distill.*: logit distillation of a speculative draft (train/kl_distill.py). Off at
+  kl_weight 0. On, each step's objective is lm_weight x cross-entropy + kl_weight x T^2 x
+  KL(target || draft) at temperature T over the target's top_k tokens (0: the whole vocabulary),
+  the target's distribution computed by its frozen forward pass over the batch."""
+
+  target_workdir: str = ""  # the trained target run (same tokenizer as this run)
+  kl_weight: float = 0.0
+  lm_weight: float = 1.0  # 0: the KL alone
+  temperature: float = 1.0  # the sampling temperature the draft is meant for
+  top_k: int = 32
+
+  def __post_init__(self):
+    for name in ("kl_weight", "lm_weight", "temperature"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"distill.{name}={value!r} must be a number >= 0")
+    if not self.temperature > 0:
+      raise ConfigError(f"distill.temperature={self.temperature!r} must be > 0")
+    if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+      raise ConfigError(f"distill.top_k={self.top_k!r} must be an integer >= 0 (0: the whole "
+                        "vocabulary)")
+    if self.kl_weight == 0 and self.lm_weight == 0:
+      raise ConfigError("distill.lm_weight=0 and distill.kl_weight=0 leave nothing to train; "
+                        "raise one")
+    if self.kl_weight > 0 and not self.target_workdir:
+      raise ConfigError("distill.kl_weight > 0 needs distill.target_workdir, the target run")
+
+  @property
+  def enabled(self) -> bool:
+    return self.kl_weight > 0
+
+  @classmethod
+  def from_config(cls, section: Any, *, strict: bool = True) -> "DistillSettings":
+    return _from_section(cls, section, "distill", strict)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSettings:
   """A pretraining run's validated sections, built once by resolve()."""
 
@@ -364,6 +402,7 @@ class RunSettings:
   train: TrainSettings
   checkpoint: CheckpointSettings
   sharding: ShardingSettings
+  distill: DistillSettings = DistillSettings()
 
 
 def resolve(config: ml_collections.ConfigDict) -> RunSettings:
@@ -392,8 +431,14 @@ def resolve(config: ml_collections.ConfigDict) -> RunSettings:
   # A config without a sharding section runs on every device, replicated (the defaults).
   sharding_settings = ShardingSettings.from_config(
       config.sharding if "sharding" in config else {})
+  # A config without a distill section trains on the cross-entropy alone.
+  distill_settings = DistillSettings.from_config(config.distill if "distill" in config else {})
+  if distill_settings.top_k > model_cfg.vocab_size:
+    raise ConfigError(f"distill.top_k={distill_settings.top_k} exceeds "
+                      f"model.vocab_size={model_cfg.vocab_size}")
   return RunSettings(model=model_cfg, data=data_settings, train=train_settings,
-                     checkpoint=checkpoint_settings, sharding=sharding_settings)
+                     checkpoint=checkpoint_settings, sharding=sharding_settings,
+                     distill=distill_settings)
 
 
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:

@@ -25,11 +25,13 @@ from tqdm import tqdm
 from model import transformer
 from model.config import ModelConfig, count_params, flops_per_token
 from sharding import mesh as mesh_lib
+from sharding import rules as rules_lib
 from train import banner
 from train import branch as branch_lib
 from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train import eval_tasks as eval_tasks_lib
+from train import kl_distill
 from train import metrics as metrics_lib
 from train import mfu as mfu_lib
 from train import plots
@@ -111,6 +113,10 @@ def resolve_settings(config: ml_collections.ConfigDict, workdir: str) -> config_
   """Validated and typed once; past this point the ConfigDict is only compared with, and saved
   as, the workdir's config.json."""
   run_settings = config_lib.resolve(config)
+  distill = run_settings.distill
+  if distill.enabled and not os.path.exists(os.path.join(distill.target_workdir, "config.json")):
+    raise config_lib.ConfigError(
+        f"distill.target_workdir={distill.target_workdir} holds no trained run (no config.json)")
   config_lib.check_workdir(workdir, config)
   check_data_unchanged(workdir, config, run_settings.data)
   return run_settings
@@ -155,10 +161,13 @@ def preflight(run_settings: config_lib.RunSettings, mesh: Mesh) -> Preflight:
   model_cfg, t, data_settings = run_settings.model, run_settings.train, run_settings.data
   files = data_lib.check_sources(data_settings)
   tasks = eval_tasks_lib.read_tasks(t.eval_tasks, t.eval_tasks_max_items)
+  distill = run_settings.distill
+  batch = (kl_distill.abstract_batch(t.batch_size, data_settings.seq_len, distill.top_k,
+                                     model_cfg.vocab_size) if distill.enabled
+           else jax.ShapeDtypeStruct((t.batch_size, data_settings.seq_len + 1), np.int32))
   memory = check_memory(  # pad_id changes no byte of the step; the document mask adds a few
       run_settings.sharding, lambda stage: make_sharded_training(
-          model_cfg, t, mesh, stage, pad_id=-1, documents=(-1, False)),
-      jax.ShapeDtypeStruct((t.batch_size, data_settings.seq_len + 1), np.int32))
+          model_cfg, t, mesh, stage, pad_id=-1, documents=(-1, False), distill=distill), batch)
   return Preflight(files=files, memory=memory, tasks=tasks)
 
 
@@ -203,7 +212,35 @@ def build_training(run_settings: config_lib.RunSettings, mesh: Mesh,
   """Model and optimizer state, initialised directly in its sharded layout, and the step."""
   return make_sharded_training(
       run_settings.model, run_settings.train, mesh, run_settings.sharding.zero_stage,
-      pad_id=data.pad_id, documents=data.documents, answer_marker=data.answer_marker)
+      pad_id=data.pad_id, documents=data.documents, answer_marker=data.answer_marker,
+      distill=run_settings.distill)
+
+
+def start_teacher(run_settings: config_lib.RunSettings, data: PretrainData,
+                  training: ShardedTraining) -> Optional[Callable[[Any], Any]]:
+  """None without distillation; else batch(rows) -> kl_distill's batch: the target run of
+  distill.target_workdir loaded (its parameters replicated on the mesh, frozen) and its top-k
+  computed over the rows by a jitted forward pass. ConfigError when the target's tokenizer or
+  vocabulary is not this run's."""
+  distill = run_settings.distill
+  if not distill.enabled:
+    return None
+  from train.saved_run import load_run
+
+  target = distill.target_workdir
+  tcfg, tdef, tparams, ttok = load_run(target)
+  if ttok.to_str() != data.tokenizer.to_str():
+    raise config_lib.ConfigError(
+        f"distill.target_workdir={target} has another tokenizer than this run; copy its "
+        "tokenizer.json into a new --workdir before the first step")
+  if tcfg.vocab_size != run_settings.model.vocab_size:
+    raise config_lib.ConfigError(
+        f"distill.target_workdir={target} has model.vocab_size={tcfg.vocab_size}; set "
+        f"model.vocab_size={tcfg.vocab_size}")
+  tparams = jax.device_put(tparams, rules_lib.replicated(training.mesh))
+  teacher = jax.jit(kl_distill.make_teacher(tdef, distill.top_k, data.documents),
+                    out_shardings=training.batch_sharding)
+  return lambda rows: teacher(tparams, rows)
 
 
 def restore_or_init(ckpt: ckpt_lib.Checkpointer, training: ShardedTraining, data: PretrainData,
@@ -314,7 +351,7 @@ class Reporter:
     record = {"loss": loss, "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
               "tokens_seen": step * self.meter.tokens_per_step, "time": time.time()}
     for name, value in metrics.items():
-      if name.startswith("moe/") or name == "z_loss":  # router losses, drop fraction, experts' shares
+      if name.startswith(("moe/", "distill/")) or name == "z_loss":  # router losses, drop fraction, experts' shares
         value = np.asarray(value)
         if value.ndim:
           record.update({f"{name}/{i}": float(v) for i, v in enumerate(value)})
@@ -389,6 +426,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     checked = preflight(run_settings, mesh)
     data = prepare_data(config, workdir, run_settings, mesh)
     training = build_training(run_settings, mesh, data)
+    teacher = start_teacher(run_settings, data, training)
     ckpt = ckpt_lib.Checkpointer.of(os.path.join(workdir, "checkpoints"), run_settings.checkpoint)
     start, state, row_ids = restore_or_init(ckpt, training, data, run_settings.train, parent,
                                             workdir)
@@ -397,7 +435,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         run_settings, workdir, mesh, files=checked.files, memory=checked.memory,
         start=banner.start_text(start, parent.workdir if branched else None), corpus=data.corpus))
     return run_training(run_settings, workdir, training, data, ckpt, start, state, row_ids,
-                        profile_in(workdir, profile_steps), checked.tasks)
+                        profile_in(workdir, profile_steps), checked.tasks, teacher)
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
@@ -423,9 +461,11 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
 def run_training(run_settings: config_lib.RunSettings, workdir: str, training: ShardedTraining,
                  data: PretrainData, ckpt: ckpt_lib.Checkpointer, start: int, state: Any,
                  row_ids: Any, profile: Optional[Profile] = None,
-                 tasks: Sequence = ()) -> dict[str, Any]:
+                 tasks: Sequence = (), teacher: Optional[Callable[[Any], Any]] = None,
+                 ) -> dict[str, Any]:
   """Steps from `start` to train.steps in run_steps; closes the checkpointer and writers.
   tasks: train.eval_tasks' (preflight), scored on the live state at each evaluation.
+  teacher: start_teacher's, which turns each batch of rows into the distillation batch.
   Returns the summary: the parameter count, the final step, its loss and eval loss, the rows
   this process read per step, and the signal that stopped the run early, if any."""
   model_cfg, t, seq_len = run_settings.model, run_settings.train, run_settings.data.seq_len
@@ -442,8 +482,8 @@ def run_training(run_settings: config_lib.RunSettings, workdir: str, training: S
 
   def train_step_at(step: int, state):
     meter.count(step)
-    return training.train_step(
-        state, rows_batch(data.corpus.train_rows, next(row_ids), training.batch_sharding))
+    batch = rows_batch(data.corpus.train_rows, next(row_ids), training.batch_sharding)
+    return training.train_step(state, batch if teacher is None else teacher(batch))
 
   lo, hi = local_rows(training.batch_sharding, (t.batch_size, seq_len + 1))  # what it reads
   summary: dict[str, Any] = {"start_step": start, "params": count_params(model_cfg),

@@ -20,9 +20,10 @@ from model.config import ModelConfig
 from sharding import data_parallel as data_parallel_lib
 from sharding import rules as rules_lib
 from sharding import zero
+from train import kl_distill
 from train import optimizer as optimizer_lib
 from train import step as step_lib
-from train.config import TrainSettings
+from train.config import ConfigError, DistillSettings, TrainSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,15 +83,25 @@ def build_sharded_training(
 def make_sharded_training(
     model_cfg: ModelConfig, t: TrainSettings, mesh: Mesh, zero_stage: int, *,
     pad_id: int, documents: step_lib.Documents = None, answer_marker: Optional[int] = None,
+    distill: Optional[DistillSettings] = None,
 ) -> ShardedTraining:
   """Pretraining's sharded training: a fresh model (init takes a PRNG key), lm_loss on rows
   (B, L+1) of tokens (packed documents isolated as `documents` says, only the answers after
   answer_marker counted when it is given), MoE router losses weighted as model_cfg.moe says, the
-  z-loss at train.z_loss."""
+  z-loss at train.z_loss. With distill enabled (distill.kl_weight > 0) the objective is
+  kl_distill.kl_lm_loss and the batch is its dict (rows and the target's top-k)."""
   graphdef, _ = transformer.abstract(model_cfg)
-  loss_fn = step_lib.lm_loss(
-      graphdef, pad_id, (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight), documents,
-      answer_marker, t.z_loss)
+  aux_weights = (model_cfg.moe.aux_loss_weight, model_cfg.moe.z_loss_weight)
+  if distill is not None and distill.enabled:
+    if answer_marker is not None:
+      raise ConfigError("distill.kl_weight > 0 trains on every target; leave "
+                        "train.answer_marker empty")
+    loss_fn = kl_distill.kl_lm_loss(
+        graphdef, pad_id, kl_weight=distill.kl_weight, lm_weight=distill.lm_weight,
+        temperature=distill.temperature, aux_weights=aux_weights, documents=documents,
+        z_loss=t.z_loss)
+  else:
+    loss_fn = step_lib.lm_loss(graphdef, pad_id, aux_weights, documents, answer_marker, t.z_loss)
   return build_sharded_training(
       graphdef, lambda key: transformer.create(model_cfg, key)[1], jax.random.key(t.seed),
       loss_fn, optimizer_lib.make(t, t.steps),

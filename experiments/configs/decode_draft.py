@@ -12,6 +12,9 @@ tokenizer.json it finds there):
   python -m experiments.distill_data --target=runs/decode_target --out=runs/decode_draft/distill_s2.jsonl --prompts=2048 --seed=2
   cp runs/decode_target/tokenizer.json runs/decode_draft/
   python -m experiments.train --workdir=runs/decode_draft --config=experiments/configs/decode_draft.py
+
+For sampling at temperature 1, decode_draft_kl.py trains the same shape on sampled continuations
+with the target's logits (KL distillation; not yet run).
 """
 
 import ml_collections

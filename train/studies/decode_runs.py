@@ -191,7 +191,7 @@ def speculative_sweep(target: str, draft: str, gammas: list[int], temperatures: 
   pass_s = {t: decode_speed.pass_seconds(tcfg, tdef, tparams, t, 16, repeats)
             for t in sorted({1} | {g + 1 for g in gammas})}
   print(json.dumps({"target_pass_ms_by_tokens": {t: 1e3 * v for t, v in pass_s.items()}}), flush=True)
-  rows = []
+  rows, distinct_by_temp = [], {}
   for temp in temperatures:
     sc = sampling.SamplingConfig(temperature=temp)
     # eot = -1: never stop early, so every run makes exactly n tokens and times compare.
@@ -201,6 +201,10 @@ def speculative_sweep(target: str, draft: str, gammas: list[int], temperatures: 
       greedy = [np.asarray(o.tokens_BxN)[0].tolist() for o in base_outs]
       target_greedy = {"distinct_4gram_fraction": [distinct_ngram_fraction(g) for g in greedy],
                        "text": [tokenizer_lib.decode(tok, g) for g in greedy]}
+    # How varied the target's own text is at this temperature (the check that alpha is
+    # not that of a loop): distinct 4-grams of each prompt's continuation, beside every row.
+    distinct = [distinct_ngram_fraction(np.asarray(o.tokens_BxN)[0].tolist()) for o in base_outs]
+    distinct_by_temp[str(temp)] = distinct
     draft_only = generation.make_generate(dcfg, ddef, generation.DecodeSpec(n, -1, sc))
     _, draft_s = time_all(draft_only, dparams)
     for gamma in gammas:
@@ -209,10 +213,12 @@ def speculative_sweep(target: str, draft: str, gammas: list[int], temperatures: 
       outs, spec_s = time_all(fn, tparams, dparams)
       row = _gamma_row(temp, gamma, outs, spec_s, base_outs, base_s, draft_s, pass_s,
                        n * len(prompts))
+      row["target_distinct_4gram_fraction"] = float(np.mean(distinct))
       print(json.dumps(row), flush=True)
       rows.append(row)
   return {"rows": rows, "prompts": len(prompts), "new_tokens": n, "batch": 1,
           **({"target_greedy": target_greedy} if 0.0 in temperatures else {}),
+          "target_distinct_4gram_fraction_by_temperature": distinct_by_temp,
           "target": target, "draft": draft,
           "target_params": int(sum(x.size for x in jax.tree.leaves(tparams))),
           "draft_params": int(sum(x.size for x in jax.tree.leaves(dparams))),
