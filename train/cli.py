@@ -342,6 +342,9 @@ def _overrides_stripped(argv: list[str]) -> list[str]:
 HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "--helpxml", "-?")
 
 
+CONFIG_FLAG_NAMES = ("config", "sweep")  # every config-file flag the scripts define
+
+
 def _asks_help(argv: list[str]) -> bool:
   return any(a in HELP_FLAGS for a in argv[1:])
 
@@ -354,11 +357,13 @@ def define(define_flags: Callable[[], None], argv: list[str]) -> None:
   parse_flags then applies the overrides to the config the flag names, default or not.
 
   For --help the default config file is not loaded at all (ml_collections leaves the default
-  unparsed when the command line names a --config): config files import model.config and with it
-  jax, 1.5 s of a 2 s `--help`, to list flags whose text does not depend on them.
+  unparsed when the command line names the flag: --config, or a sweep study's --sweep): config
+  files import model.config and with it jax, 1.5 s of a 2 s `--help`, to list flags whose text
+  does not depend on them.
   """
   saved = sys.argv
-  sys.argv = _overrides_stripped(argv) + (["--config="] if _asks_help(argv) else [])
+  unloaded = [f"--{name}=" for name in CONFIG_FLAG_NAMES] if _asks_help(argv) else []
+  sys.argv = _overrides_stripped(argv) + unloaded
   try:
     define_flags()
   finally:
