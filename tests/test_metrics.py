@@ -46,3 +46,23 @@ def test_every_step_record_of_a_run_has_throughput_and_the_console_line_shows_it
   assert line.startswith(f"step 3  loss {records[-1]['loss']:.4f}  eval_loss "), line
   assert " tokens/s  MFU " in line and "  lr " in line, line
   assert os.path.getsize(os.path.join(tiny_run, "curves.png")) > 0  # the run's loss plot
+
+
+def test_peak_flops_takes_the_environments_reference_and_refuses_a_bad_one(monkeypatch):
+  """Catches LLMLAB_PEAK_FLOPS ignored (every process would measure, and MFU would not compare
+  across runs) and a zero or malformed value accepted (MFU would divide by it)."""
+  import pytest
+
+  from train import mfu
+
+  for value, expected in (("2.5e11", 2.5e11), ("0", None), ("fast", None)):
+    monkeypatch.setenv(mfu.PEAK_ENV, value)
+    mfu.peak_flops.cache_clear()
+    try:
+      if expected is None:
+        with pytest.raises(ValueError, match=mfu.PEAK_ENV):
+          mfu.peak_flops()
+      else:
+        assert mfu.peak_flops() == expected
+    finally:
+      mfu.peak_flops.cache_clear()

@@ -7,6 +7,7 @@ dense peak; a CPU has none, so its peak is measured: the best float32 matmul rat
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import jax
@@ -48,8 +49,22 @@ def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, seconds: float = 1.0) 
   return 2.0 * n**3 / best
 
 
+PEAK_ENV = "LLMLAB_PEAK_FLOPS"
+
+
 @functools.lru_cache(maxsize=None)
 def peak_flops() -> float:
-  """Per-device peak: published for known accelerators, measured float32 matmul otherwise."""
+  """Per-device peak: $LLMLAB_PEAK_FLOPS when set (a fixed reference, so MFU compares across runs
+  on a machine whose measured peak wanders with its load, and no second of measuring per
+  process), else published for known accelerators, else the measured float32 matmul."""
+  if os.environ.get(PEAK_ENV):
+    try:
+      peak = float(os.environ[PEAK_ENV])
+    except ValueError:
+      peak = 0.0
+    if not peak > 0:
+      raise ValueError(f"{PEAK_ENV}={os.environ[PEAK_ENV]!r}: give a positive FLOP/s such as 1e11, "
+                       "or unset it to measure")
+    return peak
   dev = jax.devices()[0]
   return published_peak(dev) or measure_matmul_peak()
