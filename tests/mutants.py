@@ -251,9 +251,12 @@ def run(mutants: list[Mutant], timeout: float = 900, out: str = "") -> int:
             flush=True)
   print(f"score: {killed}/{len(mutants)} killed in {time.time() - start:.0f}s", flush=True)
   if out:
+    sys.path.insert(0, ROOT)  # run as a file, tests/ is first on the path
+    from train import provenance
+
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-      json.dump({"killed": killed, "total": len(mutants), "seconds": round(time.time() - start),
+      json.dump({"provenance": provenance.provenance(), "killed": killed, "total": len(mutants), "seconds": round(time.time() - start),
                  "date": time.strftime("%Y-%m-%d"), "host_cpus": os.cpu_count(),
                  "mutants": records}, f, indent=2)
   return 0 if killed == len(mutants) else 1
