@@ -40,10 +40,15 @@ def run_arm(root: str, shared_from: str, flags: Sequence[str], stack_runs: int) 
   if os.path.exists(root):
     shutil.rmtree(root)
   shutil.copytree(shared_from, os.path.join(root, "shared"))
+  # Each arm starts with an empty persistent compilation cache of its own (the scripts keep one by
+  # default): both pay their compiles as a user's first sweep does, and no arm or repeat loads
+  # what another compiled. A caller's JAX_COMPILATION_CACHE_DIR would win over the flag.
   cmd = [sys.executable, "-m", "experiments.mup_transfer", *flags, f"--workdir={root}",
-         f"--results_dir={os.path.join(root, 'report')}", f"--stack_runs={stack_runs}"]
+         f"--results_dir={os.path.join(root, 'report')}", f"--stack_runs={stack_runs}",
+         f"--compilation_cache={os.path.join(root, 'xla')}"]
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   t0 = time.perf_counter()
-  done = subprocess.run(cmd, cwd=sweep_lib.REPO_ROOT, capture_output=True, text=True)
+  done = subprocess.run(cmd, cwd=sweep_lib.REPO_ROOT, capture_output=True, text=True, env=env)
   wall_s = time.perf_counter() - t0
   if done.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
