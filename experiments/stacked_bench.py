@@ -40,11 +40,12 @@ def define_flags() -> None:
                       "(comma-separated) alone at lr x (1 + 2^-20) into sweep_paths.lr_sensitivity "
                       "of the results.json, after a full --sweep run left its data in --scratch.")
   flags.DEFINE_string("scratch", "/tmp/stacked_bench", "Sweep roots of the --sweep arms.")
+  flags.DEFINE_bool("shared_machine", False, "Record that other jobs ran on the machine meanwhile.")
 
 
-LOAD_NOTE = ("The machine is shared with other jobs (2 CPU cores). The two arms are timed in "
-             "interleaved rounds, the arm that goes first alternating, so that load falls on "
-             "both alike; throughput_ratio_per_round shows the spread.")
+LOAD_NOTE = ("The two arms are timed in interleaved rounds, the arm that goes first "
+             "alternating, so that any load from elsewhere falls on both alike; "
+             "throughput_ratio_per_round shows the spread.")
 
 
 def sweep_paths() -> None:
@@ -72,6 +73,7 @@ def sweep_paths() -> None:
   result = sweep_speed.benchmark(FLAGS.scratch, cfg, FLAGS.d_model, lrs, FLAGS.sweep_repeats)
   result |= {"width": FLAGS.d_model, "flags": sweep_speed.study_flags(FLAGS.d_model, lrs),
              "machine": sweep_lib.machine_info(), "load_note": SWEEP_LOAD_NOTE,
+             "shared_machine": FLAGS.shared_machine, "load_average": os.getloadavg(),
              "provenance": provenance.provenance()}
   saved["sweep_paths"] = result
   with open(path, "w") as f:
@@ -81,8 +83,7 @@ def sweep_paths() -> None:
   print(json.dumps({k: result[k] for k in keys}, indent=2))
 
 
-SWEEP_LOAD_NOTE = ("The machine (2 CPU cores) was shared with other jobs while this ran; the "
-                   "arms alternate (alone, stacked, stacked, alone, ...) so that load falls on "
+SWEEP_LOAD_NOTE = ("The arms alternate (alone, stacked, stacked, alone, ...) so that load falls on "
                    "both, and wall_clock_ratio_per_repeat shows the spread.")
 
 
@@ -106,7 +107,8 @@ def main(argv):
   result = stacked_speed.benchmark(cfg, runs, FLAGS.rounds, FLAGS.steps_per_round,
                                    FLAGS.vmap_width)
   result |= {"lrs": [r.lr for r in runs], "model": cfg.to_dict(), "train": dataclasses.asdict(base),
-             "load_note": LOAD_NOTE, "provenance": provenance.provenance()}
+             "load_note": LOAD_NOTE, "shared_machine": FLAGS.shared_machine,
+             "load_average": os.getloadavg(), "provenance": provenance.provenance()}
   os.makedirs(FLAGS.out, exist_ok=True)
   with open(os.path.join(FLAGS.out, "results.json"), "w") as f:
     json.dump(result, f, indent=2)
